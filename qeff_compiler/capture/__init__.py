@@ -1,0 +1,37 @@
+"""Capture: an MPT model (object, HF directory, or config alone) → a `Program` traced by torch.export."""
+
+from __future__ import annotations
+
+from qeff_compiler.capture.export import export_mpt
+from qeff_compiler.capture.sources import ModelSource, resolve_model
+from qeff_compiler.errors import InvalidArgumentError
+from qeff_compiler.ir.program import Program
+
+#: example sequence length of a plain capture; compile() captures at its own prefill/decode lengths
+DEFAULT_CAPTURE_SEQ_LEN = 8
+
+
+def capture(model: ModelSource, *, batch_size: int = 1, seq_len: int | None = None) -> Program:
+    """Trace `model` at the static shape [batch_size, seq_len] into an fp32 `Program`.
+
+    `model` is an HF `MptForCausalLM`, a local HF directory (config.json + safetensors) or an `MptConfig`
+    (weights on the meta device: 7B/30B shapes capture in seconds without allocating them).
+    """
+    resolved = resolve_model(model)
+    max_seq_len = resolved.config.max_seq_len
+    if seq_len is None:
+        seq_len = min(DEFAULT_CAPTURE_SEQ_LEN, max_seq_len)
+    _check_positive_int("batch_size", batch_size)
+    _check_positive_int("seq_len", seq_len)
+    if seq_len > max_seq_len:
+        raise InvalidArgumentError(f"seq_len={seq_len} exceeds the model's max_seq_len={max_seq_len}")
+    graph_module, inputs, outputs = export_mpt(resolved.config, batch_size, seq_len)
+    return Program(graph_module, resolved.weights, resolved.config, inputs, outputs, frozenset({"captured"}))
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
+
+
+__all__ = ["capture", "ModelSource", "DEFAULT_CAPTURE_SEQ_LEN"]

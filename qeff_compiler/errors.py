@@ -1,0 +1,83 @@
+"""The one error hierarchy of qeff-compiler.
+
+Every problem a user can cause (a wrong model, a bad option, a broken file) is raised as a subclass of
+`QeffError`, at the place where it is detected and with the offending value in the message, so the CLI can print
+one line and exit with a usage (2) or failure (1) code instead of a traceback.
+"""
+
+from __future__ import annotations
+
+
+class QeffError(Exception):
+    """Root of every error qeff-compiler raises for a problem with its input."""
+
+    #: exit code of the `qeffc` driver for this kind of error: 2 = the request was wrong, 1 = the work failed
+    exit_code: int = 1
+
+
+class ModelSourceError(QeffError):
+    """The model argument cannot be read: wrong type, missing directory or files, unreadable config."""
+
+    exit_code = 2
+
+
+class NotAnMptModelError(ModelSourceError):
+    """The model, directory or config is not an MPT model."""
+
+
+class UnsupportedConfigError(QeffError):
+    """An MPT config sets an option that HF's MptForCausalLM ignores or that the compiler cannot honour."""
+
+    exit_code = 2
+
+
+class WeightError(QeffError):
+    """Checkpoint weights are missing, unexpected, of the wrong shape, or unreadable."""
+
+
+class CaptureError(QeffError):
+    """torch.export could not trace the model into a graph."""
+
+
+class PipelineError(QeffError):
+    """A pass pipeline was asked for wrongly."""
+
+    exit_code = 2
+
+
+class PipelineSyntaxError(PipelineError):
+    """A pipeline string is malformed (braces, separators, empty names)."""
+
+
+class UnknownPassError(PipelineError):
+    """A pipeline names a pass that is not registered."""
+
+
+class PassOptionError(PipelineError):
+    """A pass option is unknown, repeated, or its value does not parse as the option's type."""
+
+
+class PassOrderError(PipelineError):
+    """A pass runs on a program that lacks a property it requires (e.g. a pass placed too early)."""
+
+
+class VerificationError(QeffError):
+    """A pass produced an invalid graph or changed the program's numerics beyond its tolerance."""
+
+
+class MetaWeightError(QeffError):
+    """Numeric work was asked of a program whose weights are on the meta device (config-only capture)."""
+
+    exit_code = 2
+
+
+class ProgramInputError(QeffError):
+    """A program was run with missing, unexpected, or wrongly shaped inputs."""
+
+    exit_code = 2
+
+
+class InvalidArgumentError(QeffError):
+    """An argument is outside the range the product accepts (a shape, a length, a count)."""
+
+    exit_code = 2

@@ -1,0 +1,111 @@
+"""`PassManager`: run an ordered pipeline of passes with verification, timing and IR printing.
+
+    pm = PassManager("strip-export-noise,dce", print_ir_after={"dce"})
+    program = pm.run(program)
+    print(pm.timing_report())
+
+After every pass the manager checks the pass's preconditions held, lints the graph, re-derives shapes with fake
+tensors, and — when the program has real weights — compares the outputs with the previous stage on sample inputs
+within the pass's tolerance. These are the mlir-opt / LLVM `-verify-each`, `--print-ir-after`, `--time-passes`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+
+from qeff_compiler.errors import PassOrderError, PipelineError
+from qeff_compiler.ir.printer import format_program
+from qeff_compiler.ir.program import Program
+from qeff_compiler.passes.base import Pass
+from qeff_compiler.passes.pipeline import build_passes
+from qeff_compiler.passes.verify import check_structure, compare_outputs, propagate_shapes, reference_outputs
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """What one pass did in a run: its time, the verification time, and the numeric change it made."""
+
+    pass_text: str
+    seconds: float
+    verify_seconds: float
+    nodes_before: int
+    nodes_after: int
+    #: largest output change vs the previous stage; None when the program has no weight data (meta)
+    max_abs_diff: float | None
+
+
+class PassManager:
+    """An ordered list of passes plus the instrumentation around them."""
+
+    def __init__(
+        self,
+        pipeline: str | Sequence[Pass] = "",
+        *,
+        verify: bool = True,
+        print_ir_after: Collection[str] = (),
+        print_ir_after_all: bool = False,
+        printer: Callable[[str], None] = print,
+        sample_seed: int = 0,
+    ) -> None:
+        self.passes: list[Pass] = build_passes(pipeline) if isinstance(pipeline, str) else list(pipeline)
+        names = {p.name for p in self.passes}
+        unknown = sorted(set(print_ir_after) - names)
+        if unknown:
+            raise PipelineError(f"--print-ir-after names passes not in the pipeline: {unknown} (pipeline: {self})")
+        self.verify = verify
+        self.print_ir_after = set(print_ir_after)
+        self.print_ir_after_all = print_ir_after_all
+        self.printer = printer
+        self.sample_seed = sample_seed
+        self.records: list[PassRecord] = []
+
+    def __str__(self) -> str:
+        return ",".join(p.describe() for p in self.passes)
+
+    def run(self, program: Program) -> Program:
+        """Run every pass in order on `program` and return the result; `records` describes the run."""
+        self.records = []
+        check_numerics = self.verify and program.has_weight_data
+        reference = reference_outputs(program, self.sample_seed) if check_numerics else None
+        for current in self.passes:
+            missing = sorted(current.requires - program.properties)
+            if missing:
+                raise PassOrderError(
+                    f"pass {current.name} requires {missing}, which no earlier pass established "
+                    f"(pipeline: {self}); put the passes that establish them first"
+                )
+            nodes_before = len(program.graph.nodes)
+            start = time.perf_counter()
+            program = current.run(program)
+            seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            max_abs_diff = None
+            if self.verify:
+                check_structure(program, after=current.name)
+                propagate_shapes(program, after=current.name)
+            if reference is not None:
+                comparison, reference = compare_outputs(
+                    reference, program, self.sample_seed, current.tolerance, after=current.name
+                )
+                max_abs_diff = comparison.worst
+            verify_seconds = time.perf_counter() - start
+            self.records.append(
+                PassRecord(current.describe(), seconds, verify_seconds, nodes_before, len(program.graph.nodes), max_abs_diff)
+            )
+            if self.print_ir_after_all or current.name in self.print_ir_after:
+                self.printer(f"// ----- IR after {current.describe()} -----\n{format_program(program)}")
+        return program
+
+    def timing_report(self) -> str:
+        """A `--time-passes` style table of the last run."""
+        total = sum(r.seconds + r.verify_seconds for r in self.records) or 1.0
+        lines = [f"{'pass':<40} {'time (s)':>9} {'verify (s)':>10} {'%':>6} {'nodes':>13} {'max |Δ|':>9}"]
+        for r in self.records:
+            share = 100 * (r.seconds + r.verify_seconds) / total
+            diff = "meta" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}"
+            nodes = f"{r.nodes_before}→{r.nodes_after}"
+            lines.append(f"{r.pass_text:<40} {r.seconds:>9.4f} {r.verify_seconds:>10.4f} {share:>6.1f} {nodes:>13} {diff:>9}")
+        return "\n".join(lines)
+
