@@ -137,6 +137,9 @@ class WeightStore(Mapping[str, WeightSpec]):
     def __getitem__(self, name: str) -> WeightSpec:
         return self._entry(name).spec
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
 

@@ -1,6 +1,6 @@
 """Pipeline strings in mlir-opt style: `"patch-attention,kv-cache{ctx_len=128},lower-fp16"`.
 
-Grammar: passes separated by commas; each pass is a name (`[a-z0-9][a-z0-9-]*`) with an optional `{...}` block of
+Grammar: passes separated by commas (spaces around them are ignored); each pass is a name (`[a-z0-9][a-z0-9-]*`) with an optional `{...}` block of
 `key=value` options separated by commas or spaces. Values may not contain braces, commas or spaces. Option
 values are converted by the type of the pass's `Options` dataclass field (int, float, bool, str, or `X | None`
 where the literal `none` gives None).
@@ -37,6 +37,7 @@ def parse_pipeline(text: str) -> list[PassInvocation]:
     position = 0
     text = text.strip()
     while position < len(text):
+        position = _skip_spaces(text, position)
         name_match = _NAME.match(text, position)
         if name_match is None:
             raise _syntax_error(text, position, "expected a pass name")
@@ -52,6 +53,7 @@ def parse_pipeline(text: str) -> list[PassInvocation]:
             options = _parse_options(text, position + 1, close, name_match.group())
             position = close + 1
         invocations.append(PassInvocation(name_match.group(), options))
+        position = _skip_spaces(text, position)
         if position < len(text):
             if text[position] != ",":
                 raise _syntax_error(text, position, "expected ',' between passes")
@@ -59,6 +61,12 @@ def parse_pipeline(text: str) -> list[PassInvocation]:
             if position >= len(text):
                 raise _syntax_error(text, position, "pipeline ends with ','")
     return invocations
+
+
+def _skip_spaces(text: str, position: int) -> int:
+    while position < len(text) and text[position].isspace():
+        position += 1
+    return position
 
 
 def _parse_options(text: str, start: int, end: int, pass_name: str) -> dict[str, str]:
@@ -75,7 +83,7 @@ def _parse_options(text: str, start: int, end: int, pass_name: str) -> dict[str,
 
 
 def _syntax_error(text: str, position: int, problem: str) -> PipelineSyntaxError:
-    return PipelineSyntaxError(f"malformed pipeline at column {position + 1}: {problem}\n  {text}\n  {' ' * position}^")
+    return PipelineSyntaxError(f"malformed pipeline {text!r} at column {position + 1}: {problem}")
 
 
 def build_passes(text: str) -> list[Pass]:

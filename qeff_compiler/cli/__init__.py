@@ -1,0 +1,1 @@
+"""The `qeffc` compiler driver."""

@@ -1,0 +1,45 @@
+"""Shared test helpers: small MPT models built from configs, and hypothesis settings."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+from transformers import MptConfig, MptForCausalLM
+
+settings.register_profile(
+    "default", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+settings.load_profile("default")
+
+
+def tiny_config(**overrides: object) -> MptConfig:
+    """A 2-layer MPT small enough to trace in well under a second."""
+    fields: dict = {"d_model": 32, "n_heads": 4, "n_layers": 2, "vocab_size": 64, "max_seq_len": 32}
+    attn_config = overrides.pop("attn_config", {})
+    fields.update(overrides)
+    return MptConfig(**fields, attn_config=attn_config)
+
+
+def random_model(config: MptConfig, seed: int = 0) -> MptForCausalLM:
+    """An HF MPT with seeded random weights (std 0.2, so logits are far from uniform) in eval mode."""
+    torch.manual_seed(seed)
+    model = MptForCausalLM(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0.0, 0.2)
+    return model
+
+
+@pytest.fixture
+def tiny_model() -> MptForCausalLM:
+    return random_model(tiny_config())
+
+
+@pytest.fixture(autouse=True)
+def _single_threaded_small_ops() -> None:
+    """Tiny graphs run faster on one thread; also keeps timings of parallel test runs steadier."""
+    torch.set_num_threads(int(os.environ.get("QEFF_TEST_THREADS", "1")))

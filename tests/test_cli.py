@@ -1,0 +1,86 @@
+"""The installed `qeffc` console script: help, pass listing, opt with timing; one-line errors with exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import random_model, tiny_config
+
+QEFFC = Path(sys.executable).with_name("qeffc")
+
+
+def qeffc(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(QEFFC), *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("tiny-mpt")
+    random_model(tiny_config()).save_pretrained(directory)
+    return directory
+
+
+def test_console_script_is_installed() -> None:
+    assert QEFFC.is_file(), "install the package (pip install -e .) so the qeffc console script exists"
+
+
+def test_help_lists_commands() -> None:
+    result = qeffc("--help")
+    assert result.returncode == 0
+    for command in ("capture", "passes", "opt"):
+        assert command in result.stdout
+
+
+def test_passes_lists_registered_passes() -> None:
+    result = qeffc("passes")
+    assert result.returncode == 0
+    assert "dce" in result.stdout and "strip-export" in result.stdout
+
+
+def test_capture_prints_a_summary(model_dir: Path) -> None:
+    result = qeffc("capture", str(model_dir))
+    assert result.returncode == 0, result.stderr
+    assert "aten.linear" in result.stdout and "parameters" in result.stdout
+
+
+def test_opt_with_time_passes_and_print_ir(model_dir: Path) -> None:
+    result = qeffc("opt", str(model_dir), "--passes", "strip-export-noise,dce", "--time-passes", "--print-ir-after", "dce")
+    assert result.returncode == 0, result.stderr
+    assert "// ----- IR after dce -----" in result.stdout
+    timing_lines = [line for line in result.stdout.splitlines() if line.startswith(("strip-export-noise ", "dce "))]
+    assert len(timing_lines) == 2
+
+
+def test_opt_on_a_preset_runs_on_meta_weights() -> None:
+    result = qeffc("opt", "mpt-125m", "--passes", "strip-export-noise,dce", "--time-passes")
+    assert result.returncode == 0, result.stderr
+    assert "meta" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("opt", "MODEL", "--passes", "dce,nope"), 2, "unknown pass 'nope'"),
+        (("opt", "MODEL", "--passes", "dce{x=1}"), 2, "has no option 'x'"),
+        (("opt", "MODEL", "--passes", "dce{"), 2, "'{' is never closed"),
+        (("capture", "no-such-model"), 2, "unknown model preset 'no-such-model'"),
+        (("opt", "MODEL"), 2, "Missing option"),
+        (("frobnicate",), 2, "No such command"),
+    ],
+)
+def test_user_errors_exit_with_one_line_and_no_traceback(model_dir: Path, args: tuple, code: int, message: str) -> None:
+    result = qeffc(*(str(model_dir) if a == "MODEL" else a for a in args))
+    assert result.returncode == code
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_failures_exit_1(tmp_path: Path) -> None:
+    tiny_config().save_pretrained(tmp_path)  # a config without weights
+    result = qeffc("capture", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "no model.safetensors" in result.stderr
