@@ -99,6 +99,7 @@ def test_mpt_7b_config_capture_allocates_no_weights() -> None:
         ({"attn_config": {"attn_type": "multiquery_attention"}}, "attn_type"),
         ({"attn_config": {"attn_uses_sequence_id": True}}, "attn_uses_sequence_id"),
         ({"attn_config": {"clip_qkv": -1.0}}, "clip_qkv"),
+        ({"attn_config": {"alibi_bias_max": 4}}, "alibi_bias_max"),
         ({"d_model": 30}, "divisible"),
     ],
 )

@@ -26,6 +26,8 @@ _FIXED_ATTENTION: tuple[tuple[str, Any], ...] = (
     ("prefix_lm", False),
     ("alibi", True),
     ("attn_uses_sequence_id", False),
+    # HF's MptModel builds its ALiBi table with the default maximum (it never passes alibi_bias_max on)
+    ("alibi_bias_max", 8),
 )
 #: norm types that all mean "LayerNorm without bias" in HF's port
 _LAYER_NORM_TYPES = ("low_precision_layernorm", "layernorm")
@@ -63,8 +65,6 @@ def validate_mpt_config(config: object) -> MptConfig:
         value = getattr(attn, name)
         if value is not None and not value > 0:
             raise UnsupportedConfigError(f"config.attn_config.{name} must be None or > 0, got {value!r}")
-    if not attn.alibi_bias_max > 0:
-        raise UnsupportedConfigError(f"config.attn_config.alibi_bias_max must be > 0, got {attn.alibi_bias_max!r}")
     return config
 
 

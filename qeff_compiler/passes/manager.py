@@ -84,7 +84,7 @@ class PassManager:
             max_abs_diff = None
             if self.verify:
                 check_structure(program, after=current.name)
-                propagate_shapes(program, after=current.name)
+            propagate_shapes(program, after=current.name)  # always: later passes read node.meta["val"]
             if reference is not None:
                 comparison, reference = compare_outputs(
                     reference, program, self.sample_seed, current.tolerance, after=current.name

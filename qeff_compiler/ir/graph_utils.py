@@ -1,0 +1,62 @@
+"""Small helpers for reading and editing Program graphs."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.fx
+
+from qeff_compiler.ir.program import BINDING
+
+_ASSERT = torch.ops.aten._assert_tensor_metadata.default
+_LAYER_PATH = re.compile(r"(?:^|\.)transformer\.blocks\.(\d+)\.attn$")
+
+
+def module_regions(graph: torch.fx.Graph, class_name: str) -> dict[int, list[torch.fx.Node]]:
+    """Nodes traced inside each `transformer.blocks.{i}.<module of class_name>`, by layer index, in graph order.
+
+    torch.export records the module call stack of every node in `node.meta["nn_module_stack"]`.
+    """
+    regions: dict[int, list[torch.fx.Node]] = {}
+    for node in graph.nodes:
+        for path, cls in node.meta.get("nn_module_stack", {}).values():
+            qualified = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
+            match = _LAYER_PATH.search(path)
+            if match and qualified.rsplit(".", 1)[-1] == class_name:
+                regions.setdefault(int(match.group(1)), []).append(node)
+                break
+    return regions
+
+
+def weight_name(node: object) -> str | None:
+    """The weight a node reads directly, if it is a weight placeholder."""
+    if isinstance(node, torch.fx.Node) and node.op == "placeholder":
+        kind, name = node.meta[BINDING]
+        return name if kind == "weight" else None
+    return None
+
+
+def add_placeholder(graph: torch.fx.Graph, name: str, binding: tuple[str, str]) -> torch.fx.Node:
+    """Append a placeholder after the existing ones, bound to a weight or an input."""
+    placeholders = graph.find_nodes(op="placeholder")
+    with graph.inserting_after(placeholders[-1]):
+        node = graph.placeholder(name)
+    node.meta[BINDING] = binding
+    return node
+
+
+def erase_dead_code(graph: torch.fx.Graph) -> None:
+    """Dead-code elimination that also drops export's metadata asserts on otherwise dead values.
+
+    `Graph.eliminate_dead_code` keeps `_assert_tensor_metadata` (it is side-effecting), and the assert keeps
+    its input alive; a pass that disconnects a subgraph wants the whole subgraph gone.
+    """
+    changed = True
+    while changed:
+        changed = graph.eliminate_dead_code()
+        for node in list(graph.nodes):
+            if node.op == "call_function" and node.users and all(u.target == _ASSERT for u in node.users):
+                for user in list(node.users):
+                    graph.erase_node(user)
+                changed = True

@@ -1,0 +1,122 @@
+"""The compiler's custom operators (torch.library), each with a reference kernel and a fake (shape) kernel.
+
+`qeff::mpt_attention` is one whole MPT attention layer without a cache: fused QKV projection (clamped by
+`clip_qkv`), causal ALiBi attention with an fp32 softmax, and the output projection. `qeff::mpt_attention_kv`
+is the same layer over a static `ctx_len` cache: it writes the new keys/values at `position_ids` (−1 = padding,
+never written) and attends over the whole buffer, masking slots after each query's position.
+
+Masked scores are *replaced* by `MASK_VALUE`, the most negative finite fp16 number, rather than by fp32's
+minimum: the same program stays finite when lowered to fp16.
+
+ALiBi bias is `slope * (key_position − query_position)`. HF adds `slope * (key_index − (L − 1))` instead; the two
+differ by a constant per query row, which softmax cancels (shift invariance), and ours stays bounded by
+`slope * ctx_len` for every query, which keeps it representable in fp16.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+#: replaces masked attention scores; finfo(float16).min, so the mask is finite in fp16 as well as fp32
+MASK_VALUE = -65504.0
+
+
+def _project_qkv(
+    hidden: torch.Tensor, wqkv: torch.Tensor, n_heads: int, clip_qkv: float | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused QKV projection → three [batch, heads, seq, head_dim] tensors."""
+    qkv = F.linear(hidden, wqkv)
+    if clip_qkv is not None:
+        qkv = qkv.clamp(min=-clip_qkv, max=clip_qkv)
+    batch, seq, _ = hidden.shape
+    return tuple(t.reshape(batch, seq, n_heads, -1).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+
+
+def _attend(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    slopes: torch.Tensor,
+    query_positions: torch.Tensor,
+    key_positions: torch.Tensor,
+    softmax_scale: float,
+) -> torch.Tensor:
+    """Causal ALiBi attention. query_positions [b, s], key_positions [b, k]; returns [b, heads, s, head_dim]."""
+    scores = torch.matmul(query, key.transpose(-1, -2)) * softmax_scale
+    distance = key_positions[:, None, None, :] - query_positions[:, None, :, None]
+    scores = scores + slopes.to(scores.dtype)[None, :, None, None] * distance.to(scores.dtype)
+    allowed = distance <= 0
+    scores = torch.where(allowed, scores, torch.full_like(scores, MASK_VALUE))
+    probabilities = torch.softmax(scores.float(), dim=-1).to(value.dtype)
+    return torch.matmul(probabilities, value)
+
+
+def _merge_heads(context: torch.Tensor) -> torch.Tensor:
+    batch, heads, seq, head_dim = context.shape
+    return context.transpose(1, 2).reshape(batch, seq, heads * head_dim)
+
+
+def write_cache(cache: torch.Tensor, new: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """A copy of `cache` [b, h, ctx, d] with `new` [b, h, s, d] written at slots `position_ids` [b, s].
+
+    Position −1 is padding and is never written: the rows and columns to write are selected explicitly instead
+    of relying on index arithmetic, where −1 would silently address the last slot.
+    """
+    updated = cache.clone()
+    rows, columns = torch.nonzero(position_ids >= 0, as_tuple=True)
+    updated[rows, :, position_ids[rows, columns], :] = new[rows, :, columns, :]
+    return updated
+
+
+@torch.library.custom_op("qeff::mpt_attention", mutates_args=())
+def mpt_attention(
+    hidden: torch.Tensor,
+    wqkv: torch.Tensor,
+    out_proj: torch.Tensor,
+    alibi_slopes: torch.Tensor,
+    n_heads: int,
+    softmax_scale: float,
+    clip_qkv: float | None,
+) -> torch.Tensor:
+    """One MPT attention layer over the sequence itself (no cache): hidden [b, s, d] → [b, s, d]."""
+    query, key, value = _project_qkv(hidden, wqkv, n_heads, clip_qkv)
+    batch, seq, _ = hidden.shape
+    positions = torch.arange(seq, device=hidden.device).expand(batch, seq)
+    context = _attend(query, key, value, alibi_slopes, positions, positions, softmax_scale)
+    return F.linear(_merge_heads(context), out_proj)
+
+
+@mpt_attention.register_fake
+def _mpt_attention_fake(hidden, wqkv, out_proj, alibi_slopes, n_heads, softmax_scale, clip_qkv):  # noqa: ANN001, ANN202
+    return hidden.new_empty(hidden.shape)
+
+
+@torch.library.custom_op("qeff::mpt_attention_kv", mutates_args=())
+def mpt_attention_kv(
+    hidden: torch.Tensor,
+    wqkv: torch.Tensor,
+    out_proj: torch.Tensor,
+    alibi_slopes: torch.Tensor,
+    position_ids: torch.Tensor,
+    past_key: torch.Tensor,
+    past_value: torch.Tensor,
+    n_heads: int,
+    softmax_scale: float,
+    clip_qkv: float | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One MPT attention layer over a static cache; returns (output, updated keys, updated values)."""
+    query, key, value = _project_qkv(hidden, wqkv, n_heads, clip_qkv)
+    key_cache = write_cache(past_key, key.to(past_key.dtype), position_ids)
+    value_cache = write_cache(past_value, value.to(past_value.dtype), position_ids)
+    batch, ctx_len = position_ids.shape[0], past_key.shape[2]
+    slots = torch.arange(ctx_len, device=hidden.device).expand(batch, ctx_len)
+    context = _attend(query, key_cache, value_cache, alibi_slopes, position_ids, slots, softmax_scale)
+    return F.linear(_merge_heads(context), out_proj), key_cache, value_cache
+
+
+@mpt_attention_kv.register_fake
+def _mpt_attention_kv_fake(  # noqa: ANN202
+    hidden, wqkv, out_proj, alibi_slopes, position_ids, past_key, past_value, n_heads, softmax_scale, clip_qkv  # noqa: ANN001
+):
+    return hidden.new_empty(hidden.shape), past_key.new_empty(past_key.shape), past_value.new_empty(past_value.shape)
