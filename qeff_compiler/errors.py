@@ -81,3 +81,21 @@ class InvalidArgumentError(QeffError):
     """An argument is outside the range the product accepts (a shape, a length, a count)."""
 
     exit_code = 2
+
+
+class ArtifactError(QeffError):
+    """A compiled-model directory cannot be written or read."""
+
+
+class ArtifactExistsError(ArtifactError):
+    """The output directory exists already and overwriting was not asked for."""
+
+    exit_code = 2
+
+
+class ArtifactVersionError(ArtifactError):
+    """The artifact was written in a format version this qeff-compiler does not read."""
+
+
+class ArtifactIntegrityError(ArtifactError):
+    """A file of the artifact is missing, truncated or modified (checksum mismatch)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from qeff_compiler.capture.export import export_mpt
-from qeff_compiler.capture.sources import ModelSource, resolve_model
+from qeff_compiler.capture.sources import ModelSource, ResolvedModel, resolve_model
 from qeff_compiler.errors import InvalidArgumentError
 from qeff_compiler.ir.program import Program
 
@@ -17,7 +17,11 @@ def capture(model: ModelSource, *, batch_size: int = 1, seq_len: int | None = No
     `model` is an HF `MptForCausalLM`, a local HF directory (config.json + safetensors) or an `MptConfig`
     (weights on the meta device: 7B/30B shapes capture in seconds without allocating them).
     """
-    resolved = resolve_model(model)
+    return capture_resolved(resolve_model(model), batch_size=batch_size, seq_len=seq_len)
+
+
+def capture_resolved(resolved: ResolvedModel, *, batch_size: int = 1, seq_len: int | None = None) -> Program:
+    """`capture` for a model already resolved (compile captures one model at several shapes)."""
     max_seq_len = resolved.config.max_seq_len
     if seq_len is None:
         seq_len = min(DEFAULT_CAPTURE_SEQ_LEN, max_seq_len)
@@ -28,10 +32,9 @@ def capture(model: ModelSource, *, batch_size: int = 1, seq_len: int | None = No
     graph_module, inputs, outputs = export_mpt(resolved.config, batch_size, seq_len)
     return Program(graph_module, resolved.weights, resolved.config, inputs, outputs, frozenset({"captured"}))
 
-
 def _check_positive_int(name: str, value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
 
 
-__all__ = ["capture", "ModelSource", "DEFAULT_CAPTURE_SEQ_LEN"]
+__all__ = ["DEFAULT_CAPTURE_SEQ_LEN", "ModelSource", "ResolvedModel", "capture", "capture_resolved", "resolve_model"]

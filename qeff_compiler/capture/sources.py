@@ -39,6 +39,8 @@ class ResolvedModel:
     config: MptConfig
     weights: WeightStore
     origin: str
+    #: the HF directory the model came from (its tokenizer travels into compiled artifacts), if any
+    directory: Path | None = None
 
 
 def resolve_model(source: object) -> ResolvedModel:
@@ -94,7 +96,7 @@ def _from_directory(directory: Path) -> ResolvedModel:
         raise ModelSourceError(f"model directory {str(directory)!r} does not exist or is not a directory")
     config = validate_mpt_config(_read_config(directory))
     locations = _checkpoint_locations(directory)
-    return ResolvedModel(config, _bind_checkpoint(config, locations, directory), origin=str(directory))
+    return ResolvedModel(config, _bind_checkpoint(config, locations, directory), str(directory), directory)
 
 
 def _read_config(directory: Path) -> MptConfig:
@@ -132,7 +134,7 @@ def _checkpoint_locations(directory: Path) -> dict[str, SafetensorsLocation]:
         raise WeightError(f"{directory} has no model.safetensors or model.safetensors.index.json")
     locations: dict[str, SafetensorsLocation] = {}
     for path in files:
-        locations.update(_read_header(path))
+        locations.update(read_safetensors_header(path))
     return locations
 
 
@@ -148,7 +150,7 @@ def _shards_from_index(index: Path) -> list[Path]:
     return shards
 
 
-def _read_header(path: Path) -> dict[str, SafetensorsLocation]:
+def read_safetensors_header(path: Path) -> dict[str, SafetensorsLocation]:
     from safetensors import SafetensorError, safe_open
 
     try:

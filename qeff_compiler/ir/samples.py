@@ -12,7 +12,11 @@ from qeff_compiler.ir.program import Program, TensorSpec
 
 
 def sample_inputs(program: Program, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random but valid inputs: token ids drawn uniformly from the vocabulary."""
+    """Random but valid inputs: uniform token ids, every position valid (0..s-1), empty (zero) caches.
+
+    With an empty cache and positions 0..s-1 a stateful program computes what the stateless one does, so the
+    numeric check can compare programs across the kv-cache rewrite.
+    """
     generator = torch.Generator().manual_seed(seed)
     return {spec.name: _sample(spec, program, generator) for spec in program.inputs}
 
@@ -20,4 +24,9 @@ def sample_inputs(program: Program, seed: int = 0) -> dict[str, torch.Tensor]:
 def _sample(spec: TensorSpec, program: Program, generator: torch.Generator) -> torch.Tensor:
     if spec.role == "input_ids":
         return torch.randint(0, program.config.vocab_size, spec.shape, generator=generator, dtype=spec.dtype)
+    if spec.role == "position_ids":
+        batch, seq_len = spec.shape
+        return torch.arange(seq_len, dtype=spec.dtype).expand(batch, seq_len).contiguous()
+    if spec.role in ("past_key", "past_value"):
+        return torch.zeros(spec.shape, dtype=spec.dtype)
     raise NotImplementedError(f"no sample generator for inputs of role {spec.role!r} ({spec.name})")

@@ -120,8 +120,10 @@ class WeightStore(Mapping[str, WeightSpec]):
         return cls({name: _MetaEntry(spec) for name, spec in specs.items()})
 
     @classmethod
-    def from_safetensors(cls, locations: Mapping[str, SafetensorsLocation], dtype: torch.dtype) -> WeightStore:
-        """Lazy entries for tensors in safetensors files, cast to `dtype` on load.
+    def from_safetensors(
+        cls, locations: Mapping[str, SafetensorsLocation], dtype: torch.dtype | None = None
+    ) -> WeightStore:
+        """Lazy entries for tensors in safetensors files, cast to `dtype` on load (None: as stored).
 
         Names that point at the same file and key (tied weights stored once) share one entry.
         """
@@ -129,7 +131,7 @@ class WeightStore(Mapping[str, WeightSpec]):
         by_location: dict[SafetensorsLocation, _Entry] = {}
         for name, location in locations.items():
             if location not in by_location:
-                by_location[location] = _SafetensorsEntry(location, WeightSpec(location.shape, dtype))
+                by_location[location] = _SafetensorsEntry(location, WeightSpec(location.shape, dtype or location.dtype))
             entries[name] = by_location[location]
         return cls(entries)
 
@@ -165,6 +167,15 @@ class WeightStore(Mapping[str, WeightSpec]):
     def materialize(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
         """Load the named weights once, for an executor that runs the graph many times."""
         return {name: self.tensor(name) for name in names}
+
+    def materialized(self) -> WeightStore:
+        """A store whose entries are loaded tensors (tied names still share one), e.g. to share between the
+        prefill and decode programs instead of reading a checkpoint twice."""
+        loaded: dict[int, _Entry] = {}
+        for entry in self._entries.values():
+            if id(entry) not in loaded:
+                loaded[id(entry)] = _TensorEntry(entry.load()) if entry.has_data else entry
+        return WeightStore({name: loaded[id(entry)] for name, entry in self._entries.items()})
 
     def tied_groups(self) -> list[list[str]]:
         """Names that share one stored entry (e.g. tied input embedding and lm_head)."""

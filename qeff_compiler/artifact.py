@@ -1,0 +1,203 @@
+"""The compiled-model directory: written atomically, verified by checksum and format version when loaded.
+
+    DIR/manifest.json          format version, compiler version, model config, options, pipeline,
+                               specializations with their I/O, tied weights, SHA-256 and size of every file
+    DIR/weights.safetensors    the compiled programs' weight store (tied weights stored once)
+    DIR/program.onnx (+ .data) prefill specialization, runnable by ONNX Runtime as it is
+    DIR/decode.onnx (+ .data)  decode specialization
+    DIR/tokenizer*.json        copied from the source model directory, when it has them
+
+Loading re-traces the model from its config on the meta device, re-runs the recorded pipeline, and binds the
+saved weights by name; every name, shape and dtype must match.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from safetensors.torch import save_file
+from transformers import MptConfig
+
+from qeff_compiler.capture import ResolvedModel, capture_resolved
+from qeff_compiler.capture.sources import meta_weights, read_safetensors_header
+from qeff_compiler.errors import (
+    ArtifactError,
+    ArtifactExistsError,
+    ArtifactIntegrityError,
+    ArtifactVersionError,
+)
+from qeff_compiler.ir.program import Program, TensorSpec
+from qeff_compiler.ir.weights import WeightStore
+from qeff_compiler.passes import PassManager
+
+if TYPE_CHECKING:
+    from qeff_compiler.compiler import CompiledModel
+
+FORMAT = "qeff-compiled-model"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+ONNX_FILES = {"prefill": "program.onnx", "decode": "decode.onnx"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def save_artifact(model: CompiledModel, path: Path, *, overwrite: bool = False) -> None:
+    """Write the compiled model to `path`; the directory appears complete or not at all."""
+    from qeff_compiler.backends.onnx_export import export_onnx
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ArtifactExistsError(f"output directory {path} exists; pass overwrite=True (CLI: --force) to replace it")
+    with _staging_directory(path) as staging:
+        tied = _save_weights(model.prefill, staging / WEIGHTS)
+        for name, program in (("prefill", model.prefill), ("decode", model.decode)):
+            export_onnx(program, staging / ONNX_FILES[name])
+        if model.source_directory is not None:
+            for name in TOKENIZER_FILES:
+                if (model.source_directory / name).is_file():
+                    shutil.copyfile(model.source_directory / name, staging / name)
+        manifest = _manifest(model, tied, staging)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        _replace_directory(staging, path)
+
+
+def load_artifact(path: Path) -> CompiledModel:
+    """Read and verify a compiled-model directory written by `save_artifact`."""
+    from qeff_compiler.compiler import CompileOptions, CompiledModel
+
+    path = Path(path)
+    manifest = _read_manifest(path)
+    for name, expected in manifest["files"].items():
+        _verify_file(path / name, expected)
+    config = MptConfig.from_dict(manifest["model_config"])
+    options = CompileOptions(**manifest["options"])
+    weights = _load_weights(path / WEIGHTS, manifest["tied_weights"])
+    programs = {}
+    for spec in manifest["specializations"]:
+        seq_len = options.prefill_len if spec["name"] == "prefill" else 1
+        meta = capture_resolved(ResolvedModel(config, meta_weights(config), "artifact"), batch_size=options.batch_size, seq_len=seq_len)
+        program = PassManager(manifest["pipeline"], verify=False).run(meta)
+        programs[spec["name"]] = _bind_weights(program, weights, path)
+    tokenizer_dir = path if (path / "tokenizer.json").is_file() else None
+    return CompiledModel(options, manifest["pipeline"], programs["prefill"], programs["decode"], str(path), tokenizer_dir)
+
+
+# writing ---------------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _staging_directory(path: Path) -> Iterator[Path]:
+    """A sibling temporary directory, removed if anything (including Ctrl-C) interrupts the write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f".{path.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _replace_directory(staging: Path, path: Path) -> None:
+    """Move the finished staging directory into place; an existing one is swapped out, then removed."""
+    if path.exists():
+        retired = path.parent / f".{path.name}.old-{os.getpid()}"
+        os.rename(path, retired)
+        os.rename(staging, path)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.rename(staging, path)
+
+
+def _save_weights(program: Program, file: Path) -> dict[str, str]:
+    """Save every distinct weight once; returns alias → stored name for tied weights."""
+    tied = {alias: group[0] for group in program.weights.tied_groups() for alias in group[1:]}
+    tensors = {name: program.weights.tensor(name).contiguous() for name in program.weights if name not in tied}
+    save_file(tensors, str(file))
+    return tied
+
+
+def _manifest(model: CompiledModel, tied: dict[str, str], staging: Path) -> dict[str, Any]:
+    from qeff_compiler import __version__
+
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "qeff_compiler_version": __version__,
+        "created_unix": int(time.time()),
+        "source": model.origin,
+        "model_config": model.config.to_dict(),
+        "options": vars(model.options),
+        "pipeline": model.pipeline,
+        "specializations": [
+            {"name": name, "onnx": ONNX_FILES[name], "inputs": _specs(p.inputs), "outputs": _specs(p.outputs)}
+            for name, p in (("prefill", model.prefill), ("decode", model.decode))
+        ],
+        "tied_weights": tied,
+        "files": {f.name: _fingerprint(f) for f in sorted(staging.iterdir()) if f.is_file()},
+    }
+
+
+def _specs(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
+    return [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype).removeprefix("torch.")} for s in specs]
+
+
+def _fingerprint(file: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with file.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"sha256": digest.hexdigest(), "bytes": file.stat().st_size}
+
+
+# reading ---------------------------------------------------------------------------------------------------------
+def _read_manifest(path: Path) -> dict[str, Any]:
+    if not path.is_dir():
+        raise ArtifactError(f"{path} is not a compiled-model directory (it does not exist or is a file)")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} has no {MANIFEST}: not a qeff-compiler artifact") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactIntegrityError(f"{path / MANIFEST} is not valid JSON (truncated or modified?): {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{path / MANIFEST} is not a {FORMAT} manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactVersionError(
+            f"{path} has artifact format version {version!r} (written by qeff-compiler "
+            f"{manifest.get('qeff_compiler_version', '?')}); this qeff-compiler reads version {FORMAT_VERSION}: recompile"
+        )
+    return manifest
+
+
+def _verify_file(file: Path, expected: dict[str, Any]) -> None:
+    if not file.is_file():
+        raise ArtifactIntegrityError(f"artifact file {file.name} is missing from {file.parent}")
+    size = file.stat().st_size
+    if size != expected["bytes"]:
+        raise ArtifactIntegrityError(f"artifact file {file.name} has {size} bytes, the manifest records {expected['bytes']} (truncated?)")
+    if _fingerprint(file)["sha256"] != expected["sha256"]:
+        raise ArtifactIntegrityError(f"artifact file {file.name} does not match its SHA-256 in the manifest (modified)")
+
+
+def _load_weights(file: Path, tied: dict[str, str]) -> WeightStore:
+    locations = read_safetensors_header(file)
+    locations.update({alias: locations[stored] for alias, stored in tied.items()})
+    return WeightStore.from_safetensors(locations).materialized()
+
+
+def _bind_weights(program: Program, weights: WeightStore, path: Path) -> Program:
+    for name in program.weight_placeholders().values():
+        if name not in weights:
+            raise ArtifactIntegrityError(f"{path / WEIGHTS} lacks weight {name!r} that the compiled program reads")
+        if weights[name] != program.weights[name]:
+            raise ArtifactIntegrityError(f"weight {name!r} in {path / WEIGHTS} is {weights[name]}, expected {program.weights[name]}")
+    return program.evolve(weights=weights)
+

@@ -1,0 +1,297 @@
+"""ONNX emit: write a Program as an ONNX model that ONNX Runtime runs as it is (QEfficient's I/O convention).
+
+The graph is exported by `torch.onnx.export` (dynamo) from a module that holds the program's weights as buffers.
+Each fused attention op becomes one node in the `qeff` domain (via `torch.onnx.ops.symbolic_multi_out`), and the
+model gets an ONNX function (FunctionProto) of that name with the op's semantics, built from the same math as the
+reference kernels in `qeff_compiler.ir.ops`. Every weight is an initializer named like its weight-store entry,
+stored once (tied weights included) in one external data file next to the model, `<model file name>.data`.
+
+The functions bake in the layer settings (`n_heads`, `softmax_scale`, `clip_qkv`) and read every shape at run
+time, so one function serves every layer and any batch, sequence and cache length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import onnx
+import onnx_ir as ir
+import onnxscript
+import torch
+import torch.fx
+
+from qeff_compiler.errors import MetaWeightError, VerificationError
+from qeff_compiler.ir.ops import MASK_VALUE
+from qeff_compiler.ir.program import BINDING, Program
+from qeff_compiler.passes.patch_attention import ATTENTION, ATTENTION_KV
+
+#: domain (and its version) of the ONNX functions that define the fused ops
+QEFF_DOMAIN = "qeff"
+QEFF_OPSET = 1
+#: loggers that warn about unrelated optional packages (torchvision) on every export
+_QUIET_LOGGERS = ("torch.onnx._internal.exporter._registration",)
+
+
+def export_onnx(program: Program, path: Path) -> None:
+    """Write `program` to `path` (ONNX) and its weights to `path.name + ".data"` next to it, then check the file."""
+    if not program.has_weight_data:
+        raise MetaWeightError(
+            "cannot export a program without weight data to ONNX (it was captured from a config alone); "
+            "capture from a model object or a checkpoint directory"
+        )
+    settings = _layer_settings(program)
+    module = _ExportModule(program).eval()
+    example = tuple(torch.zeros(spec.shape, dtype=spec.dtype) for spec in program.inputs)
+    with _quiet_export():
+        onnx_program = torch.onnx.export(
+            module,
+            example,
+            dynamo=True,
+            input_names=[spec.name for spec in program.inputs],
+            output_names=[spec.name for spec in program.outputs],
+            optimize=False,  # the optimizer folds weight transposes into new initializers (a tied weight twice)
+            verbose=False,
+        )
+    model = onnx_program.model
+    for value in list(model.graph.initializers.values()):
+        value.name = module.weight_names.get(value.name, value.name)
+    for target, kwargs in settings.items():
+        function = _build_function(_FUSED[target], model.opset_imports[""], **kwargs)
+        model.functions[function.identifier()] = function
+    model.opset_imports[QEFF_DOMAIN] = QEFF_OPSET
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ir.save(model, path, external_data=f"{path.name}.data", size_threshold_bytes=0)
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+class _ExportModule(torch.nn.Module):
+    """The program as a module: weights as buffers, user inputs as arguments in input-spec order.
+
+    Placeholders are bound by their `qeff_binding`. Buffers are named `weight_<i>` (weight names are not
+    attribute names) and `weight_names` maps them back; tied weight names share one buffer.
+    """
+
+    def __init__(self, program: Program) -> None:
+        super().__init__()
+        self.graph_module = _with_qeff_nodes(program)
+        self.input_names = [spec.name for spec in program.inputs]
+        stored_as = {name: group[0] for group in program.weights.tied_groups() for name in group}
+        buffers: dict[str, str] = {}  # weight name → buffer name
+        self._bindings: list[tuple[str, str]] = []
+        for node in program.graph.find_nodes(op="placeholder"):
+            kind, name = node.meta[BINDING]
+            if kind == "weight":
+                name = stored_as.get(name, name)
+                if name not in buffers:
+                    buffers[name] = f"weight_{len(buffers)}"
+                    self.register_buffer(buffers[name], program.weights.tensor(name))
+                name = buffers[name]
+            self._bindings.append((kind, name))
+        #: buffer name → weight name, to name the ONNX initializers after the weight store
+        self.weight_names = {buffer: name for name, buffer in buffers.items()}
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        by_name = dict(zip(self.input_names, inputs, strict=True))
+        args = [getattr(self, name) if kind == "weight" else by_name[name] for kind, name in self._bindings]
+        return tuple(self.graph_module(*args))
+
+
+def _with_qeff_nodes(program: Program) -> torch.fx.GraphModule:
+    """A copy of the graph whose fused ops become `qeff::<function>` nodes when exported to ONNX."""
+    graph_module = program.copy_graph()
+    for node in graph_module.graph.nodes:
+        if node.target in _FUSED:
+            fused = _FUSED[node.target]
+            node.target, node.kwargs = _qeff_node, {"function": fused.function, "outputs_like": fused.outputs_like}
+    graph_module.recompile()
+    return graph_module
+
+
+def _qeff_node(*inputs: torch.Tensor, function: str, outputs_like: tuple[int, ...]) -> torch.Tensor | tuple:
+    """One `qeff::<function>` node whose outputs have the shapes and dtypes of the inputs `outputs_like` names."""
+    like = [inputs[i] for i in outputs_like]
+    outputs = torch.onnx.ops.symbolic_multi_out(
+        f"{QEFF_DOMAIN}::{function}",
+        inputs,
+        dtypes=[t.dtype for t in like],
+        shapes=[t.shape for t in like],
+        version=QEFF_OPSET,
+    )
+    return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def _layer_settings(program: Program) -> dict[torch._ops.OpOverload, dict]:
+    """The settings (op kwargs) of each fused op the program uses; a function bakes them in, so layers must agree."""
+    settings: dict[torch._ops.OpOverload, dict] = {}
+    for node in program.graph.nodes:
+        if node.target in _FUSED and settings.setdefault(node.target, dict(node.kwargs)) != node.kwargs:
+            raise VerificationError(
+                f"{_FUSED[node.target].function} layers differ in settings: {settings[node.target]} vs {node.kwargs}"
+            )
+    return settings
+
+
+def _build_function(
+    fused: _Fused, opset: int, *, n_heads: int, softmax_scale: float, clip_qkv: float | None
+) -> ir.Function:
+    """The ONNX function of one fused op, with its layer settings as constants."""
+
+    def trace(op: onnxscript.OpBuilder, *inputs: ir.Value) -> list[ir.Value]:
+        return fused.body(op, *inputs, n_heads=n_heads, softmax_scale=softmax_scale, clip_qkv=clip_qkv)
+
+    inputs = [ir.Value(name=name) for name in fused.inputs]
+    opsets = {"": opset}
+    function = onnxscript.build_function(trace, inputs, domain=QEFF_DOMAIN, name=fused.function, opset_imports=opsets)
+    for node in function:
+        node.metadata_props.clear()  # builder notes (scopes, "type not known" for the untyped function inputs)
+    return function
+
+
+# ONNX function bodies ------------------------------------------------------------------------------------------
+# `op` is an onnxscript OpBuilder: `op.MatMul(a, b)` records a node; Python numbers and lists become constants
+# (numbers cast like the op's other inputs), so the bodies work for any float dtype.
+
+
+def _attention_body(
+    op: onnxscript.OpBuilder,
+    hidden: ir.Value,
+    wqkv: ir.Value,
+    out_proj: ir.Value,
+    slopes: ir.Value,
+    *,
+    n_heads: int,
+    softmax_scale: float,
+    clip_qkv: float | None,
+) -> list[ir.Value]:
+    """`qeff::mpt_attention`: the sequence attends to itself, query and key positions are 0..seq-1."""
+    query, key, value = _project_qkv(op, hidden, wqkv, n_heads, clip_qkv)
+    positions = op.Unsqueeze(_arange(op, op.Shape(hidden, start=1, end=2)), [0])  # [1, seq]
+    context = _attend(op, query, key, value, slopes, positions, positions, softmax_scale)
+    return [_project_out(op, context, out_proj)]
+
+
+def _attention_kv_body(
+    op: onnxscript.OpBuilder,
+    hidden: ir.Value,
+    wqkv: ir.Value,
+    out_proj: ir.Value,
+    slopes: ir.Value,
+    position_ids: ir.Value,
+    past_key: ir.Value,
+    past_value: ir.Value,
+    *,
+    n_heads: int,
+    softmax_scale: float,
+    clip_qkv: float | None,
+) -> list[ir.Value]:
+    """`qeff::mpt_attention_kv`: write the new keys/values at their positions, attend over the whole cache."""
+    query, key, value = _project_qkv(op, hidden, wqkv, n_heads, clip_qkv)
+    slots = op.Unsqueeze(_arange(op, op.Shape(past_key, start=2, end=3)), [0])  # [1, ctx_len]
+    written, source = _slot_writers(op, position_ids, slots)
+    key_cache = _write_cache(op, past_key, op.CastLike(key, past_key), written, source)
+    value_cache = _write_cache(op, past_value, op.CastLike(value, past_value), written, source)
+    context = _attend(op, query, key_cache, value_cache, slopes, position_ids, slots, softmax_scale)
+    return [_project_out(op, context, out_proj), key_cache, value_cache]
+
+
+def _arange(op: onnxscript.OpBuilder, length: ir.Value) -> ir.Value:
+    """0..length-1 (int64) for a one-element `length` tensor."""
+    return op.Range(0, op.Squeeze(length), 1)
+
+
+def _project_qkv(
+    op: onnxscript.OpBuilder, hidden: ir.Value, wqkv: ir.Value, n_heads: int, clip_qkv: float | None
+) -> list[ir.Value]:
+    """Fused QKV projection (clamped only when clip_qkv is set) → three [batch, heads, seq, head_dim] values."""
+    qkv = op.MatMul(hidden, op.Transpose(wqkv, perm=[1, 0]))
+    if clip_qkv is not None:
+        qkv = op.Clip(qkv, -clip_qkv, clip_qkv)
+    parts = op.Split(qkv, axis=-1, num_outputs=3, _outputs=3)
+    return [op.Transpose(op.Reshape(part, [0, 0, n_heads, -1]), perm=[0, 2, 1, 3]) for part in parts]
+
+
+def _attend(
+    op: onnxscript.OpBuilder,
+    query: ir.Value,
+    key: ir.Value,
+    value: ir.Value,
+    slopes: ir.Value,
+    query_positions: ir.Value,
+    key_positions: ir.Value,
+    softmax_scale: float,
+) -> ir.Value:
+    """Causal ALiBi attention; positions are [batch or 1, len] int64. Masked scores are replaced by MASK_VALUE."""
+    scores = op.Mul(op.MatMul(query, op.Transpose(key, perm=[0, 1, 3, 2])), softmax_scale)
+    distance = op.Sub(op.Unsqueeze(key_positions, [1, 2]), op.Unsqueeze(query_positions, [1, 3]))  # [b, 1, s, k]
+    bias = op.Mul(op.Unsqueeze(op.CastLike(slopes, scores), [0, 2, 3]), op.CastLike(distance, scores))
+    scores = op.Where(op.LessOrEqual(distance, 0), op.Add(scores, bias), MASK_VALUE)
+    probabilities = op.CastLike(op.Softmax(op.Cast(scores, to=ir.DataType.FLOAT), axis=-1), value)
+    return op.MatMul(probabilities, value)
+
+
+def _project_out(op: onnxscript.OpBuilder, context: ir.Value, out_proj: ir.Value) -> ir.Value:
+    """Merge heads ([b, heads, s, head_dim] → [b, s, d]) and apply the output projection."""
+    merged = op.Reshape(op.Transpose(context, perm=[0, 2, 1, 3]), [0, 0, -1])
+    return op.MatMul(merged, op.Transpose(out_proj, perm=[1, 0]))
+
+
+def _slot_writers(op: onnxscript.OpBuilder, position_ids: ir.Value, slots: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """Which cache slots the tokens write ([b, ctx] bool) and, for each, the (last) token writing it ([b, ctx]).
+
+    Slots look up their token instead of tokens scattering by index: ScatterND would wrap position −1
+    (padding) to the last slot, while −1 here matches no slot, so padding is never written.
+    """
+    hits = op.Cast(op.Equal(op.Unsqueeze(position_ids, [2]), slots), to=ir.DataType.INT32)  # [b, s, ctx]
+    written = op.Cast(op.ReduceMax(hits, [1], keepdims=0), to=ir.DataType.BOOL)
+    source = op.ArgMax(hits, axis=1, keepdims=0, select_last_index=1)
+    return written, source
+
+
+def _write_cache(
+    op: onnxscript.OpBuilder, cache: ir.Value, new: ir.Value, written: ir.Value, source: ir.Value
+) -> ir.Value:
+    """`cache` [b, h, ctx, d] with each written slot replaced by its token's row of `new` [b, h, s, d]."""
+    gathered = op.GatherElements(new, op.Expand(op.Unsqueeze(source, [1, 3]), op.Shape(cache)), axis=2)
+    return op.Where(op.Unsqueeze(written, [1, 3]), gathered, cache)
+
+
+class _Fused(NamedTuple):
+    """How a fused op appears in ONNX.
+
+    `outputs_like` names the inputs whose shape and dtype each output has, as in the op's fake kernel.
+    """
+
+    function: str
+    inputs: tuple[str, ...]
+    outputs_like: tuple[int, ...]
+    body: Callable[..., list[ir.Value]]
+
+
+_ATTENTION_INPUTS = ("hidden", "wqkv", "out_proj", "alibi_slopes")
+_FUSED = {
+    ATTENTION: _Fused("MptAttention", _ATTENTION_INPUTS, (0,), _attention_body),
+    ATTENTION_KV: _Fused(
+        "MptAttentionKV", (*_ATTENTION_INPUTS, "position_ids", "past_key", "past_value"), (0, 5, 6), _attention_kv_body
+    ),
+}
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """Silence export-time messages a user cannot act on (torch-internal deprecations, missing torchvision)."""
+    loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=FutureWarning)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)

@@ -1,0 +1,151 @@
+"""`qc.compile`: model → two verified, stateful specializations (prefill and decode) sharing one weight store."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from qeff_compiler.artifact import load_artifact, save_artifact
+from qeff_compiler.backends.host import HostExecutor
+from qeff_compiler.capture import ModelSource, capture_resolved, resolve_model
+from qeff_compiler.errors import InvalidArgumentError, PipelineError
+from qeff_compiler.ir.program import Program
+from qeff_compiler.passes import PassManager
+from qeff_compiler.runtime.generate import GenerationOutput, StaticShapes, Streamer, generate, normalize_prompts
+from qeff_compiler.runtime.sampling import SamplingConfig
+
+#: precisions `compile` accepts today; the precision-lowering passes add fp16, int8, w8a8 and mxfp6
+SUPPORTED_PRECISIONS = ("fp32",)
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """The static choices a compiled model is specialised for."""
+
+    precision: str = "fp32"
+    ctx_len: int = 128
+    prefill_len: int = 32
+    batch_size: int = 1
+
+    def pipeline(self) -> str:
+        """The default pass pipeline for these options."""
+        return f"strip-export-noise,patch-attention,kv-cache{{ctx_len={self.ctx_len}}},dce"
+
+
+def compile(  # noqa: A001 (the public API name in DESIGN.md)
+    model: ModelSource,
+    *,
+    precision: str = "fp32",
+    ctx_len: int = 128,
+    prefill_len: int = 32,
+    batch_size: int = 1,
+    passes: str | None = None,
+    verify: bool = True,
+) -> CompiledModel:
+    """Capture `model` at the prefill and decode shapes and run the pass pipeline on both.
+
+    `passes` replaces the default pipeline (`CompileOptions.pipeline`); it must produce a stateful program.
+    """
+    options = CompileOptions(precision, ctx_len, prefill_len, batch_size)
+    _check_options(options)
+    resolved = resolve_model(model)
+    if prefill_len > resolved.config.max_seq_len:
+        raise InvalidArgumentError(f"prefill_len={prefill_len} exceeds the model's max_seq_len={resolved.config.max_seq_len}")
+    resolved = dataclasses.replace(resolved, weights=resolved.weights.materialized())
+    pipeline = passes if passes is not None else options.pipeline()
+    programs = {}
+    for name, seq_len in (("prefill", prefill_len), ("decode", 1)):
+        program = PassManager(pipeline, verify=verify).run(capture_resolved(resolved, batch_size=batch_size, seq_len=seq_len))
+        if "kv-cache" not in program.properties:
+            raise PipelineError(f"pipeline {pipeline!r} does not make the program stateful: add kv-cache{{ctx_len=N}}")
+        programs[name] = program
+    return CompiledModel(options, pipeline, programs["prefill"], programs["decode"], resolved.origin, resolved.directory)
+
+
+def _check_options(options: CompileOptions) -> None:
+    if options.precision not in SUPPORTED_PRECISIONS:
+        raise InvalidArgumentError(
+            f"precision {options.precision!r} is not available yet; supported: {', '.join(SUPPORTED_PRECISIONS)}"
+        )
+    for name in ("ctx_len", "prefill_len", "batch_size"):
+        value = getattr(options, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
+    if options.ctx_len < options.prefill_len:
+        raise InvalidArgumentError(f"ctx_len={options.ctx_len} is smaller than prefill_len={options.prefill_len}")
+
+
+class CompiledModel:
+    """A compiled MPT: prefill and decode programs, runnable on the host, savable as an artifact."""
+
+    def __init__(
+        self,
+        options: CompileOptions,
+        pipeline: str,
+        prefill: Program,
+        decode: Program,
+        origin: str,
+        source_directory: Path | None = None,
+    ) -> None:
+        self.options = options
+        self.pipeline = pipeline
+        self.prefill = prefill
+        self.decode = decode
+        self.origin = origin
+        #: HF directory the model came from; its tokenizer files are copied into saved artifacts
+        self.source_directory = source_directory
+        self._executors: tuple[HostExecutor, HostExecutor] | None = None
+
+    @property
+    def config(self):  # noqa: ANN201 (transformers.MptConfig)
+        return self.prefill.config
+
+    @property
+    def shapes(self) -> StaticShapes:
+        return StaticShapes.of(self.prefill)
+
+    def generate(
+        self,
+        input_ids: torch.Tensor | Sequence[Sequence[int]],
+        max_new_tokens: int = 32,
+        *,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        eos_token_id: int | Sequence[int] | None = None,
+        streamer: Streamer | None = None,
+    ) -> GenerationOutput:
+        """Greedy (default) or sampled generation for up to `batch_size` prompts of any lengths.
+
+        `input_ids` is a [batch, len] tensor or a list of token-id lists (ragged). Generation stops per row at
+        `eos_token_id` (default: the config's) or after `max_new_tokens`.
+        """
+        shapes = self.shapes
+        prompts = normalize_prompts(input_ids, shapes)
+        sampling = SamplingConfig(do_sample, temperature, top_k, top_p, seed)
+        eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
+        eos_ids = frozenset([] if eos is None else [eos] if isinstance(eos, int) else eos)
+        pad = self.config.pad_token_id if self.config.pad_token_id is not None else min(eos_ids, default=0)
+        prefill, decode = self._host_executors()
+        cache_specs = {s.name: (s.shape, s.dtype) for s in self.prefill.inputs if s.role in ("past_key", "past_value")}
+        return generate(prefill, decode, shapes, cache_specs, prompts, max_new_tokens, sampling, eos_ids, pad, streamer)
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
+        """Write the compiled-model directory (manifest, weights, ONNX per specialization) atomically."""
+        save_artifact(self, Path(path), overwrite=overwrite)
+
+    def _host_executors(self) -> tuple[HostExecutor, HostExecutor]:
+        if self._executors is None:
+            self._executors = (HostExecutor(self.prefill), HostExecutor(self.decode))
+        return self._executors
+
+
+def load_compiled(path: str | Path) -> CompiledModel:
+    """Load a compiled-model directory; refuses tampered, truncated or wrong-version artifacts."""
+    return load_artifact(Path(path))

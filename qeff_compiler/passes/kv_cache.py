@@ -1,0 +1,137 @@
+"""`kv-cache{ctx_len=N}`: make the program stateful with a static, position-addressed KV cache.
+
+New inputs `position_ids` [b, s] (−1 = padding) and `past_key.{i}` / `past_value.{i}` [b, n_heads, ctx_len,
+head_dim]; each fused attention op becomes `qeff::mpt_attention_kv`, which writes the new keys/values at their
+positions and attends over the whole buffer. Outputs follow the QEfficient convention: `logits` [b, 1, vocab]
+for each row's last valid position (the lm_head runs on that position only), then
+`past_key.{i}_RetainedState`, `past_value.{i}_RetainedState` per layer.
+
+Before:
+    %mpt_attention = qeff.mpt_attention(%layer_norm, %wqkv, %out_proj, %alibi_slopes, n_heads=4, ...) : f32[1,8,32]
+    ...
+    %linear_8 = aten.linear(%layer_norm_4, %p_model_lm_head_weight) : f32[1,8,64]
+    return [%linear_8]
+After:
+    %mpt_attention_kv = qeff.mpt_attention_kv(%layer_norm, %wqkv, %out_proj, %alibi_slopes, %position_ids,
+        %past_key_0, %past_value_0, n_heads=4, ...) : (f32[1,8,32], f32[1,4,128,8], f32[1,4,128,8])
+    %attention_output_0 = getitem(%mpt_attention_kv, 0) : f32[1,8,32]
+    ...
+    %last_position = aten.argmax(%position_ids, 1, True) : i64[1,1]
+    %last_hidden = aten.gather(%layer_norm_4, 1, %last_index) : f32[1,1,32]
+    %linear_8 = aten.linear(%last_hidden, %p_model_lm_head_weight) : f32[1,1,64]
+    return [%linear_8, %key_cache_0, %value_cache_0, ...]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from typing import ClassVar
+
+import torch
+import torch.fx
+
+from qeff_compiler.errors import InvalidArgumentError, PassOptionError, VerificationError
+from qeff_compiler.ir.graph_utils import add_placeholder
+from qeff_compiler.ir.program import Program, TensorSpec
+from qeff_compiler.passes.base import Pass, option
+from qeff_compiler.passes.patch_attention import ATTENTION, ATTENTION_KV, LAYER
+from qeff_compiler.passes.registry import register_pass
+
+aten = torch.ops.aten
+
+
+@dataclasses.dataclass(frozen=True)
+class KVCacheOptions:
+    ctx_len: int | None = option(None, "cache length in tokens (required; ≤ max_seq_len, ≥ the program's seq len)")
+
+
+@register_pass
+class KVCache(Pass):
+    name = "kv-cache"
+    summary = "add a static ctx_len KV cache written by position; logits for the last valid position only"
+    Options: ClassVar[type] = KVCacheOptions
+    requires: ClassVar[frozenset[str]] = frozenset({"attention-patched"})
+    ensures: ClassVar[frozenset[str]] = frozenset({"kv-cache"})
+    tolerance = 1e-5
+
+    def transform(self, program: Program) -> Program:
+        if "kv-cache" in program.properties:
+            raise VerificationError("kv-cache: the program already has a KV cache")
+        ctx_len = self._checked_ctx_len(program)
+        graph_module = program.copy_graph()
+        graph = graph_module.graph
+        config = program.config
+        (input_ids,) = [s for s in program.inputs if s.role == "input_ids"]
+        batch, seq_len = input_ids.shape
+        head_dim = config.d_model // config.n_heads
+        cache_shape = (batch, config.n_heads, ctx_len, head_dim)
+        dtype = _activation_dtype(program)
+
+        positions = add_placeholder(graph, "position_ids", ("input", "position_ids"))
+        inputs = [*program.inputs, TensorSpec("position_ids", (batch, seq_len), torch.int64, "position_ids")]
+        outputs = [_last_position_logits(graph, positions, program)]
+        caches: list[torch.fx.Node] = []
+        attention_nodes = sorted(graph.find_nodes(op="call_function", target=ATTENTION), key=lambda n: n.meta[LAYER])
+        if len(attention_nodes) != config.n_layers:
+            raise VerificationError(f"kv-cache: found {len(attention_nodes)} fused attention ops, expected {config.n_layers}")
+        for node in attention_nodes:
+            layer = node.meta[LAYER]
+            past = {}
+            for kind in ("key", "value"):
+                name = f"past_{kind}.{layer}"
+                past[kind] = add_placeholder(graph, f"past_{kind}_{layer}", ("input", name))
+                inputs.append(TensorSpec(name, cache_shape, dtype, f"past_{kind}"))
+                outputs.append(TensorSpec(f"{name}_RetainedState", cache_shape, dtype, f"retained_{kind}"))
+            hidden, wqkv, out_proj, slopes = node.args
+            with graph.inserting_after(node):
+                stateful = graph.call_function(
+                    ATTENTION_KV, (hidden, wqkv, out_proj, slopes, positions, past["key"], past["value"]), node.kwargs
+                )
+            stateful.meta.update({k: v for k, v in node.meta.items() if k in ("nn_module_stack", LAYER)})
+            with graph.inserting_after(stateful):
+                attention_output = graph.call_function(operator.getitem, (stateful, 0))
+                key_cache = graph.call_function(operator.getitem, (stateful, 1))
+                value_cache = graph.call_function(operator.getitem, (stateful, 2))
+            node.replace_all_uses_with(attention_output)
+            graph.erase_node(node)
+            caches += [key_cache, value_cache]
+        (output_node,) = graph.find_nodes(op="output")
+        output_node.args = ((output_node.args[0][0], *caches),)
+        graph_module.recompile()
+        return program.evolve(graph_module=graph_module, inputs=tuple(inputs), outputs=tuple(outputs))
+
+    def _checked_ctx_len(self, program: Program) -> int:
+        ctx_len = self.options.ctx_len
+        if ctx_len is None:
+            raise PassOptionError("kv-cache needs its ctx_len option, e.g. kv-cache{ctx_len=128}")
+        (input_ids,) = [s for s in program.inputs if s.role == "input_ids"]
+        seq_len, max_seq_len = input_ids.shape[1], program.config.max_seq_len
+        if ctx_len > max_seq_len:
+            raise InvalidArgumentError(f"ctx_len={ctx_len} exceeds the model's max_seq_len={max_seq_len}")
+        if ctx_len < seq_len:
+            raise InvalidArgumentError(f"ctx_len={ctx_len} is smaller than the program's sequence length {seq_len}")
+        return ctx_len
+
+
+def _activation_dtype(program: Program) -> torch.dtype:
+    (logits,) = [s for s in program.outputs if s.role == "logits"]
+    return logits.dtype
+
+
+def _last_position_logits(graph: torch.fx.Graph, positions: torch.fx.Node, program: Program) -> TensorSpec:
+    """Make the lm_head read only each row's last valid position (the largest position id)."""
+    (output_node,) = graph.find_nodes(op="output")
+    lm_head = output_node.args[0][0]
+    if lm_head.target != aten.linear.default:
+        raise VerificationError(f"kv-cache: logits come from {lm_head.format_node()}, expected the lm_head linear")
+    hidden = lm_head.args[0]
+    (logits,) = [s for s in program.outputs if s.role == "logits"]
+    batch, _, vocab = logits.shape
+    d_model = program.config.d_model
+    with graph.inserting_before(lm_head):
+        last = graph.call_function(aten.argmax.default, (positions, 1, True))
+        index = graph.call_function(aten.expand.default, (graph.call_function(aten.unsqueeze.default, (last, 2)), [batch, 1, d_model]))
+        last_hidden = graph.call_function(aten.gather.default, (hidden, 1, index))
+    lm_head.replace_input_with(hidden, last_hidden)
+    return TensorSpec("logits", (batch, 1, vocab), logits.dtype, "logits")

@@ -1,0 +1,190 @@
+"""The generation loop over a compiled model's two specializations.
+
+Prompts are right-padded into `prefill_len` chunks and run chunk by chunk through the prefill program (positions
+−1 mark padding, which the cache never stores); then the decode program runs one token per row per step. The
+cache is the programs' RetainedState outputs fed back as the next call's past inputs, so a decode step costs the
+same at every position: attention over the fixed ctx_len buffer, no re-running of the prompt.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from qeff_compiler.errors import InvalidArgumentError
+from qeff_compiler.ir.program import Program
+from qeff_compiler.runtime.sampling import SamplingConfig, TokenSampler
+from qeff_compiler.runtime.stats import LatencyStats
+
+Executor = Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]
+#: called after every generation step with the step index and the token chosen for each row (−1: row finished)
+Streamer = Callable[[int, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class GenerationOutput:
+    """Prompt + new tokens per row, right-padded with `pad_token_id` to one length; and the latency figures."""
+
+    sequences: torch.Tensor
+    new_tokens: tuple[tuple[int, ...], ...]
+    stats: LatencyStats
+
+
+@dataclass(frozen=True)
+class StaticShapes:
+    """What the compiled specializations fix: rows per call, prefill chunk length, cache length."""
+
+    batch_size: int
+    prefill_len: int
+    ctx_len: int
+    vocab_size: int
+
+    @classmethod
+    def of(cls, prefill: Program) -> StaticShapes:
+        (ids,) = [s for s in prefill.inputs if s.role == "input_ids"]
+        (past,) = [s for s in prefill.inputs if s.name == "past_key.0"]
+        return cls(ids.shape[0], ids.shape[1], past.shape[2], prefill.config.vocab_size)
+
+
+def normalize_prompts(input_ids: torch.Tensor | Sequence[Sequence[int]], shapes: StaticShapes) -> list[list[int]]:
+    """Accept a [batch, len] tensor or ragged lists of token ids; check count, emptiness and vocabulary range."""
+    if isinstance(input_ids, torch.Tensor):
+        if input_ids.dim() == 1:
+            input_ids = input_ids.unsqueeze(0)
+        if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+            raise InvalidArgumentError(f"input_ids must be an integer tensor [batch, len], got {input_ids.dtype} {list(input_ids.shape)}")
+        prompts = [row.tolist() for row in input_ids]
+    else:
+        prompts = [list(map(int, row)) for row in input_ids]
+    if not prompts or len(prompts) > shapes.batch_size:
+        raise InvalidArgumentError(f"got {len(prompts)} prompts; this model was compiled for 1..{shapes.batch_size} per call")
+    for row, prompt in enumerate(prompts):
+        if not prompt:
+            raise InvalidArgumentError(f"prompt {row} is empty")
+        bad = [t for t in prompt if not 0 <= t < shapes.vocab_size]
+        if bad:
+            raise InvalidArgumentError(f"prompt {row} has token ids outside the vocabulary [0, {shapes.vocab_size}): {bad[:5]}")
+    return prompts
+
+
+def generate(
+    prefill: Executor,
+    decode: Executor,
+    shapes: StaticShapes,
+    cache_specs: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    sampling: SamplingConfig,
+    eos_token_ids: frozenset[int],
+    pad_token_id: int,
+    streamer: Streamer | None = None,
+) -> GenerationOutput:
+    """Generate up to `max_new_tokens` per prompt; stops a row at an EOS token."""
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise InvalidArgumentError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    longest = max(len(p) for p in prompts)
+    if longest + max_new_tokens > shapes.ctx_len:
+        raise InvalidArgumentError(
+            f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds ctx_len={shapes.ctx_len}"
+        )
+    sampler = TokenSampler(sampling)
+    cache = {name: torch.zeros(shape, dtype=dtype) for name, (shape, dtype) in cache_specs.items()}
+    start = time.perf_counter()
+    last_logits = _prefill(prefill, shapes, prompts, cache)
+    prefill_s = time.perf_counter() - start
+    new_tokens: list[list[int]] = [[] for _ in prompts]
+    active = [True] * len(prompts)
+    token = sampler(last_logits)
+    _accept(token, new_tokens, active, eos_token_ids, max_new_tokens, streamer, step=0)
+    ttft_s = time.perf_counter() - start
+    latencies: list[float] = []
+    while any(active):
+        step_start = time.perf_counter()
+        logits = _decode_step(decode, shapes, prompts, new_tokens, active, cache)
+        token = sampler(logits)
+        _accept(token, new_tokens, active, eos_token_ids, max_new_tokens, streamer, step=len(latencies) + 1)
+        latencies.append(time.perf_counter() - step_start)
+    stats = LatencyStats(
+        prompt_tokens=tuple(len(p) for p in prompts),
+        generated_tokens=tuple(len(t) for t in new_tokens),
+        host_ttft_s=ttft_s,
+        host_prefill_s=prefill_s,
+        host_decode_s=sum(latencies),
+        host_token_latencies_s=tuple(latencies),
+    )
+    return GenerationOutput(_pad_sequences(prompts, new_tokens, pad_token_id), tuple(map(tuple, new_tokens)), stats)
+
+
+def _prefill(prefill: Executor, shapes: StaticShapes, prompts: list[list[int]], cache: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Run every prompt chunk; returns each row's logits at its last prompt token [rows, vocab]."""
+    chunk_len = shapes.prefill_len
+    last_logits = torch.empty(len(prompts), shapes.vocab_size)
+    chunks = -(-max(len(p) for p in prompts) // chunk_len)
+    for chunk in range(chunks):
+        ids = torch.zeros(shapes.batch_size, chunk_len, dtype=torch.int64)
+        positions = torch.full((shapes.batch_size, chunk_len), -1, dtype=torch.int64)
+        for row, prompt in enumerate(prompts):
+            piece = prompt[chunk * chunk_len : (chunk + 1) * chunk_len]
+            ids[row, : len(piece)] = torch.tensor(piece, dtype=torch.int64)
+            positions[row, : len(piece)] = torch.arange(chunk * chunk_len, chunk * chunk_len + len(piece))
+        outputs = _run(prefill, ids, positions, cache)
+        for row, prompt in enumerate(prompts):
+            if (len(prompt) - 1) // chunk_len == chunk:
+                last_logits[row] = outputs["logits"][row, 0]
+    return last_logits
+
+
+def _decode_step(
+    decode: Executor,
+    shapes: StaticShapes,
+    prompts: list[list[int]],
+    new_tokens: list[list[int]],
+    active: list[bool],
+    cache: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    ids = torch.zeros(shapes.batch_size, 1, dtype=torch.int64)
+    positions = torch.full((shapes.batch_size, 1), -1, dtype=torch.int64)
+    for row, is_active in enumerate(active):
+        if is_active:
+            ids[row, 0] = new_tokens[row][-1]
+            positions[row, 0] = len(prompts[row]) + len(new_tokens[row]) - 1
+    return _run(decode, ids, positions, cache)["logits"][: len(prompts), 0]
+
+
+def _run(executor: Executor, ids: torch.Tensor, positions: torch.Tensor, cache: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One program call; the RetainedState outputs replace the cache in place (the dict, not the tensors)."""
+    outputs = executor({"input_ids": ids, "position_ids": positions, **cache})
+    for name in cache:
+        cache[name] = outputs[f"{name}_RetainedState"]
+    return outputs
+
+
+def _accept(
+    token: torch.Tensor,
+    new_tokens: list[list[int]],
+    active: list[bool],
+    eos_token_ids: frozenset[int],
+    max_new_tokens: int,
+    streamer: Streamer | None,
+    step: int,
+) -> None:
+    chosen = torch.full((len(active),), -1, dtype=torch.int64)
+    for row, is_active in enumerate(active):
+        if not is_active:
+            continue
+        value = int(token[row])
+        new_tokens[row].append(value)
+        chosen[row] = value
+        if value in eos_token_ids or len(new_tokens[row]) >= max_new_tokens:
+            active[row] = False
+    if streamer is not None:
+        streamer(step, chosen)
+
+
+def _pad_sequences(prompts: list[list[int]], new_tokens: list[list[int]], pad_token_id: int) -> torch.Tensor:
+    rows = [prompt + tokens for prompt, tokens in zip(prompts, new_tokens, strict=True)]
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows], dtype=torch.int64)

@@ -1,0 +1,114 @@
+"""Saving and loading compiled models: round trip, ONNX Runtime on the saved files, refusal of damaged artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+import qeff_compiler as qc
+from qeff_compiler.errors import ArtifactExistsError, ArtifactIntegrityError, ArtifactVersionError
+from qeff_compiler.ir.samples import sample_inputs
+from tests.conftest import random_model, tiny_config
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[qc.CompiledModel, Path]:
+    compiled = qc.compile(random_model(tiny_config(n_heads=2)), ctx_len=24, prefill_len=6, batch_size=2)
+    path = tmp_path_factory.mktemp("artifacts") / "tiny"
+    compiled.save(path)
+    return compiled, path
+
+
+def test_round_trip_generates_identical_tokens(saved) -> None:
+    compiled, path = saved
+    loaded = qc.load_compiled(path)
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [9]]
+    assert loaded.generate(prompts, 8).new_tokens == compiled.generate(prompts, 8).new_tokens
+    assert loaded.pipeline == compiled.pipeline and loaded.options == compiled.options
+
+
+def test_saved_onnx_runs_in_onnx_runtime_like_the_host(saved) -> None:
+    compiled, path = saved
+    for name, program in (("program.onnx", compiled.prefill), ("decode.onnx", compiled.decode)):
+        inputs = sample_inputs(program, seed=3)
+        inputs = {k: v if not k.startswith("past") else torch.randn_like(v) for k, v in inputs.items()}
+        expected = compiled._host_executors()[0 if name == "program.onnx" else 1](inputs)
+        session = ort.InferenceSession(str(path / name), providers=["CPUExecutionProvider"])
+        results = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+        output_names = [o.name for o in session.get_outputs()]
+        assert output_names == [s.name for s in program.outputs]
+        for output, value in zip(output_names, results, strict=True):
+            np.testing.assert_allclose(value, expected[output].numpy(), rtol=0, atol=1e-4, err_msg=f"{name}:{output}")
+
+
+def test_manifest_records_files_pipeline_and_specializations(saved) -> None:
+    compiled, path = saved
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"weights.safetensors", "program.onnx", "program.onnx.data", "decode.onnx", "decode.onnx.data"}
+    assert [s["name"] for s in manifest["specializations"]] == ["prefill", "decode"]
+    assert manifest["pipeline"].startswith("strip-export-noise,patch-attention,kv-cache{ctx_len=24}")
+    # dce dropped the tied input embedding's own name: the embedding is stored once, as lm_head.weight
+    from safetensors import safe_open
+
+    with safe_open(str(path / "weights.safetensors"), framework="pt") as handle:
+        stored = set(handle.keys())
+    assert stored == set(compiled.prefill.weight_placeholders().values())
+    assert "transformer.wte.weight" not in stored and manifest["tied_weights"] == {}
+    assert not list(path.parent.glob(".tiny.*")), "no staging directory is left behind"
+
+
+def _copy(path: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    target = tmp_path / "copy"
+    shutil.copytree(path, target)
+    return target
+
+
+def test_modified_file_is_refused(saved, tmp_path: Path) -> None:
+    copy = _copy(saved[1], tmp_path)
+    data = bytearray((copy / "weights.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "weights.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ArtifactIntegrityError, match=r"weights.safetensors does not match its SHA-256 .*modified"):
+        qc.load_compiled(copy)
+
+
+def test_truncated_file_is_refused(saved, tmp_path: Path) -> None:
+    copy = _copy(saved[1], tmp_path)
+    data = (copy / "program.onnx.data").read_bytes()
+    (copy / "program.onnx.data").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactIntegrityError, match=r"program.onnx.data has \d+ bytes.*truncated"):
+        qc.load_compiled(copy)
+
+
+def test_missing_file_and_broken_manifest_are_refused(saved, tmp_path: Path) -> None:
+    copy = _copy(saved[1], tmp_path)
+    (copy / "decode.onnx").unlink()
+    with pytest.raises(ArtifactIntegrityError, match="decode.onnx is missing"):
+        qc.load_compiled(copy)
+    (copy / "manifest.json").write_text('{"format": "qeff-compiled-model", "format_ver')
+    with pytest.raises(ArtifactIntegrityError, match="not valid JSON"):
+        qc.load_compiled(copy)
+
+
+def test_other_format_version_is_refused(saved, tmp_path: Path) -> None:
+    copy = _copy(saved[1], tmp_path)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactVersionError, match="format version 99"):
+        qc.load_compiled(copy)
+
+
+def test_existing_output_needs_overwrite(saved) -> None:
+    compiled, path = saved
+    with pytest.raises(ArtifactExistsError, match="exists"):
+        compiled.save(path)
+    compiled.save(path, overwrite=True)
+    qc.load_compiled(path)
