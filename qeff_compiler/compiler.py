@@ -57,13 +57,16 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
         raise InvalidArgumentError(f"prefill_len={prefill_len} exceeds the model's max_seq_len={resolved.config.max_seq_len}")
     resolved = dataclasses.replace(resolved, weights=resolved.weights.materialized())
     pipeline = passes if passes is not None else options.pipeline()
-    programs = {}
+    programs, reports = {}, {}
     for name, seq_len in (("prefill", prefill_len), ("decode", 1)):
-        program = PassManager(pipeline, verify=verify).run(capture_resolved(resolved, batch_size=batch_size, seq_len=seq_len))
+        manager = PassManager(pipeline, verify=verify)
+        program = manager.run(capture_resolved(resolved, batch_size=batch_size, seq_len=seq_len))
         if "kv-cache" not in program.properties:
             raise PipelineError(f"pipeline {pipeline!r} does not make the program stateful: add kv-cache{{ctx_len=N}}")
-        programs[name] = program
-    return CompiledModel(options, pipeline, programs["prefill"], programs["decode"], resolved.origin, resolved.directory)
+        programs[name], reports[name] = program, manager.timing_report()
+    compiled = CompiledModel(options, pipeline, programs["prefill"], programs["decode"], resolved.origin, resolved.directory)
+    compiled.pass_reports = reports
+    return compiled
 
 
 def _check_options(options: CompileOptions) -> None:
@@ -98,6 +101,8 @@ class CompiledModel:
         self.origin = origin
         #: HF directory the model came from; its tokenizer files are copied into saved artifacts
         self.source_directory = source_directory
+        #: `--time-passes` tables of the compile, per specialization (empty for a loaded artifact)
+        self.pass_reports: dict[str, str] = {}
         self._executors: tuple[HostExecutor, HostExecutor] | None = None
 
     @property
@@ -135,6 +140,10 @@ class CompiledModel:
         prefill, decode = self._host_executors()
         cache_specs = {s.name: (s.shape, s.dtype) for s in self.prefill.inputs if s.role in ("past_key", "past_value")}
         return generate(prefill, decode, shapes, cache_specs, prompts, max_new_tokens, sampling, eos_ids, pad, streamer)
+
+    def timing_report(self) -> str:
+        """Per-pass timings of the compile that produced this model, per specialization."""
+        return "\n".join(f"// {name} specialization\n{report}" for name, report in self.pass_reports.items())
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         """Write the compiled-model directory (manifest, weights, ONNX per specialization) atomically."""

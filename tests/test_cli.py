@@ -84,3 +84,19 @@ def test_failures_exit_1(tmp_path: Path) -> None:
     result = qeffc("capture", str(tmp_path))
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "no model.safetensors" in result.stderr
+
+
+def test_compile_then_run_streams_tokens_and_prints_statistics(model_dir: Path, tmp_path: Path) -> None:
+    artifact = tmp_path / "artifact"
+    result = qeffc("compile", str(model_dir), "-o", str(artifact), "--ctx-len", "32", "--prefill-len", "8")
+    assert result.returncode == 0, result.stderr
+    assert (artifact / "manifest.json").is_file() and (artifact / "program.onnx").is_file()
+    again = qeffc("compile", str(model_dir), "-o", str(artifact))
+    assert again.returncode == 2 and "exists; pass --force" in again.stderr
+    run = qeffc("run", str(artifact), "--token-ids", "1,2,3", "--max-new-tokens", "5")
+    assert run.returncode == 0, run.stderr
+    streamed = run.stdout.splitlines()[0].split(",")
+    assert len(streamed) == 5 and all(t.isdigit() for t in streamed)
+    assert "host TTFT" in run.stdout
+    no_tokenizer = qeffc("run", str(artifact), "--prompt", "hello")
+    assert no_tokenizer.returncode == 2 and "has no tokenizer" in no_tokenizer.stderr

@@ -10,13 +10,18 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
+from transformers import MptConfig
 from rich.console import Console
 from rich.table import Table
 
 from qeff_compiler.capture import capture
 from qeff_compiler.capture.presets import preset_config, preset_names
-from qeff_compiler.errors import QeffError
+from qeff_compiler.compiler import compile as compile_model
+from qeff_compiler.compiler import load_compiled
+from qeff_compiler.data import TINY_MPT
+from qeff_compiler.errors import ArtifactExistsError, InvalidArgumentError, QeffError
 from qeff_compiler.ir.printer import format_program
 from qeff_compiler.ir.program import Program
 from qeff_compiler.passes import PassManager, registered_passes
@@ -31,20 +36,32 @@ app = typer.Typer(
 )
 console = Console()
 
+#: the model used when none is given: the small MPT shipped with the package
+SHIPPED_MODEL = "tiny-mpt-pystdlib"
 ModelArgument = Annotated[
     str,
-    typer.Argument(help=f"model directory (config.json + safetensors) or preset ({', '.join(preset_names())})"),
+    typer.Argument(
+        help=f"model directory (config.json + safetensors), {SHIPPED_MODEL} (shipped), "
+        f"or a config-only preset ({', '.join(preset_names())})"
+    ),
 ]
 SeqLenOption = Annotated[int | None, typer.Option("--seq-len", help="example sequence length of the capture")]
 
 
+def _model_source(model: str) -> Path | MptConfig:
+    if Path(model).exists():
+        return Path(model)
+    if model == SHIPPED_MODEL:
+        return TINY_MPT
+    return preset_config(model)
+
+
 def _load(model: str, seq_len: int | None) -> Program:
-    source = Path(model) if Path(model).exists() else preset_config(model)
-    return capture(source, seq_len=seq_len)
+    return capture(_model_source(model), seq_len=seq_len)
 
 
 @app.command("capture")
-def capture_command(model: ModelArgument, seq_len: SeqLenOption = None) -> None:
+def capture_command(model: ModelArgument = SHIPPED_MODEL, seq_len: SeqLenOption = None) -> None:
     """Capture MODEL to an FX graph and print a summary: shape, parameters, operator histogram."""
     program = _load(model, seq_len)
     config = program.config
@@ -89,8 +106,8 @@ def _describe_options(options_class: type) -> list[str]:
 
 @app.command("opt")
 def opt_command(
-    model: ModelArgument,
     passes: Annotated[str, typer.Option("--passes", help="pipeline, e.g. 'strip-export-noise,dce'")],
+    model: ModelArgument = SHIPPED_MODEL,
     print_ir_after: Annotated[
         list[str] | None, typer.Option("--print-ir-after", help="print the IR after this pass (repeatable)")
     ] = None,
@@ -119,6 +136,107 @@ def opt_command(
         f"{result.num_parameters():,} parameters",
         highlight=False,
     )
+
+
+@app.command("compile")
+def compile_command(
+    output: Annotated[Path, typer.Option("--output", "-o", help="artifact directory to write")],
+    model: ModelArgument = SHIPPED_MODEL,
+    ctx_len: Annotated[int, typer.Option("--ctx-len", help="KV cache length in tokens")] = 128,
+    prefill_len: Annotated[int, typer.Option("--prefill-len", help="prompt chunk length of the prefill graph")] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="sequences per call")] = 1,
+    precision: Annotated[str, typer.Option("--precision", help="numeric precision")] = "fp32",
+    passes: Annotated[str | None, typer.Option("--passes", help="replace the default pipeline")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace OUTPUT if it exists")] = False,
+    time_passes: Annotated[bool, typer.Option("--time-passes", help="print time per pass")] = False,
+) -> None:
+    """Compile MODEL into a prefill and a decode program and write the artifact directory."""
+    if output.exists() and not force:
+        raise ArtifactExistsError(f"output directory {output} exists; pass --force to replace it")
+    source = _model_source(model)
+    with console.status(f"compiling {model}"):
+        compiled = compile_model(
+            source, precision=precision, ctx_len=ctx_len, prefill_len=prefill_len, batch_size=batch_size, passes=passes
+        )
+    if time_passes:
+        _print_plain(compiled.timing_report())
+    with console.status(f"writing {output}"):
+        compiled.save(output, overwrite=force)
+    console.print(f"compiled {model} → {output} (pipeline: {compiled.pipeline})", highlight=False, markup=False)
+
+
+@app.command("run")
+def run_command(
+    artifact: Annotated[Path, typer.Argument(help="compiled artifact directory")],
+    prompt: Annotated[str | None, typer.Option("--prompt", help="text to continue (tokenizer of the artifact)")] = None,
+    token_ids: Annotated[str | None, typer.Option("--token-ids", help="comma-separated token ids instead of text")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="tokens to generate")] = 32,
+    do_sample: Annotated[bool, typer.Option("--sample", help="sample instead of greedy")] = False,
+    temperature: Annotated[float, typer.Option("--temperature")] = 1.0,
+    top_k: Annotated[int, typer.Option("--top-k")] = 0,
+    top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+) -> None:
+    """Generate from a compiled artifact, printing text as it streams and then the latency statistics."""
+    compiled = load_compiled(artifact)
+    tokenizer = _tokenizer(artifact) if token_ids is None else None
+    ids = _prompt_ids(prompt, token_ids, tokenizer)
+    stream = _TextStream(tokenizer)
+    if tokenizer is not None:
+        _print_plain_inline(tokenizer.decode(ids))
+    out = compiled.generate(
+        [ids], max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+        streamer=stream,
+    )
+    sys.stdout.write("\n")
+    table = Table(title="latency (host executor, this machine)", show_header=False)
+    for label, value in out.stats.rows():
+        table.add_row(label, value)
+    console.print(table)
+
+
+def _tokenizer(artifact: Path):  # noqa: ANN202 (a transformers tokenizer)
+    if not (artifact / "tokenizer.json").is_file():
+        raise InvalidArgumentError(f"{artifact} has no tokenizer (compile from a model directory with one, or use --token-ids)")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(artifact)
+
+
+def _prompt_ids(prompt: str | None, token_ids: str | None, tokenizer) -> list[int]:  # noqa: ANN001
+    if (prompt is None) == (token_ids is None):
+        raise InvalidArgumentError("give exactly one of --prompt TEXT or --token-ids IDS")
+    if token_ids is not None:
+        try:
+            return [int(t) for t in token_ids.split(",")]
+        except ValueError:
+            raise InvalidArgumentError(f"--token-ids must be comma-separated integers, got {token_ids!r}") from None
+    return tokenizer.encode(prompt)
+
+
+class _TextStream:
+    """Prints each new token as it is generated: decoded text with a tokenizer, ids without."""
+
+    def __init__(self, tokenizer) -> None:  # noqa: ANN001
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.printed = ""
+
+    def __call__(self, step: int, tokens: torch.Tensor) -> None:
+        if int(tokens[0]) < 0:
+            return
+        self.tokens.append(int(tokens[0]))
+        if self.tokenizer is None:
+            _print_plain_inline(f"{'' if step == 0 else ','}{int(tokens[0])}")
+            return
+        text = self.tokenizer.decode(self.tokens)
+        _print_plain_inline(text[len(self.printed) :])
+        self.printed = text
+
+
+def _print_plain_inline(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def _print_plain(text: str) -> None:

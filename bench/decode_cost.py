@@ -1,0 +1,83 @@
+"""Host decode cost vs position: a decode step must cost the same early and late in the cache.
+
+The stateful program attends over the whole fixed ctx_len buffer and never re-runs the prompt, so the time of
+one decode step at position 16 and at ctx_len − 16 should be equal (within noise). Each figure is the median of
+`--repeats` timed steps after warm-up, on a model shaped like MPT-125M with random weights (and the shipped
+model when it is present), batch 1.
+
+    python -m bench.decode_cost [--ctx-len 512] [--repeats 30] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from transformers import MptForCausalLM
+
+import qeff_compiler as qc
+from qeff_compiler.capture.presets import preset_config
+
+RESULTS = Path(__file__).parent / "results" / "decode_cost.json"
+
+
+def step_times(compiled: qc.CompiledModel, position: int, repeats: int) -> list[float]:
+    """Wall times of single decode steps writing `position`, with a random (full) cache."""
+    decode = compiled._host_executors()[1]
+    inputs = {"input_ids": torch.tensor([[1]]), "position_ids": torch.tensor([[position]])}
+    inputs.update({s.name: torch.randn(s.shape) for s in compiled.decode.inputs if s.role.startswith("past")})
+    for _ in range(3):
+        decode(inputs)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        decode(inputs)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure(name: str, model: object, ctx_len: int, repeats: int) -> dict:
+    compiled = qc.compile(model, ctx_len=ctx_len, prefill_len=32, verify=False)
+    early, late = step_times(compiled, 16, repeats), step_times(compiled, ctx_len - 16, repeats)
+    row = {
+        "model": name,
+        "ctx_len": ctx_len,
+        "position_early": 16,
+        "position_late": ctx_len - 16,
+        "early_median_ms": 1e3 * statistics.median(early),
+        "late_median_ms": 1e3 * statistics.median(late),
+        "early_min_max_ms": [1e3 * min(early), 1e3 * max(early)],
+        "late_min_max_ms": [1e3 * min(late), 1e3 * max(late)],
+    }
+    row["late_over_early"] = row["late_median_ms"] / row["early_median_ms"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ctx-len", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    models: dict[str, object] = {"mpt-125m shape (random weights)": MptForCausalLM(preset_config("mpt-125m")).eval()}
+    from qeff_compiler.data import TINY_MPT
+
+    if TINY_MPT.is_dir():
+        models["tiny-mpt-pystdlib (shipped)"] = TINY_MPT
+    rows = [measure(name, model, args.ctx_len, args.repeats) for name, model in models.items()]
+    print(f"{'model':<34} {'pos':>5} {'median ms':>10} {'pos':>5} {'median ms':>10} {'late/early':>10}")
+    for r in rows:
+        print(f"{r['model']:<34} {r['position_early']:>5} {r['early_median_ms']:>10.2f} "
+              f"{r['position_late']:>5} {r['late_median_ms']:>10.2f} {r['late_over_early']:>10.3f}")
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps({"threads": args.threads, "repeats": args.repeats, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
