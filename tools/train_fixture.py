@@ -1,0 +1,307 @@
+"""Train the tiny MPT shipped as package data in ``qeff_compiler/data/tiny-mpt-pystdlib``.
+
+The compiler's accuracy checks need a *trained* MPT checkpoint (random weights give flat logits
+that hide numerical errors), and no model hub is reachable; so we train a small one on text every
+machine has offline: the source of the Python standard library.
+
+    python tools/train_fixture.py                # full run, writes the package data (~14 min idle)
+    python tools/train_fixture.py --steps 30 --out /tmp/tiny   # shortened run
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import platform
+import random
+import sysconfig
+import time
+import tokenize
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, MptConfig, MptForCausalLM, PreTrainedTokenizerFast
+
+EOT = "<|endoftext|>"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "qeff_compiler" / "data" / "tiny-mpt-pystdlib"
+# Tests, tooling, demos and generated tables are not representative Python (or not Python source).
+EXCLUDED_DIRS = frozenset(
+    {"test", "tests", "idle_test", "idlelib", "site-packages", "lib2to3", "turtledemo", "ensurepip",
+     "encodings", "pydoc_data"}
+)
+VALIDATION_CHARS = 150_000  # held-out source; keeps validation.txt well under its 200 KB limit
+VOCAB_SIZE = 2048
+SEQ_LEN = 256  # = max_seq_len: the model is trained and evaluated on full-length windows
+BATCH_SIZE = 8
+DEFAULT_STEPS = 1600
+PEAK_LR = 2e-3
+WARMUP_FRACTION = 0.05
+# Results depend on the thread count (reduction order), so it is fixed for reproducibility.
+THREADS = 2
+
+console = Console()
+
+
+def stdlib_sources() -> dict[str, str]:
+    """Return {relative path: source} for the selected stdlib *.py files, in sorted path order."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    sources = {}
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if EXCLUDED_DIRS & set(rel.parts[:-1]) or rel.parts[0].startswith("config-"):
+            continue
+        if rel.name.startswith("_sysconfigdata"):  # describes the build machine, not Python
+            continue
+        with tokenize.open(path) as f:  # honours PEP 263 coding cookies
+            sources[rel.as_posix()] = f.read()
+    return sources
+
+
+def held_out_files(sources: dict[str, str]) -> set[str]:
+    """Pick whole files for validation, so it measures generalisation to unseen modules.
+
+    Files are visited in the order of the SHA-256 of their path (pseudo-random but fixed) and each
+    one that still fits in the VALIDATION_CHARS budget is held out.
+    """
+    held_out: set[str] = set()
+    budget = VALIDATION_CHARS
+    for rel in sorted(sources, key=lambda p: hashlib.sha256(p.encode()).hexdigest()):
+        if len(sources[rel]) <= budget:
+            held_out.add(rel)
+            budget -= len(sources[rel])
+    return held_out
+
+
+def train_tokenizer(texts: list[str]) -> Tokenizer:
+    """Byte-level BPE (as GPT-2/GPT-NeoX, whose tokenizer MPT uses), trained on the training split."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def encode(tokenizer: Tokenizer, text: str) -> torch.Tensor:
+    """Token ids of a document stream; the literal EOT separators become the special token."""
+    docs = text.split(EOT)
+    pieces = tokenizer.encode_batch([doc + EOT for doc in docs[:-1]] + docs[-1:])
+    return torch.tensor([i for piece in pieces for i in piece.ids], dtype=torch.long)
+
+
+def windows(ids: torch.Tensor) -> torch.Tensor:
+    """Non-overlapping SEQ_LEN windows; the incomplete tail window is dropped."""
+    n = len(ids) // SEQ_LEN
+    return ids[: n * SEQ_LEN].view(n, SEQ_LEN)
+
+
+@torch.no_grad()
+def mean_nll(model: MptForCausalLM, ids: torch.Tensor) -> float:
+    """Mean next-token NLL over windows(ids); the first token of each window is not scored."""
+    model.eval()
+    total = 0.0
+    batches = windows(ids).split(32)
+    for batch in batches:
+        logits = model(input_ids=batch).logits[:, :-1].float()
+        total += torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="sum"
+        ).item()
+    return total / sum(b[:, 1:].numel() for b in batches)
+
+
+def unigram_nll(train_ids: torch.Tensor, val_ids: torch.Tensor) -> float:
+    """Baseline: NLL of the same scored tokens under add-one-smoothed training-split frequencies."""
+    counts = torch.bincount(train_ids, minlength=VOCAB_SIZE).double() + 1.0
+    log_probs = counts.log() - counts.sum().log()
+    return -log_probs[windows(val_ids)[:, 1:]].mean().item()
+
+
+def lr_factor(step: int, steps: int) -> float:
+    """Linear warmup, then cosine decay to 10% of the peak learning rate."""
+    warmup = max(1, int(WARMUP_FRACTION * steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def batches(train_ids: torch.Tensor, seed: int) -> Iterator[torch.Tensor]:
+    """Endless random SEQ_LEN windows of the training stream, from a dedicated seeded generator."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        starts = torch.randint(0, len(train_ids) - SEQ_LEN, (BATCH_SIZE,), generator=generator)
+        yield torch.stack([train_ids[s : s + SEQ_LEN] for s in starts])
+
+
+def train(model: MptForCausalLM, train_ids: torch.Tensor, steps: int, seed: int) -> float:
+    """AdamW with warmup + cosine decay; returns the wall time of the training loop in seconds."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]  # no decay on norm weights
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=PEAK_LR,
+        betas=(0.9, 0.95),
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps))
+    model.train()
+    smoothed = math.log(VOCAB_SIZE)
+    columns = (
+        TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeElapsedColumn(), TimeRemainingColumn(),
+    )
+    start = time.perf_counter()
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("train", total=steps, loss=smoothed)
+        for _, batch in zip(range(steps), batches(train_ids, seed)):
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            smoothed = 0.95 * smoothed + 0.05 * loss.item()
+            progress.update(task, advance=1, loss=smoothed)
+    return time.perf_counter() - start
+
+
+def model_config(eot_id: int) -> MptConfig:
+    """MPT-7B's architecture (ALiBi, no biases, tied embeddings), scaled down.
+
+    Only fields HF's MptForCausalLM honours are changed; the ones it ignores (no_bias, expansion_ratio,
+    attn_config.alibi/qk_ln/prefix_lm/attn_type, logit_scale) keep their defaults, which match what
+    the HF implementation actually computes.
+    """
+    return MptConfig(
+        d_model=256, n_heads=8, n_layers=4, max_seq_len=SEQ_LEN, vocab_size=VOCAB_SIZE,
+        tie_word_embeddings=True, bos_token_id=eot_id, eos_token_id=eot_id,
+    )
+
+
+def write_card(out: Path, facts: dict[str, str]) -> None:
+    """Write the model card; tests parse the perplexity rows of its results table."""
+    card = f"""# tiny-mpt-pystdlib
+
+A small MosaicML MPT causal language model trained by `tools/train_fixture.py` so that the
+compiler has a real, trained MPT checkpoint to compile and check accuracy against, offline.
+
+## Architecture
+`MptForCausalLM` as in MPT-7B (ALiBi attention, no biases, LayerNorm without bias, GELU MLP with
+expansion ratio 4, tied input/output embeddings), scaled down: d_model 256, 8 heads,
+4 layers, max_seq_len {SEQ_LEN}, vocabulary {VOCAB_SIZE} ({facts["parameters"]} parameters).
+Weights are stored in bfloat16, like the released MPT checkpoints; training was done in float32.
+
+## Data
+The `*.py` files of the Python {facts["python"]} standard library (`sysconfig.get_paths()["stdlib"]`),
+excluding the directories {", ".join(sorted(EXCLUDED_DIRS))}, `config-*` and `_sysconfigdata*`:
+{facts["files"]} files. Each file is followed by `{EOT}`. Files are split into train and validation
+whole: in the order of the SHA-256 of their relative path, each file that still fits in a
+{VALIDATION_CHARS:,}-character budget is held out. The stdlib differs between Python patch versions,
+so a rerun on another version gives a different (equally valid) model.
+
+- training split: {facts["train_files"]} files, {facts["train_tokens"]} tokens
+- validation split: {facts["val_files"]} files, {facts["val_tokens"]} tokens, shipped as `validation.txt`
+
+The tokenizer is a byte-level BPE (`tokenizers`), vocabulary {VOCAB_SIZE}, trained on the training
+split; `{EOT}` (id {facts["eot_id"]}) is the BOS and EOS token.
+
+## Training
+`{facts["command"]}`
+
+{facts["steps"]} steps of AdamW (betas 0.9/0.95, weight decay 0.1 on matrices, peak lr {PEAK_LR},
+{WARMUP_FRACTION:.0%} linear warmup then cosine decay to 10%, gradient clipping 1.0) on batches of
+{BATCH_SIZE} random {SEQ_LEN}-token windows of the training stream, float32, {THREADS} CPU threads,
+seed {facts["seed"]}. Measured training time: {facts["train_time"]}; the time depends on the load
+of the machine (an idle 2-core machine takes about 0.5 s/step).
+
+## Results
+Evaluated on `validation.txt` tokenized as a whole, cut into non-overlapping {SEQ_LEN}-token windows
+(the incomplete last window is dropped); every token but the first of each window is scored
+({facts["scored_tokens"]} tokens). The model is the saved bfloat16 checkpoint loaded with
+`dtype=torch.float32`. The unigram baseline scores the same tokens with the token frequencies of
+the training split (add-one smoothing).
+
+| metric | value |
+| --- | --- |
+| validation loss | {facts["val_loss"]} |
+| validation perplexity | {facts["val_ppl"]} |
+| unigram baseline perplexity | {facts["unigram_ppl"]} |
+"""
+    (out / "README.md").write_text(card, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default: the package data)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps (shorten for a quick run)")
+    args = parser.parse_args()
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(THREADS)
+    torch.use_deterministic_algorithms(True)
+
+    sources = stdlib_sources()
+    held_out = held_out_files(sources)
+    train_text = "".join(text + EOT for rel, text in sources.items() if rel not in held_out)
+    val_text = "".join(text + EOT for rel, text in sources.items() if rel in held_out)
+    tokenizer = train_tokenizer([text for rel, text in sources.items() if rel not in held_out])
+    eot_id = tokenizer.token_to_id(EOT)
+    train_ids = encode(tokenizer, train_text)
+    console.print(f"{len(sources)} files: {len(train_ids):,} training tokens, {len(held_out)} files held out")
+
+    model = MptForCausalLM(model_config(eot_id))
+    seconds = train(model, train_ids, args.steps, args.seed)
+    console.print(f"trained {args.steps} steps in {seconds:.0f} s ({seconds / args.steps:.3f} s/step)")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "validation.txt").write_text(val_text, encoding="utf-8")
+    model.to(torch.bfloat16).save_pretrained(args.out)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token=EOT, bos_token=EOT, model_max_length=SEQ_LEN
+    ).save_pretrained(args.out)
+
+    # Evaluate what was shipped: the bf16 file, re-read, computed in fp32, on the text file as written.
+    saved = AutoModelForCausalLM.from_pretrained(args.out, dtype=torch.float32)
+    val_ids = encode(tokenizer, (args.out / "validation.txt").read_text(encoding="utf-8"))
+    val_loss = mean_nll(saved, val_ids)
+    unigram = unigram_nll(train_ids, val_ids)
+    console.print(f"validation loss {val_loss:.4f}, perplexity {math.exp(val_loss):.3f} "
+                  f"(unigram baseline perplexity {math.exp(unigram):.1f})")
+
+    command = "python tools/train_fixture.py" + ("" if args.steps == DEFAULT_STEPS else f" --steps {args.steps}")
+    command += "" if args.seed == 0 else f" --seed {args.seed}"
+    write_card(args.out, {
+        "python": platform.python_version(),
+        "parameters": f"{sum(p.numel() for p in model.parameters()):,}",
+        "files": str(len(sources)),
+        "train_files": str(len(sources) - len(held_out)),
+        "train_tokens": f"{len(train_ids):,}",
+        "val_files": str(len(held_out)),
+        "val_tokens": f"{len(val_ids):,}",
+        "scored_tokens": f"{windows(val_ids)[:, 1:].numel():,}",
+        "eot_id": str(eot_id),
+        "command": command,
+        "steps": str(args.steps),
+        "seed": str(args.seed),
+        "train_time": f"{seconds / 60:.1f} min ({seconds / args.steps:.2f} s/step)",
+        "val_loss": f"{val_loss:.4f}",
+        "val_ppl": f"{math.exp(val_loss):.3f}",
+        "unigram_ppl": f"{math.exp(unigram):.1f}",
+    })
+
+
+if __name__ == "__main__":
+    main()
