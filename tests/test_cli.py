@@ -100,3 +100,14 @@ def test_compile_then_run_streams_tokens_and_prints_statistics(model_dir: Path, 
     assert "host TTFT" in run.stdout
     no_tokenizer = qeffc("run", str(artifact), "--prompt", "hello")
     assert no_tokenizer.returncode == 2 and "has no tokenizer" in no_tokenizer.stderr
+
+
+def test_shipped_model_is_the_default_and_its_tokenizer_travels(tmp_path: Path) -> None:
+    summary = qeffc("capture")
+    assert summary.returncode == 0, summary.stderr
+    assert "3,672,320" in summary.stdout  # the shipped model's parameter count (model card)
+    artifact = tmp_path / "shipped"
+    assert qeffc("compile", "-o", str(artifact), "--ctx-len", "64", "--prefill-len", "16").returncode == 0
+    run = qeffc("run", str(artifact), "--prompt", "    def __init__(self", "--max-new-tokens", "12")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("    def __init__(self")
