@@ -2,8 +2,8 @@
 
 The stateful program attends over the whole fixed ctx_len buffer and never re-runs the prompt, so the time of
 one decode step at position 16 and at ctx_len − 16 should be equal (within noise). Each figure is the median of
-`--repeats` timed steps after warm-up, on a model shaped like MPT-125M with random weights (and the shipped
-model when it is present), batch 1.
+`--repeats` timed steps after warm-up (the two positions interleaved), batch 1, on a model shaped like MPT-125M
+with random weights and on the shipped model at its max_seq_len of 256.
 
     python -m bench.decode_cost [--ctx-len 512] [--repeats 30] [--threads 2]
 """
@@ -20,29 +20,34 @@ import torch
 from transformers import MptForCausalLM
 
 import qeff_compiler as qc
+from qeff_compiler.data import TINY_MPT
+from qeff_compiler.capture import resolve_model
 from qeff_compiler.capture.presets import preset_config
 
 RESULTS = Path(__file__).parent / "results" / "decode_cost.json"
 
 
-def step_times(compiled: qc.CompiledModel, position: int, repeats: int) -> list[float]:
-    """Wall times of single decode steps writing `position`, with a random (full) cache."""
+def step_times(compiled: qc.CompiledModel, positions: tuple[int, int], repeats: int) -> list[list[float]]:
+    """Wall times of single decode steps at each position, interleaved so load changes hit both alike."""
     decode = compiled._host_executors()[1]
-    inputs = {"input_ids": torch.tensor([[1]]), "position_ids": torch.tensor([[position]])}
-    inputs.update({s.name: torch.randn(s.shape) for s in compiled.decode.inputs if s.role.startswith("past")})
-    for _ in range(3):
-        decode(inputs)
-    times = []
+    caches = {s.name: torch.randn(s.shape) for s in compiled.decode.inputs if s.role.startswith("past")}
+    calls = [{"input_ids": torch.tensor([[1]]), "position_ids": torch.tensor([[p]]), **caches} for p in positions]
+    for _ in range(5):
+        for inputs in calls:
+            decode(inputs)
+    times: list[list[float]] = [[] for _ in positions]
     for _ in range(repeats):
-        start = time.perf_counter()
-        decode(inputs)
-        times.append(time.perf_counter() - start)
+        for series, inputs in zip(times, calls, strict=True):
+            start = time.perf_counter()
+            decode(inputs)
+            series.append(time.perf_counter() - start)
     return times
 
 
 def measure(name: str, model: object, ctx_len: int, repeats: int) -> dict:
+    ctx_len = min(ctx_len, resolve_model(model).config.max_seq_len)
     compiled = qc.compile(model, ctx_len=ctx_len, prefill_len=32, verify=False)
-    early, late = step_times(compiled, 16, repeats), step_times(compiled, ctx_len - 16, repeats)
+    early, late = step_times(compiled, (16, ctx_len - 16), repeats)
     row = {
         "model": name,
         "ctx_len": ctx_len,
@@ -66,10 +71,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     models: dict[str, object] = {"mpt-125m shape (random weights)": MptForCausalLM(preset_config("mpt-125m")).eval()}
-    from qeff_compiler.data import TINY_MPT
-
-    if TINY_MPT.is_dir():
-        models["tiny-mpt-pystdlib (shipped)"] = TINY_MPT
+    models["tiny-mpt-pystdlib (shipped)"] = TINY_MPT
     rows = [measure(name, model, args.ctx_len, args.repeats) for name, model in models.items()]
     print(f"{'model':<34} {'pos':>5} {'median ms':>10} {'pos':>5} {'median ms':>10} {'late/early':>10}")
     for r in rows:

@@ -162,7 +162,7 @@ def compile_command(
         _print_plain(compiled.timing_report())
     with console.status(f"writing {output}"):
         compiled.save(output, overwrite=force)
-    console.print(f"compiled {model} → {output} (pipeline: {compiled.pipeline})", highlight=False, markup=False)
+    _print_plain(f"compiled {model} → {output} (pipeline: {compiled.pipeline})")
 
 
 @app.command("run")
