@@ -29,7 +29,7 @@ RESULTS = Path(__file__).parent / "results" / "decode_cost.json"
 
 def step_times(compiled: qc.CompiledModel, positions: tuple[int, int], repeats: int) -> list[list[float]]:
     """Wall times of single decode steps at each position, interleaved so load changes hit both alike."""
-    decode = compiled._host_executors()[1]
+    decode = compiled.host_executors()[1]
     caches = {s.name: torch.randn(s.shape) for s in compiled.decode.inputs if s.role.startswith("past")}
     calls = [{"input_ids": torch.tensor([[1]]), "position_ids": torch.tensor([[p]]), **caches} for p in positions]
     for _ in range(5):

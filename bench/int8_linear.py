@@ -86,11 +86,14 @@ def method_calls(weight: torch.Tensor, copies: int, x: torch.Tensor) -> dict[str
     fp32 = [weight] + [weight.clone() for _ in range(copies - 1)]
     int8 = [qweight] + [qweight.clone() for _ in range(copies - 1)]
     prepared = [prepare_w8a16(q, scales) for q in int8]
+    def quantize_then_w8a8(q: torch.Tensor) -> torch.Tensor:
+        return linear_w8a8(quantize_activation_per_tensor(x, x_scale), x_scale, q, scales)
+
     return {
         "fp32": [lambda w=w: F.linear(x, w) for w in fp32],
         "w8a16": [lambda p=p: p(x) for p in prepared],
         "w8a8": [lambda q=q: linear_w8a8(xq, x_scale, q, scales) for q in int8],
-        "w8a8+q": [lambda q=q: linear_w8a8(quantize_activation_per_tensor(x, x_scale), x_scale, q, scales) for q in int8],
+        "w8a8+q": [lambda q=q: quantize_then_w8a8(q) for q in int8],
     }
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import MptConfig
 
 from qeff_compiler.artifact import load_artifact, save_artifact
 from qeff_compiler.backends.host import HostExecutor
@@ -106,7 +107,7 @@ class CompiledModel:
         self._executors: tuple[HostExecutor, HostExecutor] | None = None
 
     @property
-    def config(self):  # noqa: ANN201 (transformers.MptConfig)
+    def config(self) -> MptConfig:
         return self.prefill.config
 
     @property
@@ -137,7 +138,7 @@ class CompiledModel:
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
         eos_ids = frozenset([] if eos is None else [eos] if isinstance(eos, int) else eos)
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else min(eos_ids, default=0)
-        prefill, decode = self._host_executors()
+        prefill, decode = self.host_executors()
         cache_specs = {s.name: (s.shape, s.dtype) for s in self.prefill.inputs if s.role in ("past_key", "past_value")}
         return generate(prefill, decode, shapes, cache_specs, prompts, max_new_tokens, sampling, eos_ids, pad, streamer)
 
@@ -149,7 +150,8 @@ class CompiledModel:
         """Write the compiled-model directory (manifest, weights, ONNX per specialization) atomically."""
         save_artifact(self, Path(path), overwrite=overwrite)
 
-    def _host_executors(self) -> tuple[HostExecutor, HostExecutor]:
+    def host_executors(self) -> tuple[HostExecutor, HostExecutor]:
+        """The (prefill, decode) host executors, created once; they share the weight tensors."""
         if self._executors is None:
             self._executors = (HostExecutor(self.prefill), HostExecutor(self.decode))
         return self._executors

@@ -68,7 +68,7 @@ def test_prefill_logits_match_hf(config, data) -> None:
     seq_len = data.draw(st.integers(1, config.max_seq_len))
     compiled = qc.compile(model, ctx_len=config.max_seq_len, prefill_len=seq_len, verify=False)
     input_ids = torch.randint(0, config.vocab_size, (1, seq_len))
-    prefill = compiled._host_executors()[0]
+    prefill = compiled.host_executors()[0]
     caches = {s.name: torch.zeros(s.shape) for s in compiled.prefill.inputs if s.role.startswith("past")}
     logits = prefill({"input_ids": input_ids, "position_ids": torch.arange(seq_len)[None], **caches})["logits"]
     with torch.no_grad():

@@ -56,11 +56,8 @@ def propagate_shapes(program: Program, after: str) -> None:
         args = []
         for node in program.graph.find_nodes(op="placeholder"):
             kind, name = node.meta[BINDING]
-            shape, dtype = (program.weights[name].shape, program.weights[name].dtype) if kind == "weight" else (
-                specs[name].shape,
-                specs[name].dtype,
-            )
-            args.append(torch.empty(shape, dtype=dtype))
+            spec = program.weights[name] if kind == "weight" else specs[name]
+            args.append(torch.empty(spec.shape, dtype=spec.dtype))
     try:
         results = FakeTensorProp(program.graph_module, mode).propagate_dont_convert_inputs(*args)
     except RuntimeError as exc:
