@@ -1,15 +1,28 @@
 """qeff-compiler: compile MosaicML MPT models for a Qualcomm Cloud AI 100-class accelerator.
 
-Public API (see README): `capture`, `PassManager`, `compile`, `load_compiled`, `CompiledModel`, `Program`, and
+Public API (see README): `capture`, `PassManager`, `compile`, `load_compiled`, `CompiledModel`, `evaluate`,
+`Program`, and
 `QeffError`, the root of every error (subclasses in `qeff_compiler.errors`).
 """
 
 from qeff_compiler.capture import capture
 from qeff_compiler.compiler import CompiledModel, compile, load_compiled  # noqa: A004 (DESIGN.md's API name)
 from qeff_compiler.errors import QeffError
+from qeff_compiler.evaluate import EvaluationReport, evaluate
 from qeff_compiler.ir import Program
 from qeff_compiler.passes import PassManager
 
 __version__ = "0.1.0"
 
-__all__ = ["CompiledModel", "PassManager", "Program", "QeffError", "__version__", "capture", "compile", "load_compiled"]
+__all__ = [
+    "CompiledModel",
+    "EvaluationReport",
+    "PassManager",
+    "Program",
+    "QeffError",
+    "__version__",
+    "capture",
+    "compile",
+    "evaluate",
+    "load_compiled",
+]

@@ -111,3 +111,15 @@ def test_shipped_model_is_the_default_and_its_tokenizer_travels(tmp_path: Path) 
     run = qeffc("run", str(artifact), "--prompt", "    def __init__(self", "--max-new-tokens", "12")
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("    def __init__(self")
+
+
+def test_eval_prints_the_accuracy_table(tmp_path: Path) -> None:
+    from qeff_compiler.data import TINY_MPT_VALIDATION_TEXT
+
+    text = tmp_path / "text.py"
+    text.write_text(TINY_MPT_VALIDATION_TEXT.read_text()[:10_000])
+    result = qeffc("eval", "--text", str(text))
+    assert result.returncode == 0, result.stderr
+    assert "fp32" in result.stdout and "100.00%" in result.stdout
+    preset = qeffc("eval", "mpt-7b")
+    assert preset.returncode == 2 and "needs a model directory" in preset.stderr

@@ -21,6 +21,7 @@ from qeff_compiler.capture.presets import preset_config, preset_names
 from qeff_compiler.compiler import compile as compile_model
 from qeff_compiler.compiler import load_compiled
 from qeff_compiler.data import TINY_MPT
+from qeff_compiler.evaluate import evaluate
 from qeff_compiler.errors import ArtifactExistsError, InvalidArgumentError, QeffError
 from qeff_compiler.ir.printer import format_program
 from qeff_compiler.ir.program import Program
@@ -192,6 +193,35 @@ def run_command(
     table = Table(title="latency (host executor, this machine)", show_header=False)
     for label, value in out.stats.rows():
         table.add_row(label, value)
+    console.print(table)
+
+
+@app.command("eval")
+def eval_command(
+    model: ModelArgument = SHIPPED_MODEL,
+    precision: Annotated[list[str] | None, typer.Option("--precision", help="precision to score (repeatable)")] = None,
+    text: Annotated[Path | None, typer.Option("--text", help="text file (default: the shipped validation text)")] = None,
+) -> None:
+    """Score a text teacher-forced at each precision against the fp32 HF model: perplexity, agreement, logit error."""
+    source = _model_source(model)
+    if not isinstance(source, Path):
+        raise InvalidArgumentError(f"eval needs a model directory with weights and a tokenizer, got preset {model!r}")
+    table = Table(title=f"accuracy vs fp32 HF reference ({model})")
+    for column in ("precision", "tokens", "ppl", "ref ppl", "Δppl", "top-1 agree", "max|Δlogit|", "mean|Δlogit|"):
+        table.add_column(column, justify="right")
+    for name in precision or ["fp32"]:
+        with console.status(f"evaluating {name}"):
+            report = evaluate(source, precision=name, text=text)
+        table.add_row(
+            name,
+            f"{report.tokens_scored:,}",
+            f"{report.perplexity:.4f}",
+            f"{report.reference_perplexity:.4f}",
+            f"{100 * report.perplexity_increase:+.3f}%",
+            f"{100 * report.token_agreement:.2f}%",
+            f"{report.max_logit_error:.2e}",
+            f"{report.mean_logit_error:.2e}",
+        )
     console.print(table)
 
 

@@ -1,0 +1,56 @@
+"""qc.evaluate: teacher-forced accuracy of a compiled precision against the fp32 HF model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import qeff_compiler as qc
+from qeff_compiler.data import TINY_MPT, TINY_MPT_VALIDATION_TEXT
+from qeff_compiler.errors import InvalidArgumentError
+from tests.conftest import random_model, tiny_config
+
+
+def test_fp32_program_reproduces_the_reference_on_the_validation_text() -> None:
+    report = qc.evaluate(TINY_MPT, precision="fp32")
+    assert report.tokens_scored == 46_155  # 181 windows of 256 tokens, first token of each unscored (model card)
+    assert report.reference_perplexity == pytest.approx(25.402, abs=0.01)  # the card's figure
+    assert report.perplexity == pytest.approx(report.reference_perplexity, rel=1e-6)
+    assert report.token_agreement == 1.0
+    assert report.max_logit_error < 1e-4
+
+
+def test_a_different_model_is_measured_as_different(tmp_path: Path) -> None:
+    """The reference is the directory's own HF model: a program of other weights would not agree with it."""
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(TINY_MPT, copy)
+    text = TINY_MPT_VALIDATION_TEXT.read_text()[:20_000]
+    report = qc.evaluate(copy, text=text)
+    assert report.token_agreement == 1.0
+    config = qc.capture(TINY_MPT).config
+    random_model(config).save_pretrained(tmp_path / "random")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TINY_MPT / name, tmp_path / "random" / name)
+    random_report = qc.evaluate(tmp_path / "random", text=text)
+    assert random_report.perplexity > 10 * report.perplexity
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"precision": "fp8"}, "precision 'fp8' cannot be evaluated yet"),
+        ({"text": "x = 1"}, "fewer than one 256-token window"),
+    ],
+)
+def test_bad_evaluation_requests(kwargs: dict, message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        qc.evaluate(TINY_MPT, **kwargs)
+
+
+def test_directory_without_tokenizer_is_refused(tmp_path: Path) -> None:
+    random_model(tiny_config()).save_pretrained(tmp_path)
+    with pytest.raises(qc.QeffError, match="no tokenizer.json"):
+        qc.evaluate(tmp_path, text="a b c")
