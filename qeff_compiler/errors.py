@@ -99,3 +99,7 @@ class ArtifactVersionError(ArtifactError):
 
 class ArtifactIntegrityError(ArtifactError):
     """A file of the artifact is missing, truncated or modified (checksum mismatch)."""
+
+
+class Fp16OverflowError(QeffError):
+    """A model's activations exceed fp16's range (|x| > 65504), so lowering it to fp16 would produce inf."""

@@ -164,3 +164,25 @@ def test_config_only_program_is_rejected_before_writing(tmp_path: Path) -> None:
     with pytest.raises(MetaWeightError, match="captured from a config alone"):
         export_onnx(program, tmp_path / "program.onnx")
     assert not any(tmp_path.iterdir())
+
+
+def test_fp16_lowered_stateful_program_matches_host_executor(tmp_path: Path) -> None:
+    """fp16 weights are FLOAT16 initializers, the cache FLOAT16 I/O, and the functions round where the reference
+    kernels do. Tolerance: 2e-3 of each output's largest magnitude — a few fp16 ulps, for the rare value an fp32
+    accumulation-order difference (ORT vs torch matmul) moves across a rounding boundary; measured 0 on this
+    model and ≤ 4.9e-4 relative on the shipped one."""
+    config = tiny_config(n_heads=3, d_model=24, attn_config={"clip_qkv": 0.5})
+    program = _capture(config, tmp_path, from_checkpoint=False, pipeline=KV_PIPELINE.replace(",dce", ",lower-fp16,dce"))
+    exported = _export(program, tmp_path / "onnx")
+    caches = [i for i in exported.session.get_inputs() if i.name.startswith("past_")]
+    assert caches and all(i.type == "tensor(float16)" for i in caches)
+    initializers = {i.name: i.data_type for i in exported.model().graph.initializer}
+    assert initializers.pop("alibi_slopes") == onnx.TensorProto.FLOAT
+    assert set(initializers.values()) == {onnx.TensorProto.FLOAT16}
+    inputs = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in _inputs(program, RAGGED).items()}
+    expected = HostExecutor(program)(inputs)
+    actual = exported.run(inputs)
+    for name, value in expected.items():
+        reference = value.double().numpy()
+        bound = 2e-3 * np.abs(reference).max()
+        np.testing.assert_allclose(actual[name].astype(np.float64), reference, rtol=0, atol=bound, err_msg=name)

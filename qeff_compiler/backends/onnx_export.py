@@ -6,8 +6,10 @@ model gets an ONNX function (FunctionProto) of that name with the op's semantics
 reference kernels in `qeff_compiler.ir.ops`. Every weight is an initializer named like its weight-store entry,
 stored once (tied weights included) in one external data file next to the model, `<model file name>.data`.
 
-The functions bake in the layer settings (`n_heads`, `softmax_scale`, `clip_qkv`) and read every shape at run
-time, so one function serves every layer and any batch, sequence and cache length.
+The functions bake in the layer settings (`n_heads`, `softmax_scale`, `clip_qkv`, `fp16_activations`) and read
+every shape at run time, so one function serves every layer and any batch, sequence and cache length. With
+`fp16_activations` they round to fp16 (Cast to FLOAT16 and back) at the reference kernel's points; fp16 weights
+are FLOAT16 initializers and an fp16 cache is a FLOAT16 graph input/output, read back as FLOAT for the math.
 """
 
 from __future__ import annotations
@@ -137,12 +139,19 @@ def _layer_settings(program: Program) -> dict[torch._ops.OpOverload, dict]:
 
 
 def _build_function(
-    fused: _Fused, opset: int, *, n_heads: int, softmax_scale: float, clip_qkv: float | None
+    fused: _Fused,
+    opset: int,
+    *,
+    n_heads: int,
+    softmax_scale: float,
+    clip_qkv: float | None,
+    fp16_activations: bool = False,
 ) -> ir.Function:
     """The ONNX function of one fused op, with its layer settings as constants."""
+    settings = {"n_heads": n_heads, "softmax_scale": softmax_scale, "clip_qkv": clip_qkv, "fp16": fp16_activations}
 
     def trace(op: onnxscript.OpBuilder, *inputs: ir.Value) -> list[ir.Value]:
-        return fused.body(op, *inputs, n_heads=n_heads, softmax_scale=softmax_scale, clip_qkv=clip_qkv)
+        return fused.body(op, *inputs, **settings)
 
     inputs = [ir.Value(name=name) for name in fused.inputs]
     opsets = {"": opset}
@@ -167,12 +176,13 @@ def _attention_body(
     n_heads: int,
     softmax_scale: float,
     clip_qkv: float | None,
+    fp16: bool,
 ) -> list[ir.Value]:
     """`qeff::mpt_attention`: the sequence attends to itself, query and key positions are 0..seq-1."""
-    query, key, value = _project_qkv(op, hidden, wqkv, n_heads, clip_qkv)
+    query, key, value = _project_qkv(op, hidden, wqkv, n_heads, clip_qkv, fp16)
     positions = op.Unsqueeze(_arange(op, op.Shape(hidden, start=1, end=2)), [0])  # [1, seq]
-    context = _attend(op, query, key, value, slopes, positions, positions, softmax_scale)
-    return [_project_out(op, context, out_proj)]
+    context = _attend(op, query, key, value, slopes, positions, positions, softmax_scale, fp16)
+    return [_project_out(op, context, out_proj, fp16)]
 
 
 def _attention_kv_body(
@@ -188,15 +198,18 @@ def _attention_kv_body(
     n_heads: int,
     softmax_scale: float,
     clip_qkv: float | None,
+    fp16: bool,
 ) -> list[ir.Value]:
-    """`qeff::mpt_attention_kv`: write the new keys/values at their positions, attend over the whole cache."""
-    query, key, value = _project_qkv(op, hidden, wqkv, n_heads, clip_qkv)
+    """`qeff::mpt_attention_kv`: write the new keys/values at their positions, attend over the whole cache
+    (read back in the activations' type: an fp16 cache is storage only)."""
+    query, key, value = _project_qkv(op, hidden, wqkv, n_heads, clip_qkv, fp16)
     slots = op.Unsqueeze(_arange(op, op.Shape(past_key, start=2, end=3)), [0])  # [1, ctx_len]
     written, source = _slot_writers(op, position_ids, slots)
     key_cache = _write_cache(op, past_key, op.CastLike(key, past_key), written, source)
     value_cache = _write_cache(op, past_value, op.CastLike(value, past_value), written, source)
-    context = _attend(op, query, key_cache, value_cache, slopes, position_ids, slots, softmax_scale)
-    return [_project_out(op, context, out_proj), key_cache, value_cache]
+    keys, values = op.CastLike(key_cache, query), op.CastLike(value_cache, query)
+    context = _attend(op, query, keys, values, slopes, position_ids, slots, softmax_scale, fp16)
+    return [_project_out(op, context, out_proj, fp16), key_cache, value_cache]
 
 
 def _arange(op: onnxscript.OpBuilder, length: ir.Value) -> ir.Value:
@@ -204,13 +217,19 @@ def _arange(op: onnxscript.OpBuilder, length: ir.Value) -> ir.Value:
     return op.Range(0, op.Squeeze(length), 1)
 
 
+def _round_fp16(op: onnxscript.OpBuilder, value: ir.Value, enabled: bool) -> ir.Value:
+    """`value` rounded to fp16 and cast back to its type (the reference kernels' `round_fp16`)."""
+    return op.CastLike(op.Cast(value, to=ir.DataType.FLOAT16), value) if enabled else value
+
+
 def _project_qkv(
-    op: onnxscript.OpBuilder, hidden: ir.Value, wqkv: ir.Value, n_heads: int, clip_qkv: float | None
+    op: onnxscript.OpBuilder, hidden: ir.Value, wqkv: ir.Value, n_heads: int, clip_qkv: float | None, fp16: bool
 ) -> list[ir.Value]:
     """Fused QKV projection (clamped only when clip_qkv is set) → three [batch, heads, seq, head_dim] values."""
     qkv = op.MatMul(hidden, op.Transpose(wqkv, perm=[1, 0]))
     if clip_qkv is not None:
         qkv = op.Clip(qkv, -clip_qkv, clip_qkv)
+    qkv = _round_fp16(op, qkv, fp16)
     parts = op.Split(qkv, axis=-1, num_outputs=3, _outputs=3)
     return [op.Transpose(op.Reshape(part, [0, 0, n_heads, -1]), perm=[0, 2, 1, 3]) for part in parts]
 
@@ -224,20 +243,21 @@ def _attend(
     query_positions: ir.Value,
     key_positions: ir.Value,
     softmax_scale: float,
+    fp16: bool,
 ) -> ir.Value:
     """Causal ALiBi attention; positions are [batch or 1, len] int64. Masked scores are replaced by MASK_VALUE."""
     scores = op.Mul(op.MatMul(query, op.Transpose(key, perm=[0, 1, 3, 2])), softmax_scale)
     distance = op.Sub(op.Unsqueeze(key_positions, [1, 2]), op.Unsqueeze(query_positions, [1, 3]))  # [b, 1, s, k]
     bias = op.Mul(op.Unsqueeze(op.CastLike(slopes, scores), [0, 2, 3]), op.CastLike(distance, scores))
-    scores = op.Where(op.LessOrEqual(distance, 0), op.Add(scores, bias), MASK_VALUE)
-    probabilities = op.CastLike(op.Softmax(op.Cast(scores, to=ir.DataType.FLOAT), axis=-1), value)
-    return op.MatMul(probabilities, value)
+    scores = op.Where(op.LessOrEqual(distance, 0), _round_fp16(op, op.Add(scores, bias), fp16), MASK_VALUE)
+    probabilities = _round_fp16(op, op.Softmax(op.Cast(scores, to=ir.DataType.FLOAT), axis=-1), fp16)
+    return _round_fp16(op, op.MatMul(op.CastLike(probabilities, value), value), fp16)
 
 
-def _project_out(op: onnxscript.OpBuilder, context: ir.Value, out_proj: ir.Value) -> ir.Value:
+def _project_out(op: onnxscript.OpBuilder, context: ir.Value, out_proj: ir.Value, fp16: bool) -> ir.Value:
     """Merge heads ([b, heads, s, head_dim] → [b, s, d]) and apply the output projection."""
     merged = op.Reshape(op.Transpose(context, perm=[0, 2, 1, 3]), [0, 0, -1])
-    return op.MatMul(merged, op.Transpose(out_proj, perm=[1, 0]))
+    return _round_fp16(op, op.MatMul(merged, op.Transpose(out_proj, perm=[1, 0])), fp16)
 
 
 def _slot_writers(op: onnxscript.OpBuilder, position_ids: ir.Value, slots: ir.Value) -> tuple[ir.Value, ir.Value]:

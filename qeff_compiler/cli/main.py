@@ -132,6 +132,8 @@ def opt_command(
     result = manager.run(program)
     if time_passes:
         _print_plain(manager.timing_report())
+    if manager.notes_report():
+        _print_plain(manager.notes_report())
     console.print(
         f"ran {len(manager.records)} passes: {len(program.graph.nodes)} → {len(result.graph.nodes)} nodes, "
         f"{result.num_parameters():,} parameters",

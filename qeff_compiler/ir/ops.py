@@ -3,7 +3,14 @@
 `qeff::mpt_attention` is one whole MPT attention layer without a cache: fused QKV projection (clamped by
 `clip_qkv`), causal ALiBi attention with an fp32 softmax, and the output projection. `qeff::mpt_attention_kv`
 is the same layer over a static `ctx_len` cache: it writes the new keys/values at `position_ids` (−1 = padding,
-never written) and attends over the whole buffer, masking slots after each query's position.
+never written) and attends over the whole buffer, masking slots after each query's position. The cache may be
+stored in a narrower dtype than the activations (fp16): values are cast to the cache dtype when written and the
+attention math reads the buffer back in the activations' dtype, so it never runs in fp16 on the host.
+
+`fp16_activations=True` emulates AI 100 fp16 compute with fp32 accumulation: the math stays fp32 (fp16 matmuls
+are ~1000× slower on a CPU), and values are rounded to fp16 at the op's internal boundaries — the QKV projection
+(after the clip), the scores after scale and ALiBi bias, the softmax probabilities (softmax itself in fp32), the
+context P·V, and the output projection. `lower-fp16` sets it; the ONNX functions round at the same points.
 
 Masked scores are *replaced* by `MASK_VALUE`, the most negative finite fp16 number, rather than by fp32's
 minimum: the same program stays finite when lowered to fp16.
@@ -22,13 +29,19 @@ import torch.nn.functional as F
 MASK_VALUE = -65504.0
 
 
+def round_fp16(tensor: torch.Tensor, enabled: bool = True) -> torch.Tensor:
+    """`tensor` rounded to the nearest fp16 value (beyond ±65504: ±inf, as on the device), kept in its dtype."""
+    return tensor.to(torch.float16).to(tensor.dtype) if enabled else tensor
+
+
 def _project_qkv(
-    hidden: torch.Tensor, wqkv: torch.Tensor, n_heads: int, clip_qkv: float | None
+    hidden: torch.Tensor, wqkv: torch.Tensor, n_heads: int, clip_qkv: float | None, fp16: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused QKV projection → three [batch, heads, seq, head_dim] tensors."""
     qkv = F.linear(hidden, wqkv)
     if clip_qkv is not None:
         qkv = qkv.clamp(min=-clip_qkv, max=clip_qkv)
+    qkv = round_fp16(qkv, fp16)
     batch, seq, _ = hidden.shape
     return tuple(t.reshape(batch, seq, n_heads, -1).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
 
@@ -41,15 +54,16 @@ def _attend(
     query_positions: torch.Tensor,
     key_positions: torch.Tensor,
     softmax_scale: float,
+    fp16: bool,
 ) -> torch.Tensor:
     """Causal ALiBi attention. query_positions [b, s], key_positions [b, k]; returns [b, heads, s, head_dim]."""
     scores = torch.matmul(query, key.transpose(-1, -2)) * softmax_scale
     distance = key_positions[:, None, None, :] - query_positions[:, None, :, None]
-    scores = scores + slopes.to(scores.dtype)[None, :, None, None] * distance.to(scores.dtype)
+    scores = round_fp16(scores + slopes.to(scores.dtype)[None, :, None, None] * distance.to(scores.dtype), fp16)
     allowed = distance <= 0
     scores = torch.where(allowed, scores, torch.full_like(scores, MASK_VALUE))
-    probabilities = torch.softmax(scores.float(), dim=-1).to(value.dtype)
-    return torch.matmul(probabilities, value)
+    probabilities = round_fp16(torch.softmax(scores.float(), dim=-1), fp16).to(value.dtype)
+    return round_fp16(torch.matmul(probabilities, value), fp16)
 
 
 def _merge_heads(context: torch.Tensor) -> torch.Tensor:
@@ -78,17 +92,20 @@ def mpt_attention(
     n_heads: int,
     softmax_scale: float,
     clip_qkv: float | None,
+    fp16_activations: bool = False,
 ) -> torch.Tensor:
     """One MPT attention layer over the sequence itself (no cache): hidden [b, s, d] → [b, s, d]."""
-    query, key, value = _project_qkv(hidden, wqkv, n_heads, clip_qkv)
+    query, key, value = _project_qkv(hidden, wqkv, n_heads, clip_qkv, fp16_activations)
     batch, seq, _ = hidden.shape
     positions = torch.arange(seq, device=hidden.device).expand(batch, seq)
-    context = _attend(query, key, value, alibi_slopes, positions, positions, softmax_scale)
-    return F.linear(_merge_heads(context), out_proj)
+    context = _attend(query, key, value, alibi_slopes, positions, positions, softmax_scale, fp16_activations)
+    return round_fp16(F.linear(_merge_heads(context), out_proj), fp16_activations)
 
 
 @mpt_attention.register_fake
-def _mpt_attention_fake(hidden, wqkv, out_proj, alibi_slopes, n_heads, softmax_scale, clip_qkv):  # noqa: ANN001, ANN202
+def _mpt_attention_fake(  # noqa: ANN202
+    hidden, wqkv, out_proj, alibi_slopes, n_heads, softmax_scale, clip_qkv, fp16_activations=False  # noqa: ANN001
+):
     return hidden.new_empty(hidden.shape)
 
 
@@ -104,19 +121,23 @@ def mpt_attention_kv(
     n_heads: int,
     softmax_scale: float,
     clip_qkv: float | None,
+    fp16_activations: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One MPT attention layer over a static cache; returns (output, updated keys, updated values)."""
-    query, key, value = _project_qkv(hidden, wqkv, n_heads, clip_qkv)
+    query, key, value = _project_qkv(hidden, wqkv, n_heads, clip_qkv, fp16_activations)
     key_cache = write_cache(past_key, key.to(past_key.dtype), position_ids)
     value_cache = write_cache(past_value, value.to(past_value.dtype), position_ids)
     batch, ctx_len = position_ids.shape[0], past_key.shape[2]
     slots = torch.arange(ctx_len, device=hidden.device).expand(batch, ctx_len)
-    context = _attend(query, key_cache, value_cache, alibi_slopes, position_ids, slots, softmax_scale)
-    return F.linear(_merge_heads(context), out_proj), key_cache, value_cache
+    keys, values = key_cache.to(query.dtype), value_cache.to(query.dtype)  # compute never runs in the cache dtype
+    context = _attend(query, keys, values, alibi_slopes, position_ids, slots, softmax_scale, fp16_activations)
+    output = round_fp16(F.linear(_merge_heads(context), out_proj), fp16_activations)
+    return output, key_cache, value_cache
 
 
 @mpt_attention_kv.register_fake
 def _mpt_attention_kv_fake(  # noqa: ANN202
-    hidden, wqkv, out_proj, alibi_slopes, position_ids, past_key, past_value, n_heads, softmax_scale, clip_qkv  # noqa: ANN001
+    hidden, wqkv, out_proj, alibi_slopes, position_ids, past_key, past_value,  # noqa: ANN001
+    n_heads, softmax_scale, clip_qkv, fp16_activations=False,  # noqa: ANN001
 ):
     return hidden.new_empty(hidden.shape), past_key.new_empty(past_key.shape), past_value.new_empty(past_value.shape)

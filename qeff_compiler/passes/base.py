@@ -42,15 +42,22 @@ class Pass(ABC):
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
+        #: what the last `run` wants a user to know (e.g. values clipped); the manager records them per pass
+        self.notes: list[str] = []
 
     @abstractmethod
     def transform(self, program: Program) -> Program:
         """Return the transformed program; must not modify `program` (use `program.copy_graph()`)."""
 
     def run(self, program: Program) -> Program:
-        """Transform and record the properties this pass ensures."""
+        """Transform and record the properties this pass ensures; `notes` describe this run only."""
+        self.notes = []
         result = self.transform(program)
         return result.evolve(properties=result.properties | self.ensures)
+
+    def tolerance_for(self, program: Program) -> float:
+        """Largest output change the numeric check accepts when this pass runs on `program`."""
+        return self.tolerance
 
     def describe(self) -> str:
         """The pass as it would be written in a pipeline string, with its non-default options."""

@@ -34,6 +34,8 @@ class PassRecord:
     nodes_after: int
     #: largest output change vs the previous stage; None when the program has no weight data (meta)
     max_abs_diff: float | None
+    #: what the pass reported about this run (e.g. how many weight values lowering clipped)
+    notes: tuple[str, ...] = ()
 
 
 class PassManager:
@@ -77,6 +79,7 @@ class PassManager:
                     f"(pipeline: {self}); put the passes that establish them first"
                 )
             nodes_before = len(program.graph.nodes)
+            tolerance = current.tolerance_for(program)
             start = time.perf_counter()
             program = current.run(program)
             seconds = time.perf_counter() - start
@@ -87,12 +90,20 @@ class PassManager:
             propagate_shapes(program, after=current.name)  # always: later passes read node.meta["val"]
             if reference is not None:
                 comparison, reference = compare_outputs(
-                    reference, program, self.sample_seed, current.tolerance, after=current.name
+                    reference, program, self.sample_seed, tolerance, after=current.name
                 )
                 max_abs_diff = comparison.worst
             verify_seconds = time.perf_counter() - start
             self.records.append(
-                PassRecord(current.describe(), seconds, verify_seconds, nodes_before, len(program.graph.nodes), max_abs_diff)
+                PassRecord(
+                    current.describe(),
+                    seconds,
+                    verify_seconds,
+                    nodes_before,
+                    len(program.graph.nodes),
+                    max_abs_diff,
+                    tuple(current.notes),
+                )
             )
             if self.print_ir_after_all or current.name in self.print_ir_after:
                 self.printer(f"// ----- IR after {current.describe()} -----\n{format_program(program)}")
@@ -109,3 +120,9 @@ class PassManager:
             lines.append(f"{r.pass_text:<40} {r.seconds:>9.4f} {r.verify_seconds:>10.4f} {share:>6.1f} {nodes:>13} {diff:>9}")
         return "\n".join(lines)
 
+    def notes_report(self) -> str:
+        """The notes the passes of the last run made, one per line, each prefixed by its pass."""
+        lines = []
+        for r in self.records:
+            lines += [f"{r.pass_text}: {note}" for note in r.notes]
+        return "\n".join(lines)

@@ -1,0 +1,189 @@
+"""`lower-fp16`: emulate AI 100 fp16 numerics (fp16 storage, fp32 accumulation) exactly, in fp32 compute.
+
+fp16 matmuls run at ~1 GFLOP/s on this CPU, so the lowered graph never computes in fp16: it rounds values to fp16
+at op boundaries and computes in fp32, which gives the device's results as long as it accumulates in fp32.
+
+- Weights: every floating weight the graph reads is stored as fp16, clipped to ±65504 first (each clipped value
+  is reported in the pass's notes); one exact `_to_copy(…, float32)` per weight placeholder feeds the fp32 math.
+  `alibi_slopes` stays fp32: it is a compiler constant, not a checkpoint weight, and the slopes are not always
+  fp16-exact (`n_heads` > 8 gives odd powers of √2); the scores the bias is added to are rounded anyway.
+- Activations: every op producing a floating value is followed by a round trip fp32 → fp16 → fp32, except ops
+  that only move or select elements of an already rounded value (view, transpose, gather, embedding, ...).
+  layer_norm runs in fp32 and only its output is rounded, as the device keeps its statistics in fp32.
+- Fused attention ops get `fp16_activations=True` and round at their internal boundaries (see `ir.ops`).
+- KV cache: `past_*` inputs and `*_RetainedState` outputs become fp16 (`kv-cache` run after this pass makes
+  them fp16 itself). `logits` stays an fp32 output holding fp16-rounded values: the runtime samples from it.
+
+Before:
+    %p_model_transformer_blocks_0_ffn_up_proj_weight = weight 'transformer.blocks.0.ffn.up_proj.weight' : f32[128,32]
+    %linear_2 = aten.linear(%layer_norm_1, %p_model_transformer_blocks_0_ffn_up_proj_weight) : f32[1,8,128]
+    %gelu = aten.gelu(%linear_2) : f32[1,8,128]
+After:
+    %p_model_transformer_blocks_0_ffn_up_proj_weight = weight 'transformer.blocks.0.ffn.up_proj.weight' : f16[128,32]
+    %_to_copy_default_5 = aten._to_copy(%p_model_transformer_blocks_0_ffn_up_proj_weight, dtype=f32) : f32[128,32]
+    ...
+    %linear_2 = aten.linear(%_to_copy_default_20, %_to_copy_default_5) : f32[1,8,128]
+    %_to_copy_default_21 = aten._to_copy(%linear_2, dtype=f16) : f16[1,8,128]
+    %_to_copy_default_22 = aten._to_copy(%_to_copy_default_21, dtype=f32) : f32[1,8,128]
+    %gelu = aten.gelu(%_to_copy_default_22) : f32[1,8,128]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from typing import ClassVar
+
+import torch
+import torch.fx
+
+from qeff_compiler.errors import Fp16OverflowError, VerificationError
+from qeff_compiler.ir.program import BINDING, Program, TensorSpec
+from qeff_compiler.ir.weights import WeightStore
+from qeff_compiler.passes.base import Pass, option
+from qeff_compiler.passes.fp16_overflow import FP16_MAX, find_fp16_overflow
+from qeff_compiler.passes.patch_attention import ALIBI_SLOPES, ATTENTION, ATTENTION_KV
+from qeff_compiler.passes.registry import register_pass
+
+aten = torch.ops.aten
+TO_COPY = aten._to_copy.default
+#: ops whose outputs are elements of their (already fp16-rounded) inputs: rounding them again changes nothing
+_VALUE_PRESERVING = frozenset(
+    {
+        operator.getitem,
+        aten.view.default,
+        aten.reshape.default,
+        aten._unsafe_view.default,
+        aten.transpose.int,
+        aten.t.default,
+        aten.permute.default,
+        aten.expand.default,
+        aten.unsqueeze.default,
+        aten.squeeze.dim,
+        aten.squeeze.dims,
+        aten.slice.Tensor,
+        aten.select.int,
+        aten.contiguous.default,
+        aten.clone.default,
+        aten.alias.default,
+        aten.embedding.default,
+        aten.gather.default,
+        aten.index_select.default,
+    }
+)
+_CACHE_ROLES = frozenset({"past_key", "past_value", "retained_key", "retained_value"})
+
+
+@dataclasses.dataclass(frozen=True)
+class LowerFp16Options:
+    check_overflow: bool = option(
+        True, "fail (Fp16OverflowError, naming layer and op) if fp32 activations exceed ±65504 on sample inputs"
+    )
+
+
+@register_pass
+class LowerFp16(Pass):
+    name = "lower-fp16"
+    summary = "fp16 weights, KV cache and activations (rounded at op boundaries, computed in fp32 as on AI 100)"
+    Options: ClassVar[type] = LowerFp16Options
+    requires: ClassVar[frozenset[str]] = frozenset({"attention-patched"})
+    ensures: ClassVar[frozenset[str]] = frozenset({"fp16-activations"})
+    # Largest change of any output (logits and KV caches) vs the fp32 stage, on the verifier's sample inputs
+    # (batch 2, seq 8, ctx 32, both pass orders): random tiny MPTs of tests/conftest.py (std-0.2 weights; 2-3
+    # layers, 3/4/16 heads, clip_qkv) moved by 2.7e-3 … 1.05e-2; the shipped TINY_MPT by 8.5e-3 … 8.9e-3.
+    # fp16 rounds by ≤ 2^-11 relative per op boundary; 5e-2 leaves ~5× margin for other shapes and seeds.
+    tolerance = 5e-2
+
+    def transform(self, program: Program) -> Program:
+        if "fp16-activations" in program.properties:
+            raise VerificationError("lower-fp16: the program's activations are fp16 already")
+        if self.options.check_overflow and program.has_weight_data:
+            overflow = find_fp16_overflow(program)
+            if overflow is not None:
+                raise Fp16OverflowError(f"lower-fp16: activations overflow fp16: {overflow.describe()}")
+        weights = self._lower_weights(program)
+        graph_module = program.copy_graph()
+        graph = graph_module.graph
+        _upcast_weight_reads(graph, weights)
+        _round_activations(graph)
+        for node in graph.nodes:
+            if node.target in (ATTENTION, ATTENTION_KV):
+                node.kwargs = {**node.kwargs, "fp16_activations": True}
+        graph_module.recompile()
+        return program.evolve(
+            graph_module=graph_module,
+            weights=weights,
+            inputs=_fp16_caches(program.inputs),
+            outputs=_fp16_caches(program.outputs),
+        )
+
+    def _lower_weights(self, program: Program) -> WeightStore:
+        """fp16 copies of the floating weights the graph reads (tied names keep sharing one tensor)."""
+        store = program.weights
+        tied = {name: group for group in store.tied_groups() for name in group}
+        updates: dict[str, torch.Tensor] = {}
+        elements = 0
+        for name in sorted(set(program.weight_placeholders().values())):
+            dtype = store[name].dtype
+            if name in updates or name == ALIBI_SLOPES or not dtype.is_floating_point or dtype == torch.float16:
+                continue
+            lowered = self._to_fp16(name, store) if program.has_weight_data else _meta_fp16(store, name)
+            updates.update(dict.fromkeys(tied.get(name, [name]), lowered))
+            elements += lowered.numel()
+        distinct = len({id(t) for t in updates.values()})
+        self.notes.insert(0, f"{distinct} weights ({elements:,} values) converted to fp16")
+        return store.with_tensors(updates)
+
+    def _to_fp16(self, name: str, store: WeightStore) -> torch.Tensor:
+        """The weight clipped to ±65504 (fp16 would make larger values inf) and rounded to fp16; notes the clips."""
+        tensor = store.tensor(name)
+        clipped = int((tensor.abs() > FP16_MAX).sum())
+        if clipped:
+            self.notes.append(f"{name}: {clipped} values beyond ±{FP16_MAX:g} clipped")
+        return tensor.clamp(-FP16_MAX, FP16_MAX).to(torch.float16)
+
+
+def _meta_fp16(store: WeightStore, name: str) -> torch.Tensor:
+    """A config-only program's weight: shape and the new dtype, no data."""
+    return torch.empty(store[name].shape, dtype=torch.float16, device="meta")
+
+
+def _upcast_weight_reads(graph: torch.fx.Graph, weights: WeightStore) -> None:
+    """Make every fp16 weight placeholder feed the graph through one exact cast to fp32."""
+    placeholders = graph.find_nodes(op="placeholder")
+    first_op = placeholders[-1].next
+    for node in placeholders:
+        kind, name = node.meta[BINDING]
+        if kind != "weight" or weights[name].dtype != torch.float16:
+            continue
+        with graph.inserting_before(first_op):
+            upcast = graph.call_function(TO_COPY, (node,), {"dtype": torch.float32})
+        node.replace_all_uses_with(upcast, delete_user_cb=lambda user, cast=upcast: user is not cast)
+
+
+def _round_activations(graph: torch.fx.Graph) -> None:
+    """Follow every floating-output op (but value-preserving ones and fused ops, which round themselves) by an
+    fp32 → fp16 → fp32 round trip, so its consumers see what fp16 storage would hold.
+
+    Output dtypes come from `node.meta["val"]`, which the pass manager re-derives after every pass."""
+    for node in list(graph.nodes):
+        value = node.meta.get("val")
+        if (
+            node.op != "call_function"
+            or node.target in _VALUE_PRESERVING
+            or node.target in (ATTENTION, ATTENTION_KV)
+            or not isinstance(value, torch.Tensor)
+            or not value.is_floating_point()
+        ):
+            continue
+        with graph.inserting_after(node):
+            down = graph.call_function(TO_COPY, (node,), {"dtype": torch.float16})
+        with graph.inserting_after(down):
+            up = graph.call_function(TO_COPY, (down,), {"dtype": value.dtype})
+        for inserted in (down, up):
+            inserted.meta["nn_module_stack"] = node.meta.get("nn_module_stack", {})
+        node.replace_all_uses_with(up, delete_user_cb=lambda user, cast=down: user is not cast)
+
+
+def _fp16_caches(specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+    return tuple(dataclasses.replace(s, dtype=torch.float16) if s.role in _CACHE_ROLES else s for s in specs)
