@@ -26,7 +26,10 @@ from qeff_compiler.errors import InvalidArgumentError, ModelSourceError
 from qeff_compiler.passes import PassManager
 
 #: the stateless pipeline per precision; evaluation scores every position, so no KV cache is added
-PRECISION_PIPELINES = {"fp32": "strip-export-noise,patch-attention,dce"}
+PRECISION_PIPELINES = {
+    "fp32": "strip-export-noise,patch-attention,dce",
+    "fp16": "strip-export-noise,patch-attention,lower-fp16,dce",
+}
 
 
 @dataclass(frozen=True)
