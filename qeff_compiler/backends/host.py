@@ -2,6 +2,10 @@
 
 It is the numerical reference every later stage is checked against: the pass manager's numeric verification,
 the tests, and (later) the simulated device's exact numerics all run programs through it.
+
+Values computed from weights alone (fp16 weights cast to fp32, quantized weights dequantized) are the same on
+every call, so the executor computes them once when it binds the weights and runs a graph that reads them as
+inputs: a quantized program then runs on the host as fast as an fp32 one, with the same results.
 """
 
 from __future__ import annotations
@@ -9,26 +13,31 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.fx
 
 from qeff_compiler.errors import ProgramInputError
+from qeff_compiler.ir.graph_utils import erase_dead_code
 from qeff_compiler.ir.program import BINDING, Program
+
+#: binding kind of a placeholder that reads a value folded from weights
+_FOLDED = "folded"
 
 
 class HostExecutor:
-    """Binds a Program's weights once, then runs it on named inputs as often as asked."""
+    """Binds a Program's weights once (folding weight-only computations), then runs it on named inputs."""
 
     def __init__(self, program: Program) -> None:
         self.program = program
-        self._bindings = [node.meta[BINDING] for node in program.graph.find_nodes(op="placeholder")]
-        weight_names = [name for kind, name in self._bindings if kind == "weight"]
-        self._weights = program.weights.materialize(weight_names)
+        self._graph_module, folded = _fold_weight_computations(program)
+        self._bindings = [node.meta[BINDING] for node in self._graph_module.graph.find_nodes(op="placeholder")]
+        self._constants = folded
 
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run on `inputs` (by input spec name); returns the outputs by output spec name."""
         self._check_inputs(inputs)
-        args = [self._weights[name] if kind == "weight" else inputs[name] for kind, name in self._bindings]
+        args = [inputs[name] if kind == "input" else self._constants[name] for kind, name in self._bindings]
         with torch.no_grad():
-            results = self.program.graph_module(*args)
+            results = self._graph_module(*args)
         return {spec.name: value for spec, value in zip(self.program.outputs, results, strict=True)}
 
     def _check_inputs(self, inputs: Mapping[str, torch.Tensor]) -> None:
@@ -49,3 +58,45 @@ class HostExecutor:
 def run_program(program: Program, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Run `program` once on the host (binds its weights for this call only)."""
     return HostExecutor(program)(inputs)
+
+
+def _fold_weight_computations(program: Program) -> tuple[torch.fx.GraphModule, dict[str, torch.Tensor]]:
+    """A copy of the graph in which every value computed from weights alone, and read by a node that also
+    depends on inputs, is a placeholder; and the values of all such placeholders (weights included) by name."""
+    graph_module = program.copy_graph()
+    graph = graph_module.graph
+    values: dict[torch.fx.Node, torch.Tensor] = {}
+    constants: dict[str, torch.Tensor] = {}
+    weight_names = [name for kind, name in (n.meta[BINDING] for n in graph.find_nodes(op="placeholder")) if kind == "weight"]
+    tensors = program.weights.materialize(weight_names)
+    for node in graph.nodes:
+        if node.op == "placeholder" and node.meta[BINDING][0] == "weight":
+            values[node] = tensors[node.meta[BINDING][1]]
+        elif node.op == "call_function" and _reads_only(node, values):
+            args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), values.__getitem__)
+            with torch.no_grad():
+                values[node] = node.target(*args, **kwargs)
+    first_input = next(n for n in graph.find_nodes(op="placeholder") if n.meta[BINDING][0] == "input")
+    for node, value in values.items():
+        if node.op == "placeholder":
+            constants[node.meta[BINDING][1]] = value
+            continue
+        if all(user in values for user in node.users):
+            continue  # only other weight computations read it
+        with graph.inserting_before(first_input):
+            folded = graph.placeholder(f"folded_{node.name}")
+        folded.meta[BINDING] = (_FOLDED, folded.name)
+        node.replace_all_uses_with(folded)
+        constants[folded.name] = value
+    erase_dead_code(graph)
+    for node in graph.find_nodes(op="placeholder"):
+        if not node.users and node.meta[BINDING][0] != "input":
+            graph.erase_node(node)
+    graph_module.recompile()
+    return graph_module, constants
+
+
+def _reads_only(node: torch.fx.Node, values: Mapping[torch.fx.Node, torch.Tensor]) -> bool:
+    """Whether every node `node` reads has a known value (and it reads at least one node)."""
+    inputs = node.all_input_nodes
+    return bool(inputs) and all(n in values for n in inputs)

@@ -1,6 +1,14 @@
 """Graph passes and the manager that runs them. Importing this package registers every pass."""
 
-from qeff_compiler.passes import dce, kv_cache, lower_fp16, patch_attention, strip_export_noise  # noqa: F401 (registration)
+from qeff_compiler.passes import (  # noqa: F401 (registration)
+    dce,
+    kv_cache,
+    lower_fp16,
+    lower_int8,
+    lower_mxfp6,
+    patch_attention,
+    strip_export_noise,
+)
 from qeff_compiler.passes.base import Pass, option
 from qeff_compiler.passes.manager import PassManager, PassRecord
 from qeff_compiler.passes.pipeline import build_passes, parse_pipeline
