@@ -10,6 +10,10 @@ The functions bake in the layer settings (`n_heads`, `softmax_scale`, `clip_qkv`
 every shape at run time, so one function serves every layer and any batch, sequence and cache length. With
 `fp16_activations` they round to fp16 (Cast to FLOAT16 and back) at the reference kernel's points; fp16 weights
 are FLOAT16 initializers and an fp16 cache is a FLOAT16 graph input/output, read back as FLOAT for the math.
+
+Quantized weights stay quantized: their codes and scales are INT8/UINT8 initializers and each weight-dequantize op
+becomes a `qeff` node calling an ONNX function (`backends.onnx_quant`), so the file is as small as the precision
+makes it and ONNX Runtime still runs it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import onnxscript
 import torch
 import torch.fx
 
+from qeff_compiler.backends.onnx_quant import DequantizeCall, dequantize_call, qeff_weight_node
 from qeff_compiler.errors import MetaWeightError, VerificationError
 from qeff_compiler.ir.ops import MASK_VALUE
 from qeff_compiler.ir.program import BINDING, Program
@@ -64,6 +69,9 @@ def export_onnx(program: Program, path: Path) -> None:
         value.name = module.weight_names.get(value.name, value.name)
     for target, kwargs in settings.items():
         function = _build_function(_FUSED[target], model.opset_imports[""], **kwargs)
+        model.functions[function.identifier()] = function
+    for call in _dequantize_calls(program).values():
+        function = call.build(model.opset_imports[""])
         model.functions[function.identifier()] = function
     model.opset_imports[QEFF_DOMAIN] = QEFF_OPSET
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,6 +118,10 @@ def _with_qeff_nodes(program: Program) -> torch.fx.GraphModule:
         if node.target in _FUSED:
             fused = _FUSED[node.target]
             node.target, node.kwargs = _qeff_node, {"function": fused.function, "outputs_like": fused.outputs_like}
+        elif (call := dequantize_call(node)) is not None:
+            value = node.meta["val"]
+            node.target, node.args = qeff_weight_node, tuple(a for a in node.args if isinstance(a, torch.fx.Node))
+            node.kwargs = {"function": call.function, "attributes": call.attributes, "dtype": value.dtype, "shape": tuple(value.shape)}
     graph_module.recompile()
     return graph_module
 
@@ -125,6 +137,12 @@ def _qeff_node(*inputs: torch.Tensor, function: str, outputs_like: tuple[int, ..
         version=QEFF_OPSET,
     )
     return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def _dequantize_calls(program: Program) -> dict[str, DequantizeCall]:
+    """The weight-dequantize functions the program calls, by function name."""
+    calls = (dequantize_call(node) for node in program.graph.nodes if node.op == "call_function")
+    return {call.function: call for call in calls if call is not None}
 
 
 def _layer_settings(program: Program) -> dict[torch._ops.OpOverload, dict]:
