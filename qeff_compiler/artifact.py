@@ -1,7 +1,8 @@
 """The compiled-model directory: written atomically, verified by checksum and format version when loaded.
 
     DIR/manifest.json          format version, compiler version, model config, options, pipeline,
-                               specializations with their I/O, tied weights, SHA-256 and size of every file
+                               specializations with their I/O, the precision and stored tensors of every
+                               weight, tied weights, SHA-256 and size of every file
     DIR/weights.safetensors    the compiled programs' weight store (tied weights stored once)
     DIR/program.onnx (+ .data) prefill specialization, runnable by ONNX Runtime as it is
     DIR/decode.onnx (+ .data)  decode specialization
@@ -27,7 +28,7 @@ from safetensors.torch import save_file
 from transformers import MptConfig
 
 from qeff_compiler.capture import ResolvedModel, capture_resolved
-from qeff_compiler.capture.sources import meta_weights, read_safetensors_header
+from qeff_compiler.capture.sources import QUANTIZED_SAFETENSORS_DTYPES, meta_weights, read_safetensors_header
 from qeff_compiler.errors import (
     ArtifactError,
     ArtifactExistsError,
@@ -37,6 +38,7 @@ from qeff_compiler.errors import (
 from qeff_compiler.ir.program import Program, TensorSpec
 from qeff_compiler.ir.weights import WeightStore
 from qeff_compiler.passes import PassManager
+from qeff_compiler.precision import weight_precisions
 
 if TYPE_CHECKING:
     from qeff_compiler.compiler import CompiledModel
@@ -139,6 +141,7 @@ def _manifest(model: CompiledModel, tied: dict[str, str], staging: Path) -> dict
             {"name": name, "onnx": ONNX_FILES[name], "inputs": _specs(p.inputs), "outputs": _specs(p.outputs)}
             for name, p in (("prefill", model.prefill), ("decode", model.decode))
         ],
+        "weights": weight_precisions(model.prefill),
         "tied_weights": tied,
         "files": {f.name: _fingerprint(f) for f in sorted(staging.iterdir()) if f.is_file()},
     }
@@ -188,7 +191,7 @@ def _verify_file(file: Path, expected: dict[str, Any]) -> None:
 
 
 def _load_weights(file: Path, tied: dict[str, str]) -> WeightStore:
-    locations = read_safetensors_header(file)
+    locations = read_safetensors_header(file, QUANTIZED_SAFETENSORS_DTYPES)
     locations.update({alias: locations[stored] for alias, stored in tied.items()})
     return WeightStore.from_safetensors(locations).materialized()
 

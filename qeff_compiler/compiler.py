@@ -16,12 +16,9 @@ from qeff_compiler.capture import ModelSource, capture_resolved, resolve_model
 from qeff_compiler.errors import InvalidArgumentError, PipelineError
 from qeff_compiler.ir.program import Program
 from qeff_compiler.passes import PassManager
+from qeff_compiler.precision import check_precision, kv_cache_pass, lowering_passes
 from qeff_compiler.runtime.generate import GenerationOutput, StaticShapes, Streamer, generate, normalize_prompts
 from qeff_compiler.runtime.sampling import SamplingConfig
-
-#: precisions `compile` accepts today; the precision-lowering passes add fp16, int8, w8a8 and mxfp6
-SUPPORTED_PRECISIONS = ("fp32",)
-
 
 @dataclass(frozen=True)
 class CompileOptions:
@@ -31,10 +28,12 @@ class CompileOptions:
     ctx_len: int = 128
     prefill_len: int = 32
     batch_size: int = 1
+    kv_cache_dtype: str | None = None
 
     def pipeline(self) -> str:
-        """The default pass pipeline for these options."""
-        return f"strip-export-noise,patch-attention,kv-cache{{ctx_len={self.ctx_len}}},dce"
+        """The default pass pipeline for these options: capture clean-up, attention, precision, cache."""
+        passes = ["strip-export-noise", "patch-attention", *lowering_passes(self.precision)]
+        return ",".join([*passes, kv_cache_pass(self.ctx_len, self.kv_cache_dtype), "dce"])
 
 
 def compile(  # noqa: A001 (the public API name in DESIGN.md)
@@ -44,6 +43,7 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     ctx_len: int = 128,
     prefill_len: int = 32,
     batch_size: int = 1,
+    kv_cache_dtype: str | None = None,
     passes: str | None = None,
     verify: bool = True,
 ) -> CompiledModel:
@@ -51,7 +51,7 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
 
     `passes` replaces the default pipeline (`CompileOptions.pipeline`); it must produce a stateful program.
     """
-    options = CompileOptions(precision, ctx_len, prefill_len, batch_size)
+    options = CompileOptions(precision, ctx_len, prefill_len, batch_size, kv_cache_dtype)
     _check_options(options)
     resolved = resolve_model(model)
     if prefill_len > resolved.config.max_seq_len:
@@ -71,10 +71,7 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
 
 
 def _check_options(options: CompileOptions) -> None:
-    if options.precision not in SUPPORTED_PRECISIONS:
-        raise InvalidArgumentError(
-            f"precision {options.precision!r} is not available yet; supported: {', '.join(SUPPORTED_PRECISIONS)}"
-        )
+    check_precision(options.precision, options.kv_cache_dtype)
     for name in ("ctx_len", "prefill_len", "batch_size"):
         value = getattr(options, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -24,12 +24,11 @@ from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.capture import capture_resolved, resolve_model
 from qeff_compiler.errors import InvalidArgumentError, ModelSourceError
 from qeff_compiler.passes import PassManager
+from qeff_compiler.precision import check_precision, lowering_passes
 
-#: the stateless pipeline per precision; evaluation scores every position, so no KV cache is added
-PRECISION_PIPELINES = {
-    "fp32": "strip-export-noise,patch-attention,dce",
-    "fp16": "strip-export-noise,patch-attention,lower-fp16,dce",
-}
+def evaluation_pipeline(precision: str) -> str:
+    """The stateless pipeline of a precision: evaluation scores every position, so no KV cache is added."""
+    return ",".join(["strip-export-noise", "patch-attention", *lowering_passes(precision), "dce"])
 
 
 @dataclass(frozen=True)
@@ -52,13 +51,12 @@ class EvaluationReport:
 
 def evaluate(model_dir: str | Path, precision: str = "fp32", text: str | Path | None = None) -> EvaluationReport:
     """Score `text` (default: the shipped validation text) with the program at `precision` and with HF in fp32."""
-    if precision not in PRECISION_PIPELINES:
-        raise InvalidArgumentError(f"precision {precision!r} cannot be evaluated yet; available: {sorted(PRECISION_PIPELINES)}")
+    check_precision(precision)
     model_dir = Path(model_dir)
     resolved = resolve_model(model_dir)
     windows = _windows(model_dir, _read_text(text), resolved.config.max_seq_len)
     program = capture_resolved(resolved, batch_size=1, seq_len=windows.shape[1])
-    program = PassManager(PRECISION_PIPELINES[precision], verify=False).run(program)
+    program = PassManager(evaluation_pipeline(precision), verify=False).run(program)
     executor = HostExecutor(program)
     transformers_logging.disable_progress_bar()  # a progress bar per load would clutter reports
     reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -91,7 +89,7 @@ def _windows(model_dir: Path, text: str, window: int) -> torch.Tensor:
     """Non-overlapping full windows of token ids [n, window]."""
     if not (model_dir / "tokenizer.json").is_file():
         raise ModelSourceError(f"{model_dir} has no tokenizer.json; evaluation needs the model's tokenizer")
-    ids = AutoTokenizer.from_pretrained(model_dir)(text)["input_ids"]
+    ids = AutoTokenizer.from_pretrained(model_dir)(text, verbose=False)["input_ids"]
     count = len(ids) // window
     if count == 0:
         raise InvalidArgumentError(f"the text has {len(ids)} tokens, fewer than one {window}-token window")

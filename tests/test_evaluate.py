@@ -50,7 +50,7 @@ def test_a_different_model_is_measured_as_different(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"precision": "int8"}, "precision 'int8' cannot be evaluated yet"),
+        ({"precision": "int4"}, "precision 'int4' is not one of fp32, fp16, int8, w8a8, mxfp6"),
         ({"text": "x = 1"}, "fewer than one 256-token window"),
     ],
 )

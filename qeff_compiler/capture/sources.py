@@ -30,6 +30,8 @@ _SAFETENSORS_DTYPES = {
     "BF16": torch.bfloat16,
     "F64": torch.float64,
 }
+#: what a compiled artifact may store besides: quantized codes (int8, packed uint8) and their scales
+QUANTIZED_SAFETENSORS_DTYPES = {**_SAFETENSORS_DTYPES, "I8": torch.int8, "U8": torch.uint8}
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,10 @@ def _shards_from_index(index: Path) -> list[Path]:
     return shards
 
 
-def read_safetensors_header(path: Path) -> dict[str, SafetensorsLocation]:
+def read_safetensors_header(
+    path: Path, allowed: Mapping[str, torch.dtype] = _SAFETENSORS_DTYPES
+) -> dict[str, SafetensorsLocation]:
+    """Name → location of every tensor in a safetensors file; a dtype outside `allowed` is a `WeightError`."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -161,11 +166,9 @@ def read_safetensors_header(path: Path) -> dict[str, SafetensorsLocation]:
         raise WeightError(f"cannot read safetensors file {path}: {exc}") from exc
     locations = {}
     for key, (shape, dtype_name) in found.items():
-        if dtype_name not in _SAFETENSORS_DTYPES:
-            raise WeightError(
-                f"weight {key!r} in {path.name} has dtype {dtype_name}; allowed: {sorted(_SAFETENSORS_DTYPES)}"
-            )
-        locations[key] = SafetensorsLocation(path, key, shape, _SAFETENSORS_DTYPES[dtype_name])
+        if dtype_name not in allowed:
+            raise WeightError(f"weight {key!r} in {path.name} has dtype {dtype_name}; allowed: {sorted(allowed)}")
+        locations[key] = SafetensorsLocation(path, key, shape, allowed[dtype_name])
     return locations
 
 

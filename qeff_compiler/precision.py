@@ -1,0 +1,94 @@
+"""Precisions and KV-cache dtypes: which lowering passes each one means, and what precision every weight ends in.
+
+`compile` and `evaluate` build their pipelines from here, so a precision means the same passes everywhere:
+
+    fp32   no lowering
+    fp16   lower-fp16                      weights, activations and KV cache fp16 (fp32 accumulation)
+    int8   lower-fp16,lower-int8           W8A16: matmul weights int8 per output channel
+    w8a8   lower-fp16,lower-w8a8{...}      int8 weights and calibrated int8 activations (needs a calibration table)
+    mxfp6  lower-fp16,lower-mxfp6          matmul weights MXFP6 E2M3, decompressed to fp16
+
+KV-cache dtype (the `kv-cache` pass's `dtype`): None = the activations' dtype, "fp16", or "mxint8".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from qeff_compiler.errors import InvalidArgumentError
+from qeff_compiler.ir.program import BINDING, Program, dtype_short_name
+from qeff_compiler.ir.quant_ops import DEQUANTIZE_INT8, DEQUANTIZE_MXFP6
+
+PRECISIONS = ("fp32", "fp16", "int8", "w8a8", "mxfp6")
+KV_CACHE_DTYPES = ("fp16", "mxint8")
+_LOWERING = {
+    "fp32": [],
+    "fp16": ["lower-fp16"],
+    "int8": ["lower-fp16", "lower-int8"],
+    "mxfp6": ["lower-fp16", "lower-mxfp6"],
+}
+
+
+def check_precision(precision: str, kv_cache_dtype: str | None = None) -> None:
+    """Raise `InvalidArgumentError` for an unknown precision or KV-cache dtype."""
+    if precision not in PRECISIONS:
+        raise InvalidArgumentError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if kv_cache_dtype is not None and kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise InvalidArgumentError(
+            f"kv_cache_dtype {kv_cache_dtype!r} is not one of {', '.join(KV_CACHE_DTYPES)} (or None: the activations' dtype)"
+        )
+
+
+def lowering_passes(precision: str, calibration: Path | None = None) -> list[str]:
+    """The lowering passes of `precision`, in pipeline-string form; w8a8 needs a calibration table file."""
+    check_precision(precision)
+    if precision == "w8a8":
+        if calibration is None:
+            raise InvalidArgumentError("precision w8a8 needs a calibration table (qc.calibrate) for its activation scales")
+        return ["lower-fp16", f"lower-w8a8{{calibration={calibration}}}"]
+    return list(_LOWERING[precision])
+
+
+def kv_cache_pass(ctx_len: int, kv_cache_dtype: str | None) -> str:
+    """The `kv-cache` pass with its options."""
+    dtype = "" if kv_cache_dtype is None else f",dtype={kv_cache_dtype}"
+    return f"kv-cache{{ctx_len={ctx_len}{dtype}}}"
+
+
+def weight_precisions(program: Program) -> dict[str, dict[str, object]]:
+    """For every weight the program computes with, by its checkpoint name: its precision and the stored tensors.
+
+    A quantized weight is stored as parts (codes, scales) that a dequantize op reads; its precision is the
+    format of the op ("int8", "mxfp6-e2m3", ...). Any other weight is stored as it is and named by its dtype.
+    """
+    formats: dict[str, dict[str, object]] = {}
+    quantized_parts: set[str] = set()
+    for node in program.graph.nodes:
+        precision = _quantized_format(node)
+        if precision is None:
+            continue
+        parts = [a.meta[BINDING][1] for a in node.args if isinstance(a, torch.fx.Node) and a.op == "placeholder"]
+        logical = parts[0].rsplit(".", 1)[0]
+        formats[logical] = {"precision": precision, "stored_as": parts}
+        quantized_parts.update(parts)
+    for name in sorted(set(program.weight_placeholders().values()) - quantized_parts):
+        dtype = _dtype_name(program.weights[name].dtype)
+        if name in formats:  # e.g. an input embedding tied to a quantized lm_head keeps reading the fp16 weight
+            formats[name]["unquantized_copy"] = {"precision": dtype, "stored_as": name}
+        else:
+            formats[name] = {"precision": dtype, "stored_as": [name]}
+    return dict(sorted(formats.items()))
+
+
+def _quantized_format(node: torch.fx.Node) -> str | None:
+    if node.target == DEQUANTIZE_INT8:
+        return "int8"
+    if node.target == DEQUANTIZE_MXFP6:
+        return "mx" + node.args[3].replace("_", "-")  # fp6_e2m3 → mxfp6-e2m3
+    return None
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, dtype_short_name(dtype))
