@@ -14,6 +14,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,19 +28,24 @@ from qeff_compiler.capture.presets import preset_config
 RESULTS = Path(__file__).parent / "results" / "decode_cost.json"
 
 
-def step_times(compiled: qc.CompiledModel, positions: tuple[int, int], repeats: int) -> list[list[float]]:
-    """Wall times of single decode steps at each position, interleaved so load changes hit both alike."""
+def decode_step(compiled: qc.CompiledModel, position: int) -> Callable[[], object]:
+    """One batch-1 decode step at `position` over a random cache, as a call to time."""
     decode = compiled.host_executors()[1]
-    caches = {s.name: torch.randn(s.shape) for s in compiled.decode.inputs if s.role.startswith("past")}
-    calls = [{"input_ids": torch.tensor([[1]]), "position_ids": torch.tensor([[p]]), **caches} for p in positions]
-    for _ in range(5):
-        for inputs in calls:
-            decode(inputs)
-    times: list[list[float]] = [[] for _ in positions]
+    caches = {s.name: torch.randn(s.shape).to(s.dtype) for s in compiled.decode.inputs if s.role.startswith("past")}
+    inputs = {"input_ids": torch.tensor([[1]]), "position_ids": torch.tensor([[position]]), **caches}
+    return lambda: decode(inputs)
+
+
+def interleaved_times(calls: list[Callable[[], object]], repeats: int, warmup: int = 5) -> list[list[float]]:
+    """Wall times of each call, `repeats` times, interleaved so that load changes on the machine hit all alike."""
+    for _ in range(warmup):
+        for call in calls:
+            call()
+    times: list[list[float]] = [[] for _ in calls]
     for _ in range(repeats):
-        for series, inputs in zip(times, calls, strict=True):
+        for series, call in zip(times, calls, strict=True):
             start = time.perf_counter()
-            decode(inputs)
+            call()
             series.append(time.perf_counter() - start)
     return times
 
@@ -47,7 +53,7 @@ def step_times(compiled: qc.CompiledModel, positions: tuple[int, int], repeats: 
 def measure(name: str, model: object, ctx_len: int, repeats: int) -> dict:
     ctx_len = min(ctx_len, resolve_model(model).config.max_seq_len)
     compiled = qc.compile(model, ctx_len=ctx_len, prefill_len=32, verify=False)
-    early, late = step_times(compiled, (16, ctx_len - 16), repeats)
+    early, late = interleaved_times([decode_step(compiled, 16), decode_step(compiled, ctx_len - 16)], repeats)
     row = {
         "model": name,
         "ctx_len": ctx_len,
