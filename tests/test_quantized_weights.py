@@ -31,41 +31,58 @@ CONFIG = tiny_config(n_heads=3, d_model=48, n_layers=2, attn_config={"clip_qkv":
 MATMUL_WEIGHTS = 4 * CONFIG.n_layers + 1
 
 
-def _int8_rounded(weight: torch.Tensor) -> torch.Tensor:
-    codes, scales = quantize_weight_per_channel(weight.half())
-    return (codes.float() * scales[:, None]).half()
-
-
 def _mxfp6_rounded(fmt: str):  # noqa: ANN202
     return lambda weight: fake_quantize_mx(weight.half().float(), fmt).half()
 
 
-@pytest.mark.parametrize(
-    ("lowering", "rounded"),
-    [("lower-int8", _int8_rounded), ("lower-mxfp6", _mxfp6_rounded("fp6_e2m3")), ("lower-mxfp6{format=e3m2}", _mxfp6_rounded("fp6_e3m2"))],
-    ids=["int8", "mxfp6-e2m3", "mxfp6-e3m2"],
-)
-def test_program_computes_the_fp16_program_with_quantized_weights(lowering: str, rounded) -> None:  # noqa: ANN001
-    """Quantizing a weight must act exactly like replacing it by its dequantized fp16 value: the lowered program's
-    logits equal, bit for bit, those of the fp16 program of a model whose matmul weights were so replaced.
-    (lm_head is excluded: it is tied to the input embedding, which stays fp16.)"""
-    model = random_model(CONFIG, seed=1)
-    options = lowering.rstrip("}") + ",exclude=lm_head}" if "{" in lowering else lowering + "{exclude=lm_head}"
-    quantized = qc.PassManager(f"{FRONT},{options}").run(qc.capture(model))
-    replaced = random_model(CONFIG, seed=1)
+def _with_replaced_weights(rounded, seed: int = 1) -> torch.nn.Module:  # noqa: ANN001
+    """The seeded model with every matmul weight but the (tied) lm_head replaced by `rounded(weight)`."""
+    model = random_model(CONFIG, seed=seed)
     with torch.no_grad():
-        for name, parameter in replaced.named_parameters():
+        for name, parameter in model.named_parameters():
             if parameter.dim() == 2 and "wte" not in name and "lm_head" not in name:
                 parameter.copy_(rounded(parameter).float())
-    reference = qc.PassManager(FRONT).run(qc.capture(replaced))
+    return model
+
+
+@pytest.mark.parametrize("fmt", ["e2m3", "e3m2"])
+def test_mxfp6_program_computes_the_fp16_program_with_decoded_weights(fmt: str) -> None:
+    """An MXFP6 weight must act exactly like its decoded fp16 value: the lowered program's logits equal, bit for
+    bit, those of the fp16 program of a model whose matmul weights were so replaced. (lm_head is excluded: it is
+    tied to the input embedding, which stays fp16.)"""
+    lowering = f"lower-mxfp6{{format={fmt},exclude=lm_head}}"
+    quantized = qc.PassManager(f"{FRONT},{lowering}").run(qc.capture(random_model(CONFIG, seed=1)))
+    reference = qc.PassManager(FRONT).run(qc.capture(_with_replaced_weights(_mxfp6_rounded(f"fp6_{fmt}"))))
     inputs = sample_inputs(quantized, seed=4)
     assert torch.equal(HostExecutor(quantized)(inputs)["logits"], HostExecutor(reference)(inputs)["logits"])
+
+
+def test_int8_program_computes_with_the_dequantized_weights() -> None:
+    """W8A16 scales after the fp32 accumulation, which no fp16 program can express exactly; its logits must be
+    near those of the fp16 program whose weights are the dequantized int8 ones (rounded to fp16) and at least
+    5x nearer than to the unquantized fp16 program's."""
+    quantized = qc.PassManager(f"{FRONT},lower-int8{{exclude=lm_head}}").run(qc.capture(random_model(CONFIG, seed=1)))
+
+    def dequantized(weight: torch.Tensor) -> torch.Tensor:
+        codes, scales = quantize_weight_per_channel(weight.half())
+        return (codes.float() * scales[:, None]).half()
+
+    near = qc.PassManager(FRONT).run(qc.capture(_with_replaced_weights(dequantized)))
+    unquantized = qc.PassManager(FRONT).run(qc.capture(random_model(CONFIG, seed=1)))
+    inputs = sample_inputs(quantized, seed=4)
+    logits = HostExecutor(quantized)(inputs)["logits"]
+    to_near = (logits - HostExecutor(near)(inputs)["logits"]).abs().max()
+    to_unquantized = (logits - HostExecutor(unquantized)(inputs)["logits"]).abs().max()
+    assert to_unquantized > 0 and to_near < to_unquantized / 5
 
 
 def test_int8_weights_are_per_channel_codes_and_scales_of_the_fp16_weight() -> None:
     model = random_model(CONFIG)
     program = qc.PassManager(f"{FRONT},lower-int8").run(qc.capture(model))
-    assert program.op_histogram()["qeff.dequantize_int8"] == MATMUL_WEIGHTS
+    histogram = program.op_histogram()
+    # linears run as W8A16 ops; the fused attention ops read dequantized Wqkv and out_proj
+    assert histogram["qeff.linear_w8a16"] == 2 * CONFIG.n_layers + 1
+    assert histogram["qeff.dequantize_int8"] == 2 * CONFIG.n_layers
     weight = model.transformer.blocks[1].ffn.down_proj.weight
     codes, scales = quantize_weight_per_channel(weight.detach().half())
     name = "transformer.blocks.1.ffn.down_proj.weight"

@@ -33,8 +33,9 @@ import torch.fx
 
 from qeff_compiler.backends.onnx_quant import DequantizeCall, dequantize_call, qeff_weight_node
 from qeff_compiler.errors import MetaWeightError, VerificationError
-from qeff_compiler.ir.ops import MASK_VALUE
+from qeff_compiler.ir.ops import KV_CACHE_FORMATS, MASK_VALUE
 from qeff_compiler.ir.program import BINDING, Program
+from qeff_compiler.numerics.mx_onnx import fake_quantize_mxint8
 from qeff_compiler.passes.patch_attention import ATTENTION, ATTENTION_KV
 
 #: domain (and its version) of the ONNX functions that define the fused ops
@@ -164,9 +165,12 @@ def _build_function(
     softmax_scale: float,
     clip_qkv: float | None,
     fp16_activations: bool = False,
+    kv_cache_format: str | None = None,
 ) -> ir.Function:
     """The ONNX function of one fused op, with its layer settings as constants."""
     settings = {"n_heads": n_heads, "softmax_scale": softmax_scale, "clip_qkv": clip_qkv, "fp16": fp16_activations}
+    if kv_cache_format is not None:  # a setting of the cached op only
+        settings["kv_cache_format"] = kv_cache_format
 
     def trace(op: onnxscript.OpBuilder, *inputs: ir.Value) -> list[ir.Value]:
         return fused.body(op, *inputs, **settings)
@@ -217,10 +221,16 @@ def _attention_kv_body(
     softmax_scale: float,
     clip_qkv: float | None,
     fp16: bool,
+    kv_cache_format: str | None = None,
 ) -> list[ir.Value]:
     """`qeff::mpt_attention_kv`: write the new keys/values at their positions, attend over the whole cache
-    (read back in the activations' type: an fp16 cache is storage only)."""
+    (read back in the activations' type: an fp16 cache is storage only). With `kv_cache_format="mxint8"` the new
+    keys/values are MXINT8-rounded before they are written, as in the reference kernel; reads need nothing."""
+    if kv_cache_format not in KV_CACHE_FORMATS:
+        raise VerificationError(f"MptAttentionKV has no ONNX form for kv_cache_format={kv_cache_format!r}")
     query, key, value = _project_qkv(op, hidden, wqkv, n_heads, clip_qkv, fp16)
+    if kv_cache_format == "mxint8":
+        key, value = fake_quantize_mxint8(op, key), fake_quantize_mxint8(op, value)
     slots = op.Unsqueeze(_arange(op, op.Shape(past_key, start=2, end=3)), [0])  # [1, ctx_len]
     written, source = _slot_writers(op, position_ids, slots)
     key_cache = _write_cache(op, past_key, op.CastLike(key, past_key), written, source)

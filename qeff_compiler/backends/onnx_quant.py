@@ -1,10 +1,17 @@
-"""How the weight-dequantize ops of the quantized precisions appear in ONNX: one `qeff` node per weight, calling an
-ONNX function, so the file keeps the quantized codes and scales and ONNX Runtime still runs it.
+"""How the quantized ops of the quantized precisions (weight dequantizes, the W8A8 linear) appear in ONNX: one `qeff`
+node per op, calling an ONNX function, so the file keeps the quantized codes and scales and ONNX Runtime runs it.
 
 - `qeff::dequantize_int8` → `qeff::DequantizeInt8(qweight int8 [out, in], scale float [out])`, whose body is the
   standard `DequantizeLinear` with a per-axis scale (axis 0): float(q) · scale, one rounding, as the host op.
 - `qeff::dequantize_mxfp6` → `qeff::DequantizeMXFP6E2M3` / `E3M2` of `numerics.mx_onnx` (attribute `cols`),
   which decodes the packed codes exactly, as the host op.
+- `qeff::linear_w8a16` → `qeff::LinearW8A16(x, qweight, scale)`: MatMul of x with the int8 codes cast to float
+  (exact), then the per-output-channel scale; equal to the host op up to fp32 summation order.
+- `qeff::linear_w8a8` → `qeff::LinearW8A8(x, smooth, act_scale, qweight, w_scale)`, a whole W8A8 linear (it
+  reads the activation, so it is not folded like the weight dequantizes): Div in fp32, the quantizing division
+  in fp64 with Round (half to even) and Clip to ±127, `MatMulInteger` int8 · int8 → int32 (exact; ONNX Runtime's
+  CPU kernel was checked on the K = 4096, all-±127 worst case), the scaling in fp64 and one Cast to fp32 — the
+  host op's roundings, one for one. `DequantizeCall` and `dequantize_call` cover it as well.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ import onnxscript
 import torch
 import torch.fx
 
-from qeff_compiler.ir.quant_ops import DEQUANTIZE_INT8, DEQUANTIZE_MXFP6
+from qeff_compiler.ir.quant_ops import DEQUANTIZE_INT8, DEQUANTIZE_MXFP6, LINEAR_W8A8, LINEAR_W8A16
+from qeff_compiler.numerics.int8 import QMAX
 from qeff_compiler.numerics.mx_onnx import DOMAIN, dequantize_function_name, dequantize_mxfp6_function
 
 
@@ -30,9 +38,13 @@ class DequantizeCall(NamedTuple):
 
 
 def dequantize_call(node: torch.fx.Node) -> DequantizeCall | None:
-    """The ONNX form of `node` if it is a weight-dequantize op, else None."""
+    """The ONNX form of `node` if it is a weight-dequantize op or `linear_w8a8`, else None."""
     if node.target == DEQUANTIZE_INT8:
         return DequantizeCall("DequantizeInt8", {}, _dequantize_int8_function)
+    if node.target == LINEAR_W8A8:
+        return DequantizeCall("LinearW8A8", {}, _linear_w8a8_function)
+    if node.target == LINEAR_W8A16:
+        return DequantizeCall("LinearW8A16", {}, _linear_w8a16_function)
     if node.target == DEQUANTIZE_MXFP6:
         _, _, cols, fmt = node.args
         return DequantizeCall(dequantize_function_name(fmt), {"cols": cols}, lambda opset: dequantize_mxfp6_function(fmt, opset))
@@ -46,12 +58,46 @@ def qeff_weight_node(
     return torch.onnx.ops.symbolic(f"{DOMAIN}::{function}", inputs, attributes, dtype=dtype, shape=shape, version=1)
 
 
+def _function(name: str, inputs: dict[str, ir.DataType], trace: Callable[..., ir.Value], opset: int) -> ir.Function:
+    """An ONNX function `qeff::<name>` with typed inputs, traced from `trace(op, *inputs)`."""
+    values = [ir.Value(name=input_name, type=ir.TensorType(dtype)) for input_name, dtype in inputs.items()]
+    function = onnxscript.build_function(trace, values, domain=DOMAIN, name=name, opset_imports={"": opset})
+    for node in function:
+        node.metadata_props.clear()  # builder notes (name scopes, "type not known" inside the untyped body)
+    return function
+
+
 def _dequantize_int8_function(opset: int) -> ir.Function:
     def trace(op: onnxscript.OpBuilder, qweight: ir.Value, scale: ir.Value) -> ir.Value:
         return op.DequantizeLinear(qweight, scale, axis=0)
 
-    inputs = [ir.Value(name="qweight", type=ir.TensorType(ir.DataType.INT8)), ir.Value(name="scale", type=ir.TensorType(ir.DataType.FLOAT))]
-    function = onnxscript.build_function(trace, inputs, domain=DOMAIN, name="DequantizeInt8", opset_imports={"": opset})
-    for node in function:
-        node.metadata_props.clear()
-    return function
+    return _function("DequantizeInt8", {"qweight": ir.DataType.INT8, "scale": ir.DataType.FLOAT}, trace, opset)
+
+
+def _linear_w8a16_function(opset: int) -> ir.Function:
+    """(x · float(q)ᵀ) · scale: the fp32 sum of exact products, scaled after it, as `linear_w8a16`."""
+
+    def trace(op: onnxscript.OpBuilder, x: ir.Value, qweight: ir.Value, scale: ir.Value) -> ir.Value:
+        weight = op.Transpose(op.Cast(qweight, to=ir.DataType.FLOAT), perm=[1, 0])
+        return op.Mul(op.MatMul(x, weight), scale)
+
+    inputs = {"x": ir.DataType.FLOAT, "qweight": ir.DataType.INT8, "scale": ir.DataType.FLOAT}
+    return _function("LinearW8A16", inputs, trace, opset)
+
+
+def _linear_w8a8_function(opset: int) -> ir.Function:
+    def trace(
+        op: onnxscript.OpBuilder, x: ir.Value, smooth: ir.Value, act_scale: ir.Value, qweight: ir.Value, w_scale: ir.Value
+    ) -> ir.Value:
+        scale = op.Cast(act_scale, to=ir.DataType.DOUBLE)
+        quotient = op.Div(op.Cast(op.Div(x, smooth), to=ir.DataType.DOUBLE), scale)
+        codes = op.Cast(op.Clip(op.Round(quotient), float(-QMAX), float(QMAX)), to=ir.DataType.INT8)
+        acc = op.MatMulInteger(codes, op.Transpose(qweight, perm=[1, 0]))
+        # via INT64 (exact): ONNX Runtime fuses MatMulInteger → Cast → Mul into its MatMulIntegerToFloat, which
+        # computes the scaling in fp32 and rejects this graph's fp64 one
+        acc = op.Cast(op.Cast(acc, to=ir.DataType.INT64), to=ir.DataType.DOUBLE)
+        scaled = op.Mul(acc, op.Mul(op.Cast(w_scale, to=ir.DataType.DOUBLE), scale))
+        return op.Cast(scaled, to=ir.DataType.FLOAT)
+
+    floats = dict.fromkeys(("x", "smooth", "act_scale"), ir.DataType.FLOAT)
+    return _function("LinearW8A8", {**floats, "qweight": ir.DataType.INT8, "w_scale": ir.DataType.FLOAT}, trace, opset)

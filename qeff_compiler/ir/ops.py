@@ -6,6 +6,10 @@ is the same layer over a static `ctx_len` cache: it writes the new keys/values a
 never written) and attends over the whole buffer, masking slots after each query's position. The cache may be
 stored in a narrower dtype than the activations (fp16): values are cast to the cache dtype when written and the
 attention math reads the buffer back in the activations' dtype, so it never runs in fp16 on the host.
+`kv_cache_format="mxint8"` stores OCP MXINT8 values: the new keys and values are fake-quantized
+(`fake_quantize_mx(x, "int8", axis=-1)`: one shared scale per 32 elements of head_dim, per token and head) before
+they are written, so the buffer holds dequantized MXINT8 values and reads need no change; slots not written keep
+their bits.
 
 `fp16_activations=True` emulates AI 100 fp16 compute with fp32 accumulation: the math stays fp32 (fp16 matmuls
 are ~1000× slower on a CPU), and values are rounded to fp16 at the op's internal boundaries — the QKV projection
@@ -25,8 +29,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from qeff_compiler.errors import InvalidArgumentError
+from qeff_compiler.numerics.mx import fake_quantize_mx
+
 #: replaces masked attention scores; finfo(float16).min, so the mask is finite in fp16 as well as fp32
 MASK_VALUE = -65504.0
+#: values of `mpt_attention_kv`'s `kv_cache_format`: None stores the values as they are (in the cache dtype)
+KV_CACHE_FORMATS = (None, "mxint8")
 
 
 def round_fp16(tensor: torch.Tensor, enabled: bool = True) -> torch.Tensor:
@@ -83,6 +92,18 @@ def write_cache(cache: torch.Tensor, new: torch.Tensor, position_ids: torch.Tens
     return updated
 
 
+def _cache_values(new: torch.Tensor, cache_dtype: torch.dtype, kv_cache_format: str | None) -> torch.Tensor:
+    """New keys or values [b, h, s, head_dim] as the cache stores them: in `kv_cache_format` (MXINT8 blocks run
+    along head_dim, the axis attention reduces over), then cast to the cache dtype."""
+    if kv_cache_format not in KV_CACHE_FORMATS:
+        raise InvalidArgumentError(
+            f"kv_cache_format={kv_cache_format!r} is not one of {', '.join(map(repr, KV_CACHE_FORMATS))}"
+        )
+    if kv_cache_format == "mxint8":
+        new = fake_quantize_mx(new, "int8", axis=-1)
+    return new.to(cache_dtype)
+
+
 @torch.library.custom_op("qeff::mpt_attention", mutates_args=())
 def mpt_attention(
     hidden: torch.Tensor,
@@ -122,11 +143,12 @@ def mpt_attention_kv(
     softmax_scale: float,
     clip_qkv: float | None,
     fp16_activations: bool = False,
+    kv_cache_format: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One MPT attention layer over a static cache; returns (output, updated keys, updated values)."""
     query, key, value = _project_qkv(hidden, wqkv, n_heads, clip_qkv, fp16_activations)
-    key_cache = write_cache(past_key, key.to(past_key.dtype), position_ids)
-    value_cache = write_cache(past_value, value.to(past_value.dtype), position_ids)
+    key_cache = write_cache(past_key, _cache_values(key, past_key.dtype, kv_cache_format), position_ids)
+    value_cache = write_cache(past_value, _cache_values(value, past_value.dtype, kv_cache_format), position_ids)
     batch, ctx_len = position_ids.shape[0], past_key.shape[2]
     slots = torch.arange(ctx_len, device=hidden.device).expand(batch, ctx_len)
     keys, values = key_cache.to(query.dtype), value_cache.to(query.dtype)  # compute never runs in the cache dtype
@@ -138,6 +160,6 @@ def mpt_attention_kv(
 @mpt_attention_kv.register_fake
 def _mpt_attention_kv_fake(  # noqa: ANN202
     hidden, wqkv, out_proj, alibi_slopes, position_ids, past_key, past_value,  # noqa: ANN001
-    n_heads, softmax_scale, clip_qkv, fp16_activations=False,  # noqa: ANN001
+    n_heads, softmax_scale, clip_qkv, fp16_activations=False, kv_cache_format=None,  # noqa: ANN001
 ):
     return hidden.new_empty(hidden.shape), past_key.new_empty(past_key.shape), past_value.new_empty(past_value.shape)

@@ -112,3 +112,42 @@ def _constant(op: onnxscript.OpBuilder, array: np.ndarray, name: str) -> ir.Valu
 def _check_fp6(fmt: str) -> None:
     if fmt not in _FP6_FORMATS:
         raise InvalidArgumentError(f"packed MX weights in ONNX are MXFP6 ({', '.join(_FP6_FORMATS)}), not {fmt!r}")
+
+
+def fake_quantize_mxint8(op: onnxscript.OpBuilder, value: ir.Value) -> ir.Value:
+    """`value` rounded through MXINT8 (blocks of 32 along the last axis) and back, in its own type: the ONNX form
+    of `fake_quantize_mx(x, "int8", axis=-1)`, bit for bit in ONNX Runtime on finite blocks (a block holding NaN
+    or ±Inf becomes all NaN, as there). Built with `op` into the caller's graph or function body (the fused
+    attention function quantizes the keys and values it writes to an MXINT8 KV cache with it).
+
+    ONNX has no bitcast, so the shared exponent s = floor(log2(amax)) is estimated with Log/Floor and then
+    corrected by one step up or down by comparing amax with the exact power of two; Log may be off near a power
+    of two, the comparison is not. The estimate is clipped to [-126, 127] first, so 0 (Log gives -inf) and a
+    float32-subnormal amax end at s = -127 after the downward correction, as in `quantize_mx`. The powers of two
+    come from the E8M0 tables (Gather), and the element math is `quantize_mx`'s: k = Round(x * 2^-s * 64)
+    (half to even) clipped to [-127, 127] and held as int8 (so no -0 survives), value = (k * 2^-6) * 2^s, every
+    step exact or rounded once in float32, as in numpy. The last axis is zero-padded to whole blocks (Pad) and
+    sliced back. fp16 input is quantized in float32 and cast back once, as `dequantize_mx` does. Needs a
+    default-domain opset >= MIN_OPSET (Pad and ReduceMax with axes inputs).
+    """
+    x = op.Cast(value, to=ir.DataType.FLOAT)
+    length = op.Shape(x, start=-1)
+    padded = op.Pad(x, op.Concat([0], op.Mod(op.Neg(length), BLOCK_SIZE), axis=0), 0.0, [-1])
+    blocks = op.Reshape(padded, op.Concat(op.Shape(padded, end=-1), [-1, BLOCK_SIZE], axis=0))
+    not_finite = op.IsNaN(op.ReduceSum(op.Sub(blocks, blocks), [-1], keepdims=1))  # x - x: NaN for NaN and ±Inf
+    blocks = op.Where(not_finite, 0.0, blocks)  # no NaN reaches the integer cast; such blocks end as NaN anyway
+    amax = op.ReduceMax(op.Abs(blocks), [-1], keepdims=1)
+    estimate = op.Clip(op.Floor(op.Mul(op.Log(amax), float(1 / np.log(2)))), -126.0, 127.0)
+    code = op.Add(op.Cast(estimate, to=ir.DataType.INT64), 127)  # E8M0 code of 2^estimate, in [1, 254]
+    powers = _constant(op, e8m0_values(), "scale_values")
+    power = op.Gather(powers, code)
+    too_high = op.Cast(op.Less(amax, power), to=ir.DataType.INT64)
+    too_low = op.Cast(op.GreaterOrEqual(amax, op.Mul(power, 2.0)), to=ir.DataType.INT64)
+    code = op.Add(op.Sub(code, too_high), too_low)
+    scale = op.Gather(powers, code)
+    inverse = op.Gather(_constant(op, np.reciprocal(e8m0_values()), "inverse_scale_values"), code)
+    elements = op.Cast(op.Clip(op.Round(op.Mul(op.Mul(blocks, inverse), 64.0)), -127.0, 127.0), to=ir.DataType.INT8)
+    values = op.Mul(op.Mul(op.Cast(elements, to=ir.DataType.FLOAT), 2.0**-6), scale)  # int8 has no -0: neither has this
+    dequantized = op.Where(not_finite, op.Constant(value_float=float("nan")), values)  # NaN != NaN: no shared constant
+    merged = op.Reshape(dequantized, op.Shape(padded))
+    return op.CastLike(op.Slice(merged, [0], length, [-1]), value)

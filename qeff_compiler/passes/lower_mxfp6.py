@@ -38,7 +38,14 @@ from qeff_compiler.numerics.mx import BLOCK_SIZE, quantize_mx
 from qeff_compiler.numerics.mx_onnx import pack_mxfp6_weight
 from qeff_compiler.passes.base import Pass, option
 from qeff_compiler.passes.registry import register_pass
-from qeff_compiler.passes.weight_quantization import drop_unread, matmul_weight_reads, rewire_to_dequantized, select_reads
+from qeff_compiler.passes.weight_quantization import (
+    PartPlaceholders,
+    drop_unread,
+    matmul_weight_reads,
+    remove_dead_weights,
+    rewire_to_dequantized,
+    select_reads,
+)
 
 #: `format` option value → numerics.mx format name
 ELEMENT_FORMATS = {"e2m3": "fp6_e2m3", "e3m2": "fp6_e3m2"}
@@ -84,7 +91,9 @@ class LowerMxfp6(Pass):
         def dequantize(name: str, nodes: Sequence[torch.fx.Node]) -> tuple[object, tuple, dict]:
             return DEQUANTIZE_MXFP6, (*nodes, program.weights[name].shape[1], fmt), {}
 
-        rewire_to_dequantized(graph_module.graph, reads, parts, dequantize)
+        graph = graph_module.graph
+        rewire_to_dequantized(graph, reads, PartPlaceholders(graph, parts), dequantize, round_to_fp16=True)
+        remove_dead_weights(graph)
         graph_module.recompile()
         self.notes.append(f"{len(names)} weights ({program.weights.distinct_numel(names):,} values) encoded as MXFP6 {self.options.format.upper()}")
         return program.evolve(graph_module=graph_module, weights=drop_unread(program, store, graph_module.graph))

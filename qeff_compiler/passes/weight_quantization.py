@@ -72,28 +72,52 @@ def matmul_weight_reads(graph: torch.fx.Graph) -> list[WeightRead]:
     return reads
 
 
+class PartPlaceholders:
+    """The placeholders of each quantized weight's parts (codes, scales, ...), created on first use, after the
+    existing placeholders; `parts[name]` names the weights holding weight `name` quantized."""
+
+    def __init__(self, graph: torch.fx.Graph, parts: dict[str, Sequence[str]]) -> None:
+        self.graph, self.parts = graph, parts
+        self._nodes: dict[str, list[torch.fx.Node]] = {}
+
+    def __call__(self, name: str) -> list[torch.fx.Node]:
+        if name not in self._nodes:
+            self._nodes[name] = [
+                add_placeholder(self.graph, _placeholder_name(part), ("weight", part)) for part in self.parts[name]
+            ]
+        return self._nodes[name]
+
+
 def rewire_to_dequantized(
     graph: torch.fx.Graph,
     reads: Sequence[WeightRead],
-    parts: dict[str, Sequence[str]],
+    placeholders: PartPlaceholders,
     dequantize: Callable[[str, Sequence[torch.fx.Node]], tuple[object, tuple, dict]],
+    *,
+    round_to_fp16: bool,
 ) -> None:
-    """Point each read at `dequantize(name, part placeholders)` rounded to fp16 and upcast to fp32.
+    """Point each read at `dequantize(name, part placeholders)`, optionally rounded to fp16 (and upcast again).
 
-    `parts[name]` names the weights (codes, scales, ...) holding weight `name` quantized; `dequantize` returns the
-    (target, args, kwargs) of the node that rebuilds it in fp32. One chain per weight, shared by its reads.
+    `dequantize` returns the (target, args, kwargs) of the node that rebuilds the weight in fp32. One chain per
+    weight, shared by its reads.
     """
     chains: dict[str, torch.fx.Node] = {}
     for read in reads:
         if read.name not in chains:
-            placeholders = [add_placeholder(graph, _placeholder_name(part), ("weight", part)) for part in parts[read.name]]
+            nodes = placeholders(read.name)
             first_op = graph.find_nodes(op="placeholder")[-1].next
             with graph.inserting_before(first_op):
-                target, args, kwargs = dequantize(read.name, placeholders)
-                weight = graph.call_function(target, args, kwargs)
-                as_fp16 = graph.call_function(TO_COPY, (weight,), {"dtype": torch.float16})
-                chains[read.name] = graph.call_function(TO_COPY, (as_fp16,), {"dtype": torch.float32})
+                target, args, kwargs = dequantize(read.name, nodes)
+                chain = graph.call_function(target, args, kwargs)
+                if round_to_fp16:
+                    chain = graph.call_function(TO_COPY, (chain,), {"dtype": torch.float16})
+                    chain = graph.call_function(TO_COPY, (chain,), {"dtype": torch.float32})
+            chains[read.name] = chain
         read.consumer.update_arg(read.index, chains[read.name])
+
+
+def remove_dead_weights(graph: torch.fx.Graph) -> None:
+    """Erase what the rewrites left unused: the fp32 upcasts of replaced weights and their placeholders."""
     erase_dead_code(graph)
     for node in graph.find_nodes(op="placeholder"):
         if not node.users and node.meta[BINDING][0] == "weight":
