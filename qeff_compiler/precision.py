@@ -51,10 +51,14 @@ def lowering_passes(precision: str, calibration: Path | None = None) -> list[str
     return list(_LOWERING[precision])
 
 
-def kv_cache_pass(ctx_len: int, kv_cache_dtype: str | None) -> str:
-    """The `kv-cache` pass with its options."""
-    dtype = "" if kv_cache_dtype is None else f",dtype={kv_cache_dtype}"
-    return f"kv-cache{{ctx_len={ctx_len}{dtype}}}"
+def kv_cache_pass(ctx_len: int, kv_cache_dtype: str | None, *, all_logits: bool = False) -> str:
+    """The `kv-cache` pass with its options (`all_logits`: logits for every position, to score a text)."""
+    options = [f"ctx_len={ctx_len}"]
+    if kv_cache_dtype is not None:
+        options.append(f"dtype={kv_cache_dtype}")
+    if all_logits:
+        options.append("logits=all")
+    return f"kv-cache{{{','.join(options)}}}"
 
 
 def weight_precisions(program: Program) -> dict[str, dict[str, object]]:

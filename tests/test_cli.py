@@ -118,8 +118,9 @@ def test_eval_prints_the_accuracy_table(tmp_path: Path) -> None:
 
     text = tmp_path / "text.py"
     text.write_text(TINY_MPT_VALIDATION_TEXT.read_text()[:10_000])
-    result = qeffc("eval", "--text", str(text))
+    result = qeffc("eval", "--text", str(text), "--precision", "fp32", "--precision", "int8")
     assert result.returncode == 0, result.stderr
-    assert "fp32" in result.stdout and "100.00%" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if line.startswith("│")]
+    assert len(rows) == 2 and "100.00%" in rows[0] and all(row.rstrip("│ ").endswith("ok") for row in rows)
     preset = qeffc("eval", "mpt-7b")
     assert preset.returncode == 2 and "needs a model directory" in preset.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 import qeff_compiler as qc
 from qeff_compiler.data import TINY_MPT, TINY_MPT_VALIDATION_TEXT
 from qeff_compiler.errors import InvalidArgumentError
+from qeff_compiler.evaluate import MXINT8_CACHE_GATE, EvaluationReport, mxint8_cache_increase
 from tests.conftest import random_model, tiny_config
 
 
@@ -21,13 +23,44 @@ def test_fp32_program_reproduces_the_reference_on_the_validation_text() -> None:
     assert report.max_logit_error < 1e-4
 
 
-def test_fp16_meets_the_accuracy_gate_on_the_shipped_model() -> None:
+@pytest.fixture(scope="module")
+def fp16_report() -> EvaluationReport:
+    return qc.evaluate(TINY_MPT, precision="fp16")
+
+
+def test_fp16_meets_the_accuracy_gate_on_the_shipped_model(fp16_report: EvaluationReport) -> None:
     """Issue 5's fp16 bounds: ≤ 0.5 % perplexity increase, ≥ 98 % teacher-forced top-1 agreement (46k tokens)."""
-    report = qc.evaluate(TINY_MPT, precision="fp16")
+    report = fp16_report
     assert report.tokens_scored >= 2_000
     assert abs(report.perplexity_increase) <= 0.005
     assert report.token_agreement >= 0.98
     assert 0 < report.max_logit_error < 0.1  # fp16 rounding is visible, and small
+    assert report.gate_failures() == []
+
+
+@pytest.mark.parametrize(("precision", "bound"), [("int8", 0.015), ("mxfp6", 0.03)])
+def test_quantized_precisions_meet_their_accuracy_gates(precision: str, bound: float) -> None:
+    """Issue 5's bounds on the shipped model and its validation text: int8 ≤ 1.5 %, mxfp6 ≤ 3 % perplexity."""
+    report = qc.evaluate(TINY_MPT, precision=precision)
+    assert report.tokens_scored >= 2_000
+    assert report.perplexity_increase <= bound
+    assert report.max_logit_error > 0.05  # the quantization is really there: far above fp16's rounding
+    assert report.gate_failures() == []
+
+
+def test_mxint8_cache_adds_at_most_one_percent_perplexity(fp16_report: EvaluationReport) -> None:
+    """Scored through an MXINT8 cache (every query reads the quantized keys and values), fp16 may lose ≤ 1 %
+    more perplexity than without it; the cache's quantization shows in the logits."""
+    report = qc.evaluate(TINY_MPT, precision="fp16", kv_cache_dtype="mxint8")
+    assert report.tokens_scored == fp16_report.tokens_scored
+    assert mxint8_cache_increase(report, fp16_report) <= MXINT8_CACHE_GATE
+    assert report.max_logit_error > fp16_report.max_logit_error
+    assert report.gate_failures() == []
+
+
+def test_gate_failures_name_what_was_missed(fp16_report: EvaluationReport) -> None:
+    worse = dataclasses.replace(fp16_report, perplexity=fp16_report.reference_perplexity * 1.01, token_agreement=0.9)
+    assert worse.gate_failures() == ["perplexity +1.000% exceeds +0.5%", "top-1 agreement 90.00% is below 98%"]
 
 
 def test_a_different_model_is_measured_as_different(tmp_path: Path) -> None:

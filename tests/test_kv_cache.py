@@ -26,6 +26,18 @@ def test_io_follows_the_qefficient_convention() -> None:
     ]
 
 
+def test_all_logits_option_keeps_every_position_and_matches_the_stateless_program() -> None:
+    """`logits=all` scores every position through the cache; with an empty cache and positions 0..s-1 that is
+    what the stateless program computes (the pass manager's numeric check compares the full logits)."""
+    program = qc.capture(random_model(tiny_config()), batch_size=2, seq_len=6)
+    manager = PassManager("patch-attention,kv-cache{ctx_len=16,logits=all}")
+    stateful = manager.run(program)
+    assert stateful.outputs[0].describe() == "logits: f32[2,6,64]"
+    assert manager.records[-1].max_abs_diff < 1e-5
+    with pytest.raises(PassOptionError, match="logits='first' is not one of last, all"):
+        PassManager("patch-attention,kv-cache{ctx_len=16,logits=first}")
+
+
 def test_logits_come_from_each_rows_last_valid_position() -> None:
     model = random_model(tiny_config())
     stateful = PassManager("patch-attention,kv-cache{ctx_len=16}").run(qc.capture(model, batch_size=2, seq_len=6))

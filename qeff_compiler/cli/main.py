@@ -21,7 +21,7 @@ from qeff_compiler.capture.presets import preset_config, preset_names
 from qeff_compiler.compiler import compile as compile_model
 from qeff_compiler.compiler import load_compiled
 from qeff_compiler.data import TINY_MPT
-from qeff_compiler.evaluate import evaluate
+from qeff_compiler.evaluate import MXINT8_CACHE_GATE, EvaluationReport, evaluate, mxint8_cache_increase
 from qeff_compiler.errors import ArtifactExistsError, InvalidArgumentError, QeffError
 from qeff_compiler.ir.printer import format_program
 from qeff_compiler.ir.program import Program
@@ -35,7 +35,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+#: tables are not cut to 80 columns when the output is a pipe or a file (rich's default width there)
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 #: the model used when none is given: the small MPT shipped with the package
 SHIPPED_MODEL = "tiny-mpt-pystdlib"
@@ -148,7 +149,10 @@ def compile_command(
     ctx_len: Annotated[int, typer.Option("--ctx-len", help="KV cache length in tokens")] = 128,
     prefill_len: Annotated[int, typer.Option("--prefill-len", help="prompt chunk length of the prefill graph")] = 32,
     batch_size: Annotated[int, typer.Option("--batch-size", help="sequences per call")] = 1,
-    precision: Annotated[str, typer.Option("--precision", help="numeric precision")] = "fp32",
+    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16, int8, w8a8 or mxfp6")] = "fp32",
+    kv_cache_dtype: Annotated[
+        str | None, typer.Option("--kv-cache-dtype", help="fp16 or mxint8 (default: the activations' dtype)")
+    ] = None,
     passes: Annotated[str | None, typer.Option("--passes", help="replace the default pipeline")] = None,
     force: Annotated[bool, typer.Option("--force", help="replace OUTPUT if it exists")] = False,
     time_passes: Annotated[bool, typer.Option("--time-passes", help="print time per pass")] = False,
@@ -159,7 +163,8 @@ def compile_command(
     source = _model_source(model)
     with console.status(f"compiling {model}"):
         compiled = compile_model(
-            source, precision=precision, ctx_len=ctx_len, prefill_len=prefill_len, batch_size=batch_size, passes=passes
+            source, precision=precision, ctx_len=ctx_len, prefill_len=prefill_len, batch_size=batch_size,
+            kv_cache_dtype=kv_cache_dtype, passes=passes,
         )
     if time_passes:
         _print_plain(compiled.timing_report())
@@ -202,29 +207,49 @@ def run_command(
 def eval_command(
     model: ModelArgument = SHIPPED_MODEL,
     precision: Annotated[list[str] | None, typer.Option("--precision", help="precision to score (repeatable)")] = None,
+    kv_cache_dtype: Annotated[
+        list[str] | None,
+        typer.Option("--kv-cache-dtype", help="KV-cache dtype: none, fp16 or mxint8 (repeatable; default none)"),
+    ] = None,
     text: Annotated[Path | None, typer.Option("--text", help="text file (default: the shipped validation text)")] = None,
 ) -> None:
-    """Score a text teacher-forced at each precision against the fp32 HF model: perplexity, agreement, logit error."""
+    """Score a text teacher-forced at each precision (and KV-cache dtype) against the fp32 HF model: perplexity,
+    top-1 agreement, logit error and the accuracy gate; exits 1 when a gate is missed."""
     source = _model_source(model)
     if not isinstance(source, Path):
         raise InvalidArgumentError(f"eval needs a model directory with weights and a tokenizer, got preset {model!r}")
+    cache_dtypes = [None if d.lower() == "none" else d for d in kv_cache_dtype or ["none"]]
     table = Table(title=f"accuracy vs fp32 HF reference ({model})")
-    for column in ("precision", "tokens", "ppl", "ref ppl", "Δppl", "top-1 agree", "max|Δlogit|", "mean|Δlogit|"):
+    for column in ("precision", "KV cache", "tokens", "ppl", "ref ppl", "Δppl", "top-1 agree", "max|Δlogit|", "mean|Δlogit|", "gate"):
         table.add_column(column, justify="right")
+    reports: dict[tuple[str, str | None], EvaluationReport] = {}
+    missed = []
     for name in precision or ["fp32"]:
-        with console.status(f"evaluating {name}"):
-            report = evaluate(source, precision=name, text=text)
-        table.add_row(
-            name,
-            f"{report.tokens_scored:,}",
-            f"{report.perplexity:.4f}",
-            f"{report.reference_perplexity:.4f}",
-            f"{100 * report.perplexity_increase:+.3f}%",
-            f"{100 * report.token_agreement:.2f}%",
-            f"{report.max_logit_error:.2e}",
-            f"{report.mean_logit_error:.2e}",
-        )
+        for cache in cache_dtypes:
+            with console.status(f"evaluating {name}" + (f" with a {cache} KV cache" if cache else "")):
+                report = reports[name, cache] = evaluate(source, precision=name, kv_cache_dtype=cache, text=text)
+            failures = report.gate_failures()
+            if cache == "mxint8" and (name, None) in reports:
+                extra = mxint8_cache_increase(report, reports[name, None])
+                if extra > MXINT8_CACHE_GATE:
+                    failures.append(f"the MXINT8 cache adds +{100 * extra:.3f}% perplexity (gate +{100 * MXINT8_CACHE_GATE:g}%)")
+            missed += [f"{name} ({cache or 'default'} KV cache): {failure}" for failure in failures]
+            table.add_row(
+                name,
+                cache or "-",
+                f"{report.tokens_scored:,}",
+                f"{report.perplexity:.4f}",
+                f"{report.reference_perplexity:.4f}",
+                f"{100 * report.perplexity_increase:+.3f}%",
+                f"{100 * report.token_agreement:.2f}%",
+                f"{report.max_logit_error:.2e}",
+                f"{report.mean_logit_error:.2e}",
+                "missed" if failures else "ok",
+            )
     console.print(table)
+    if missed:
+        _print_plain("accuracy gate missed:\n" + "\n".join(f"  {line}" for line in missed))
+        raise typer.Exit(1)
 
 
 def _tokenizer(artifact: Path):  # noqa: ANN202 (a transformers tokenizer)

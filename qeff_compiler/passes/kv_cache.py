@@ -1,10 +1,12 @@
-"""`kv-cache{ctx_len=N dtype=auto|fp16|mxint8}`: make the program stateful with a static, position-addressed KV cache.
+"""`kv-cache{ctx_len=N dtype=auto|fp16|mxint8 logits=last|all}`: make the program stateful with a static,
+position-addressed KV cache.
 
 New inputs `position_ids` [b, s] (−1 = padding) and `past_key.{i}` / `past_value.{i}` [b, n_heads, ctx_len,
 head_dim]; each fused attention op becomes `qeff::mpt_attention_kv`, which writes the new keys/values at their
 positions and attends over the whole buffer. Outputs follow the QEfficient convention: `logits` [b, 1, vocab]
 for each row's last valid position (the lm_head runs on that position only), then
-`past_key.{i}_RetainedState`, `past_value.{i}_RetainedState` per layer.
+`past_key.{i}_RetainedState`, `past_value.{i}_RetainedState` per layer. `logits=all` keeps the logits of every
+position instead ([b, s, vocab]), for scoring a text through the cache (`qc.evaluate` with a KV-cache dtype).
 
 `dtype` says what the cache stores:
 - `auto` (default): activations, fp32, or fp16 when the program's activations are fp16 already (`lower-fp16`
@@ -58,6 +60,7 @@ from qeff_compiler.passes.registry import register_pass
 aten = torch.ops.aten
 #: values of the `dtype` option
 CACHE_DTYPES = ("auto", "fp16", "mxint8")
+LOGITS_CHOICES = ("last", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,10 +72,14 @@ class KVCacheOptions:
         "along head_dim, held dequantized in activation-dtype tensors)",
     )
 
+    logits: str = option("last", "which positions get logits: last (each row's last valid one) or all")
+
     def __post_init__(self) -> None:
         """Refuse a bad value when the pipeline is built, not when the pass runs."""
         if self.dtype not in CACHE_DTYPES:
             raise PassOptionError(f"kv-cache option dtype={self.dtype!r} is not one of {', '.join(CACHE_DTYPES)}")
+        if self.logits not in LOGITS_CHOICES:
+            raise PassOptionError(f"kv-cache option logits={self.logits!r} is not one of {', '.join(LOGITS_CHOICES)}")
 
 
 @register_pass
@@ -121,7 +128,8 @@ class KVCache(Pass):
 
         positions = add_placeholder(graph, "position_ids", ("input", "position_ids"))
         inputs = [*program.inputs, TensorSpec("position_ids", (batch, seq_len), torch.int64, "position_ids")]
-        outputs = [_last_position_logits(graph, positions, program)]
+        (logits,) = [s for s in program.outputs if s.role == "logits"]
+        outputs = [_last_position_logits(graph, positions, program) if self.options.logits == "last" else logits]
         caches: list[torch.fx.Node] = []
         attention_nodes = sorted(graph.find_nodes(op="call_function", target=ATTENTION), key=lambda n: n.meta[LAYER])
         if len(attention_nodes) != config.n_layers:
