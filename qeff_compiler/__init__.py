@@ -1,10 +1,11 @@
 """qeff-compiler: compile MosaicML MPT models for a Qualcomm Cloud AI 100-class accelerator.
 
 Public API (see README): `capture`, `PassManager`, `compile`, `load_compiled`, `CompiledModel`, `evaluate`,
-`Program`, and
+`calibrate` (for w8a8), `Program`, and
 `QeffError`, the root of every error (subclasses in `qeff_compiler.errors`).
 """
 
+from qeff_compiler.calibration import calibrate
 from qeff_compiler.capture import capture
 from qeff_compiler.compiler import CompiledModel, compile, load_compiled  # noqa: A004 (DESIGN.md's API name)
 from qeff_compiler.errors import QeffError
@@ -21,6 +22,7 @@ __all__ = [
     "Program",
     "QeffError",
     "__version__",
+    "calibrate",
     "capture",
     "compile",
     "evaluate",

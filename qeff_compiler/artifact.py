@@ -7,6 +7,7 @@
     DIR/program.onnx (+ .data) prefill specialization, runnable by ONNX Runtime as it is
     DIR/decode.onnx (+ .data)  decode specialization
     DIR/tokenizer*.json        copied from the source model directory, when it has them
+    DIR/calibration.safetensors the calibration table of a w8a8 compile (its recorded pipeline names it)
 
 Loading re-traces the model from its config on the meta device, re-runs the recorded pipeline, and binds the
 saved weights by name; every name, shape and dtype must match.
@@ -54,6 +55,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def save_artifact(model: CompiledModel, path: Path, *, overwrite: bool = False) -> None:
     """Write the compiled model to `path`; the directory appears complete or not at all."""
     from qeff_compiler.backends.onnx_export import export_onnx
+    from qeff_compiler.calibration import save_calibration
+    from qeff_compiler.compiler import CALIBRATION_TABLE
 
     path = Path(path)
     if path.exists() and not overwrite:
@@ -62,6 +65,8 @@ def save_artifact(model: CompiledModel, path: Path, *, overwrite: bool = False) 
         tied = _save_weights(model.prefill, staging / WEIGHTS)
         for name, program in (("prefill", model.prefill), ("decode", model.decode)):
             export_onnx(program, staging / ONNX_FILES[name])
+        if model.calibration_table is not None:
+            save_calibration(model.calibration_table, staging / CALIBRATION_TABLE)
         if model.source_directory is not None:
             for name in TOKENIZER_FILES:
                 if (model.source_directory / name).is_file():

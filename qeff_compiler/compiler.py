@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from transformers import MptConfig
 
 from qeff_compiler.artifact import load_artifact, save_artifact
 from qeff_compiler.backends.host import HostExecutor
+from qeff_compiler.calibration import calibration_file, load_calibration
 from qeff_compiler.capture import ModelSource, capture_resolved, resolve_model
 from qeff_compiler.errors import InvalidArgumentError, PipelineError
 from qeff_compiler.ir.program import Program
@@ -19,6 +21,10 @@ from qeff_compiler.passes import PassManager
 from qeff_compiler.precision import check_precision, kv_cache_pass, lowering_passes
 from qeff_compiler.runtime.generate import GenerationOutput, StaticShapes, Streamer, generate, normalize_prompts
 from qeff_compiler.runtime.sampling import SamplingConfig
+
+#: where a compiled artifact keeps the calibration table of a w8a8 compile (the recorded pipeline names it)
+CALIBRATION_TABLE = "calibration.safetensors"
+
 
 @dataclass(frozen=True)
 class CompileOptions:
@@ -30,9 +36,10 @@ class CompileOptions:
     batch_size: int = 1
     kv_cache_dtype: str | None = None
 
-    def pipeline(self) -> str:
-        """The default pass pipeline for these options: capture clean-up, attention, precision, cache."""
-        passes = ["strip-export-noise", "patch-attention", *lowering_passes(self.precision)]
+    def pipeline(self, calibration: Path | None = None) -> str:
+        """The default pass pipeline for these options: capture clean-up, attention, precision, cache.
+        `calibration` is the table file of a w8a8 compile."""
+        passes = ["strip-export-noise", "patch-attention", *lowering_passes(self.precision, calibration)]
         return ",".join([*passes, kv_cache_pass(self.ctx_len, self.kv_cache_dtype), "dce"])
 
 
@@ -44,12 +51,15 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     prefill_len: int = 32,
     batch_size: int = 1,
     kv_cache_dtype: str | None = None,
+    calibration: str | Path | None = None,
     passes: str | None = None,
     verify: bool = True,
 ) -> CompiledModel:
     """Capture `model` at the prefill and decode shapes and run the pass pipeline on both.
 
     `passes` replaces the default pipeline (`CompileOptions.pipeline`); it must produce a stateful program.
+    `calibration` is the w8a8 calibration table file (`qc.calibrate`); by default a w8a8 compile calibrates on
+    the model directory's calibration.txt. The artifact keeps the table, and its recorded pipeline names it.
     """
     options = CompileOptions(precision, ctx_len, prefill_len, batch_size, kv_cache_dtype)
     _check_options(options)
@@ -57,16 +67,24 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     if prefill_len > resolved.config.max_seq_len:
         raise InvalidArgumentError(f"prefill_len={prefill_len} exceeds the model's max_seq_len={resolved.config.max_seq_len}")
     resolved = dataclasses.replace(resolved, weights=resolved.weights.materialized())
-    pipeline = passes if passes is not None else options.pipeline()
-    programs, reports = {}, {}
-    for name, seq_len in (("prefill", prefill_len), ("decode", 1)):
-        manager = PassManager(pipeline, verify=verify)
-        program = manager.run(capture_resolved(resolved, batch_size=batch_size, seq_len=seq_len))
-        if "kv-cache" not in program.properties:
-            raise PipelineError(f"pipeline {pipeline!r} does not make the program stateful: add kv-cache{{ctx_len=N}}")
-        programs[name], reports[name] = program, manager.timing_report()
-    compiled = CompiledModel(options, pipeline, programs["prefill"], programs["decode"], resolved.origin, resolved.directory)
+    table = None
+    with contextlib.ExitStack() as stack:
+        if precision == "w8a8" and passes is None:
+            table_file = stack.enter_context(calibration_file(resolved.directory, calibration))
+            table = load_calibration(table_file)
+            pipeline, recorded = options.pipeline(table_file), options.pipeline(Path(CALIBRATION_TABLE))
+        else:
+            pipeline = recorded = passes if passes is not None else options.pipeline()
+        programs, reports = {}, {}
+        for name, seq_len in (("prefill", prefill_len), ("decode", 1)):
+            manager = PassManager(pipeline, verify=verify)
+            program = manager.run(capture_resolved(resolved, batch_size=batch_size, seq_len=seq_len))
+            if "kv-cache" not in program.properties:
+                raise PipelineError(f"pipeline {pipeline!r} does not make the program stateful: add kv-cache{{ctx_len=N}}")
+            programs[name], reports[name] = program, manager.timing_report()
+    compiled = CompiledModel(options, recorded, programs["prefill"], programs["decode"], resolved.origin, resolved.directory)
     compiled.pass_reports = reports
+    compiled.calibration_table = table
     return compiled
 
 
@@ -101,6 +119,8 @@ class CompiledModel:
         self.source_directory = source_directory
         #: `--time-passes` tables of the compile, per specialization (empty for a loaded artifact)
         self.pass_reports: dict[str, str] = {}
+        #: the w8a8 calibration table the compile used (saved into the artifact as CALIBRATION_TABLE)
+        self.calibration_table: dict[str, torch.Tensor] | None = None
         self._executors: tuple[HostExecutor, HostExecutor] | None = None
 
     @property

@@ -13,6 +13,8 @@ With a KV-cache dtype the program also gets a `kv-cache{ctx_len=window,dtype=...
 through an empty cache, so every query attends to keys and values as the cache stores them (e.g. MXINT8), as in
 decode, and the logits of every position are scored.
 
+w8a8 calibrates on the model directory's `calibration.txt` (never the evaluated text) first.
+
 `ACCURACY_GATES` holds the largest perplexity increase each precision may cost on the shipped model (and the least
 top-1 agreement for fp16); `EvaluationReport.gate_failures` says which a report misses, and `qeffc eval` exits
 non-zero when one is missed.
@@ -20,6 +22,7 @@ non-zero when one is missed.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
 from qeff_compiler.backends.host import HostExecutor
+from qeff_compiler.calibration import calibration_file
 from qeff_compiler.capture import capture_resolved, resolve_model
 from qeff_compiler.errors import InvalidArgumentError, ModelSourceError
 from qeff_compiler.passes import PassManager
@@ -46,10 +50,10 @@ ACCURACY_GATES: dict[str, tuple[float, float | None]] = {
 MXINT8_CACHE_GATE = 0.01
 
 
-def evaluation_pipeline(precision: str, kv_cache_dtype: str | None, window: int) -> str:
+def evaluation_pipeline(precision: str, kv_cache_dtype: str | None, window: int, calibration: Path | None = None) -> str:
     """The pipeline that scores every position of a window: stateless, or through a cache of `kv_cache_dtype`."""
     cache = [] if kv_cache_dtype is None else [kv_cache_pass(window, kv_cache_dtype, all_logits=True)]
-    return ",".join(["strip-export-noise", "patch-attention", *lowering_passes(precision), *cache, "dce"])
+    return ",".join(["strip-export-noise", "patch-attention", *lowering_passes(precision, calibration), *cache, "dce"])
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,9 @@ def evaluate(
     windows = _windows(model_dir, _read_text(text), resolved.config.max_seq_len)
     window = windows.shape[1]
     program = capture_resolved(resolved, batch_size=1, seq_len=window)
-    program = PassManager(evaluation_pipeline(precision, kv_cache_dtype, window), verify=False).run(program)
+    with contextlib.ExitStack() as stack:
+        table = stack.enter_context(calibration_file(model_dir)) if precision == "w8a8" else None
+        program = PassManager(evaluation_pipeline(precision, kv_cache_dtype, window, table), verify=False).run(program)
     executor = HostExecutor(program)
     empty_cache = {s.name: torch.zeros(s.shape, dtype=s.dtype) for s in program.inputs if s.role.startswith("past")}
     positions = {"position_ids": torch.arange(window)[None]} if empty_cache else {}

@@ -5,7 +5,8 @@
     fp32   no lowering
     fp16   lower-fp16                      weights, activations and KV cache fp16 (fp32 accumulation)
     int8   lower-fp16,lower-int8           W8A16: matmul weights int8 per output channel
-    w8a8   lower-fp16,lower-w8a8{...}      int8 weights and calibrated int8 activations (needs a calibration table)
+    w8a8   lower-fp16,lower-w8a8{...}      int8 activations (calibrated per tensor, SmoothQuant) and weights in the
+                                           linears; the fused attention's weights int8 with fp16 activations
     mxfp6  lower-fp16,lower-mxfp6          matmul weights MXFP6 E2M3, decompressed to fp16
 
 KV-cache dtype (the `kv-cache` pass's `dtype`): None = the activations' dtype, "fp16", or "mxint8".
@@ -19,7 +20,7 @@ import torch
 
 from qeff_compiler.errors import InvalidArgumentError
 from qeff_compiler.ir.program import BINDING, Program, dtype_short_name
-from qeff_compiler.ir.quant_ops import DEQUANTIZE_INT8, DEQUANTIZE_MXFP6
+from qeff_compiler.ir.quant_ops import DEQUANTIZE_INT8, DEQUANTIZE_MXFP6, LINEAR_W8A8, LINEAR_W8A16
 
 PRECISIONS = ("fp32", "fp16", "int8", "w8a8", "mxfp6")
 KV_CACHE_DTYPES = ("fp16", "mxint8")
@@ -42,11 +43,15 @@ def check_precision(precision: str, kv_cache_dtype: str | None = None) -> None:
 
 
 def lowering_passes(precision: str, calibration: Path | None = None) -> list[str]:
-    """The lowering passes of `precision`, in pipeline-string form; w8a8 needs a calibration table file."""
+    """The lowering passes of `precision`, in pipeline-string form; w8a8 needs a calibration table file
+    (`calibration.calibration_file`), whose path may not hold commas, spaces, braces or '='."""
     check_precision(precision)
     if precision == "w8a8":
         if calibration is None:
             raise InvalidArgumentError("precision w8a8 needs a calibration table (qc.calibrate) for its activation scales")
+        if any(ch in str(calibration) for ch in ",{}= \t"):
+            raise InvalidArgumentError(f"calibration table path {str(calibration)!r} cannot go in a pipeline string: "
+                                       "it holds a comma, space, brace or '='")
         return ["lower-fp16", f"lower-w8a8{{calibration={calibration}}}"]
     return list(_LOWERING[precision])
 
@@ -87,8 +92,10 @@ def weight_precisions(program: Program) -> dict[str, dict[str, object]]:
 
 
 def _quantized_format(node: torch.fx.Node) -> str | None:
-    if node.target == DEQUANTIZE_INT8:
+    if node.target in (DEQUANTIZE_INT8, LINEAR_W8A16):
         return "int8"
+    if node.target == LINEAR_W8A8:
+        return "w8a8"
     if node.target == DEQUANTIZE_MXFP6:
         return "mx" + node.args[3].replace("_", "-")  # fp6_e2m3 → mxfp6-e2m3
     return None

@@ -38,9 +38,10 @@ def test_fp16_meets_the_accuracy_gate_on_the_shipped_model(fp16_report: Evaluati
     assert report.gate_failures() == []
 
 
-@pytest.mark.parametrize(("precision", "bound"), [("int8", 0.015), ("mxfp6", 0.03)])
+@pytest.mark.parametrize(("precision", "bound"), [("int8", 0.015), ("mxfp6", 0.03), ("w8a8", 0.05)])
 def test_quantized_precisions_meet_their_accuracy_gates(precision: str, bound: float) -> None:
-    """Issue 5's bounds on the shipped model and its validation text: int8 ≤ 1.5 %, mxfp6 ≤ 3 % perplexity."""
+    """Issue 5's bounds on the shipped model and its validation text: int8 ≤ 1.5 %, mxfp6 ≤ 3 %, w8a8 ≤ 5 %
+    perplexity (w8a8 calibrated on the model's calibration.txt, which shares no file with the validation text)."""
     report = qc.evaluate(TINY_MPT, precision=precision)
     assert report.tokens_scored >= 2_000
     assert report.perplexity_increase <= bound

@@ -87,7 +87,12 @@ def _linear_w8a16_function(opset: int) -> ir.Function:
 
 def _linear_w8a8_function(opset: int) -> ir.Function:
     def trace(
-        op: onnxscript.OpBuilder, x: ir.Value, smooth: ir.Value, act_scale: ir.Value, qweight: ir.Value, w_scale: ir.Value
+        op: onnxscript.OpBuilder,
+        x: ir.Value,
+        smooth: ir.Value,
+        act_scale: ir.Value,
+        qweight: ir.Value,
+        w_scale: ir.Value,
     ) -> ir.Value:
         scale = op.Cast(act_scale, to=ir.DataType.DOUBLE)
         quotient = op.Div(op.Cast(op.Div(x, smooth), to=ir.DataType.DOUBLE), scale)

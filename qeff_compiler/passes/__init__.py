@@ -6,6 +6,7 @@ from qeff_compiler.passes import (  # noqa: F401 (registration)
     lower_fp16,
     lower_int8,
     lower_mxfp6,
+    lower_w8a8,
     patch_attention,
     strip_export_noise,
 )

@@ -25,28 +25,25 @@ After:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import ClassVar
 
-import torch
-import torch.fx
 
 from qeff_compiler.ir.program import Program
-from qeff_compiler.ir.quant_ops import DEQUANTIZE_INT8, LINEAR_W8A16
-from qeff_compiler.numerics.int8 import quantize_weight_per_channel
+from qeff_compiler.ir.quant_ops import LINEAR_W8A16
 from qeff_compiler.passes.base import Pass, option
 from qeff_compiler.passes.registry import register_pass
 from qeff_compiler.passes.weight_quantization import (
     PartPlaceholders,
-    WeightRead,
+    dequantize_int8_call,
     drop_unread,
+    int8_parts,
+    is_plain_linear,
     matmul_weight_reads,
     remove_dead_weights,
     rewire_to_dequantized,
     select_reads,
 )
 
-aten = torch.ops.aten
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,10 +70,10 @@ class LowerInt8(Pass):
         names = sorted({read.name for read in reads})
         parts = {name: (f"{name}.int8", f"{name}.scale") for name in names}
         store = program.weights.with_tensors(
-            {part: tensor for name in names for part, tensor in zip(parts[name], _quantize(program, name), strict=True)}
+            {part: tensor for name in names for part, tensor in zip(parts[name], int8_parts(program, name), strict=True)}
         )
         placeholders = PartPlaceholders(graph, parts)
-        linears = [read for read in reads if _is_plain_linear(read)]
+        linears = [read for read in reads if is_plain_linear(read)]
         for read in linears:
             x = read.consumer.args[0]
             with graph.inserting_before(read.consumer):
@@ -85,28 +82,8 @@ class LowerInt8(Pass):
             read.consumer.replace_all_uses_with(replacement)
             graph.erase_node(read.consumer)
         others = [read for read in reads if read not in linears]
-        rewire_to_dequantized(graph, others, placeholders, _dequantize, round_to_fp16=False)
+        rewire_to_dequantized(graph, others, placeholders, dequantize_int8_call, round_to_fp16=False)
         remove_dead_weights(graph)
         graph_module.recompile()
         self.notes.append(f"{len(names)} weights ({program.weights.distinct_numel(names):,} values) quantized to int8")
         return program.evolve(graph_module=graph_module, weights=drop_unread(program, store, graph))
-
-
-def _is_plain_linear(read: WeightRead) -> bool:
-    """An `aten.linear` without bias (MPT has none), which `linear_w8a16` replaces whole."""
-    consumer = read.consumer
-    bias = consumer.args[2] if len(consumer.args) > 2 else consumer.kwargs.get("bias")
-    return consumer.target == aten.linear.default and bias is None
-
-
-def _quantize(program: Program, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 codes and fp32 scales of weight `name` (meta tensors of their shapes for a meta program)."""
-    if not program.has_weight_data:
-        rows, cols = program.weights[name].shape
-        return torch.empty((rows, cols), dtype=torch.int8, device="meta"), torch.empty(rows, device="meta")
-    return quantize_weight_per_channel(program.weights.tensor(name))
-
-
-def _dequantize(name: str, parts: Sequence[torch.fx.Node]) -> tuple[object, tuple, dict]:
-    codes, scales = parts
-    return DEQUANTIZE_INT8, (codes, scales), {}

@@ -112,12 +112,13 @@ class PassManager:
     def timing_report(self) -> str:
         """A `--time-passes` style table of the last run."""
         total = sum(r.seconds + r.verify_seconds for r in self.records) or 1.0
-        lines = [f"{'pass':<40} {'time (s)':>9} {'verify (s)':>10} {'%':>6} {'nodes':>13} {'max |Δ|':>9}"]
+        width = max([40, *(len(r.pass_text) for r in self.records)])
+        lines = [f"{'pass':<{width}} {'time (s)':>9} {'verify (s)':>10} {'%':>6} {'nodes':>13} {'max |Δ|':>9}"]
         for r in self.records:
             share = 100 * (r.seconds + r.verify_seconds) / total
             diff = "meta" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}"
             nodes = f"{r.nodes_before}→{r.nodes_after}"
-            lines.append(f"{r.pass_text:<40} {r.seconds:>9.4f} {r.verify_seconds:>10.4f} {share:>6.1f} {nodes:>13} {diff:>9}")
+            lines.append(f"{r.pass_text:<{width}} {r.seconds:>9.4f} {r.verify_seconds:>10.4f} {share:>6.1f} {nodes:>13} {diff:>9}")
         return "\n".join(lines)
 
     def notes_report(self) -> str:

@@ -19,7 +19,9 @@ import torch.fx
 from qeff_compiler.errors import PassOptionError
 from qeff_compiler.ir.graph_utils import add_placeholder, erase_dead_code, weight_name
 from qeff_compiler.ir.program import BINDING, Program
+from qeff_compiler.ir.quant_ops import DEQUANTIZE_INT8
 from qeff_compiler.ir.weights import WeightStore
+from qeff_compiler.numerics.int8 import quantize_weight_per_channel
 from qeff_compiler.passes.patch_attention import ATTENTION, ATTENTION_KV
 
 aten = torch.ops.aten
@@ -128,6 +130,30 @@ def drop_unread(program: Program, store: WeightStore, graph: torch.fx.Graph) -> 
     """`store` without the weights the program read before and `graph` no longer reads (replaced by quantized parts)."""
     read_now = {n.meta[BINDING][1] for n in graph.find_nodes(op="placeholder") if n.meta[BINDING][0] == "weight"}
     return store.without(set(program.weight_placeholders().values()) - read_now)
+
+
+# int8 weights (lower-int8, and the fused-attention weights of lower-w8a8) -----------------------------------
+
+
+def is_plain_linear(read: WeightRead) -> bool:
+    """An `aten.linear` without bias (MPT has none), which `linear_w8a16` replaces whole."""
+    consumer = read.consumer
+    bias = consumer.args[2] if len(consumer.args) > 2 else consumer.kwargs.get("bias")
+    return consumer.target == aten.linear.default and bias is None
+
+
+def int8_parts(program: Program, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 codes and fp32 scales of weight `name` (meta tensors of their shapes for a meta program)."""
+    if not program.has_weight_data:
+        rows, cols = program.weights[name].shape
+        return torch.empty((rows, cols), dtype=torch.int8, device="meta"), torch.empty(rows, device="meta")
+    return quantize_weight_per_channel(program.weights.tensor(name))
+
+
+def dequantize_int8_call(name: str, parts: Sequence[torch.fx.Node]) -> tuple[object, tuple, dict]:
+    """The `rewire_to_dequantized` node of an int8 weight: codes · scales in fp32."""
+    codes, scales = parts
+    return DEQUANTIZE_INT8, (codes, scales), {}
 
 
 def _placeholder_name(weight: str) -> str:

@@ -1,0 +1,206 @@
+"""Calibration for the `w8a8` precision: per-input-channel activation maxima of every linear, from sample text.
+
+`lower-w8a8` needs, for each matmul weight a linear reads, the largest |activation| that reaches each of its input
+channels: SmoothQuant's smoothing factors and the per-tensor activation scale are computed from it. `calibrate`
+measures it on the model as the device runs it (after `lower-fp16`, so on fp16-rounded activations): the text is
+tokenized with the model's tokenizer and cut into non-overlapping `max_seq_len` windows, as `qc.evaluate` does, and
+a `torch.fx.Interpreter` runs each window and keeps the running maximum at every linear's activation input.
+
+    table = qc.calibrate(TINY_MPT)                     # the model directory's calibration.txt
+    save_calibration(table, "calib.safetensors")       # then: lower-w8a8{calibration=calib.safetensors}
+
+The table maps weight names (`transformer.blocks.0.ffn.up_proj.weight`, `lm_head.weight`) to fp32 [in] tensors;
+its file is safetensors with a metadata tag, so `load_calibration` can tell it from other safetensors files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import torch
+import torch.fx
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from transformers import AutoTokenizer
+
+from qeff_compiler.capture import capture_resolved, resolve_model
+from qeff_compiler.errors import InvalidArgumentError, ModelSourceError
+from qeff_compiler.ir.program import BINDING, Program
+from qeff_compiler.passes.manager import PassManager
+from qeff_compiler.passes.weight_quantization import matmul_weight_reads
+
+#: the text `calibrate` reads from the model directory when it is given none
+CALIBRATION_TEXT = "calibration.txt"
+#: the passes whose result is calibrated: activations as the lowered program computes them, before quantization
+CALIBRATION_PIPELINE = "strip-export-noise,patch-attention,lower-fp16"
+#: default cap on calibration tokens (16 windows of MPT-7B's 2048, 128 of the shipped model's 256)
+DEFAULT_MAX_TOKENS = 32768
+#: metadata key and value marking a safetensors file as a calibration table
+_FORMAT_KEY, _FORMAT = "qeff_calibration", "activation-absmax-per-input-channel/v1"
+_LINEAR = torch.ops.aten.linear.default
+
+
+def calibrate(
+    model_dir: str | Path, text: str | Path | None = None, *, max_tokens: int = DEFAULT_MAX_TOKENS
+) -> dict[str, torch.Tensor]:
+    """The activation maxima of every linear's matmul weight, measured on `text` (at most `max_tokens` tokens).
+
+    `text` is the text itself (a str) or a file to read (a Path); None reads the model directory's
+    `calibration.txt`. Use text the model will see, but not the text you evaluate on.
+    """
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens <= 0:
+        raise InvalidArgumentError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+    model_dir = Path(model_dir)
+    resolved = resolve_model(model_dir)
+    window = resolved.config.max_seq_len
+    ids = _tokenize(model_dir, _read_text(model_dir, text))[:max_tokens]
+    count = len(ids) // window
+    if count == 0:
+        raise InvalidArgumentError(
+            f"calibration needs at least one {window}-token window (the model's max_seq_len), got {len(ids)} tokens"
+            f" (max_tokens={max_tokens})"
+        )
+    windows = torch.tensor(ids[: count * window], dtype=torch.int64).reshape(count, window)
+    program = capture_resolved(resolved, batch_size=1, seq_len=window)
+    return activation_maxima(PassManager(CALIBRATION_PIPELINE, verify=False).run(program), windows)
+
+
+def activation_maxima(program: Program, windows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Run a stateless fp16-lowered `program` on each row of `windows` [n, seq_len] (token ids) and return, per
+    weight read by a linear, the max |activation| of each input channel over all rows and positions (fp32 [in])."""
+    if "fp16-activations" not in program.properties:
+        raise InvalidArgumentError(
+            f"calibration runs on a program lowered by lower-fp16 (activations as the device rounds them); "
+            f"this one has properties {sorted(program.properties)}"
+        )
+    if [spec.name for spec in program.inputs] != ["input_ids"]:
+        raise InvalidArgumentError(
+            f"calibration runs on a stateless program (input_ids only), got inputs {[s.name for s in program.inputs]}"
+        )
+    (spec,) = program.inputs
+    if spec.shape[0] != 1 or windows.dim() != 2 or windows.dtype != torch.int64 or windows.shape[1] != spec.shape[1]:
+        raise InvalidArgumentError(
+            f"calibration runs a batch-1 program on int64 windows [n, its seq_len]; got input_ids {list(spec.shape)} "
+            f"and windows {windows.dtype} {list(windows.shape)}"
+        )
+    reads = matmul_weight_reads(program.graph)
+    linears = {read.consumer: read.name for read in reads if read.consumer.target == _LINEAR}
+    interpreter = _MaximaInterpreter(program.graph_module, linears)
+    weight_names = [name for kind, name in _bindings(program) if kind == "weight"]
+    weights = program.weights.materialize(weight_names)
+    for row in windows:
+        args = [weights[name] if kind == "weight" else row[None] for kind, name in _bindings(program)]
+        with torch.no_grad():
+            interpreter.run(*args)
+    return dict(sorted(interpreter.maxima.items()))
+
+
+@contextlib.contextmanager
+def calibration_file(model_dir: Path | None, table: str | Path | None = None) -> Iterator[Path]:
+    """The table file `lower-w8a8` reads: `table` when given (checked here), else a temporary file holding
+    `calibrate(model_dir)` on the directory's calibration text, removed on exit."""
+    if table is not None:
+        load_calibration(table)
+        yield Path(table)
+        return
+    if model_dir is None:
+        raise InvalidArgumentError(
+            "w8a8 needs calibration: give a calibration table file (qc.calibrate + save_calibration), or compile "
+            "from a model directory with a tokenizer and a calibration.txt"
+        )
+    with tempfile.TemporaryDirectory(prefix="qeff-calibration-") as directory:
+        path = Path(directory) / "calibration.safetensors"
+        save_calibration(calibrate(model_dir), path)
+        yield path
+
+
+def save_calibration(table: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """Write `table` (weight name → fp32 [in] maxima) to `path` as safetensors, tagged as a calibration table."""
+    _check_table(table, str(path))
+    save_file({name: value.contiguous() for name, value in table.items()}, str(path), metadata={_FORMAT_KEY: _FORMAT})
+
+
+def load_calibration(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a table written by `save_calibration`; a missing, foreign or damaged file raises InvalidArgumentError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidArgumentError(
+            f"calibration table {path} does not exist; make one with qc.calibrate(model_dir) and "
+            "qeff_compiler.calibration.save_calibration(table, path)"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            metadata = file.metadata() or {}
+            table = {name: file.get_tensor(name) for name in file.keys()}
+    except SafetensorError as exc:
+        raise InvalidArgumentError(f"calibration table {path} is not a readable safetensors file: {exc}") from exc
+    if metadata.get(_FORMAT_KEY) != _FORMAT:
+        raise InvalidArgumentError(
+            f"{path} is a safetensors file but not a calibration table (metadata {_FORMAT_KEY}="
+            f"{metadata.get(_FORMAT_KEY)!r}, expected {_FORMAT!r}); make one with save_calibration"
+        )
+    _check_table(table, str(path))
+    return table
+
+
+class _MaximaInterpreter(torch.fx.Interpreter):
+    """Runs the graph node by node and keeps, per weight, the running per-channel max |x| of its linears' x."""
+
+    def __init__(self, graph_module: torch.fx.GraphModule, linears: Mapping[torch.fx.Node, str]) -> None:
+        super().__init__(graph_module)
+        self.linears = linears
+        self.maxima: dict[str, torch.Tensor] = {}
+
+    def run_node(self, n: torch.fx.Node) -> object:
+        name = self.linears.get(n)
+        if name is not None:
+            x = self.env[n.args[0]]  # read before running n: the interpreter frees values after their last use
+            channel_max = x.detach().abs().reshape(-1, x.shape[-1]).amax(dim=0).float()
+            previous = self.maxima.get(name)
+            self.maxima[name] = channel_max if previous is None else torch.maximum(previous, channel_max)
+        return super().run_node(n)
+
+
+def _bindings(program: Program) -> list[tuple[str, str]]:
+    return [node.meta[BINDING] for node in program.graph.find_nodes(op="placeholder")]
+
+
+def _read_text(model_dir: Path, text: str | Path | None) -> str:
+    if text is None:
+        path = model_dir / CALIBRATION_TEXT
+        if not path.is_file():
+            raise InvalidArgumentError(
+                f"{model_dir} has no {CALIBRATION_TEXT}; pass the calibration text: calibrate(model_dir, text=...)"
+            )
+        text = path
+    if isinstance(text, Path):
+        try:
+            return text.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidArgumentError(f"cannot read calibration text file {text}: {exc}") from exc
+    return text
+
+
+def _tokenize(model_dir: Path, text: str) -> list[int]:
+    if not (model_dir / "tokenizer.json").is_file():
+        raise ModelSourceError(f"{model_dir} has no tokenizer.json; calibration needs the model's tokenizer")
+    return AutoTokenizer.from_pretrained(model_dir)(text, verbose=False)["input_ids"]
+
+
+def _check_table(table: Mapping[str, torch.Tensor], where: str) -> None:
+    """Every entry a non-empty 1-D fp32 tensor of finite, non-negative maxima."""
+    if not table:
+        raise InvalidArgumentError(f"calibration table {where} is empty")
+    for name, value in table.items():
+        if not isinstance(value, torch.Tensor):
+            raise InvalidArgumentError(f"calibration table {where}: {name!r} is a {type(value).__name__}, not a tensor")
+        if value.dtype != torch.float32 or value.dim() != 1 or value.numel() == 0:
+            raise InvalidArgumentError(
+                f"calibration table {where}: {name!r} must be a non-empty fp32 [in] tensor, "
+                f"got {value.dtype} {list(value.shape)}"
+            )
+        if not bool((torch.isfinite(value) & (value >= 0)).all()):
+            raise InvalidArgumentError(f"calibration table {where}: {name!r} has negative or non-finite maxima")
