@@ -36,6 +36,8 @@ EXCLUDED_DIRS = frozenset(
      "encodings", "pydoc_data"}
 )
 VALIDATION_CHARS = 150_000  # held-out source; keeps validation.txt well under its 200 KB limit
+# training-split modules shipped as calibration.txt, the text w8a8 calibrates its activation scales on (qc.calibrate)
+CALIBRATION_FILES = ("textwrap.py", "shlex.py", "queue.py", "fnmatch.py", "reprlib.py", "colorsys.py", "bisect.py")
 VOCAB_SIZE = 2048
 SEQ_LEN = 256  # = max_seq_len: the model is trained and evaluated on full-length windows
 BATCH_SIZE = 8
@@ -211,6 +213,8 @@ so a rerun on another version gives a different (equally valid) model.
 
 - training split: {facts["train_files"]} files, {facts["train_tokens"]} tokens
 - validation split: {facts["val_files"]} files, {facts["val_tokens"]} tokens, shipped as `validation.txt`
+- calibration text for `w8a8` (`qc.calibrate`), shipped as `calibration.txt`: the training-split files
+  {", ".join(CALIBRATION_FILES)}, each followed by `{EOT}`; no validation text
 
 The tokenizer is a byte-level BPE (`tokenizers`), vocabulary {VOCAB_SIZE}, trained on the training
 split; `{EOT}` (id {facts["eot_id"]}) is the BOS and EOS token.
@@ -268,6 +272,10 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "validation.txt").write_text(val_text, encoding="utf-8")
+    if held_out & set(CALIBRATION_FILES):
+        raise SystemExit(f"calibration files {sorted(held_out & set(CALIBRATION_FILES))} are validation files here")
+    calibration_text = "".join(sources[rel] + EOT for rel in CALIBRATION_FILES)
+    (args.out / "calibration.txt").write_text(calibration_text, encoding="utf-8")
     model.to(torch.bfloat16).save_pretrained(args.out)
     PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, eos_token=EOT, bos_token=EOT, model_max_length=SEQ_LEN
