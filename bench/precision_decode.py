@@ -4,7 +4,7 @@ These are *host* figures (this machine's CPU running the exact emulation), not d
 in fp32 with rounding at op boundaries, and quantized weights are dequantized once when the executor binds them,
 so every precision runs fp32 matmuls on the host. The goal is that quantizing never makes host runs slower than
 fp32 (reported as a ratio, measured in one run with the precisions interleaved), on the shipped model and on a
-model shaped like MPT-125M with random weights.
+model shaped like MPT-125M with random weights (w8a8 calibrated on random tokens there: timing only).
 
     python -m bench.precision_decode [--ctx-len 256] [--repeats 30] [--threads 2]
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 from pathlib import Path
 
 import torch
@@ -21,19 +22,37 @@ from transformers import MptForCausalLM
 
 import qeff_compiler as qc
 from bench.decode_cost import decode_step, interleaved_times
+from qeff_compiler.calibration import CALIBRATION_PIPELINE, activation_maxima, save_calibration
 from qeff_compiler.capture import resolve_model
 from qeff_compiler.capture.presets import preset_config
 from qeff_compiler.data import TINY_MPT
 
 RESULTS = Path(__file__).parent / "results" / "precision_decode.json"
-PRECISIONS = ("fp32", "fp16", "int8", "mxfp6")
+PRECISIONS = ("fp32", "fp16", "int8", "mxfp6", "w8a8")
+
+
+def random_token_calibration(model: object, directory: Path) -> Path:
+    """A w8a8 calibration table from 4 windows of random tokens, for a model without text of its own (its
+    activation statistics do not matter for timing)."""
+    config = resolve_model(model).config
+    window = min(config.max_seq_len, 128)
+    program = qc.PassManager(CALIBRATION_PIPELINE, verify=False).run(qc.capture(model, seq_len=window))
+    windows = torch.randint(0, config.vocab_size, (4, window), generator=torch.Generator().manual_seed(0))
+    path = directory / "calibration.safetensors"
+    save_calibration(activation_maxima(program, windows), path)
+    return path
 
 
 def measure(name: str, model: object, ctx_len: int, repeats: int) -> list[dict]:
     """Median decode step time per precision at position ctx_len / 2."""
     resolved = resolve_model(model)
     ctx_len = min(ctx_len, resolved.config.max_seq_len)
-    compiled = {p: qc.compile(model, precision=p, ctx_len=ctx_len, prefill_len=32, verify=False) for p in PRECISIONS}
+    with tempfile.TemporaryDirectory() as directory:
+        table = None if resolved.directory is not None else random_token_calibration(model, Path(directory))
+        compiled = {
+            p: qc.compile(model, precision=p, ctx_len=ctx_len, prefill_len=32, calibration=table, verify=False)
+            for p in PRECISIONS
+        }
     times = interleaved_times([decode_step(c, ctx_len // 2) for c in compiled.values()], repeats)
     medians = {p: statistics.median(t) for p, t in zip(PRECISIONS, times, strict=True)}
     return [

@@ -21,6 +21,7 @@ from qeff_compiler.capture.presets import preset_config, preset_names
 from qeff_compiler.compiler import compile as compile_model
 from qeff_compiler.compiler import load_compiled
 from qeff_compiler.data import TINY_MPT
+from qeff_compiler.calibration import calibrate, save_calibration
 from qeff_compiler.evaluate import MXINT8_CACHE_GATE, EvaluationReport, evaluate, mxint8_cache_increase
 from qeff_compiler.errors import ArtifactExistsError, InvalidArgumentError, QeffError
 from qeff_compiler.ir.printer import format_program
@@ -153,6 +154,9 @@ def compile_command(
     kv_cache_dtype: Annotated[
         str | None, typer.Option("--kv-cache-dtype", help="fp16 or mxint8 (default: the activations' dtype)")
     ] = None,
+    calibration: Annotated[
+        Path | None, typer.Option("--calibration", help="w8a8 calibration table (default: calibrate on MODEL's calibration.txt)")
+    ] = None,
     passes: Annotated[str | None, typer.Option("--passes", help="replace the default pipeline")] = None,
     force: Annotated[bool, typer.Option("--force", help="replace OUTPUT if it exists")] = False,
     time_passes: Annotated[bool, typer.Option("--time-passes", help="print time per pass")] = False,
@@ -164,13 +168,29 @@ def compile_command(
     with console.status(f"compiling {model}"):
         compiled = compile_model(
             source, precision=precision, ctx_len=ctx_len, prefill_len=prefill_len, batch_size=batch_size,
-            kv_cache_dtype=kv_cache_dtype, passes=passes,
+            kv_cache_dtype=kv_cache_dtype, calibration=calibration, passes=passes,
         )
     if time_passes:
         _print_plain(compiled.timing_report())
     with console.status(f"writing {output}"):
         compiled.save(output, overwrite=force)
     _print_plain(f"compiled {model} → {output} (pipeline: {compiled.pipeline})")
+
+
+@app.command("calibrate")
+def calibrate_command(
+    output: Annotated[Path, typer.Option("--output", "-o", help="calibration table file to write (safetensors)")],
+    model: ModelArgument = SHIPPED_MODEL,
+    text: Annotated[Path | None, typer.Option("--text", help="text file (default: MODEL's calibration.txt)")] = None,
+) -> None:
+    """Measure the activation maxima of every linear on a text: the table w8a8 compiles from (--calibration)."""
+    source = _model_source(model)
+    if not isinstance(source, Path):
+        raise InvalidArgumentError(f"calibrate needs a model directory with weights and a tokenizer, got preset {model!r}")
+    with console.status(f"calibrating {model}"):
+        table = calibrate(source, text)
+    save_calibration(table, output)
+    _print_plain(f"calibrated {len(table)} linears of {model} → {output}")
 
 
 @app.command("run")
