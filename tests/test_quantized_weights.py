@@ -189,6 +189,20 @@ def _dequantized_shape(compiled: qc.CompiledModel, name: str) -> tuple[int, ...]
     raise AssertionError(f"no dequantize node reads {name}.mxfp6")
 
 
+def test_saved_mxfp6_onnx_files_run_in_onnx_runtime_like_the_host(mxfp6_artifact) -> None:
+    """The artifact's own files (packed MXFP6 initializers, fp16 caches) against the host executors; tolerance
+    as for fp16 programs: 2e-3 of each output's largest magnitude."""
+    compiled, path = mxfp6_artifact
+    for file, program, executor in zip(("program.onnx", "decode.onnx"), (compiled.prefill, compiled.decode), compiled.host_executors(), strict=True):
+        inputs = sample_inputs(program, seed=3)
+        session = ort.InferenceSession(str(path / file), providers=["CPUExecutionProvider"])
+        results = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+        for spec, actual in zip(program.outputs, results, strict=True):
+            reference = executor(inputs)[spec.name].double().numpy()
+            bound = 2e-3 * np.abs(reference).max()
+            np.testing.assert_allclose(actual.astype(np.float64), reference, rtol=0, atol=bound, err_msg=f"{file}:{spec.name}")
+
+
 def test_mxfp6_artifact_round_trip_and_recorded_precisions(mxfp6_artifact) -> None:
     compiled, path = mxfp6_artifact
     manifest = json.loads((path / "manifest.json").read_text())
