@@ -133,7 +133,7 @@ def test_bad_generation_requests_fail_before_any_work(prompts, kwargs, message) 
     [
         ({"ctx_len": 33}, "ctx_len=33 exceeds the model's max_seq_len=32"),
         ({"ctx_len": 8, "prefill_len": 16}, "ctx_len=8 is smaller than prefill_len=16"),
-        ({"precision": "fp16"}, "precision 'fp16' is not available yet"),
+        ({"precision": "bf16"}, "precision 'bf16' is not one of fp32, fp16, int8, w8a8, mxfp6"),
         ({"batch_size": 0}, "batch_size must be a positive integer"),
     ],
 )
