@@ -12,6 +12,7 @@ import torch
 from transformers import MptConfig
 
 from qeff_compiler.artifact import load_artifact, save_artifact
+from qeff_compiler.backends.ai100.simulator import SimulatedDevice, Target
 from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.calibration import calibration_file, load_calibration
 from qeff_compiler.capture import ModelSource, capture_resolved, resolve_model
@@ -21,6 +22,7 @@ from qeff_compiler.passes import PassManager
 from qeff_compiler.precision import check_precision, kv_cache_pass, lowering_passes
 from qeff_compiler.runtime.generate import GenerationOutput, StaticShapes, Streamer, generate, normalize_prompts
 from qeff_compiler.runtime.sampling import SamplingConfig
+from qeff_compiler.runtime.stats import LatencyStats
 
 #: where a compiled artifact keeps the calibration table of a w8a8 compile (the recorded pipeline names it)
 CALIBRATION_TABLE = "calibration.safetensors"
@@ -35,6 +37,14 @@ class CompileOptions:
     prefill_len: int = 32
     batch_size: int = 1
     kv_cache_dtype: str | None = None
+    device: str = "ai100-standard"
+    #: AI cores per SoC; None = all the device has
+    num_cores: int | None = None
+    num_devices: int = 1
+
+    @property
+    def target(self) -> Target:
+        return Target(self.device, self.num_cores, self.num_devices)
 
     def pipeline(self, calibration: Path | None = None) -> str:
         """The default pass pipeline for these options: capture clean-up, attention, precision, cache.
@@ -51,6 +61,9 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     prefill_len: int = 32,
     batch_size: int = 1,
     kv_cache_dtype: str | None = None,
+    device: str = "ai100-standard",
+    num_cores: int | None = None,
+    num_devices: int = 1,
     calibration: str | Path | None = None,
     passes: str | None = None,
     verify: bool = True,
@@ -60,8 +73,11 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     `passes` replaces the default pipeline (`CompileOptions.pipeline`); it must produce a stateful program.
     `calibration` is the w8a8 calibration table file (`qc.calibrate`); by default a w8a8 compile calibrates on
     the model directory's calibration.txt. The artifact keeps the table, and its recorded pipeline names it.
+    The programs are then partitioned over `num_cores` cores (default: all) of `num_devices` SoCs of `device`,
+    placed in its memory (a model that does not fit is refused with the numbers) and timed by the cost model.
+    A config (meta weights) compiles too: everything but running and saving works, `estimate` included.
     """
-    options = CompileOptions(precision, ctx_len, prefill_len, batch_size, kv_cache_dtype)
+    options = CompileOptions(precision, ctx_len, prefill_len, batch_size, kv_cache_dtype, device, num_cores, num_devices)
     _check_options(options)
     resolved = resolve_model(model)
     if prefill_len > resolved.config.max_seq_len:
@@ -90,6 +106,7 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
 
 def _check_options(options: CompileOptions) -> None:
     check_precision(options.precision, options.kv_cache_dtype)
+    options.target.cores()  # device, num_cores and num_devices
     for name in ("ctx_len", "prefill_len", "batch_size"):
         value = getattr(options, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -122,6 +139,8 @@ class CompiledModel:
         #: the w8a8 calibration table the compile used (saved into the artifact as CALIBRATION_TABLE)
         self.calibration_table: dict[str, torch.Tensor] | None = None
         self._executors: tuple[HostExecutor, HostExecutor] | None = None
+        #: the programs partitioned, placed and timed on the target device (raises if they do not fit)
+        self.simulation = SimulatedDevice(prefill, decode, options.target)
 
     @property
     def config(self) -> MptConfig:
@@ -157,7 +176,18 @@ class CompiledModel:
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else min(eos_ids, default=0)
         prefill, decode = self.host_executors()
         cache_specs = {s.name: (s.shape, s.dtype) for s in self.prefill.inputs if s.role in ("past_key", "past_value")}
-        return generate(prefill, decode, shapes, cache_specs, prompts, max_new_tokens, sampling, eos_ids, pad, streamer)
+        return generate(
+            prefill, decode, shapes, cache_specs, prompts, max_new_tokens, sampling, eos_ids, pad, self.simulation, streamer
+        )
+
+    def estimate(self, prompt_len: int, generation_len: int, batch_size: int | None = None) -> LatencyStats:
+        """Simulated TTFT, prefill and decode figures from the cost model alone (no numerics; works on a
+        config-only compile). The batch is the compiled one: static shapes run every row slot anyway."""
+        if batch_size is not None and batch_size != self.options.batch_size:
+            raise InvalidArgumentError(
+                f"this model was compiled for batch_size={self.options.batch_size}; recompile to estimate batch_size={batch_size}"
+            )
+        return self.simulation.estimate(prompt_len, generation_len)
 
     def timing_report(self) -> str:
         """Per-pass timings of the compile that produced this model, per specialization."""

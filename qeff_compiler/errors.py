@@ -103,3 +103,13 @@ class ArtifactIntegrityError(ArtifactError):
 
 class Fp16OverflowError(QeffError):
     """A model's activations exceed fp16's range (|x| > 65504), so lowering it to fp16 would produce inf."""
+
+
+class PartitionError(QeffError):
+    """The AI 100 partitioner met an op or a weight layout it cannot split (e.g. an unknown dequantize chain)."""
+
+
+class ModelDoesNotFitError(QeffError):
+    """A model's weights, KV cache and activations exceed a SoC's memory on the chosen device and SoC count."""
+
+    exit_code = 2

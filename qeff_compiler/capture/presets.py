@@ -1,7 +1,10 @@
 """Named MPT configurations for config-only (meta) work: `qeffc capture mpt-7b`, cost estimates, benchmarks.
 
 Shapes follow the published MosaicML checkpoints' config.json files (mosaicml/mpt-7b, mpt-30b); `mpt-125m` is the
-small shape of the MPT family used by benchmarks as a mid-size random model.
+small shape of the MPT family used by benchmarks as a mid-size random model. The `*-shape` presets are MPTs of the
+sizes of the models Qualcomm published AI 100 decode rates for (DESIGN.md), the cost model's calibration and
+validation points: GPT-J-6B (d_model 4096, 16 heads, 28 layers, vocab 50400), OPT-2.7B (2560, 32, 32, 50272) and
+OPT-13B (5120, 40, 40, 50272), all at max_seq_len 2048.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ _PRESETS: dict[str, dict] = {
     "mpt-125m": {"d_model": 768, "n_heads": 12, "n_layers": 12, "vocab_size": 50368, "max_seq_len": 2048},
     "mpt-7b": {"d_model": 4096, "n_heads": 32, "n_layers": 32, "vocab_size": 50432, "max_seq_len": 2048},
     "mpt-30b": {"d_model": 7168, "n_heads": 64, "n_layers": 48, "vocab_size": 50432, "max_seq_len": 8192},
+    "gpt-j-6b-shape": {"d_model": 4096, "n_heads": 16, "n_layers": 28, "vocab_size": 50400, "max_seq_len": 2048},
+    "opt-2.7b-shape": {"d_model": 2560, "n_heads": 32, "n_layers": 32, "vocab_size": 50272, "max_seq_len": 2048},
+    "opt-13b-shape": {"d_model": 5120, "n_heads": 40, "n_layers": 40, "vocab_size": 50272, "max_seq_len": 2048},
 }
 
 

@@ -16,12 +16,12 @@ from transformers import MptConfig
 from rich.console import Console
 from rich.table import Table
 
-from qeff_compiler.capture import capture
-from qeff_compiler.capture.presets import preset_config, preset_names
-from qeff_compiler.compiler import compile as compile_model
-from qeff_compiler.compiler import load_compiled
-from qeff_compiler.data import TINY_MPT
 from qeff_compiler.calibration import calibrate, save_calibration
+from qeff_compiler.capture import capture, resolve_model
+from qeff_compiler.capture.presets import preset_config, preset_names
+from qeff_compiler.compiler import CompiledModel, load_compiled
+from qeff_compiler.compiler import compile as compile_model
+from qeff_compiler.data import TINY_MPT
 from qeff_compiler.evaluate import MXINT8_CACHE_GATE, EvaluationReport, evaluate, mxint8_cache_increase
 from qeff_compiler.errors import ArtifactExistsError, InvalidArgumentError, QeffError
 from qeff_compiler.ir.printer import format_program
@@ -49,6 +49,13 @@ ModelArgument = Annotated[
     ),
 ]
 SeqLenOption = Annotated[int | None, typer.Option("--seq-len", help="example sequence length of the capture")]
+DeviceOption = Annotated[str, typer.Option("--device", help="ai100-standard, ai100-pro or ai100-ultra")]
+NumCoresOption = Annotated[int | None, typer.Option("--num-cores", help="AI cores per SoC (default: all)")]
+NumDevicesOption = Annotated[int, typer.Option("--num-devices", help="SoCs, tensor parallel")]
+PrecisionOption = Annotated[str, typer.Option("--precision", help="fp32, fp16, int8, w8a8 or mxfp6")]
+KVCacheDtypeOption = Annotated[
+    str | None, typer.Option("--kv-cache-dtype", help="fp16 or mxint8 (default: the activations' dtype)")
+]
 
 
 def _model_source(model: str) -> Path | MptConfig:
@@ -150,10 +157,11 @@ def compile_command(
     ctx_len: Annotated[int, typer.Option("--ctx-len", help="KV cache length in tokens")] = 128,
     prefill_len: Annotated[int, typer.Option("--prefill-len", help="prompt chunk length of the prefill graph")] = 32,
     batch_size: Annotated[int, typer.Option("--batch-size", help="sequences per call")] = 1,
-    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16, int8, w8a8 or mxfp6")] = "fp32",
-    kv_cache_dtype: Annotated[
-        str | None, typer.Option("--kv-cache-dtype", help="fp16 or mxint8 (default: the activations' dtype)")
-    ] = None,
+    precision: PrecisionOption = "fp32",
+    kv_cache_dtype: KVCacheDtypeOption = None,
+    device: DeviceOption = "ai100-standard",
+    num_cores: NumCoresOption = None,
+    num_devices: NumDevicesOption = 1,
     calibration: Annotated[
         Path | None, typer.Option("--calibration", help="w8a8 calibration table (default: calibrate on MODEL's calibration.txt)")
     ] = None,
@@ -168,13 +176,65 @@ def compile_command(
     with console.status(f"compiling {model}"):
         compiled = compile_model(
             source, precision=precision, ctx_len=ctx_len, prefill_len=prefill_len, batch_size=batch_size,
-            kv_cache_dtype=kv_cache_dtype, calibration=calibration, passes=passes,
+            kv_cache_dtype=kv_cache_dtype, device=device, num_cores=num_cores, num_devices=num_devices,
+            calibration=calibration, passes=passes,
         )
     if time_passes:
         _print_plain(compiled.timing_report())
     with console.status(f"writing {output}"):
         compiled.save(output, overwrite=force)
     _print_plain(f"compiled {model} → {output} (pipeline: {compiled.pipeline})")
+
+
+@app.command("estimate")
+def estimate_command(
+    model: ModelArgument = SHIPPED_MODEL,
+    precision: PrecisionOption = "fp16",
+    kv_cache_dtype: KVCacheDtypeOption = None,
+    device: DeviceOption = "ai100-standard",
+    num_cores: NumCoresOption = None,
+    num_devices: NumDevicesOption = 1,
+    ctx_len: Annotated[int, typer.Option("--ctx-len", help="KV cache length in tokens")] = 2048,
+    prefill_len: Annotated[int, typer.Option("--prefill-len", help="prompt chunk length of the prefill graph")] = 128,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="sequences per call")] = 1,
+    prompt_len: Annotated[int, typer.Option("--prompt-len", help="prompt tokens")] = 1024,
+    generation_len: Annotated[int, typer.Option("--generation-len", help="generated tokens")] = 1024,
+) -> None:
+    """What-if from MODEL's config alone (no weights read): the simulated device's memory plan and latency."""
+    source = _model_source(model)
+    config = resolve_model(source).config if isinstance(source, Path) else source
+    if precision == "w8a8":
+        raise InvalidArgumentError("estimate runs on the config alone; w8a8 needs calibration: compile, then estimate")
+    with console.status(f"compiling {model} for {device} (config only)"):
+        compiled = compile_model(
+            config, precision=precision, kv_cache_dtype=kv_cache_dtype, ctx_len=min(ctx_len, config.max_seq_len),
+            prefill_len=prefill_len, batch_size=batch_size, device=device, num_cores=num_cores,
+            num_devices=num_devices, verify=False,
+        )
+    _print_memory(compiled)
+    stats = compiled.estimate(prompt_len, generation_len)
+    table = Table(title=f"estimate: {model} {precision}, prompt {prompt_len}, generate {generation_len}", show_header=False)
+    for label, value in stats.rows():
+        table.add_row(label, value)
+    console.print(table)
+
+
+def _print_memory(compiled: CompiledModel) -> None:
+    """The memory plan per SoC as a table."""
+    memory = compiled.simulation.memory
+    table = Table(title=f"memory per SoC ({compiled.simulation.device}; weights in {memory.tier.upper()})")
+    for column in ("SoC", "weights", "KV cache", "activations", "total", "capacity"):
+        table.add_column(column, justify="right")
+    for soc in memory.socs:
+        table.add_row(
+            str(soc.device), _gb(soc.weight_bytes), _gb(soc.kv_cache_bytes), _gb(soc.activation_bytes),
+            _gb(soc.total_bytes), _gb(soc.capacity_bytes),
+        )
+    console.print(table)
+
+
+def _gb(size: float) -> str:
+    return f"{size / 1e9:.3f} GB"
 
 
 @app.command("calibrate")

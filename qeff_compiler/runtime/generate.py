@@ -3,7 +3,8 @@
 Prompts are right-padded into `prefill_len` chunks and run chunk by chunk through the prefill program (positions
 −1 mark padding, which the cache never stores); then the decode program runs one token per row per step. The
 cache is the programs' RetainedState outputs fed back as the next call's past inputs, so a decode step costs the
-same at every position: attention over the fixed ctx_len buffer, no re-running of the prompt.
+same at every position: attention over the fixed ctx_len buffer, no re-running of the prompt. Each call is timed
+twice: on the host (wall clock) and on the simulated device (the compiled model's cost-model clock).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -22,6 +24,14 @@ from qeff_compiler.runtime.stats import LatencyStats
 Executor = Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]
 #: called after every generation step with the step index and the token chosen for each row (−1: row finished)
 Streamer = Callable[[int, torch.Tensor], None]
+
+
+class DeviceClock(Protocol):
+    """Simulated device seconds per program call (static shapes: every call of a specialization costs the same)."""
+
+    device: str
+    prefill_chunk_s: float
+    decode_step_s: float
 
 
 @dataclass(frozen=True)
@@ -80,9 +90,11 @@ def generate(
     sampling: SamplingConfig,
     eos_token_ids: frozenset[int],
     pad_token_id: int,
+    clock: DeviceClock,
     streamer: Streamer | None = None,
 ) -> GenerationOutput:
-    """Generate up to `max_new_tokens` per prompt; stops a row at an EOS token."""
+    """Generate up to `max_new_tokens` per prompt; stops a row at an EOS token. `clock` gives the simulated device
+    time of each program call."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InvalidArgumentError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     longest = max(len(p) for p in prompts)
@@ -107,6 +119,7 @@ def generate(
         token = sampler(logits)
         _accept(token, new_tokens, active, eos_token_ids, max_new_tokens, streamer, step=len(latencies) + 1)
         latencies.append(time.perf_counter() - step_start)
+    device_prefill_s = _chunks(prompts, shapes) * clock.prefill_chunk_s
     stats = LatencyStats(
         prompt_tokens=tuple(len(p) for p in prompts),
         generated_tokens=tuple(len(t) for t in new_tokens),
@@ -114,6 +127,10 @@ def generate(
         host_prefill_s=prefill_s,
         host_decode_s=sum(latencies),
         host_token_latencies_s=tuple(latencies),
+        device=clock.device,
+        ttft_s=device_prefill_s,
+        prefill_s=device_prefill_s,
+        token_latencies_s=(clock.decode_step_s,) * len(latencies),
     )
     return GenerationOutput(_pad_sequences(prompts, new_tokens, pad_token_id), tuple(map(tuple, new_tokens)), stats)
 
@@ -122,8 +139,7 @@ def _prefill(prefill: Executor, shapes: StaticShapes, prompts: list[list[int]], 
     """Run every prompt chunk; returns each row's logits at its last prompt token [rows, vocab]."""
     chunk_len = shapes.prefill_len
     last_logits = torch.empty(len(prompts), shapes.vocab_size)
-    chunks = -(-max(len(p) for p in prompts) // chunk_len)
-    for chunk in range(chunks):
+    for chunk in range(_chunks(prompts, shapes)):
         ids = torch.zeros(shapes.batch_size, chunk_len, dtype=torch.int64)
         positions = torch.full((shapes.batch_size, chunk_len), -1, dtype=torch.int64)
         for row, prompt in enumerate(prompts):
@@ -135,6 +151,11 @@ def _prefill(prefill: Executor, shapes: StaticShapes, prompts: list[list[int]], 
             if (len(prompt) - 1) // chunk_len == chunk:
                 last_logits[row] = outputs["logits"][row, 0]
     return last_logits
+
+
+def _chunks(prompts: list[list[int]], shapes: StaticShapes) -> int:
+    """Prefill calls the longest prompt needs."""
+    return -(-max(len(p) for p in prompts) // shapes.prefill_len)
 
 
 def _decode_step(

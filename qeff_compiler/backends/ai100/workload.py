@@ -1,0 +1,250 @@
+"""The work of one program step, op by op: what the partitioner splits and the cost model times.
+
+Read from the graph alone (shapes from `node.meta["val"]`, weight sizes from the weight store's specs), so it works
+on config-only (meta) programs at 7B/30B scale. Only ops the device spends time on are listed:
+
+- matmul ops (`aten.linear`, `qeff::linear_w8a16`, `qeff::linear_w8a8`): tensor-unit FLOPs, and the weight bytes
+  as stored (fp16, int8 codes + scales, packed MXFP6 + scales), traced back through the casts and dequantize ops
+  that feed them; MXFP6 weights also count the elements the vector unit decompresses to fp16;
+- fused attention (`qeff::mpt_attention[_kv]`): the QKV and output projections, the score and context matmuls
+  over the whole static cache (the op attends over all ctx_len slots), and the KV cache bytes read and written
+  at the cache's storage width (MXINT8: 8.25 bits per element);
+- everything else producing floating values (norms, GELU, adds, the embedding gather): vector-unit elements
+  and the activation bytes they move.
+
+Casts and dequantize ops of weights are not listed: the host folds them, and on the device they are part of the
+consumer's weight read (MXFP6 decompression is counted there).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.fx
+
+from qeff_compiler.ir.program import BINDING, Program
+from qeff_compiler.ir.quant_ops import DEQUANTIZE_MXFP6, LINEAR_W8A8, LINEAR_W8A16
+from qeff_compiler.numerics.mx import mx_storage_bits_per_element
+from qeff_compiler.passes.patch_attention import ATTENTION, ATTENTION_KV, LAYER
+
+aten = torch.ops.aten
+_LINEARS = (aten.linear.default, LINEAR_W8A16, LINEAR_W8A8)
+#: ops that only move, view or cast data: no device work of their own
+_NO_WORK = frozenset(
+    {
+        operator.getitem,
+        aten._to_copy.default,
+        aten.view.default,
+        aten.reshape.default,
+        aten._unsafe_view.default,
+        aten.unsqueeze.default,
+        aten.expand.default,
+        aten.argmax.default,
+        aten.t.default,
+        aten.transpose.int,
+        aten.permute.default,
+        aten.contiguous.default,
+        aten.clone.default,
+        aten.slice.Tensor,
+        aten.select.int,
+    }
+)
+_LAYER_PATH = re.compile(r"transformer\.blocks\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class OpWork:
+    """The device work of one graph node for one program call (all rows of the batch)."""
+
+    node: str
+    #: "matmul", "attention" or "vector"
+    kind: str
+    #: transformer block index, None outside the blocks (embedding, final norm, lm_head)
+    layer: int | None
+    #: tensor-unit operations (2 per multiply-add)
+    flops: float
+    #: the tensor unit's datatype: "fp16" or "int8"
+    compute: str
+    #: weights read, as stored (all parts: codes, scales, smoothing factors)
+    weight_bytes: int
+    #: weight-store names read
+    weights: tuple[str, ...]
+    #: weight elements decompressed from MXFP6 to fp16 on the vector unit
+    decompress_elements: int
+    #: elementwise work on the vector unit (norms, activations, softmax, residual adds)
+    vector_elements: int
+    kv_read_bytes: int
+    kv_write_bytes: int
+    #: activations read and written
+    activation_bytes: int
+    #: how many ways the op splits across cores: output channels of a matmul, heads of attention, elements of a
+    #: vector op (its last dimension)
+    parallel_units: int
+
+
+def program_workload(program: Program) -> list[OpWork]:
+    """The `OpWork` of every node of `program` that costs device time, in graph order."""
+    weight_only = _weight_only_nodes(program.graph)
+    work = []
+    for node in program.graph.nodes:
+        if node.op != "call_function" or node.target in _NO_WORK or node in weight_only:
+            continue
+        if node.target in _LINEARS:
+            work.append(_matmul(node, program, weight_only))
+        elif node.target in (ATTENTION, ATTENTION_KV):
+            work.append(_attention(node, program, weight_only))
+        elif isinstance(node.meta.get("val"), torch.Tensor) and node.meta["val"].is_floating_point():
+            work.append(_vector(node))
+    return work
+
+
+def total(work: Iterable[OpWork], field: str) -> float:
+    """The sum of one numeric field over ops."""
+    return sum(getattr(op, field) for op in work)
+
+
+# per kind --------------------------------------------------------------------------------------------------------
+
+
+def _matmul(node: torch.fx.Node, program: Program, weight_only: set[torch.fx.Node]) -> OpWork:
+    x, out = node.args[0].meta["val"], node.meta["val"]
+    rows, in_features, out_features = math.prod(x.shape[:-1]), x.shape[-1], out.shape[-1]
+    weights = _weight_parts(node.args[1:], weight_only)
+    return OpWork(
+        node=node.name,
+        kind="matmul",
+        layer=_layer(node),
+        flops=2.0 * rows * in_features * out_features,
+        compute="int8" if node.target == LINEAR_W8A8 else "fp16",
+        weight_bytes=_bytes(weights, program),
+        weights=weights,
+        decompress_elements=_mxfp6_elements(node.args[1:], weight_only),
+        vector_elements=rows * out_features,  # the output's conversion / scaling
+        kv_read_bytes=0,
+        kv_write_bytes=0,
+        activation_bytes=_nbytes(x) + _nbytes(out),
+        parallel_units=out_features,
+    )
+
+
+def _attention(node: torch.fx.Node, program: Program, weight_only: set[torch.fx.Node]) -> OpWork:
+    hidden = node.args[0].meta["val"]
+    batch, seq, d_model = hidden.shape
+    n_heads = node.kwargs.get("n_heads", node.args[7] if len(node.args) > 7 else None)
+    wqkv, out_proj = node.args[1], node.args[2]
+    stateful = node.target == ATTENTION_KV
+    keys = node.args[5].meta["val"].shape[2] if stateful else seq  # attends over every cache slot
+    rows = batch * seq
+    projection_flops = 2.0 * rows * d_model * (3 * d_model) + 2.0 * rows * d_model * d_model
+    attention_flops = 2 * (2.0 * rows * keys * d_model)  # Q·Kᵀ and P·V over all heads
+    weights = _weight_parts((wqkv, out_proj), weight_only)
+    kv_read = kv_write = 0
+    if stateful:
+        element_bytes = _cache_element_bytes(node)
+        kv_read = int(2 * batch * keys * d_model * element_bytes)
+        kv_write = int(2 * rows * d_model * element_bytes)
+    return OpWork(
+        node=node.name,
+        kind="attention",
+        layer=_layer(node),
+        flops=projection_flops + attention_flops,
+        compute="fp16",
+        weight_bytes=_bytes(weights, program),
+        weights=weights,
+        decompress_elements=_mxfp6_elements((wqkv, out_proj), weight_only),
+        vector_elements=rows * n_heads * keys * 3 + rows * 4 * d_model,  # bias, mask, softmax; qkv/out conversions
+        kv_read_bytes=kv_read,
+        kv_write_bytes=kv_write,
+        activation_bytes=2 * _nbytes(hidden),
+        parallel_units=n_heads,
+    )
+
+
+def _vector(node: torch.fx.Node) -> OpWork:
+    out = node.meta["val"]
+    inputs = [a.meta["val"] for a in node.all_input_nodes if isinstance(a.meta.get("val"), torch.Tensor)]
+    elements = out.numel()
+    return OpWork(
+        node=node.name,
+        kind="vector",
+        layer=_layer(node),
+        flops=0.0,
+        compute="fp16",
+        weight_bytes=0,
+        weights=(),
+        decompress_elements=0,
+        vector_elements=elements,
+        kv_read_bytes=0,
+        kv_write_bytes=0,
+        activation_bytes=_nbytes(out) + sum(_nbytes(t) for t in inputs if t.numel() <= 4 * elements),
+        parallel_units=out.shape[-1] if out.dim() else 1,
+    )
+
+
+# helpers ---------------------------------------------------------------------------------------------------------
+
+
+def _weight_only_nodes(graph: torch.fx.Graph) -> set[torch.fx.Node]:
+    """Weight placeholders and the nodes computed from weights alone (casts, dequantizes), in one forward pass:
+    on the device they are part of their consumer's weight read."""
+    found: set[torch.fx.Node] = set()
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            if node.meta[BINDING][0] == "weight":
+                found.add(node)
+        elif node.op == "call_function" and node.all_input_nodes and all(n in found for n in node.all_input_nodes):
+            found.add(node)
+    return found
+
+
+def _weight_feeders(operands: Iterable[object], weight_only: set[torch.fx.Node]) -> list[torch.fx.Node]:
+    """The weight-only nodes that feed `operands`, walking back through weight-only nodes only."""
+    seen: list[torch.fx.Node] = []
+    stack = [o for o in operands if isinstance(o, torch.fx.Node) and o in weight_only]
+    while stack:
+        node = stack.pop()
+        if node not in seen:
+            seen.append(node)
+            stack.extend(node.all_input_nodes)
+    return seen
+
+
+def _weight_parts(operands: Iterable[object], weight_only: set[torch.fx.Node]) -> tuple[str, ...]:
+    """Weight-store names feeding `operands` through casts and dequantize ops (not through activations)."""
+    feeders = _weight_feeders(operands, weight_only)
+    return tuple(dict.fromkeys(n.meta[BINDING][1] for n in feeders if n.op == "placeholder"))
+
+
+def _mxfp6_elements(operands: Iterable[object], weight_only: set[torch.fx.Node]) -> int:
+    """Elements of the MXFP6 weights feeding `operands`."""
+    return sum(n.meta["val"].numel() for n in _weight_feeders(operands, weight_only) if n.target == DEQUANTIZE_MXFP6)
+
+
+def _bytes(names: Iterable[str], program: Program) -> int:
+    return sum(program.weights[name].nbytes for name in names if name != "alibi_slopes")
+
+
+def _nbytes(value: torch.Tensor) -> int:
+    return value.numel() * value.element_size()
+
+
+def _cache_element_bytes(node: torch.fx.Node) -> float:
+    """Bytes a device stores per cache element: MXINT8 8.25 bits, else the cache tensor's dtype."""
+    if node.kwargs.get("kv_cache_format") == "mxint8":
+        return mx_storage_bits_per_element("int8") / 8
+    return node.args[5].meta["val"].element_size()
+
+
+def _layer(node: torch.fx.Node) -> int | None:
+    if LAYER in node.meta:
+        return node.meta[LAYER]
+    for path, _ in node.meta.get("nn_module_stack", {}).values():
+        match = _LAYER_PATH.search(path + ".")
+        if match:
+            return int(match.group(1))
+    return None
