@@ -8,6 +8,9 @@
     DIR/decode.onnx (+ .data)  decode specialization
     DIR/tokenizer*.json        copied from the source model directory, when it has them
     DIR/calibration.safetensors the calibration table of a w8a8 compile (its recorded pipeline names it)
+    DIR/partition_plan.json    the partition plan of each specialization over the target's cores and SoCs
+                               (the manifest holds the target, the memory plan per SoC and the cost model's
+                               step times; shard lists of a 7B model run to hundreds of KB, so they get a file)
 
 Loading re-traces the model from its config on the meta device, re-runs the recorded pipeline, and binds the
 saved weights by name; every name, shape and dtype must match.
@@ -48,6 +51,7 @@ FORMAT = "qeff-compiled-model"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
+PLAN = "partition_plan.json"
 ONNX_FILES = {"prefill": "program.onnx", "decode": "decode.onnx"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -65,6 +69,8 @@ def save_artifact(model: CompiledModel, path: Path, *, overwrite: bool = False) 
         tied = _save_weights(model.prefill, staging / WEIGHTS)
         for name, program in (("prefill", model.prefill), ("decode", model.decode)):
             export_onnx(program, staging / ONNX_FILES[name])
+        plans = {name: plan.to_dict() for name, plan in model.simulation.plans.items()}
+        (staging / PLAN).write_text(json.dumps(plans))
         if model.calibration_table is not None:
             save_calibration(model.calibration_table, staging / CALIBRATION_TABLE)
         if model.source_directory is not None:
@@ -147,6 +153,9 @@ def _manifest(model: CompiledModel, tied: dict[str, str], staging: Path) -> dict
             for name, p in (("prefill", model.prefill), ("decode", model.decode))
         ],
         "weights": weight_precisions(model.prefill),
+        "target": model.options.target.to_dict(),
+        "memory_plan": model.simulation.memory.to_dict(),
+        "simulated_step_seconds": {name: step.seconds for name, step in model.simulation.steps.items()},
         "tied_weights": tied,
         "files": {f.name: _fingerprint(f) for f in sorted(staging.iterdir()) if f.is_file()},
     }

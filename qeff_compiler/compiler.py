@@ -162,11 +162,13 @@ class CompiledModel:
         seed: int | None = None,
         eos_token_id: int | Sequence[int] | None = None,
         streamer: Streamer | None = None,
+        trace: str | Path | None = None,
     ) -> GenerationOutput:
         """Greedy (default) or sampled generation for up to `batch_size` prompts of any lengths.
 
         `input_ids` is a [batch, len] tensor or a list of token-id lists (ragged). Generation stops per row at
-        `eos_token_id` (default: the config's) or after `max_new_tokens`.
+        `eos_token_id` (default: the config's) or after `max_new_tokens`. `trace` names a Chrome/Perfetto
+        trace-event JSON file to write with the simulated device's timeline of the run.
         """
         shapes = self.shapes
         prompts = normalize_prompts(input_ids, shapes)
@@ -176,9 +178,12 @@ class CompiledModel:
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else min(eos_ids, default=0)
         prefill, decode = self.host_executors()
         cache_specs = {s.name: (s.shape, s.dtype) for s in self.prefill.inputs if s.role in ("past_key", "past_value")}
-        return generate(
+        output = generate(
             prefill, decode, shapes, cache_specs, prompts, max_new_tokens, sampling, eos_ids, pad, self.simulation, streamer
         )
+        if trace is not None:
+            self.simulation.write_trace(trace, output.stats)
+        return output
 
     def estimate(self, prompt_len: int, generation_len: int, batch_size: int | None = None) -> LatencyStats:
         """Simulated TTFT, prefill and decode figures from the cost model alone (no numerics; works on a

@@ -237,6 +237,43 @@ def _gb(size: float) -> str:
     return f"{size / 1e9:.3f} GB"
 
 
+@app.command("inspect")
+def inspect_command(
+    artifact: Annotated[Path, typer.Argument(help="compiled artifact directory")],
+    prompt_len: Annotated[int | None, typer.Option("--prompt-len", help="for the estimate (default: prefill_len)")] = None,
+    generation_len: Annotated[int | None, typer.Option("--generation-len", help="for the estimate (default: the rest of ctx_len)")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="draw per-core utilisation and the memory plan (PNG)")] = None,
+) -> None:
+    """Print a compiled artifact's target, partition plan per SoC and core, memory plan and estimated figures."""
+    compiled = load_compiled(artifact)
+    simulation, options = compiled.simulation, compiled.options
+    _print_plain(f"{artifact}: {options.precision}, ctx_len {options.ctx_len}, prefill_len {options.prefill_len}, "
+                 f"batch {options.batch_size} on {simulation.device}; pipeline {compiled.pipeline}")
+    plan = simulation.plans["decode"]
+    table = Table(title="partition plan: weight bytes per core (decode)")
+    table.add_column("SoC", justify="right")
+    for core in range(plan.num_cores):
+        table.add_column(f"core {core}", justify="right")
+    table.add_column("shared", justify="right")
+    for device in range(plan.num_devices):
+        per_core = [plan.weight_bytes(device, core) for core in range(plan.num_cores)]
+        shared = plan.weight_bytes(device) - sum(per_core)
+        table.add_row(str(device), *(f"{b / 1e6:.2f} MB" for b in per_core), f"{shared / 1e6:.2f} MB")
+    console.print(table)
+    _print_memory(compiled)
+    prompt = prompt_len or options.prefill_len
+    stats = compiled.estimate(prompt, generation_len or options.ctx_len - prompt)
+    estimate = Table(title=f"estimate: prompt {prompt}, generate {stats.generated_tokens[0]}", show_header=False)
+    for label, value in stats.rows():
+        estimate.add_row(label, value)
+    console.print(estimate)
+    if plot is not None:
+        from qeff_compiler.backends.ai100.plot import plot_simulation
+
+        plot_simulation(simulation, plot)
+        _print_plain(f"wrote {plot}")
+
+
 @app.command("calibrate")
 def calibrate_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="calibration table file to write (safetensors)")],
@@ -264,6 +301,7 @@ def run_command(
     top_k: Annotated[int, typer.Option("--top-k")] = 0,
     top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
+    trace: Annotated[Path | None, typer.Option("--trace", help="write the simulated timeline (Perfetto JSON)")] = None,
 ) -> None:
     """Generate from a compiled artifact, printing text as it streams and then the latency statistics."""
     compiled = load_compiled(artifact)
@@ -274,10 +312,10 @@ def run_command(
         _print_plain_inline(tokenizer.decode(ids))
     out = compiled.generate(
         [ids], max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-        streamer=stream,
+        streamer=stream, trace=trace,
     )
     sys.stdout.write("\n")
-    table = Table(title="latency (host executor, this machine)", show_header=False)
+    table = Table(title="latency: simulated device, and the host executor on this machine", show_header=False)
     for label, value in out.stats.rows():
         table.add_row(label, value)
     console.print(table)

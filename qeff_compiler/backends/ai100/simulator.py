@@ -10,11 +10,13 @@ prompt and a generation length imply. Nothing here reads weight data: it works o
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from qeff_compiler.backends.ai100.cost_model import StepTiming, time_step
 from qeff_compiler.backends.ai100.devices import DeviceSpec, get_device
 from qeff_compiler.backends.ai100.memory import MemoryPlan, check_fits, plan_memory
 from qeff_compiler.backends.ai100.partition import PartitionPlan, partition_program, validate_plan
+from qeff_compiler.backends.ai100.trace import write_trace
 from qeff_compiler.backends.ai100.workload import program_workload
 from qeff_compiler.errors import InvalidArgumentError
 from qeff_compiler.ir.program import Program
@@ -105,6 +107,14 @@ class SimulatedDevice:
             prefill_s=prefill_s,
             token_latencies_s=(self.decode_step_s,) * (generation_len - 1),
         )
+
+
+    def write_trace(self, path: str | Path, stats: LatencyStats) -> None:
+        """A Chrome/Perfetto trace of the calls a generation made (its prefill chunks, then its decode steps)."""
+        chunks = round(stats.prefill_s / self.prefill_chunk_s) if self.prefill_chunk_s else 0
+        calls = [(f"prefill chunk {i}", self.steps["prefill"], self.plans["prefill"]) for i in range(chunks)]
+        calls += [(f"decode step {i}", self.steps["decode"], self.plans["decode"]) for i in range(len(stats.token_latencies_s))]
+        write_trace(path, calls)
 
 
 def _positive_int(value: object) -> bool:
