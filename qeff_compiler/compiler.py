@@ -41,10 +41,11 @@ class CompileOptions:
     #: AI cores per SoC; None = all the device has
     num_cores: int | None = None
     num_devices: int = 1
+    p2p_format: str = "fp16"
 
     @property
     def target(self) -> Target:
-        return Target(self.device, self.num_cores, self.num_devices)
+        return Target(self.device, self.num_cores, self.num_devices, self.p2p_format)
 
     def pipeline(self, calibration: Path | None = None) -> str:
         """The default pass pipeline for these options: capture clean-up, attention, precision, cache.
@@ -64,6 +65,7 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     device: str = "ai100-standard",
     num_cores: int | None = None,
     num_devices: int = 1,
+    p2p_format: str = "fp16",
     calibration: str | Path | None = None,
     passes: str | None = None,
     verify: bool = True,
@@ -74,10 +76,13 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     `calibration` is the w8a8 calibration table file (`qc.calibrate`); by default a w8a8 compile calibrates on
     the model directory's calibration.txt. The artifact keeps the table, and its recorded pipeline names it.
     The programs are then partitioned over `num_cores` cores (default: all) of `num_devices` SoCs of `device`,
-    placed in its memory (a model that does not fit is refused with the numbers) and timed by the cost model.
+    placed in its memory (a model that does not fit is refused with the numbers) and timed by the cost model;
+    `p2p_format="mxint8"` compresses the partial results SoCs exchange.
     A config (meta weights) compiles too: everything but running and saving works, `estimate` included.
     """
-    options = CompileOptions(precision, ctx_len, prefill_len, batch_size, kv_cache_dtype, device, num_cores, num_devices)
+    options = CompileOptions(
+        precision, ctx_len, prefill_len, batch_size, kv_cache_dtype, device, num_cores, num_devices, p2p_format
+    )
     _check_options(options)
     resolved = resolve_model(model)
     if prefill_len > resolved.config.max_seq_len:

@@ -100,6 +100,18 @@ def test_more_devices_and_cores_decode_faster_on_gpt_j() -> None:
     assert four > 2 * one and few_cores < one
 
 
+def test_mxint8_p2p_traffic_is_cheaper_between_socs() -> None:
+    config = preset_config("opt-2.7b-shape")
+    fp16, mxint8 = (
+        qc.compile(config, precision="mxfp6", ctx_len=2048, prefill_len=128, verify=False, num_devices=4, p2p_format=f)
+        for f in ("fp16", "mxint8")
+    )
+    transfer = {name: sum(op.transfer_s for op in c.simulation.steps["prefill"].ops) for name, c in (("fp16", fp16), ("mxint8", mxint8))}
+    assert transfer["mxint8"] < 0.6 * transfer["fp16"]
+    with pytest.raises(InvalidArgumentError, match="p2p_format='int4' is not one of fp16, mxint8"):
+        qc.compile(tiny_config(), ctx_len=16, prefill_len=4, num_devices=2, p2p_format="int4")
+
+
 def test_generate_reports_simulated_figures_beside_the_host_ones() -> None:
     compiled = qc.compile(random_model(tiny_config()), ctx_len=32, prefill_len=4)
     out = compiled.generate([[1, 2, 3, 4, 5, 6]], max_new_tokens=5)

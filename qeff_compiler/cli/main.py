@@ -52,6 +52,7 @@ SeqLenOption = Annotated[int | None, typer.Option("--seq-len", help="example seq
 DeviceOption = Annotated[str, typer.Option("--device", help="ai100-standard, ai100-pro or ai100-ultra")]
 NumCoresOption = Annotated[int | None, typer.Option("--num-cores", help="AI cores per SoC (default: all)")]
 NumDevicesOption = Annotated[int, typer.Option("--num-devices", help="SoCs, tensor parallel")]
+P2PFormatOption = Annotated[str, typer.Option("--p2p-format", help="SoC-to-SoC traffic: fp16 or mxint8")]
 PrecisionOption = Annotated[str, typer.Option("--precision", help="fp32, fp16, int8, w8a8 or mxfp6")]
 KVCacheDtypeOption = Annotated[
     str | None, typer.Option("--kv-cache-dtype", help="fp16 or mxint8 (default: the activations' dtype)")
@@ -162,6 +163,7 @@ def compile_command(
     device: DeviceOption = "ai100-standard",
     num_cores: NumCoresOption = None,
     num_devices: NumDevicesOption = 1,
+    p2p_format: P2PFormatOption = "fp16",
     calibration: Annotated[
         Path | None, typer.Option("--calibration", help="w8a8 calibration table (default: calibrate on MODEL's calibration.txt)")
     ] = None,
@@ -177,7 +179,7 @@ def compile_command(
         compiled = compile_model(
             source, precision=precision, ctx_len=ctx_len, prefill_len=prefill_len, batch_size=batch_size,
             kv_cache_dtype=kv_cache_dtype, device=device, num_cores=num_cores, num_devices=num_devices,
-            calibration=calibration, passes=passes,
+            p2p_format=p2p_format, calibration=calibration, passes=passes,
         )
     if time_passes:
         _print_plain(compiled.timing_report())
@@ -194,6 +196,7 @@ def estimate_command(
     device: DeviceOption = "ai100-standard",
     num_cores: NumCoresOption = None,
     num_devices: NumDevicesOption = 1,
+    p2p_format: P2PFormatOption = "fp16",
     ctx_len: Annotated[int, typer.Option("--ctx-len", help="KV cache length in tokens")] = 2048,
     prefill_len: Annotated[int, typer.Option("--prefill-len", help="prompt chunk length of the prefill graph")] = 128,
     batch_size: Annotated[int, typer.Option("--batch-size", help="sequences per call")] = 1,
@@ -209,7 +212,7 @@ def estimate_command(
         compiled = compile_model(
             config, precision=precision, kv_cache_dtype=kv_cache_dtype, ctx_len=min(ctx_len, config.max_seq_len),
             prefill_len=prefill_len, batch_size=batch_size, device=device, num_cores=num_cores,
-            num_devices=num_devices, verify=False,
+            num_devices=num_devices, p2p_format=p2p_format, verify=False,
         )
     _print_memory(compiled)
     stats = compiled.estimate(prompt_len, generation_len)

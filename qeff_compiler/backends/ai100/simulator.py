@@ -31,6 +31,8 @@ class Target:
     #: AI cores used on each SoC; None = all of them
     num_cores: int | None = None
     num_devices: int = 1
+    #: how SoCs exchange partial results over PCIe P2P: "fp16", or "mxint8" (8.25 bits per element)
+    p2p_format: str = "fp16"
 
     def spec(self) -> DeviceSpec:
         return get_device(self.device)
@@ -62,7 +64,7 @@ class SimulatedDevice:
         cores = target.cores()
         self.plans: dict[str, PartitionPlan] = {}
         for name, program in (("prefill", prefill), ("decode", decode)):
-            self.plans[name] = partition_program(program, cores, target.num_devices)
+            self.plans[name] = partition_program(program, cores, target.num_devices, target.p2p_format)
             validate_plan(self.plans[name], program)
         self.memory: MemoryPlan = plan_memory(prefill, decode, self.plans["decode"], self.spec, _batch(decode))
         check_fits(self.memory)
