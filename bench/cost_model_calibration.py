@@ -19,7 +19,7 @@ from pathlib import Path
 
 import qeff_compiler as qc
 from qeff_compiler.backends.ai100 import cost_model
-from qeff_compiler.backends.ai100.cost_model import time_step
+from qeff_compiler.backends.ai100.cost_model import tier_bandwidth, time_step
 from qeff_compiler.backends.ai100.workload import program_workload
 from qeff_compiler.capture.presets import preset_config
 from qeff_compiler.errors import ModelDoesNotFitError
@@ -72,30 +72,60 @@ def fit(fp16: qc.CompiledModel, mxfp6: qc.CompiledModel) -> dict[str, float]:
     return {"DDR_EFFICIENCY": efficiency, "MXFP6_DECOMPRESS_ELEMENTS_PER_S_PER_CORE": rate}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fit", action="store_true", help="fit the two constants on GPT-J and print them")
-    args = parser.parse_args()
+def compile_points(keys: tuple[tuple[str, str], ...] = tuple(POINTS)) -> dict[tuple[str, str], qc.CompiledModel | str]:
+    """Each point compiled, or the refusal message of one that does not fit."""
     compiled: dict[tuple[str, str], qc.CompiledModel | str] = {}
-    for key in POINTS:
+    for key in keys:
         try:
             compiled[key] = compile_point(*key)
         except ModelDoesNotFitError as exc:
             compiled[key] = str(exc)
+    return compiled
+
+
+def run(compiled: dict[tuple[str, str], qc.CompiledModel | str] | None = None) -> list[dict]:
+    """Published vs simulated decode rate per point, with the bandwidth roofline of the plan's memory tier."""
+    compiled = compile_points() if compiled is None else compiled
+    rows = []
+    for (preset, precision), result in compiled.items():
+        published, role = POINTS[preset, precision]
+        if isinstance(result, qc.CompiledModel):
+            simulated, roofline = decode_rate(result), roofline_rate(result)
+        else:
+            simulated = roofline = None
+        rows.append({
+            "model": preset, "precision": precision, "published": published, "simulated": simulated,
+            "roofline": roofline, "simulated_vs_published": None if not (published and simulated) else simulated / published,
+            "role": role, "refused": None if simulated is not None else result,
+        })
+    return rows
+
+
+def roofline_rate(compiled: qc.CompiledModel) -> float:
+    """Decode tok/s if every byte a step streams moved at the memory tier's peak bandwidth, on every SoC."""
+    work = program_workload(compiled.decode)
+    step_bytes = sum(op.weight_bytes + op.kv_read_bytes + op.kv_write_bytes for op in work)
+    simulation = compiled.simulation
+    bandwidth = simulation.spec.ddr_bytes_per_s_per_soc if simulation.memory.tier == "ddr" else tier_bandwidth(simulation.spec, "vtcm")
+    return simulation.target.num_devices * bandwidth / step_bytes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fit", action="store_true", help="fit the two constants on GPT-J and print them")
+    args = parser.parse_args()
+    compiled = compile_points()
     if args.fit:
         fitted = fit(compiled["gpt-j-6b-shape", "fp16"], compiled["gpt-j-6b-shape", "mxfp6"])
         print("fitted: " + ", ".join(f"{name} = {value:.4g}" for name, value in fitted.items()))
-    rows = []
-    print(f"{'model':<16} {'precision':>9} {'published':>10} {'simulated':>10} {'error':>8}  role")
-    for (preset, precision), (published, role) in POINTS.items():
-        result = compiled[preset, precision]
-        simulated = decode_rate(result) if isinstance(result, qc.CompiledModel) else None
-        error = None if published is None or simulated is None else simulated / published - 1
-        rows.append({"model": preset, "precision": precision, "published": published, "simulated": simulated,
-                     "error": error, "role": role, "refused": None if simulated is not None else result})
-        shown = "refused" if simulated is None else f"{simulated:.2f}"
-        print(f"{preset:<16} {precision:>9} {published if published else 'no fit':>10} {shown:>10} "
-              f"{'' if error is None else f'{100 * error:+.1f}%':>8}  {role}")
+    rows = run(compiled)
+    print(f"{'model':<16} {'precision':>9} {'published':>10} {'simulated':>10} {'error':>8} {'roofline':>9}  role")
+    for row in rows:
+        shown = "refused" if row["simulated"] is None else f"{row['simulated']:.2f}"
+        ratio = row["simulated_vs_published"]
+        roofline = "" if row["roofline"] is None else f"{row['roofline']:.2f}"
+        print(f"{row['model']:<16} {row['precision']:>9} {row['published'] or 'no fit':>10} {shown:>10} "
+              f"{'' if ratio is None else f'{100 * (ratio - 1):+.1f}%':>8} {roofline:>9}  {row['role']}")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(rows, indent=2))
 

@@ -53,19 +53,29 @@ def measure(name: str, model: object, ctx_len: int, repeats: int) -> list[dict]:
             p: qc.compile(model, precision=p, ctx_len=ctx_len, prefill_len=32, calibration=table, verify=False)
             for p in PRECISIONS
         }
-    times = interleaved_times([decode_step(c, ctx_len // 2) for c in compiled.values()], repeats)
-    medians = {p: statistics.median(t) for p, t in zip(PRECISIONS, times, strict=True)}
+    times = dict(zip(PRECISIONS, interleaved_times([decode_step(c, ctx_len // 2) for c in compiled.values()], repeats), strict=True))
+    medians = {p: statistics.median(t) for p, t in times.items()}
     return [
         {
             "model": name,
             "precision": p,
             "ctx_len": ctx_len,
             "median_ms": 1e3 * medians[p],
+            "min_max_ms": [1e3 * min(times[p]), 1e3 * max(times[p])],
             "tokens_per_s": 1 / medians[p],
             "time_vs_fp32": medians[p] / medians["fp32"],
         }
         for p in PRECISIONS
     ]
+
+
+def run(quick: bool = False, repeats: int = 30, ctx_len: int = 256) -> list[dict]:
+    """All rows; quick: the shipped model only, 5 repeats."""
+    torch.manual_seed(0)
+    models: dict[str, object] = {"tiny-mpt-pystdlib (shipped)": TINY_MPT}
+    if not quick:
+        models["mpt-125m shape (random weights)"] = MptForCausalLM(preset_config("mpt-125m")).eval()
+    return [row for name, model in models.items() for row in measure(name, model, ctx_len, 5 if quick else repeats)]
 
 
 def main() -> None:
@@ -75,12 +85,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    models: dict[str, object] = {
-        "tiny-mpt-pystdlib (shipped)": TINY_MPT,
-        "mpt-125m shape (random weights)": MptForCausalLM(preset_config("mpt-125m")).eval(),
-    }
-    rows = [row for name, model in models.items() for row in measure(name, model, args.ctx_len, args.repeats)]
+    rows = run(repeats=args.repeats, ctx_len=args.ctx_len)
     print("host decode, batch 1 (simulated-device figures are a separate cost model)")
     print(f"{'model':<34} {'precision':>9} {'median ms':>10} {'tok/s':>8} {'time vs fp32':>13}")
     for r in rows:

@@ -1,0 +1,118 @@
+"""Every benchmark behind the README's figures, in one run: `python -m bench [--quick]`.
+
+Writes bench/results.json (all figures, the machine they ran on) and PNG plots in bench/plots/. Figures that
+compare two systems are ratios measured in the same run; timings are medians of >= 5 runs after warm-up, with
+min/max. `--quick` runs a reduced set (shipped model only, small counts) in under two minutes; CI runs it to check
+the schema, not the numbers.
+
+Sections: host decode per precision (bench.precision_decode), host throughput vs HF eager and ONNX Runtime
+(bench.peers), compile time and RSS vs depth (bench.compile_layers), simulated AI 100 vs published figures and the
+roofline (bench.cost_model_calibration), accuracy per precision (qc.evaluate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import qeff_compiler as qc
+from bench import compile_layers, cost_model_calibration, precision_decode
+from qeff_compiler.data import TINY_MPT, TINY_MPT_VALIDATION_TEXT
+
+ROOT = Path(__file__).parent
+#: the quick mode's simulated point: a 2.7B-parameter shape compiles from its config in a few seconds
+QUICK_SIMULATED = (("opt-2.7b-shape", "mxfp6"),)
+ACCURACY_PRECISIONS = ("fp32", "fp16", "int8", "mxfp6", "w8a8")
+
+
+def accuracy(quick: bool) -> list[dict]:
+    """qc.evaluate per precision on the shipped validation text (quick: 20,000 characters, two precisions)."""
+    text = TINY_MPT_VALIDATION_TEXT.read_text()[:20_000] if quick else None
+    rows = []
+    for precision in ("fp32", "int8") if quick else ACCURACY_PRECISIONS:
+        report = qc.evaluate(TINY_MPT, precision=precision, text=text)
+        rows.append({
+            "precision": precision, "tokens": report.tokens_scored, "perplexity": report.perplexity,
+            "reference_perplexity": report.reference_perplexity, "perplexity_vs_reference": report.perplexity / report.reference_perplexity,
+            "token_agreement": report.token_agreement, "max_logit_error": report.max_logit_error,
+            "gate_failures": report.gate_failures(),
+        })
+    return rows
+
+
+def peers(quick: bool) -> list[dict]:
+    from bench.peers import measure_peers
+
+    return measure_peers(quick=quick)
+
+
+SECTIONS: dict[str, Callable[[bool], object]] = {
+    "host_precision": lambda quick: precision_decode.run(quick=quick),
+    "peers": peers,
+    "compile_layers": lambda quick: compile_layers.run(quick=quick),
+    "simulated_vs_published": lambda quick: cost_model_calibration.run(
+        cost_model_calibration.compile_points(QUICK_SIMULATED) if quick else None
+    ),
+    "accuracy": accuracy,
+}
+
+
+def machine() -> dict[str, object]:
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "cpu": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def non_finite_ratios(node: object, path: str = "") -> list[str]:
+    """Paths of ratio fields (scalars named `..._vs_...`; None where a system could not run) that are not finite."""
+    bad = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            ratio = "_vs_" in key and not isinstance(value, (dict, list)) and value is not None
+            if ratio and not (isinstance(value, (int, float)) and math.isfinite(value)):
+                bad.append(f"{path}.{key}")
+            bad += non_finite_ratios(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            bad += non_finite_ratios(value, f"{path}[{index}]")
+    return bad
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="reduced set for CI (< 2 min)")
+    parser.add_argument("--out", type=Path, default=ROOT / "results.json")
+    parser.add_argument("--plots", type=Path, default=ROOT / "plots")
+    parser.add_argument("--only", choices=list(SECTIONS), action="append", help="run only these sections")
+    args = parser.parse_args(argv)
+    results: dict[str, object] = {"machine": machine(), "quick": args.quick, "sections": {}}
+    for name, section in SECTIONS.items():
+        if args.only and name not in args.only:
+            continue
+        print(f"== {name}", flush=True)
+        results["sections"][name] = section(args.quick)
+    args.out.write_text(json.dumps(results, indent=2))
+    from bench.plots import write_plots
+
+    written = write_plots(results, args.plots)
+    print(f"wrote {args.out} and {', '.join(str(p) for p in written)}")
+    bad = non_finite_ratios(results)
+    if bad:
+        raise SystemExit(f"non-finite ratios: {bad}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Compile time and peak RSS against model depth: MPT-7B width (d_model 4096, 32 heads) with 4 to 32 layers, and
+MPT-30B, config only, each in a fresh process; with the per-pass timings of the decode specialization.
+
+Compile work is per layer (capture, passes, partitioning), so time and memory should grow linearly with depth;
+the fit's slope and intercept are reported next to the points.
+
+    python -m bench.compile_layers [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "compile_layers.json"
+LAYERS = (4, 8, 16, 32)
+QUICK_LAYERS = (2, 4)
+
+
+def child(layers: int | None) -> None:
+    """Compile (mxfp6, ai100-standard; MPT-30B on 2 SoCs) and print the timings as JSON."""
+    import time
+
+    from transformers import MptConfig
+
+    import qeff_compiler as qc
+    from qeff_compiler.capture.presets import preset_config
+
+    if layers is None:
+        config, devices = preset_config("mpt-30b"), 2
+    else:
+        config, devices = MptConfig(d_model=4096, n_heads=32, n_layers=layers, vocab_size=50432, max_seq_len=2048), 1
+    start = time.perf_counter()
+    compiled = qc.compile(config, precision="mxfp6", ctx_len=2048, prefill_len=128, num_devices=devices)
+    seconds = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"compile_s": seconds, "peak_rss_mb": peak_kb / 1024, "passes": compiled.pass_reports["decode"]}))
+
+
+def measure(layers: int | None) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.compile_layers", "--child", "30b" if layers is None else str(layers)],
+        capture_output=True, text=True, check=True,
+    )
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    return {"model": "mpt-30b" if layers is None else f"mpt-7b width, {layers} layers", "layers": layers or 48, **row}
+
+
+def linear_fit(rows: list[dict], field: str) -> dict[str, float]:
+    """Least-squares slope and intercept of `field` against layers (7B-width rows)."""
+    points = [(r["layers"], r[field]) for r in rows if r["model"] != "mpt-30b"]
+    slope, intercept = statistics.linear_regression([x for x, _ in points], [y for _, y in points])
+    return {"per_layer": slope, "intercept": intercept}
+
+
+def run(quick: bool = False) -> dict:
+    rows = [measure(n) for n in (QUICK_LAYERS if quick else LAYERS)]
+    if not quick:
+        rows.append(measure(None))
+    return {"rows": rows, "fit_compile_s": linear_fit(rows, "compile_s"), "fit_peak_rss_mb": linear_fit(rows, "peak_rss_mb")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(None if args.child == "30b" else int(args.child))
+        return
+    result = run(args.quick)
+    print(f"{'model':<26} {'compile s':>10} {'peak RSS MB':>12}")
+    for r in result["rows"]:
+        print(f"{r['model']:<26} {r['compile_s']:>10.2f} {r['peak_rss_mb']:>12.0f}")
+    fit = result["fit_compile_s"]
+    print(f"fit: {fit['per_layer']:.3f} s per layer + {fit['intercept']:.2f} s")
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

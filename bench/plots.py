@@ -1,0 +1,85 @@
+"""PNG plots of bench/results.json (matplotlib, written without a display)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+from matplotlib import pyplot  # noqa: E402 (after choosing the backend)
+
+
+def write_plots(results: dict, directory: Path) -> list[Path]:
+    """One PNG per section that has figures; returns the files written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    sections = results["sections"]
+    written = []
+    for name, draw in (("host_precision", _host_precision), ("peers", _peers), ("compile_layers", _compile_layers),
+                       ("simulated_vs_published", _simulated), ("accuracy", _accuracy)):
+        if sections.get(name):
+            figure, axes = pyplot.subplots(figsize=(9, 4.5))
+            draw(axes, sections[name])
+            figure.tight_layout()
+            path = directory / f"{name}.png"
+            figure.savefig(path)
+            pyplot.close(figure)
+            written.append(path)
+    return written
+
+
+def _grouped_bars(axes, groups: list[str], series: dict[str, list[float]]) -> None:  # noqa: ANN001
+    width = 0.8 / max(len(series), 1)
+    for index, (label, values) in enumerate(series.items()):
+        axes.bar([g + index * width for g in range(len(groups))], values, width, label=label)
+    axes.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], groups, fontsize=8)
+    axes.legend(fontsize=8)
+
+
+def _host_precision(axes, rows: list[dict]) -> None:  # noqa: ANN001
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    precisions = list(dict.fromkeys(r["precision"] for r in rows))
+    series = {p: [next(r["time_vs_fp32"] for r in rows if r["model"] == m and r["precision"] == p) for m in models] for p in precisions}
+    _grouped_bars(axes, models, series)
+    axes.set(title="host decode step time vs fp32 (same run; lower is faster)", ylabel="time / fp32 time")
+
+
+def _peers(axes, rows: list[dict]) -> None:  # noqa: ANN001
+    groups = list(dict.fromkeys(f"{r['model']}, batch {r['batch']}" for r in rows))
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+    series = {
+        s: [next((r["decode_tokens_per_s"]["median"] for r in rows if f"{r['model']}, batch {r['batch']}" == g and r["system"] == s), 0.0) for g in groups]
+        for s in systems
+    }
+    _grouped_bars(axes, groups, series)
+    axes.set(title="host decode throughput (tokens/s, median; same run)", ylabel="tokens/s", yscale="log")
+
+
+def _compile_layers(axes, section: dict) -> None:  # noqa: ANN001
+    rows = [r for r in section["rows"] if r["model"] != "mpt-30b"]
+    axes.plot([r["layers"] for r in rows], [r["compile_s"] for r in rows], "o-", label="compile (s), MPT-7B width")
+    fit = section["fit_compile_s"]
+    xs = [r["layers"] for r in rows]
+    axes.plot(xs, [fit["per_layer"] * x + fit["intercept"] for x in xs], "--", label=f"fit: {fit['per_layer']:.2f} s/layer")
+    for row in section["rows"]:
+        if row["model"] == "mpt-30b":
+            axes.plot([row["layers"]], [row["compile_s"]], "s", label="MPT-30B (d_model 7168)")
+    axes.set(title="config-only compile time vs layers", xlabel="layers", ylabel="seconds")
+    axes.legend(fontsize=8)
+
+
+def _simulated(axes, rows: list[dict]) -> None:  # noqa: ANN001
+    rows = [r for r in rows if r["simulated"] is not None]
+    groups = [f"{r['model']}\n{r['precision']}" for r in rows]
+    series = {
+        "published": [r["published"] or 0.0 for r in rows],
+        "simulated": [r["simulated"] for r in rows],
+        "bandwidth roofline": [r["roofline"] for r in rows],
+    }
+    _grouped_bars(axes, groups, series)
+    axes.set(title="AI 100 Standard decode tok/s: published vs simulated vs roofline", ylabel="tokens/s")
+
+
+def _accuracy(axes, rows: list[dict]) -> None:  # noqa: ANN001
+    axes.bar([r["precision"] for r in rows], [100 * (r["perplexity_vs_reference"] - 1) for r in rows])
+    axes.set(title="perplexity increase vs fp32 HF (shipped model)", ylabel="%")
