@@ -49,7 +49,9 @@ def test_saved_onnx_runs_in_onnx_runtime_like_the_host(saved) -> None:
 def test_manifest_records_files_pipeline_and_specializations(saved) -> None:
     compiled, path = saved
     manifest = json.loads((path / "manifest.json").read_text())
-    assert set(manifest["files"]) == {"weights.safetensors", "program.onnx", "program.onnx.data", "decode.onnx", "decode.onnx.data"}
+    assert set(manifest["files"]) == {
+        "weights.safetensors", "program.onnx", "program.onnx.data", "decode.onnx", "decode.onnx.data", "partition_plan.json"
+    }
     assert [s["name"] for s in manifest["specializations"]] == ["prefill", "decode"]
     assert manifest["pipeline"].startswith("strip-export-noise,patch-attention,kv-cache{ctx_len=24}")
     # dce dropped the tied input embedding's own name: the embedding is stored once, as lm_head.weight

@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 import qeff_compiler as qc
+from qeff_compiler.backends.ai100.simulator import SimulatedDevice, Target
 from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.cli.main import app
 from qeff_compiler.data import TINY_MPT
@@ -144,7 +145,7 @@ def test_generation_with_lowered_programs_matches_fp32_tokens_on_the_shipped_mod
         prompt = [[5, 17, 42, 99, 7, 300, 12, 8, 64, 3, 21]]  # two prefill chunks
         out = generate(
             HostExecutor(prefill), HostExecutor(decode), StaticShapes.of(prefill), caches, prompt, 12,
-            SamplingConfig(), frozenset(), 0,
+            SamplingConfig(), frozenset(), 0, SimulatedDevice(prefill, decode, Target()),
         )
         tokens[precision] = out.new_tokens
         assert len(out.new_tokens[0]) == 12

@@ -30,7 +30,7 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[qc.CompiledModel
 def test_artifact_keeps_target_memory_plan_and_partition_plans(artifact) -> None:
     compiled, path = artifact
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["target"] == {"device": "ai100-standard", "num_cores": 3, "num_devices": 2}
+    assert manifest["target"] == {"device": "ai100-standard", "num_cores": 3, "num_devices": 2, "p2p_format": "fp16"}
     assert "partition_plan.json" in manifest["files"]  # checksummed like every file
     assert manifest["memory_plan"]["num_devices"] == 2
     plans = json.loads((path / "partition_plan.json").read_text())
