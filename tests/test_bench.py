@@ -1,0 +1,52 @@
+"""`python -m bench --quick`: every section runs, the JSON has its schema, every ratio is finite, plots are PNGs.
+The numbers themselves are not checked here (shared, noisy machines); the full mode produces the README's."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import SECTIONS, non_finite_ratios
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    directory = tmp_path_factory.mktemp("bench")
+    subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(directory / "results.json"), "--plots", str(directory / "plots")],
+        check=True, capture_output=True, text=True,
+    )
+    return json.loads((directory / "results.json").read_text()), directory / "plots"
+
+
+def test_every_section_runs_and_its_ratios_are_finite(quick_results) -> None:
+    results, _ = quick_results
+    assert results["quick"] is True and set(results["sections"]) == set(SECTIONS)
+    assert results["machine"]["cpus"] >= 1 and results["machine"]["torch"]
+    assert non_finite_ratios(results) == []
+
+
+def test_sections_have_their_fields(quick_results) -> None:
+    sections = quick_results[0]["sections"]
+    assert {r["precision"] for r in sections["host_precision"]} == {"fp32", "fp16", "int8", "mxfp6", "w8a8"}
+    for row in sections["host_precision"]:
+        low, high = row["min_max_ms"]
+        assert low <= row["median_ms"] <= high and math.isfinite(row["time_vs_fp32"])
+    layers = sections["compile_layers"]
+    assert all(r["compile_s"] > 0 and r["peak_rss_mb"] > 0 and "pass" in r["passes"] for r in layers["rows"])
+    assert math.isfinite(layers["fit_compile_s"]["per_layer"])
+    simulated = sections["simulated_vs_published"]
+    assert all(r["simulated"] <= r["roofline"] for r in simulated if r["simulated"] is not None)
+    assert {r["precision"] for r in sections["accuracy"]} == {"fp32", "int8"}
+    assert {r["system"] for r in sections["peers"]} >= {"hf-eager", "onnxruntime"}
+
+
+def test_plots_are_written(quick_results) -> None:
+    _, plots = quick_results
+    for section in SECTIONS:
+        assert (plots / f"{section}.png").read_bytes()[:4] == b"\x89PNG"
