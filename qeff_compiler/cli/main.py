@@ -23,7 +23,7 @@ from qeff_compiler.compiler import CompiledModel, load_compiled
 from qeff_compiler.compiler import compile as compile_model
 from qeff_compiler.data import TINY_MPT
 from qeff_compiler.evaluate import MXINT8_CACHE_GATE, EvaluationReport, evaluate, mxint8_cache_increase
-from qeff_compiler.errors import ArtifactExistsError, InvalidArgumentError, QeffError
+from qeff_compiler.errors import ArtifactExistsError, InvalidArgumentError, ModelSourceError, QeffError
 from qeff_compiler.ir.printer import format_program
 from qeff_compiler.ir.program import Program
 from qeff_compiler.passes import PassManager, registered_passes
@@ -64,6 +64,8 @@ def _model_source(model: str) -> Path | MptConfig:
         return Path(model)
     if model == SHIPPED_MODEL:
         return TINY_MPT
+    if "/" in model or model.startswith("."):
+        raise ModelSourceError(f"model directory {model!r} does not exist")
     return preset_config(model)
 
 
@@ -300,10 +302,10 @@ def run_command(
     token_ids: Annotated[str | None, typer.Option("--token-ids", help="comma-separated token ids instead of text")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="tokens to generate")] = 32,
     do_sample: Annotated[bool, typer.Option("--sample", help="sample instead of greedy")] = False,
-    temperature: Annotated[float, typer.Option("--temperature")] = 1.0,
-    top_k: Annotated[int, typer.Option("--top-k")] = 0,
-    top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    temperature: Annotated[float, typer.Option("--temperature", help="sampling temperature (> 0)")] = 1.0,
+    top_k: Annotated[int, typer.Option("--top-k", help="sample from the k most likely tokens (0: all)")] = 0,
+    top_p: Annotated[float, typer.Option("--top-p", help="sample from the smallest set of probability >= p")] = 1.0,
+    seed: Annotated[int | None, typer.Option("--seed", help="seed of the sampler (default: fresh entropy)")] = None,
     trace: Annotated[Path | None, typer.Option("--trace", help="write the simulated timeline (Perfetto JSON)")] = None,
 ) -> None:
     """Generate from a compiled artifact, printing text as it streams and then the latency statistics."""
@@ -339,7 +341,8 @@ def eval_command(
     source = _model_source(model)
     if not isinstance(source, Path):
         raise InvalidArgumentError(f"eval needs a model directory with weights and a tokenizer, got preset {model!r}")
-    cache_dtypes = [None if d.lower() == "none" else d for d in kv_cache_dtype or ["none"]]
+    # without a cache dtype first, so each MXINT8 row can be compared with its precision's row
+    cache_dtypes = sorted({None if d.lower() == "none" else d for d in kv_cache_dtype or ["none"]}, key=lambda d: d or "")
     table = Table(title=f"accuracy vs fp32 HF reference ({model})")
     for column in ("precision", "KV cache", "tokens", "ppl", "ref ppl", "Δppl", "top-1 agree", "max|Δlogit|", "mean|Δlogit|", "gate"):
         table.add_column(column, justify="right")

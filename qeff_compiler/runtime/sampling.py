@@ -39,6 +39,8 @@ class TokenSampler:
         self.generator = torch.Generator()
         if config.seed is not None:
             self.generator.manual_seed(config.seed)
+        else:
+            self.generator.seed()  # a fresh generator always starts from one default seed: draw one from entropy
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.config.do_sample:

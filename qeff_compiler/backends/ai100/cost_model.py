@@ -28,7 +28,7 @@ constants were not fitted to; `tests/test_cost_model.py` checks all of them, and
 The others are stated assumptions, not fitted (no published figure isolates them); they barely move decode:
 - COMPUTE_EFFICIENCY 0.6: share of the tensor unit's peak a large matmul sustains (sets prefill / TTFT);
 - VECTOR_ELEMENTS_PER_S_PER_CORE 64e9: 1024-bit vector unit, 64 fp16 lanes, ~1 GHz;
-- ONCHIP_BYTES_PER_S_PER_SOC: the SoC's three NoCs (3 x 186 GB/s), the on-chip tier's bandwidth;
+- NOCS_PER_SOC 3: the on-chip tier's bandwidth is the SoC's three NoCs together (3 x 186 GB/s);
 - OP_OVERHEAD_S 2 us per op (launch and core synchronisation); P2P_LATENCY_S 5 us per PCIe transfer.
 """
 
@@ -49,7 +49,7 @@ MXFP6_DECOMPRESS_ELEMENTS_PER_S_PER_CORE = 7.28e9
 COMPUTE_EFFICIENCY = 0.6
 #: assumed: vector-unit elements per second per core (64 fp16 lanes at ~1 GHz)
 VECTOR_ELEMENTS_PER_S_PER_CORE = 64e9
-#: assumed: on-chip tier bandwidth per SoC, the three NoCs together (3 x 186 GB/s) [arch]
+#: NoCs per SoC [arch]; the on-chip tier streams over all of them (3 x 186 GB/s), an assumption
 NOCS_PER_SOC = 3
 #: assumed: fixed cost per op per step (launch, core synchronisation)
 OP_OVERHEAD_S = 2e-6
