@@ -13,7 +13,6 @@ import typer
 from typer._click.core import Context
 
 from qeff_compiler.cli.main import app
-from qeff_compiler.passes import registered_passes
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -79,7 +78,7 @@ def test_a_page_without_a_region_is_an_error(tmp_path: Path) -> None:
 
 def test_every_registered_pass_has_a_section_with_options_and_ir_snippet() -> None:
     text = (DOCS / "passes.md").read_text()
-    for name, cls in registered_passes().items():
+    for name, cls in gen.product_passes().items():
         section = text.split(f"\n### {name}\n", 1)
         assert len(section) == 2, f"docs/passes.md has no section for pass {name}"
         body = section[1].split("\n### ", 1)[0]
@@ -92,7 +91,7 @@ def test_every_registered_pass_has_a_section_with_options_and_ir_snippet() -> No
 
 def test_every_tolerance_a_pass_chooses_is_explained_by_hand() -> None:
     prose = _hand_written((DOCS / "passes.md").read_text())
-    for name, cls in registered_passes().items():
+    for name, cls in gen.product_passes().items():
         for attribute in vars(cls):
             if attribute.endswith("_tolerance"):
                 assert f"`{attribute}`" in prose, f"{name}.{attribute} is not explained in docs/passes.md"

@@ -200,10 +200,15 @@ def _render_command(path: str, command: object, ctx: object) -> list[str]:
 # pass reference ---------------------------------------------------------------------------------------------------
 
 
-def ordered_passes() -> list[tuple[str, type]]:
+def product_passes() -> dict[str, type]:
+    """The registered passes the package defines (tests register toy passes of their own in the same registry)."""
     from qeff_compiler.passes import registered_passes
 
-    passes = registered_passes()
+    return {name: cls for name, cls in registered_passes().items() if cls.__module__.startswith("qeff_compiler.")}
+
+
+def ordered_passes() -> list[tuple[str, type]]:
+    passes = product_passes()
     order = [n for n in PIPELINE_ORDER if n in passes] + sorted(n for n in passes if n not in PIPELINE_ORDER)
     return [(name, passes[name]) for name in order]
 
