@@ -18,7 +18,7 @@ import torch
 import torch.fx
 
 from qeff_compiler.errors import ProgramInputError
-from qeff_compiler.ir.graph_utils import erase_dead_code
+from qeff_compiler.ir.graph_utils import erase_dead_code, weight_only_nodes
 from qeff_compiler.ir.program import BINDING, Program
 from qeff_compiler.ir.quant_ops import LINEAR_W8A16
 from qeff_compiler.numerics.int8 import PreparedW8A16, prepare_w8a16
@@ -74,10 +74,13 @@ def _fold_weight_computations(program: Program) -> tuple[torch.fx.GraphModule, d
     constants: dict[str, torch.Tensor] = {}
     weight_names = [name for kind, name in (n.meta[BINDING] for n in graph.find_nodes(op="placeholder")) if kind == "weight"]
     tensors = program.weights.materialize(weight_names)
+    weight_only = weight_only_nodes(graph)
     for node in graph.nodes:
-        if node.op == "placeholder" and node.meta[BINDING][0] == "weight":
+        if node not in weight_only:
+            continue
+        if node.op == "placeholder":
             values[node] = tensors[node.meta[BINDING][1]]
-        elif node.op == "call_function" and _reads_only(node, values):
+        else:
             args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), values.__getitem__)
             with torch.no_grad():
                 values[node] = node.target(*args, **kwargs)
@@ -130,9 +133,3 @@ def _use_prepared_int8_linears(graph_module: torch.fx.GraphModule, constants: Ma
         if not node.users and node.meta[BINDING][0] != "input":
             graph.erase_node(node)
     graph_module.recompile()
-
-
-def _reads_only(node: torch.fx.Node, values: Mapping[torch.fx.Node, torch.Tensor]) -> bool:
-    """Whether every node `node` reads has a known value (and it reads at least one node)."""
-    inputs = node.all_input_nodes
-    return bool(inputs) and all(n in values for n in inputs)

@@ -37,6 +37,19 @@ def weight_name(node: object) -> str | None:
     return None
 
 
+def weight_only_nodes(graph: torch.fx.Graph) -> set[torch.fx.Node]:
+    """Weight placeholders and the nodes computed from weights alone (casts, dequantizes), in one forward pass:
+    values that are the same on every call, which an executor can fold and a device reads as part of a weight."""
+    found: set[torch.fx.Node] = set()
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            if node.meta[BINDING][0] == "weight":
+                found.add(node)
+        elif node.op == "call_function" and node.all_input_nodes and all(n in found for n in node.all_input_nodes):
+            found.add(node)
+    return found
+
+
 def add_placeholder(graph: torch.fx.Graph, name: str, binding: tuple[str, str]) -> torch.fx.Node:
     """Append a placeholder after the existing ones, bound to a weight or an input."""
     placeholders = graph.find_nodes(op="placeholder")

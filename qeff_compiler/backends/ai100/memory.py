@@ -27,9 +27,10 @@ from dataclasses import asdict, dataclass
 import torch
 
 from qeff_compiler.backends.ai100.devices import DeviceSpec, get_device
-from qeff_compiler.backends.ai100.partition import WEIGHTED_OPS, PartitionPlan, logical_weights, weight_only_nodes
+from qeff_compiler.backends.ai100.partition import WEIGHTED_OPS, PartitionPlan, logical_weights
 from qeff_compiler.backends.ai100.workload import program_workload
 from qeff_compiler.errors import InvalidArgumentError, ModelDoesNotFitError
+from qeff_compiler.ir.graph_utils import weight_only_nodes
 from qeff_compiler.ir.program import BINDING, Program
 from qeff_compiler.numerics.mx import mx_storage_bits_per_element
 

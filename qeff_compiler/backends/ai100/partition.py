@@ -49,6 +49,7 @@ import torch.fx
 
 from qeff_compiler.backends.ai100.workload import OpWork, program_workload
 from qeff_compiler.errors import InvalidArgumentError, PartitionError, VerificationError
+from qeff_compiler.ir.graph_utils import weight_only_nodes
 from qeff_compiler.ir.program import BINDING, Program
 from qeff_compiler.ir.quant_ops import DEQUANTIZE_INT8, DEQUANTIZE_MXFP6, LINEAR_W8A8, LINEAR_W8A16
 from qeff_compiler.numerics.mx import BLOCK_SIZE, mx_storage_bits_per_element
@@ -673,18 +674,6 @@ class _Planner:
                 names[current.meta[BINDING][1]] = None
             stack.extend(current.all_input_nodes)
         return tuple(sorted(names))
-
-
-def weight_only_nodes(graph: torch.fx.Graph) -> set[torch.fx.Node]:
-    """Weight placeholders and the nodes computed from them alone."""
-    found: set[torch.fx.Node] = set()
-    for node in graph.nodes:
-        if node.op == "placeholder":
-            if node.meta[BINDING][0] == "weight":
-                found.add(node)
-        elif node.op == "call_function" and node.all_input_nodes and all(n in found for n in node.all_input_nodes):
-            found.add(node)
-    return found
 
 
 def _cuttable(weight: LogicalWeight, col_ranges: Sequence[Range]) -> bool:

@@ -36,9 +36,9 @@ from qeff_compiler.backends.ai100.partition import (
     logical_box,
     logical_weights,
     project,
-    weight_only_nodes,
 )
 from qeff_compiler.errors import ProgramInputError, VerificationError
+from qeff_compiler.ir.graph_utils import weight_only_nodes
 from qeff_compiler.ir.ops import _attend, _cache_values, _merge_heads, _project_qkv, round_fp16, write_cache
 from qeff_compiler.ir.program import BINDING, Program
 from qeff_compiler.ir.quant_ops import DEQUANTIZE_MXFP6, LINEARS

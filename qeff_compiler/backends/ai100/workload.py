@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 
+from qeff_compiler.ir.graph_utils import weight_only_nodes
 from qeff_compiler.ir.program import BINDING, Program
 from qeff_compiler.ir.quant_ops import DEQUANTIZE_MXFP6, LINEAR_W8A8, LINEAR_W8A16
 from qeff_compiler.numerics.mx import mx_storage_bits_per_element
@@ -89,7 +90,7 @@ class OpWork:
 
 def program_workload(program: Program) -> list[OpWork]:
     """The `OpWork` of every node of `program` that costs device time, in graph order."""
-    weight_only = _weight_only_nodes(program.graph)
+    weight_only = weight_only_nodes(program.graph)
     work = []
     for node in program.graph.nodes:
         if node.op != "call_function" or node.target in _NO_WORK or node in weight_only:
@@ -187,19 +188,6 @@ def _vector(node: torch.fx.Node) -> OpWork:
 
 
 # helpers ---------------------------------------------------------------------------------------------------------
-
-
-def _weight_only_nodes(graph: torch.fx.Graph) -> set[torch.fx.Node]:
-    """Weight placeholders and the nodes computed from weights alone (casts, dequantizes), in one forward pass:
-    on the device they are part of their consumer's weight read."""
-    found: set[torch.fx.Node] = set()
-    for node in graph.nodes:
-        if node.op == "placeholder":
-            if node.meta[BINDING][0] == "weight":
-                found.add(node)
-        elif node.op == "call_function" and node.all_input_nodes and all(n in found for n in node.all_input_nodes):
-            found.add(node)
-    return found
 
 
 def _weight_feeders(operands: Iterable[object], weight_only: set[torch.fx.Node]) -> list[torch.fx.Node]:
