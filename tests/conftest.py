@@ -43,3 +43,17 @@ def tiny_model() -> MptForCausalLM:
 def _single_threaded_small_ops() -> None:
     """Tiny graphs run faster on one thread; also keeps timings of parallel test runs steadier."""
     torch.set_num_threads(int(os.environ.get("QEFF_TEST_THREADS", "1")))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow (soak, full-size)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `slow` run only with --run-slow, so the default (CI) run stays inside its time budget."""
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
