@@ -4,7 +4,9 @@ A CPU user choosing a tool compares it with what they would otherwise run. This 
 one run, the host prefill and decode throughput (tokens/s, summed over the batch) of:
 
 - `qeff-fp32`, `qeff-int8`: `qc.compile(model, precision=P, ctx_len=prompt+new, prefill_len=prompt, batch_size=B)`
-  then `compiled.generate(prompts, max_new_tokens=N, eos_token_id=[])`. Prefill is `out.stats.host_prefill_s`
+  then `compiled.generate(prompts, max_new_tokens=N, eos_token_id=[])` on the reference host executor;
+  `qeff-ort-fp32`, `qeff-ort-int8`: the same compiled models with `engine="onnxruntime"` (their ONNX emit, as the
+  artifact ships it, on ONNX Runtime). Prefill is `out.stats.host_prefill_s`
   (the one prefill chunk); decode is the N − 1 `out.stats.host_token_latencies_s` (each step: program call + greedy
   pick), i.e. B × `host_decode_tokens_per_s`, which is per sequence.
 - `hf-eager`: `MptForCausalLM.generate(ids, attention_mask=ones, max_new_tokens=N, min_new_tokens=N,
@@ -56,7 +58,8 @@ from qeff_compiler.capture.presets import preset_config
 from qeff_compiler.data import TINY_MPT, TINY_MPT_VALIDATION_TEXT
 
 RESULTS = Path(__file__).parent / "results" / "peers.json"
-SYSTEMS = ("qeff-fp32", "qeff-int8", "hf-eager", "onnxruntime")
+#: qeff-P: the reference host executor; qeff-ort-P: the same compiled program's ONNX emit on ONNX Runtime
+SYSTEMS = ("qeff-fp32", "qeff-int8", "qeff-ort-fp32", "qeff-ort-int8", "hf-eager", "onnxruntime")
 SHIPPED = "tiny-mpt-pystdlib (shipped)"
 RANDOM_125M = "mpt-125m shape (random weights)"
 
@@ -136,12 +139,14 @@ def interleaved_runs(
     so that load changes on a shared machine hit all systems alike. Refuses to time an ORT that decodes the shipped
     model differently from HF."""
     new_tokens = settings.new_tokens
-    generators: dict[str, Generator] = {
-        "qeff-fp32": qeff_generator(model, "fp32", ids.shape, new_tokens),
-        "qeff-int8": qeff_generator(model, "int8", ids.shape, new_tokens),
-        "hf-eager": hf_generator(model, new_tokens),
+    generators: dict[str, Generator] = {"hf-eager": hf_generator(model, new_tokens)}
+    for precision in ("fp32", "int8"):
+        compiled = compile_for(model, precision, ids.shape, new_tokens)
+        generators[f"qeff-{precision}"] = qeff_generator(compiled, "host", new_tokens)
+        generators[f"qeff-ort-{precision}"] = qeff_generator(compiled, "onnxruntime", new_tokens)
+    generators.update({
         "onnxruntime": lambda prompt: ort_greedy(prompt, new_tokens),
-    }
+    })
     runs: dict[str, list[Run]] = {system: [] for system in SYSTEMS}
     for repeat in range(settings.warmup + settings.repeats):
         shift = repeat % len(SYSTEMS)
@@ -195,17 +200,20 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def qeff_generator(model: MptForCausalLM, precision: str, shape: torch.Size, new_tokens: int) -> Generator:
-    """The compiled program for this batch, one prefill chunk holding the whole prompt, a cache just long enough.
-    EOS is disabled so that it decodes exactly `new_tokens` like its peers."""
+def compile_for(model: MptForCausalLM, precision: str, shape: torch.Size, new_tokens: int) -> qc.CompiledModel:
+    """The compiled program for this batch: one prefill chunk holding the whole prompt, a cache just long enough."""
     batch, prompt_len = shape
-    ctx_len = prompt_len + new_tokens
-    compiled = qc.compile(
-        model, precision=precision, ctx_len=ctx_len, prefill_len=prompt_len, batch_size=batch, verify=False
+    return qc.compile(
+        model, precision=precision, ctx_len=prompt_len + new_tokens, prefill_len=prompt_len, batch_size=batch,
+        verify=False,
     )
 
+
+def qeff_generator(compiled: qc.CompiledModel, engine: str, new_tokens: int) -> Generator:
+    """`compiled.generate` on `engine`; EOS is disabled so that it decodes exactly `new_tokens` like its peers."""
+
     def run(ids: torch.Tensor) -> Run:
-        out = compiled.generate(ids, max_new_tokens=new_tokens, eos_token_id=[])
+        out = compiled.generate(ids, max_new_tokens=new_tokens, eos_token_id=[], engine=engine)
         return Run(torch.tensor(out.new_tokens), out.stats.host_prefill_s, out.stats.host_token_latencies_s)
 
     return run
@@ -340,11 +348,11 @@ def main() -> None:
     print(f"host throughput, tokens/s summed over the batch: median [min-max] of {settings.repeats} run(s) after "
           f"{settings.warmup} warm-up; prompt {settings.prompt_len}, {settings.new_tokens} new tokens, "
           f"{args.threads} threads")
-    print(f"{'model':<32} {'B':>2} {'system':<12} {'prefill tok/s':>24} {'decode tok/s':>24} "
+    print(f"{'model':<32} {'B':>2} {'system':<14} {'prefill tok/s':>24} {'decode tok/s':>24} "
           f"{'dec/HF':>7} {'dec/ORT':>7} {'pre/HF':>7} {'pre/ORT':>7} {'=HF':>4}")
     for r in rows:
         pre, dec = r["prefill_tokens_per_s"], r["decode_tokens_per_s"]
-        print(f"{r['model']:<32} {r['batch']:>2} {r['system']:<12} "
+        print(f"{r['model']:<32} {r['batch']:>2} {r['system']:<14} "
               f"{pre['median']:>8.0f} [{pre['min']:>6.0f}-{pre['max']:>6.0f}] "
               f"{dec['median']:>8.1f} [{dec['min']:>6.1f}-{dec['max']:>6.1f}] "
               f"{r['decode_vs_hf_eager']:>7.2f} {r['decode_vs_onnxruntime']:>7.2f} {r['prefill_vs_hf_eager']:>7.2f} "

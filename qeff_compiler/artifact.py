@@ -100,7 +100,9 @@ def load_artifact(path: Path) -> CompiledModel:
         program = PassManager(manifest["pipeline"], verify=False).run(meta)
         programs[spec["name"]] = _bind_weights(program, weights, path)
     tokenizer_dir = path if (path / "tokenizer.json").is_file() else None
-    return CompiledModel(options, manifest["pipeline"], programs["prefill"], programs["decode"], str(path), tokenizer_dir)
+    compiled = CompiledModel(options, manifest["pipeline"], programs["prefill"], programs["decode"], str(path), tokenizer_dir)
+    compiled.artifact_directory = path
+    return compiled
 
 
 # writing ---------------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,21 +12,23 @@ from pathlib import Path
 import torch
 from transformers import MptConfig
 
-from qeff_compiler.artifact import load_artifact, save_artifact
+from qeff_compiler.artifact import ONNX_FILES, load_artifact, save_artifact
 from qeff_compiler.backends.ai100.simulator import SimulatedDevice, Target
 from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.calibration import calibration_file, load_calibration
 from qeff_compiler.capture import ModelSource, capture_resolved, resolve_model
-from qeff_compiler.errors import InvalidArgumentError, PipelineError
+from qeff_compiler.errors import ArtifactIntegrityError, InvalidArgumentError, PipelineError
 from qeff_compiler.ir.program import Program
 from qeff_compiler.passes import PassManager
 from qeff_compiler.precision import check_precision, kv_cache_pass, lowering_passes
-from qeff_compiler.runtime.generate import GenerationOutput, StaticShapes, Streamer, generate, normalize_prompts
+from qeff_compiler.runtime.generate import Executor, GenerationOutput, StaticShapes, Streamer, generate, normalize_prompts
 from qeff_compiler.runtime.sampling import SamplingConfig
 from qeff_compiler.runtime.stats import LatencyStats
 
 #: where a compiled artifact keeps the calibration table of a w8a8 compile (the recorded pipeline names it)
 CALIBRATION_TABLE = "calibration.safetensors"
+#: what can run a compiled model's numerics on this machine: the reference executor, or ONNX Runtime over the ONNX emit
+ENGINES = ("host", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,10 @@ class CompiledModel:
         self.pass_reports: dict[str, str] = {}
         #: the w8a8 calibration table the compile used (saved into the artifact as CALIBRATION_TABLE)
         self.calibration_table: dict[str, torch.Tensor] | None = None
-        self._executors: tuple[HostExecutor, HostExecutor] | None = None
+        #: set by `load_compiled`: the artifact directory whose ONNX files the onnxruntime engine runs
+        self.artifact_directory: Path | None = None
+        self._executors: dict[str, tuple[Executor, Executor]] = {}
+        self._onnx_directory: tempfile.TemporaryDirectory | None = None
         #: the programs partitioned, placed and timed on the target device (raises if they do not fit)
         self.simulation = SimulatedDevice(prefill, decode, options.target)
 
@@ -168,12 +174,15 @@ class CompiledModel:
         eos_token_id: int | Sequence[int] | None = None,
         streamer: Streamer | None = None,
         trace: str | Path | None = None,
+        engine: str = "host",
     ) -> GenerationOutput:
         """Greedy (default) or sampled generation for up to `batch_size` prompts of any lengths.
 
         `input_ids` is a [batch, len] tensor or a list of token-id lists (ragged). Generation stops per row at
         `eos_token_id` (default: the config's) or after `max_new_tokens`. `trace` names a Chrome/Perfetto
-        trace-event JSON file to write with the simulated device's timeline of the run.
+        trace-event JSON file to write with the simulated device's timeline of the run. `engine` runs the numerics:
+        "host" (the reference executor) or "onnxruntime" (the artifact's ONNX files on ONNX Runtime: faster on a
+        CPU, equal up to float rounding); the simulated figures are the same for both.
         """
         shapes = self.shapes
         prompts = normalize_prompts(input_ids, shapes)
@@ -181,7 +190,7 @@ class CompiledModel:
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
         eos_ids = frozenset([] if eos is None else [eos] if isinstance(eos, int) else eos)
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else min(eos_ids, default=0)
-        prefill, decode = self.host_executors()
+        prefill, decode = self.executors(engine)
         cache_specs = {s.name: (s.shape, s.dtype) for s in self.prefill.inputs if s.role in ("past_key", "past_value")}
         output = generate(
             prefill, decode, shapes, cache_specs, prompts, max_new_tokens, sampling, eos_ids, pad, self.simulation, streamer
@@ -207,11 +216,42 @@ class CompiledModel:
         """Write the compiled-model directory (manifest, weights, ONNX per specialization) atomically."""
         save_artifact(self, Path(path), overwrite=overwrite)
 
-    def host_executors(self) -> tuple[HostExecutor, HostExecutor]:
-        """The (prefill, decode) host executors, created once; they share the weight tensors."""
-        if self._executors is None:
-            self._executors = (HostExecutor(self.prefill), HostExecutor(self.decode))
-        return self._executors
+    def host_executors(self) -> tuple[Executor, Executor]:
+        """The (prefill, decode) reference executors, created once; they share the weight tensors."""
+        return self.executors("host")
+
+    def executors(self, engine: str = "host") -> tuple[Executor, Executor]:
+        """The (prefill, decode) executors of `engine` (one of ENGINES), created once per engine."""
+        if engine not in ENGINES:
+            raise InvalidArgumentError(f"unknown engine {engine!r}; engines: {', '.join(ENGINES)}")
+        if engine not in self._executors:
+            if engine == "host":
+                self._executors[engine] = (HostExecutor(self.prefill), HostExecutor(self.decode))
+            else:
+                from qeff_compiler.backends.onnxruntime_host import OnnxRuntimeExecutor
+
+                directory = self._onnx_files()
+                self._executors[engine] = tuple(  # type: ignore[assignment]
+                    OnnxRuntimeExecutor(program, directory / ONNX_FILES[name])
+                    for name, program in (("prefill", self.prefill), ("decode", self.decode))
+                )
+        return self._executors[engine]
+
+    def _onnx_files(self) -> Path:
+        """The directory holding the ONNX emit of both programs: the artifact's, or a private temporary one
+        (exported once, removed with this object) for a model compiled in this process."""
+        if self.artifact_directory is not None:
+            for name in ONNX_FILES.values():
+                if not (self.artifact_directory / name).is_file():
+                    raise ArtifactIntegrityError(f"{self.artifact_directory / name} is missing: the artifact is incomplete")
+            return self.artifact_directory
+        if self._onnx_directory is None:
+            from qeff_compiler.backends.onnx_export import export_onnx
+
+            self._onnx_directory = tempfile.TemporaryDirectory(prefix="qeff-onnx-")
+            for name, program in (("prefill", self.prefill), ("decode", self.decode)):
+                export_onnx(program, Path(self._onnx_directory.name) / ONNX_FILES[name])
+        return Path(self._onnx_directory.name)
 
 
 def load_compiled(path: str | Path) -> CompiledModel:

@@ -39,25 +39,25 @@ class HostExecutor:
 
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run on `inputs` (by input spec name); returns the outputs by output spec name."""
-        self._check_inputs(inputs)
+        check_inputs(self.program, inputs)
         args = [inputs[name] if kind == "input" else self._constants[name] for kind, name in self._bindings]
         with torch.no_grad():
             results = self._graph_module(*args)
         return {spec.name: value for spec, value in zip(self.program.outputs, results, strict=True)}
 
-    def _check_inputs(self, inputs: Mapping[str, torch.Tensor]) -> None:
-        expected = {spec.name: spec for spec in self.program.inputs}
-        missing, extra = sorted(set(expected) - set(inputs)), sorted(set(inputs) - set(expected))
-        if missing or extra:
-            raise ProgramInputError(f"program inputs are {sorted(expected)}; missing {missing}, unexpected {extra}")
-        for name, spec in expected.items():
-            value = inputs[name]
-            if not isinstance(value, torch.Tensor):
-                raise ProgramInputError(f"input {name!r} must be a torch.Tensor, got {type(value).__name__}")
-            if tuple(value.shape) != spec.shape or value.dtype != spec.dtype:
-                raise ProgramInputError(
-                    f"input {name!r} must be {spec.describe()}, got {value.dtype} {list(value.shape)}"
-                )
+
+def check_inputs(program: Program, inputs: Mapping[str, torch.Tensor]) -> None:
+    """Refuse missing, unexpected, non-tensor or wrongly shaped/typed inputs, naming the input."""
+    expected = {spec.name: spec for spec in program.inputs}
+    missing, extra = sorted(set(expected) - set(inputs)), sorted(set(inputs) - set(expected))
+    if missing or extra:
+        raise ProgramInputError(f"program inputs are {sorted(expected)}; missing {missing}, unexpected {extra}")
+    for name, spec in expected.items():
+        value = inputs[name]
+        if not isinstance(value, torch.Tensor):
+            raise ProgramInputError(f"input {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        if tuple(value.shape) != spec.shape or value.dtype != spec.dtype:
+            raise ProgramInputError(f"input {name!r} must be {spec.describe()}, got {value.dtype} {list(value.shape)}")
 
 
 def run_program(program: Program, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -307,6 +307,9 @@ def run_command(
     top_p: Annotated[float, typer.Option("--top-p", help="sample from the smallest set of probability >= p")] = 1.0,
     seed: Annotated[int | None, typer.Option("--seed", help="seed of the sampler (default: fresh entropy)")] = None,
     trace: Annotated[Path | None, typer.Option("--trace", help="write the simulated timeline (Perfetto JSON)")] = None,
+    engine: Annotated[
+        str, typer.Option("--engine", help="what runs the numerics here: host (reference) or onnxruntime (faster)")
+    ] = "host",
 ) -> None:
     """Generate from a compiled artifact, printing text as it streams and then the latency statistics."""
     compiled = load_compiled(artifact)
@@ -317,10 +320,10 @@ def run_command(
         _print_plain_inline(tokenizer.decode(ids))
     out = compiled.generate(
         [ids], max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-        streamer=stream, trace=trace,
+        streamer=stream, trace=trace, engine=engine,
     )
     sys.stdout.write("\n")
-    table = Table(title="latency: simulated device, and the host executor on this machine", show_header=False)
+    table = Table(title=f"latency: simulated device, and the {engine} engine on this machine", show_header=False)
     for label, value in out.stats.rows():
         table.add_row(label, value)
     console.print(table)
