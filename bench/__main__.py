@@ -5,9 +5,11 @@ compare two systems are ratios measured in the same run; timings are medians of 
 min/max. `--quick` runs a reduced set (shipped model only, small counts) in under two minutes; CI runs it to check
 the schema, not the numbers.
 
-Sections: host decode per precision (bench.precision_decode), host throughput vs HF eager and ONNX Runtime
-(bench.peers), compile time and RSS vs depth (bench.compile_layers), simulated AI 100 vs published figures and the
-roofline (bench.cost_model_calibration), accuracy per precision (qc.evaluate).
+Sections: host decode per precision (bench.precision_decode), host decode cost vs position (bench.decode_cost),
+host throughput vs HF eager and ONNX Runtime (bench.peers), compile time and RSS vs depth up to MPT-7B and MPT-30B
+(bench.compile_layers), simulated AI 100 vs published figures and the roofline (bench.cost_model_calibration),
+accuracy per precision and KV-cache dtype (qc.evaluate). The README's figures are rendered from the committed
+full-mode results by `python -m bench.readme` (tests/test_bench.py checks they agree).
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import json
 import math
 import os
 import platform
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 import qeff_compiler as qc
-from bench import compile_layers, cost_model_calibration, precision_decode
+from bench import compile_layers, cost_model_calibration, decode_cost, precision_decode
 from qeff_compiler.data import TINY_MPT, TINY_MPT_VALIDATION_TEXT
 
 ROOT = Path(__file__).parent
@@ -34,13 +37,17 @@ ACCURACY_PRECISIONS = ("fp32", "fp16", "int8", "mxfp6", "w8a8")
 
 
 def accuracy(quick: bool) -> list[dict]:
-    """qc.evaluate per precision on the shipped validation text (quick: 20,000 characters, two precisions)."""
+    """qc.evaluate per precision, without and with an MXINT8 KV cache, on the shipped validation text (quick: 20,000
+    characters, fp32 and int8 without)."""
     text = TINY_MPT_VALIDATION_TEXT.read_text()[:20_000] if quick else None
+    settings = [(p, None) for p in ("fp32", "int8")] if quick else [
+        (p, kv) for p in ACCURACY_PRECISIONS for kv in (None, "mxint8")
+    ]
     rows = []
-    for precision in ("fp32", "int8") if quick else ACCURACY_PRECISIONS:
-        report = qc.evaluate(TINY_MPT, precision=precision, text=text)
+    for precision, kv_cache_dtype in settings:
+        report = qc.evaluate(TINY_MPT, precision=precision, kv_cache_dtype=kv_cache_dtype, text=text)
         rows.append({
-            "precision": precision, "tokens": report.tokens_scored, "perplexity": report.perplexity,
+            "precision": precision, "kv_cache_dtype": kv_cache_dtype, "tokens": report.tokens_scored, "perplexity": report.perplexity,
             "reference_perplexity": report.reference_perplexity, "perplexity_vs_reference": report.perplexity / report.reference_perplexity,
             "token_agreement": report.token_agreement, "max_logit_error": report.max_logit_error,
             "gate_failures": report.gate_failures(),
@@ -56,6 +63,7 @@ def peers(quick: bool) -> list[dict]:
 
 SECTIONS: dict[str, Callable[[bool], object]] = {
     "host_precision": lambda quick: precision_decode.run(quick=quick),
+    "decode_cost": lambda quick: decode_cost.run(quick=quick),
     "peers": peers,
     "compile_layers": lambda quick: compile_layers.run(quick=quick),
     "simulated_vs_published": lambda quick: cost_model_calibration.run(
@@ -94,20 +102,30 @@ def non_finite_ratios(node: object, path: str = "") -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="reduced set for CI (< 2 min)")
-    parser.add_argument("--out", type=Path, default=ROOT / "results.json")
+    parser.add_argument("--out", type=Path, help="results file (default: bench/results.json, quick: bench/results-quick.json)")
     parser.add_argument("--plots", type=Path, default=ROOT / "plots")
     parser.add_argument("--only", choices=list(SECTIONS), action="append", help="run only these sections")
     args = parser.parse_args(argv)
-    results: dict[str, object] = {"machine": machine(), "quick": args.quick, "sections": {}}
+    args.out = args.out or ROOT / ("results-quick.json" if args.quick else "results.json")
+    results: dict[str, object] = {
+        "machine": machine(), "quick": args.quick, "sections": {}
+    }
     if args.only and args.out.is_file():  # refresh some sections of an earlier run of the same mode
         earlier = json.loads(args.out.read_text())
         if earlier.get("quick") == args.quick:
-            results["sections"] = earlier["sections"]
+            for key in ("sections", "section_seconds", "section_load_average"):
+                results[key] = earlier.get(key, {})
+    seconds = results.setdefault("section_seconds", {})
+    #: 1-minute load average when each section ended: other work on a shared machine skews timings, judge by this
+    load = results.setdefault("section_load_average", {})
     for name, section in SECTIONS.items():
         if args.only and name not in args.only:
             continue
         print(f"== {name}", flush=True)
+        start = time.perf_counter()
         results["sections"][name] = section(args.quick)
+        seconds[name] = time.perf_counter() - start
+        load[name] = os.getloadavg()[0]
     args.out.write_text(json.dumps(results, indent=2))
     from bench.plots import write_plots
 

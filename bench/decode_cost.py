@@ -68,6 +68,14 @@ def measure(name: str, model: object, ctx_len: int, repeats: int) -> dict:
     return row
 
 
+def run(quick: bool = False, repeats: int = 30, ctx_len: int = 512) -> list[dict]:
+    """Both models (quick: the shipped one, 5 repeats) at the torch threads already set."""
+    torch.manual_seed(0)
+    models: dict[str, object] = {} if quick else {"mpt-125m shape (random weights)": MptForCausalLM(preset_config("mpt-125m")).eval()}
+    models["tiny-mpt-pystdlib (shipped)"] = TINY_MPT
+    return [measure(name, model, ctx_len, 5 if quick else repeats) for name, model in models.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ctx-len", type=int, default=512)
@@ -75,10 +83,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    models: dict[str, object] = {"mpt-125m shape (random weights)": MptForCausalLM(preset_config("mpt-125m")).eval()}
-    models["tiny-mpt-pystdlib (shipped)"] = TINY_MPT
-    rows = [measure(name, model, args.ctx_len, args.repeats) for name, model in models.items()]
+    rows = run(repeats=args.repeats, ctx_len=args.ctx_len)
     print(f"{'model':<34} {'pos':>5} {'median ms':>10} {'pos':>5} {'median ms':>10} {'late/early':>10}")
     for r in rows:
         print(f"{r['model']:<34} {r['position_early']:>5} {r['early_median_ms']:>10.2f} "

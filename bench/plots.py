@@ -15,7 +15,7 @@ def write_plots(results: dict, directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     sections = results["sections"]
     written = []
-    for name, draw in (("host_precision", _host_precision), ("peers", _peers), ("compile_layers", _compile_layers),
+    for name, draw in (("host_precision", _host_precision), ("decode_cost", _decode_cost), ("peers", _peers), ("compile_layers", _compile_layers),
                        ("simulated_vs_published", _simulated), ("accuracy", _accuracy)):
         if sections.get(name):
             figure, axes = pyplot.subplots(figsize=(9, 4.5))
@@ -42,6 +42,15 @@ def _host_precision(axes, rows: list[dict]) -> None:  # noqa: ANN001
     series = {p: [next(r["time_vs_fp32"] for r in rows if r["model"] == m and r["precision"] == p) for m in models] for p in precisions}
     _grouped_bars(axes, models, series)
     axes.set(title="host decode step time vs fp32 (same run; lower is faster)", ylabel="time / fp32 time")
+
+
+def _decode_cost(axes, rows: list[dict]) -> None:  # noqa: ANN001
+    series = {
+        "position 16": [r["early_median_ms"] for r in rows],
+        "position ctx_len - 16": [r["late_median_ms"] for r in rows],
+    }
+    _grouped_bars(axes, [r["model"] for r in rows], series)
+    axes.set(title="host decode step time early vs late in the cache (median)", ylabel="ms", yscale="log")
 
 
 def _peers(axes, rows: list[dict]) -> None:  # noqa: ANN001
@@ -81,5 +90,7 @@ def _simulated(axes, rows: list[dict]) -> None:  # noqa: ANN001
 
 
 def _accuracy(axes, rows: list[dict]) -> None:  # noqa: ANN001
-    axes.bar([r["precision"] for r in rows], [100 * (r["perplexity_vs_reference"] - 1) for r in rows])
+    labels = [r["precision"] + (f"\n{r['kv_cache_dtype']} KV" if r.get("kv_cache_dtype") else "") for r in rows]
+    axes.bar(labels, [100 * (r["perplexity_vs_reference"] - 1) for r in rows])
+    axes.tick_params(axis="x", labelsize=8)
     axes.set(title="perplexity increase vs fp32 HF (shipped model)", ylabel="%")

@@ -42,11 +42,23 @@ def test_sections_have_their_fields(quick_results) -> None:
     assert math.isfinite(layers["fit_compile_s"]["per_layer"])
     simulated = sections["simulated_vs_published"]
     assert all(r["simulated"] <= r["roofline"] for r in simulated if r["simulated"] is not None)
-    assert {r["precision"] for r in sections["accuracy"]} == {"fp32", "int8"}
-    assert {r["system"] for r in sections["peers"]} >= {"hf-eager", "onnxruntime"}
+    assert {(r["precision"], r["kv_cache_dtype"]) for r in sections["accuracy"]} == {("fp32", None), ("int8", None)}
+    assert all(r["late_over_early"] > 0 for r in sections["decode_cost"])
+    assert {r["system"] for r in sections["peers"]} >= {"hf-eager", "onnxruntime", "qeff-ort-fp32", "qeff-ort-int8"}
 
 
 def test_plots_are_written(quick_results) -> None:
     _, plots = quick_results
     for section in SECTIONS:
         assert (plots / f"{section}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_readme_figures_are_the_committed_full_run() -> None:
+    """Every measured README figure sits in a bench block rendered from bench/results.json (a full run)."""
+    from bench.readme import BLOCKS, README, RESULTS, readme_blocks, render
+
+    results = json.loads(RESULTS.read_text())
+    text = README.read_text()
+    assert results["quick"] is False
+    assert set(readme_blocks(text)) == set(BLOCKS)
+    assert render(text, results) == text, "README figures differ from bench/results.json: run python -m bench.readme"

@@ -1,0 +1,183 @@
+"""The README's measured figures, rendered from the full-mode bench results so that each one has a source.
+
+Every table and sentence with a measured number in README.md sits between `<!-- bench:NAME -->` and
+`<!-- /bench:NAME -->` markers; `BLOCKS[NAME]` renders it from `bench/results.json` (committed with the README).
+`python -m bench.readme` rewrites the blocks after a full `python -m bench` run; tests/test_bench.py checks that
+the README's blocks equal the rendering of the committed results, so a README figure cannot drift from the run
+that produced it.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+from qeff_compiler.evaluate import MXINT8_CACHE_GATE
+
+ROOT = Path(__file__).parent
+RESULTS = ROOT / "results.json"
+README = ROOT.parent / "README.md"
+BLOCK = re.compile(r"(<!-- bench:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /bench:(?P=name) -->)", re.DOTALL)
+SHIPPED = "tiny-mpt-pystdlib (shipped)"
+
+
+def _short(model: str) -> str:
+    return "shipped" if model == SHIPPED else "MPT-125M shape"
+
+
+def _rate(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def machine(results: dict) -> str:
+    m = results["machine"]
+    minutes = sum(results["section_seconds"].values()) / 60
+    return (f"The full run took {minutes:.1f} min on this machine: {m['cpus']}-core {m['cpu']} VM, torch {m['torch']} on "
+            f"{m['torch_threads']} threads, Python {m['python']}, {m['date'][:10]}.\n")
+
+
+PEER_COLUMNS = ("qeff-fp32", "qeff-int8", "qeff-ort-fp32", "qeff-ort-int8", "hf-eager", "onnxruntime")
+
+
+def peers(results: dict) -> str:
+    rows = results["sections"]["peers"]
+    lines = [
+        "| model | batch | qeff fp32 | qeff int8 | qeff-ort fp32 | qeff-ort int8 | HF eager | ONNX Runtime "
+        "| best qeff / HF | best qeff / ORT | = HF tokens |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model, batch in dict.fromkeys((r["model"], r["batch"]) for r in rows):
+        group = {r["system"]: r for r in rows if r["model"] == model and r["batch"] == batch}
+        rates = [_rate(group[s]["decode_tokens_per_s"]["median"]) for s in PEER_COLUMNS]
+        qeff = [group[s] for s in PEER_COLUMNS if s.startswith("qeff")]
+        best = max(qeff, key=lambda r: r["decode_tokens_per_s"]["median"])
+        mismatched = [r["system"] for r in qeff if not r["tokens_match_hf_eager"]]
+        agreement = "all" if not mismatched else "all but " + ", ".join(
+            f"{s} ({100 * group[s]['token_agreement_with_hf_eager']:.0f} %)" for s in mismatched)
+        lines.append(f"| {_short(model)} | {batch} | " + " | ".join(rates)
+                     + f" | {best['decode_vs_hf_eager']:.2f} ({best['system']}) | {best['decode_vs_onnxruntime']:.2f} | {agreement} |")
+    prefill = [r for r in rows if r["system"] == "qeff-ort-fp32"]
+    ratios = [r["prefill_vs_onnxruntime"] for r in prefill]
+    lines.append("")
+    lines.append(f"Decode tokens/s (median of {rows[0]['runs']} runs; min–max in `bench/results.json`). Prefill: "
+                 f"qeff-ort fp32 runs at {min(ratios):.2f}–{max(ratios):.2f}× ONNX Runtime's prompt throughput.")
+    return "\n".join(lines) + "\n"
+
+
+def compile_layers(results: dict) -> str:
+    section = results["sections"]["compile_layers"]
+    rows = section["rows"]
+    deep = [r for r in rows if r["model"] != "mpt-30b"]
+    fit, rss = section["fit_compile_s"], section["fit_peak_rss_mb"]
+    lines = [
+        "| model | layers | SoCs | compile (min–max) | whole process | peak RSS | simulated decode |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        name = "MPT-30B" if r["model"] == "mpt-30b" else ("MPT-7B" if r["layers"] == 32 else "MPT-7B width")
+        low, high = r["compile_s_min_max"]
+        lines.append(f"| {name} | {r['layers']} | {r['num_devices']} | {r['compile_s']:.1f} s ({low:.1f}–{high:.1f}) "
+                     f"| {r['process_s']:.1f} s | {r['peak_rss_mb']:.0f} MB | {r['simulated_decode_tokens_per_s']:.2f} tok/s |")
+    lines.append("")
+    lines.append(f"Fitted over the MPT-7B-width rows: {fit['per_layer']:.2f} s per layer {fit['intercept']:+.1f} s, and "
+                 f"{rss['per_layer']:.1f} MB of peak RSS per layer ({deep[0]['peak_rss_mb']:.0f} → "
+                 f"{deep[-1]['peak_rss_mb']:.0f} MB). Medians of {rows[0]['runs']} cold compiles, each in a fresh process.")
+    return "\n".join(lines) + "\n"
+
+
+def compile_passes(results: dict) -> str:
+    """The per-pass timings of MPT-7B's decode specialization (the last compile of the 32-layer row)."""
+    rows = results["sections"]["compile_layers"]["rows"]
+    row = next((r for r in rows if r["layers"] == 32), rows[-1])
+    return f"Per-pass timings, {row['model']}, decode specialization:\n\n```text\n{row['passes'].rstrip()}\n```\n"
+
+
+def simulated(results: dict) -> str:
+    lines = [
+        "| model | precision | published decode tok/s | simulated | error | bandwidth roofline | role |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results["sections"]["simulated_vs_published"]:
+        published = "does not fit" if r["published"] is None else f"{r['published']:g}"
+        if r["simulated"] is None:
+            lines.append(f"| {r['model']} | {r['precision']} | {published} | refused | | | {r['role']} |")
+            continue
+        error = "" if r["simulated_vs_published"] is None else f"{100 * (r['simulated_vs_published'] - 1):+.1f} %"
+        lines.append(f"| {r['model']} | {r['precision']} | {published} | {r['simulated']:.2f} | {error} "
+                     f"| {r['roofline']:.1f} | {r['role']} |")
+    return "\n".join(lines) + "\n"
+
+
+def decode_cost(results: dict) -> str:
+    lines = ["| model | ctx_len | step at position 16 | step at ctx_len − 16 | ratio |", "|---|---|---|---|---|"]
+    for r in results["sections"]["decode_cost"]:
+        lines.append(f"| {r['model']} | {r['ctx_len']} | {r['early_median_ms']:.2f} ms | {r['late_median_ms']:.2f} ms "
+                     f"| {r['late_over_early']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def host_precision(results: dict) -> str:
+    rows = results["sections"]["host_precision"]
+    precisions = list(dict.fromkeys(r["precision"] for r in rows))
+    lines = ["| model | " + " | ".join(precisions) + " |", "|---" * (len(precisions) + 1) + "|"]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        cells = []
+        for r in (next(r for r in rows if r["model"] == model and r["precision"] == p) for p in precisions):
+            cells.append(f"{r['median_ms']:.2f} ms ({r['tokens_per_s']:.1f} tok/s)" if r["precision"] == "fp32"
+                         else f"{r['median_ms']:.2f} ms ({r['time_vs_fp32']:.2f}×)")
+        lines.append(f"| {model}, ctx {rows[0]['ctx_len']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def accuracy(results: dict) -> str:
+    rows = results["sections"]["accuracy"]
+    lines = [
+        "| precision | KV cache | perplexity | increase | top-1 agreement | max \\|Δlogit\\| | gate |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        gate = "ok" if not r["gate_failures"] else "; ".join(r["gate_failures"])
+        if r["kv_cache_dtype"] == "mxint8":
+            without = next(w for w in rows if w["precision"] == r["precision"] and w["kv_cache_dtype"] is None)
+            added = r["perplexity"] / without["perplexity"] - 1
+            gate += f"; cache adds {100 * added:+.3f} % (≤ {100 * MXINT8_CACHE_GATE:g} %)"
+        lines.append(f"| {r['precision']} | {r['kv_cache_dtype'] or '–'} | {r['perplexity']:.4f} "
+                     f"| {100 * (r['perplexity_vs_reference'] - 1):+.3f} % | {100 * r['token_agreement']:.2f} % "
+                     f"| {r['max_logit_error']:.1e} | {gate} |")
+    reference = statistics.median(r["reference_perplexity"] for r in rows)
+    lines.append("")
+    lines.append(f"{rows[0]['tokens']:,} tokens scored per row; the fp32 HF reference perplexity is {reference:.4f}.")
+    return "\n".join(lines) + "\n"
+
+
+BLOCKS: dict[str, Callable[[dict], str]] = {
+    "machine": machine, "peers": peers, "compile_layers": compile_layers,
+    "compile_passes": compile_passes, "simulated": simulated,
+    "decode_cost": decode_cost, "host_precision": host_precision, "accuracy": accuracy,
+}
+
+
+def readme_blocks(text: str) -> dict[str, str]:
+    """The body of every bench block in a README text, by name."""
+    return {match["name"]: match["body"] for match in BLOCK.finditer(text)}
+
+
+def render(text: str, results: dict) -> str:
+    """`text` with every bench block re-rendered from `results`."""
+    return BLOCK.sub(lambda m: m.group(1) + BLOCKS[m["name"]](results) + m.group(4), text)
+
+
+def main() -> None:
+    import json
+
+    results = json.loads(RESULTS.read_text())
+    if results["quick"]:
+        raise SystemExit(f"{RESULTS} holds a --quick run; the README's figures come from a full `python -m bench`")
+    README.write_text(render(README.read_text(), results))
+    print(f"rendered {', '.join(readme_blocks(README.read_text()))} into {README}")
+
+
+if __name__ == "__main__":
+    main()
