@@ -26,6 +26,7 @@ import torch
 import qeff_compiler as qc
 from bench import compile_layers, cost_model_calibration, precision_decode
 from qeff_compiler.data import TINY_MPT, TINY_MPT_VALIDATION_TEXT
+from qeff_compiler.atomic import atomic_write_text
 
 ROOT = Path(__file__).parent
 #: the quick mode's simulated point: a 2.7B-parameter shape compiles from its config in a few seconds
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         print(f"== {name}", flush=True)
         results["sections"][name] = section(args.quick)
-    args.out.write_text(json.dumps(results, indent=2))
+    atomic_write_text(args.out, json.dumps(results, indent=2))
     from bench.plots import write_plots
 
     written = write_plots(results, args.plots)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from qeff_compiler.atomic import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results" / "compile_scale.json"
 #: model preset → SoCs it needs at the benchmark's precision (MPT-30B's weights need more than one Standard's DDR)
@@ -69,7 +70,7 @@ def main() -> None:
         print(f"{r['model']:<9} {r['precision']:>9} {r['num_devices']:>5} {r['compile_s']:>10.1f} "
               f"{r['wall_s_including_interpreter_start']:>10.1f} {r['peak_rss_mb_so_far']:>12.0f} {r['decode_tokens_per_s']:>18.2f}")
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(rows, indent=2))
+    atomic_write_text(RESULTS, json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

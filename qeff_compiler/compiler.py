@@ -12,6 +12,7 @@ import torch
 from transformers import MptConfig
 
 from qeff_compiler.artifact import load_artifact, save_artifact
+from qeff_compiler.backends.ai100.memory import check_kv_cache_fits
 from qeff_compiler.backends.ai100.simulator import SimulatedDevice, Target
 from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.calibration import calibration_file, load_calibration
@@ -19,7 +20,7 @@ from qeff_compiler.capture import ModelSource, capture_resolved, resolve_model
 from qeff_compiler.errors import InvalidArgumentError, PipelineError
 from qeff_compiler.ir.program import Program
 from qeff_compiler.passes import PassManager
-from qeff_compiler.precision import check_precision, kv_cache_pass, lowering_passes
+from qeff_compiler.precision import check_precision, kv_cache_bits, kv_cache_pass, lowering_passes
 from qeff_compiler.runtime.generate import GenerationOutput, StaticShapes, Streamer, generate, normalize_prompts
 from qeff_compiler.runtime.sampling import SamplingConfig
 from qeff_compiler.runtime.stats import LatencyStats
@@ -85,8 +86,14 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     )
     _check_options(options)
     resolved = resolve_model(model)
-    if prefill_len > resolved.config.max_seq_len:
-        raise InvalidArgumentError(f"prefill_len={prefill_len} exceeds the model's max_seq_len={resolved.config.max_seq_len}")
+    max_seq_len = resolved.config.max_seq_len
+    if prefill_len > max_seq_len:
+        raise InvalidArgumentError(f"prefill_len={prefill_len} exceeds the model's max_seq_len={max_seq_len}")
+    if passes is None and ctx_len > max_seq_len:
+        raise InvalidArgumentError(f"ctx_len={ctx_len} exceeds the model's max_seq_len={max_seq_len}")
+    check_kv_cache_fits(
+        resolved.config, batch_size, ctx_len, kv_cache_bits(precision, kv_cache_dtype), options.target.spec(), num_devices
+    )
     resolved = dataclasses.replace(resolved, weights=resolved.weights.materialized())
     table = None
     with contextlib.ExitStack() as stack:
