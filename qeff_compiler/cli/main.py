@@ -318,9 +318,12 @@ def run_command(
     """Generate from a compiled artifact, printing text as it streams and then the latency statistics."""
     if trace is not None:
         check_writable(trace)
+    ids = _token_ids(prompt, token_ids)  # the options first: loading takes a while
+    if ids is None and artifact.is_dir() and not (artifact / "tokenizer.json").is_file():
+        raise InvalidArgumentError(f"{artifact} has no tokenizer (compile from a model directory with one, or use --token-ids)")
     compiled = load_compiled(artifact)
-    tokenizer = _tokenizer(artifact) if token_ids is None else None
-    ids = _prompt_ids(prompt, token_ids, tokenizer)
+    tokenizer = _tokenizer(artifact) if ids is None else None
+    ids = tokenizer.encode(prompt) if ids is None else ids
     stream = _TextStream(tokenizer)
     if tokenizer is not None:
         _print_plain_inline(tokenizer.decode(ids))
@@ -386,22 +389,21 @@ def eval_command(
 
 
 def _tokenizer(artifact: Path):  # noqa: ANN202 (a transformers tokenizer)
-    if not (artifact / "tokenizer.json").is_file():
-        raise InvalidArgumentError(f"{artifact} has no tokenizer (compile from a model directory with one, or use --token-ids)")
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(artifact)
 
 
-def _prompt_ids(prompt: str | None, token_ids: str | None, tokenizer) -> list[int]:  # noqa: ANN001
+def _token_ids(prompt: str | None, token_ids: str | None) -> list[int] | None:
+    """The --token-ids as integers, None when --prompt (to be tokenized) is given; exactly one is required."""
     if (prompt is None) == (token_ids is None):
         raise InvalidArgumentError("give exactly one of --prompt TEXT or --token-ids IDS")
-    if token_ids is not None:
-        try:
-            return [int(t) for t in token_ids.split(",")]
-        except ValueError:
-            raise InvalidArgumentError(f"--token-ids must be comma-separated integers, got {token_ids!r}") from None
-    return tokenizer.encode(prompt)
+    if token_ids is None:
+        return None
+    try:
+        return [int(t) for t in token_ids.split(",")]
+    except ValueError:
+        raise InvalidArgumentError(f"--token-ids must be comma-separated integers, got {token_ids!r}") from None
 
 
 class _TextStream:
