@@ -60,6 +60,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling of `path` to write; it replaces `path` when the block finishes without error."""
     path = Path(path)
     temp = partial_path(path)
+    check_writable(path)
     with write_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -81,6 +82,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     (an existing `path` is swapped out, then removed). The caller decides whether replacing is allowed."""
     path = Path(path)
     staging = partial_path(path)
+    check_writable(path)
     with write_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
