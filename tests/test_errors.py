@@ -136,6 +136,18 @@ def cli_row(ident: str, argv: Callable[[Env], list[str]]) -> None:
     TRIGGERS[ident] = lambda env: cli.app(args=argv(env), prog_name="qeffc", standalone_mode=False)
 
 
+def rewritten(directory: Path, name: str, text: str) -> Path:
+    """`directory` with its file `name` replaced by `text`."""
+    (directory / name).write_text(text)
+    return directory
+
+
+def without(directory: Path, name: str) -> Path:
+    """`directory` with its file `name` deleted."""
+    (directory / name).unlink()
+    return directory
+
+
 def config_row(ident: str, **overrides: object) -> None:
     TRIGGERS[ident] = lambda env: qc.capture(tiny_config(**overrides))
 
@@ -175,18 +187,8 @@ def _(env: Env) -> object:
     return qc.capture(directory)
 
 
-@trigger("config-json-invalid")
-def _(env: Env) -> object:
-    directory = env.model_copy("bad-config")
-    (directory / "config.json").write_text('{"model_type": "mpt", ')
-    return qc.capture(directory)
-
-
-@trigger("not-mpt-directory")
-def _(env: Env) -> object:
-    directory = env.model_copy("llama")
-    (directory / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    return qc.capture(directory)
+TRIGGERS["config-json-invalid"] = lambda env: qc.capture(rewritten(env.model_copy("bad-config"), "config.json", '{"model_type": "mpt", '))
+TRIGGERS["not-mpt-directory"] = lambda env: qc.capture(rewritten(env.model_copy("llama"), "config.json", '{"model_type": "llama"}'))
 
 
 @trigger("unknown-preset")
@@ -218,11 +220,7 @@ def _with_tensors(env: Env, name: str, tensors: dict[str, torch.Tensor]) -> Path
     return directory
 
 
-@trigger("weights-missing")
-def _(env: Env) -> object:
-    directory = env.model_copy("no-weights")
-    (directory / "model.safetensors").unlink()
-    return qc.capture(directory)
+TRIGGERS["weights-missing"] = lambda env: qc.capture(without(env.model_copy("no-weights"), "model.safetensors"))
 
 
 @trigger("weights-pickle-only")
@@ -508,18 +506,12 @@ def _(env: Env) -> object:
     return qc.load_compiled(directory)
 
 
-@trigger("artifact-manifest-invalid")
-def _(env: Env) -> object:
-    directory = env.artifact_copy("bad-json")
-    (directory / "manifest.json").write_text('{"format": "qeff-compiled-model", "format_ver')
-    return qc.load_compiled(directory)
-
-
-@trigger("artifact-not-a-manifest")
-def _(env: Env) -> object:
-    directory = env.artifact_copy("other-json")
-    (directory / "manifest.json").write_text(json.dumps({"format": "onnx-bundle"}))
-    return qc.load_compiled(directory)
+TRIGGERS["artifact-manifest-invalid"] = lambda env: qc.load_compiled(
+    rewritten(env.artifact_copy("bad-json"), "manifest.json", '{"format": "qeff-compiled-model", "format_ver')
+)
+TRIGGERS["artifact-not-a-manifest"] = lambda env: qc.load_compiled(
+    rewritten(env.artifact_copy("other-json"), "manifest.json", '{"format": "onnx-bundle"}')
+)
 
 
 def _edit_manifest(env: Env, name: str, **changes: object) -> Path:
@@ -540,11 +532,7 @@ def _(env: Env) -> object:
     return qc.load_compiled(_edit_manifest(env, "edited", pipeline="strip-export-noise,patch-attention,kv-cache{ctx_len=24}"))
 
 
-@trigger("artifact-file-missing")
-def _(env: Env) -> object:
-    directory = env.artifact_copy("missing-file")
-    (directory / "decode.onnx").unlink()
-    return qc.load_compiled(directory)
+TRIGGERS["artifact-file-missing"] = lambda env: qc.load_compiled(without(env.artifact_copy("missing-file"), "decode.onnx"))
 
 
 @trigger("artifact-file-truncated")
