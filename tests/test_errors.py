@@ -33,7 +33,7 @@ from qeff_compiler.data import TINY_MPT
 from qeff_compiler.errors import QeffError
 from qeff_compiler.passes import PassManager
 from qeff_compiler.passes.base import Pass
-from tests.conftest import random_model, tiny_config
+from tests.conftest import TinyArtifact, random_model, tiny_config
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 #: temporary paths in messages are shown as this in the table
@@ -75,12 +75,22 @@ ROWS = catalogue()
 @dataclass
 class Env:
     root: Path
-    model_dir: Path
-    compiled: qc.CompiledModel
-    artifact: Path
+    shared: TinyArtifact
     meta: qc.CompiledModel
     monkeypatch: pytest.MonkeyPatch
     capsys: pytest.CaptureFixture[str]
+
+    @property
+    def model_dir(self) -> Path:
+        return self.shared.model_dir
+
+    @property
+    def compiled(self) -> qc.CompiledModel:
+        return self.shared.compiled
+
+    @property
+    def artifact(self) -> Path:
+        return self.shared.artifact
 
     def fresh(self, name: str) -> Path:
         """A new path under the root (not created)."""
@@ -98,22 +108,27 @@ class Env:
         shutil.copytree(self.artifact, target)
         return target
 
+    def normalized(self, text: str) -> str:
+        """`text` with the temporary directories written as TMP, on one line."""
+        for root in (self.root, self.shared.root):
+            text = text.replace(str(root), TMP)
+        return " ".join(text.split())
+
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, qc.CompiledModel, Path, qc.CompiledModel]:
-    root = tmp_path_factory.mktemp("errors")
-    model_dir = root / "tiny-mpt"
-    random_model(tiny_config()).save_pretrained(model_dir)
-    compiled = qc.compile(model_dir, ctx_len=24, prefill_len=8, batch_size=2)
-    artifact = root / "artifact"
-    compiled.save(artifact)
-    meta = qc.compile(tiny_config(), ctx_len=24, prefill_len=8)
-    return root, model_dir, compiled, artifact, meta
+def module_state(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, qc.CompiledModel]:
+    return tmp_path_factory.mktemp("errors"), qc.compile(tiny_config(), ctx_len=24, prefill_len=8)
 
 
 @pytest.fixture
-def env(shared, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Env:
-    return Env(*shared, monkeypatch, capsys)
+def env(
+    module_state: tuple[Path, qc.CompiledModel],
+    tiny_artifact: TinyArtifact,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> Env:
+    root, meta = module_state
+    return Env(root, tiny_artifact, meta, monkeypatch, capsys)
 
 
 # triggers ----------------------------------------------------------------------------------------------------------
@@ -381,7 +396,7 @@ def _(env: Env) -> object:
 
 # generation
 generate_row("prompt-empty", [[1, 2], []], 4)
-generate_row("token-out-of-vocab", [[5, 64, 3]], 4)
+generate_row("token-out-of-vocab", [[5, 2048, 3]], 4)
 generate_row("prompt-not-ids", [["def", "f"]], 4)
 generate_row("input-ids-dtype", torch.ones(1, 3), 4)
 generate_row("prompts-too-many", [[1], [2], [3]], 4)
@@ -426,7 +441,7 @@ def _(env: Env) -> object:
 cli_row("cli-usage", lambda env: ["compile", "-o", str(env.fresh("out")), "--ctx-len", "many"])
 cli_row("cli-prompt-and-token-ids", lambda env: ["run", str(env.artifact)])
 cli_row("cli-token-ids", lambda env: ["run", str(env.artifact), "--token-ids", "1,2,x"])
-cli_row("cli-no-tokenizer", lambda env: ["run", str(env.artifact), "--prompt", "def f("])
+cli_row("cli-no-tokenizer", lambda env: ["run", str(without(env.artifact_copy("no-tokenizer"), "tokenizer.json")), "--prompt", "def f("])
 cli_row("cli-preset-needs-directory", lambda env: ["calibrate", "mpt-7b", "-o", str(env.fresh("calib.safetensors"))])
 cli_row("cli-estimate-w8a8", lambda env: ["estimate", "mpt-125m", "--precision", "w8a8"])
 cli_row("output-exists", lambda env: ["compile", str(env.model_dir), "-o", str(env.artifact)])
@@ -615,7 +630,7 @@ OFFENDING: dict[str, str] = {
     "fp16-overflow": "transformer.blocks.1.ffn.up_proj",
     "meta-weights-run": "weight 'transformer",
     "prompt-empty": "prompt 1",
-    "token-out-of-vocab": "[64]",
+    "token-out-of-vocab": "[2048]",
     "prompt-not-ids": "['def', 'f']",
     "input-ids-dtype": "torch.float32",
     "prompts-too-many": "got 3 prompts",
@@ -633,7 +648,7 @@ OFFENDING: dict[str, str] = {
     "cli-usage": "'--ctx-len'",  # typer's message names the option, not the value
     "cli-prompt-and-token-ids": "--prompt",
     "cli-token-ids": "'1,2,x'",
-    "cli-no-tokenizer": "/tmp/x/artifact",
+    "cli-no-tokenizer": "/tmp/x/no-tokenizer",
     "cli-preset-needs-directory": "'mpt-7b'",
     "cli-estimate-w8a8": "w8a8",
     "output-exists": "/tmp/x/artifact",
@@ -666,8 +681,7 @@ def provoke(ident: str, env: Env) -> BaseException:
 
 
 def message_of(exc: BaseException, env: Env) -> str:
-    text = exc.format_message() if isinstance(exc, cli.UsageError) else str(exc)
-    return " ".join(text.replace(str(env.root), TMP).split())
+    return env.normalized(exc.format_message() if isinstance(exc, cli.UsageError) else str(exc))
 
 
 def class_name(exc: BaseException) -> str:

@@ -31,11 +31,10 @@ from qeff_compiler import artifact as artifact_module
 from qeff_compiler.capture import resolve_model
 from qeff_compiler.cli import main as cli
 from qeff_compiler.compiler import CompileOptions, _check_options
-from qeff_compiler.data import TINY_MPT
 from qeff_compiler.errors import ArtifactError, QeffError
 from qeff_compiler.passes import PassManager, registered_passes
 from qeff_compiler.passes.pipeline import parse_pipeline
-from tests.conftest import random_model, tiny_config
+from tests.conftest import TinyArtifact, random_model, tiny_config
 
 EXAMPLES = 500
 #: seconds one example may take before it counts as a hang
@@ -122,29 +121,23 @@ class Reached(QeffError):
 
 
 @pytest.fixture(scope="module")
-def cli_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A tiny model with the shipped tokenizer (and its vocabulary size), its artifact, and paths of every kind."""
+def cli_files(tmp_path_factory: pytest.TempPathFactory, tiny_artifact: TinyArtifact) -> dict[str, Path]:
+    """The shared tiny model (with the shipped tokenizer) and its artifact, and paths of every other kind."""
     root = tmp_path_factory.mktemp("cli-fuzz")
-    model = root / "model"
-    random_model(tiny_config(vocab_size=2048)).save_pretrained(model)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(TINY_MPT / name, model / name)
-    compiled = qc.compile(model, ctx_len=24, prefill_len=8)
-    compiled.save(root / "artifact")
     (root / "a-file").write_text("not a directory")
     (root / "notes").mkdir()
     (root / "notes" / "keep.txt").write_text("keep")
     return {
-        "root": root, "model": model, "artifact": root / "artifact", "file": root / "a-file",
+        "root": root, "model": tiny_artifact.model_dir, "artifact": tiny_artifact.artifact, "file": root / "a-file",
         "below-file": root / "a-file" / "x", "notes": root / "notes", "fresh": root / "fresh" / "out",
     }
 
 
 @pytest.fixture
-def stubbed_cli(cli_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    """The heavy steps become stubs after the cheap checks; `load_compiled` of the artifact is loaded once. The
-    working directory is a scratch one: relative output paths (`--plot 0`) land there."""
-    loaded = qc.load_compiled(cli_files["artifact"])
+def stubbed_cli(cli_files: dict[str, Path], tiny_artifact: TinyArtifact, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heavy steps become stubs after the cheap checks; `load_compiled` of the artifact returns the model it
+    was saved from. The working directory is a scratch one: relative output paths (`--plot 0`) land there."""
+    loaded = tiny_artifact.compiled
     scratch = cli_files["root"] / "cwd"
     scratch.mkdir(exist_ok=True)
     monkeypatch.chdir(scratch)
@@ -253,10 +246,11 @@ def test_qeffc_arguments_exit_cleanly_with_one_line(
 
 # corrupted artifacts ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def saved_artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bytes]]:
+def saved_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_artifact: TinyArtifact) -> tuple[Path, dict[str, bytes]]:
+    """A copy of the shared artifact (this test changes its files) and the files' pristine bytes."""
     path = tmp_path_factory.mktemp("corrupt") / "artifact"
-    qc.compile(random_model(tiny_config(n_layers=1)), ctx_len=16, prefill_len=4).save(path)
-    qc.load_compiled(path)  # the pristine artifact loads
+    shutil.copytree(tiny_artifact.artifact, path)
+    qc.load_compiled(path)  # the pristine copy loads
     return path, {f.name: f.read_bytes() for f in sorted(path.iterdir())}
 
 

@@ -36,5 +36,6 @@ def test_sigint_while_writing_leaves_no_partial_artifact(tmp_path: Path) -> None
     assert err.strip().count("\n") == 0 and err.startswith("qeffc: error: interrupted"), err
     assert "Traceback" not in out + err
     assert not list(tmp_path.glob(".shipped.*")), "a staging or retired directory was left behind"
+    print(f"interrupted {'after' if output.exists() else 'before'} the rename; stderr: {err.strip()}")
     if output.exists():  # the signal came after the rename: then the artifact must be complete
         qc.load_compiled(output)
