@@ -44,7 +44,7 @@ class Target:
         if not _positive_int(cores) or cores > available:
             raise InvalidArgumentError(f"num_cores must be 1..{available} on {self.device}, got {self.num_cores!r}")
         if not _positive_int(self.num_devices) or self.num_devices > MAX_DEVICES:
-            raise InvalidArgumentError(f"num_devices must be 1..{MAX_DEVICES}, got {self.num_devices!r}")
+            raise InvalidArgumentError(f"num_devices must be a positive integer up to {MAX_DEVICES}, got {self.num_devices!r}")
         return cores
 
     def describe(self) -> str:
