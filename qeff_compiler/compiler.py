@@ -13,6 +13,7 @@ from transformers import MptConfig
 
 from qeff_compiler.artifact import load_artifact, save_artifact
 from qeff_compiler.backends.ai100.memory import check_kv_cache_fits
+from qeff_compiler.backends.ai100.partition import check_p2p_format
 from qeff_compiler.backends.ai100.simulator import SimulatedDevice, Target
 from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.calibration import calibration_file, load_calibration
@@ -119,6 +120,7 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
 def _check_options(options: CompileOptions) -> None:
     check_precision(options.precision, options.kv_cache_dtype)
     options.target.cores()  # device, num_cores and num_devices
+    check_p2p_format(options.p2p_format)  # before tracing; the partitioner would find it only after
     for name in ("ctx_len", "prefill_len", "batch_size"):
         value = getattr(options, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
