@@ -17,7 +17,7 @@ import typer
 from transformers import MptConfig
 from rich.console import Console
 from rich.table import Table
-from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError  # typer vendors click; these are its errors
+from typer._click.exceptions import BadParameter, ClickException, NoArgsIsHelpError, UsageError  # typer vendors click; these are its errors
 
 from qeff_compiler.artifact import check_output
 from qeff_compiler.atomic import check_writable
@@ -448,8 +448,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     except NoArgsIsHelpError as error:  # the help has been printed
         return _fail(f"no command given (see '{error.ctx.command_path} --help')", error.exit_code)
     except UsageError as error:
+        given = _given_value(args, error.param.opts) if isinstance(error, BadParameter) and error.param else None
+        value = f" (got {given!r})" if given is not None else ""
         hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
-        return _fail(f"{error.format_message()}{hint}", error.exit_code)
+        return _fail(f"{error.format_message()}{value}{hint}", error.exit_code)
     except ClickException as error:
         return _fail(error.format_message(), error.exit_code)
     except typer.Abort:
@@ -457,6 +459,18 @@ def run(argv: Sequence[str] | None = None) -> int:
     if code == INTERRUPTED:  # typer turns Ctrl-C into this exit code after the command's cleanup has run
         return _fail("interrupted; no output was left half-written", INTERRUPTED)
     return code or 0
+
+
+def _given_value(args: list[str], opts: Sequence[str]) -> str | None:
+    """The value given on the command line for an option, its last occurrence as click reads it (typer's
+    conversion errors do not repeat the value)."""
+    for index, arg in reversed(list(enumerate(args))):
+        for opt in opts:
+            if arg == opt and index + 1 < len(args):
+                return args[index + 1]
+            if arg.startswith(f"{opt}="):
+                return arg[len(opt) + 1 :]
+    return None
 
 
 @functools.cache
