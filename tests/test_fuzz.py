@@ -281,6 +281,8 @@ def test_artifact_corruptions_are_refused_before_any_capture(
 
     monkeypatch.setattr(artifact_module, "capture_resolved", capture_reached)
 
+    refused: list[str] = []
+
     @FUZZ
     @given(corruption=corruptions(files))
     def check(corruption: tuple[str, bytes]) -> None:
@@ -292,7 +294,9 @@ def test_artifact_corruptions_are_refused_before_any_capture(
         try:
             with no_hang(name), pytest.raises(ArtifactError):
                 qc.load_compiled(path)
+            refused.append(name)
         finally:
             (path / name).write_bytes(files[name])
 
     check()
+    assert len(refused) >= 0.95 * EXAMPLES and set(refused) == set(files), (len(refused), sorted(set(refused)))
