@@ -29,6 +29,7 @@ import torch
 import qeff_compiler as qc
 from bench import compile_layers, cost_model_calibration, decode_cost, precision_decode
 from qeff_compiler.data import TINY_MPT, TINY_MPT_VALIDATION_TEXT
+from qeff_compiler.atomic import atomic_write_text
 
 ROOT = Path(__file__).parent
 #: the quick mode's simulated point: a 2.7B-parameter shape compiles from its config in a few seconds
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         results["sections"][name] = section(args.quick)
         seconds[name] = time.perf_counter() - start
         load[name] = os.getloadavg()[0]
-    args.out.write_text(json.dumps(results, indent=2))
+    atomic_write_text(args.out, json.dumps(results, indent=2))
     from bench.plots import write_plots
 
     written = write_plots(results, args.plots)

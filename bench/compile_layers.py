@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from qeff_compiler.atomic import atomic_write_text
+
 RESULTS = Path(__file__).parent / "results" / "compile_layers.json"
 LAYERS = (4, 8, 16, 32)
 QUICK_LAYERS = (2, 4)
@@ -113,7 +115,7 @@ def main() -> None:
     fit = result["fit_compile_s"]
     print(f"fit: {fit['per_layer']:.3f} s per layer + {fit['intercept']:.2f} s")
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
+    atomic_write_text(RESULTS, json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

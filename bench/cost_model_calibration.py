@@ -23,6 +23,7 @@ from qeff_compiler.backends.ai100.cost_model import tier_bandwidth, time_step
 from qeff_compiler.backends.ai100.workload import program_workload
 from qeff_compiler.capture.presets import preset_config
 from qeff_compiler.errors import ModelDoesNotFitError
+from qeff_compiler.atomic import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results" / "cost_model_calibration.json"
 #: (preset, precision) → published decode tok/s (None: published as not fitting), and whether it was fitted
@@ -127,7 +128,7 @@ def main() -> None:
         print(f"{row['model']:<16} {row['precision']:>9} {row['published'] or 'no fit':>10} {shown:>10} "
               f"{'' if ratio is None else f'{100 * (ratio - 1):+.1f}%':>8} {roofline:>9}  {row['role']}")
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(rows, indent=2))
+    atomic_write_text(RESULTS, json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

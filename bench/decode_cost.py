@@ -24,6 +24,7 @@ import qeff_compiler as qc
 from qeff_compiler.data import TINY_MPT
 from qeff_compiler.capture import resolve_model
 from qeff_compiler.capture.presets import preset_config
+from qeff_compiler.atomic import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results" / "decode_cost.json"
 
@@ -89,7 +90,7 @@ def main() -> None:
         print(f"{r['model']:<34} {r['position_early']:>5} {r['early_median_ms']:>10.2f} "
               f"{r['position_late']:>5} {r['late_median_ms']:>10.2f} {r['late_over_early']:>10.3f}")
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"threads": args.threads, "repeats": args.repeats, "rows": rows}, indent=2))
+    atomic_write_text(RESULTS, json.dumps({"threads": args.threads, "repeats": args.repeats, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from qeff_compiler.atomic import atomic_write_text
 from qeff_compiler.numerics.int8 import (
     linear_w8a8,
     prepare_w8a16,
@@ -169,7 +170,7 @@ def main() -> None:
     print_accuracy(rows)
     RESULTS.parent.mkdir(exist_ok=True)
     meta = {"torch": torch.__version__, "threads": args.threads, "repeats": args.repeats, "warmup": WARMUP}
-    RESULTS.write_text(json.dumps({**meta, "rows": rows}, indent=2))
+    atomic_write_text(RESULTS, json.dumps({**meta, "rows": rows}, indent=2))
     print(f"\nwrote {RESULTS}")
 
 

@@ -56,6 +56,7 @@ from transformers.generation.streamers import BaseStreamer
 import qeff_compiler as qc
 from qeff_compiler.capture.presets import preset_config
 from qeff_compiler.data import TINY_MPT, TINY_MPT_VALIDATION_TEXT
+from qeff_compiler.atomic import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results" / "peers.json"
 #: qeff-P: the reference host executor; qeff-ort-P: the same compiled program's ONNX emit on ONNX Runtime
@@ -358,7 +359,7 @@ def main() -> None:
               f"{r['decode_vs_hf_eager']:>7.2f} {r['decode_vs_onnxruntime']:>7.2f} {r['prefill_vs_hf_eager']:>7.2f} "
               f"{r['prefill_vs_onnxruntime']:>7.2f} {'yes' if r['tokens_match_hf_eager'] else 'no':>4}")
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    atomic_write_text(RESULTS, json.dumps({
         "quick": args.quick,
         "torch_threads": args.threads,
         "ort_intra_op_threads": args.threads,

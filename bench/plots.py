@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qeff_compiler.atomic import atomic_file
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -22,7 +24,8 @@ def write_plots(results: dict, directory: Path) -> list[Path]:
             draw(axes, sections[name])
             figure.tight_layout()
             path = directory / f"{name}.png"
-            figure.savefig(path)
+            with atomic_file(path) as temp:
+                figure.savefig(temp)
             pyplot.close(figure)
             written.append(path)
     return written

@@ -26,6 +26,7 @@ from qeff_compiler.calibration import CALIBRATION_PIPELINE, activation_maxima, s
 from qeff_compiler.capture import resolve_model
 from qeff_compiler.capture.presets import preset_config
 from qeff_compiler.data import TINY_MPT
+from qeff_compiler.atomic import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results" / "precision_decode.json"
 PRECISIONS = ("fp32", "fp16", "int8", "mxfp6", "w8a8")
@@ -91,7 +92,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['model']:<34} {r['precision']:>9} {r['median_ms']:>10.2f} {r['tokens_per_s']:>8.1f} {r['time_vs_fp32']:>13.3f}")
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"threads": args.threads, "repeats": args.repeats, "rows": rows}, indent=2))
+    atomic_write_text(RESULTS, json.dumps({"threads": args.threads, "repeats": args.repeats, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

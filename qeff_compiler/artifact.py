@@ -18,19 +18,17 @@ saved weights by name; every name, shape and dtype must match.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from safetensors.torch import save_file
 from transformers import MptConfig
 
+from qeff_compiler.atomic import atomic_directory
 from qeff_compiler.capture import ResolvedModel, capture_resolved
 from qeff_compiler.capture.sources import QUANTIZED_SAFETENSORS_DTYPES, meta_weights, read_safetensors_header
 from qeff_compiler.errors import (
@@ -48,8 +46,11 @@ if TYPE_CHECKING:
     from qeff_compiler.compiler import CompiledModel
 
 FORMAT = "qeff-compiled-model"
-FORMAT_VERSION = 1
+#: 2: the manifest carries the SHA-256 of its own canonical content (`manifest_sha256`)
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+#: the manifest field holding the SHA-256 of the rest of the manifest
+MANIFEST_CHECKSUM = "manifest_sha256"
 WEIGHTS = "weights.safetensors"
 PLAN = "partition_plan.json"
 ONNX_FILES = {"prefill": "program.onnx", "decode": "decode.onnx"}
@@ -63,9 +64,8 @@ def save_artifact(model: CompiledModel, path: Path, *, overwrite: bool = False) 
     from qeff_compiler.compiler import CALIBRATION_TABLE
 
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise ArtifactExistsError(f"output directory {path} exists; pass overwrite=True (CLI: --force) to replace it")
-    with _staging_directory(path) as staging:
+    check_output(path, overwrite=overwrite)
+    with atomic_directory(path) as staging:
         tied = _save_weights(model.prefill, staging / WEIGHTS)
         for name, program in (("prefill", model.prefill), ("decode", model.decode)):
             export_onnx(program, staging / ONNX_FILES[name])
@@ -77,9 +77,22 @@ def save_artifact(model: CompiledModel, path: Path, *, overwrite: bool = False) 
             for name in TOKENIZER_FILES:
                 if (model.source_directory / name).is_file():
                     shutil.copyfile(model.source_directory / name, staging / name)
-        manifest = _manifest(model, tied, staging)
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        _replace_directory(staging, path)
+        (staging / MANIFEST).write_text(_manifest_text(_manifest(model, tied, staging)))
+
+
+def check_output(path: Path, *, overwrite: bool) -> None:
+    """Refuse an existing `path` unless `overwrite`, and even then anything but an artifact or an empty
+    directory (so `--force` cannot delete a directory of other files)."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not overwrite:
+        raise ArtifactExistsError(f"output directory {path} exists; pass --force (overwrite=True) to replace it")
+    if not path.is_dir() or not ((path / MANIFEST).is_file() or not any(path.iterdir())):
+        raise ArtifactExistsError(
+            f"output {path} exists and is not a compiled-model directory (a file, or a directory without "
+            f"{MANIFEST}); refusing to replace it: remove it or choose another output"
+        )
 
 
 def load_artifact(path: Path) -> CompiledModel:
@@ -88,8 +101,10 @@ def load_artifact(path: Path) -> CompiledModel:
 
     path = Path(path)
     manifest = _read_manifest(path)
+    for name, expected in manifest["files"].items():  # sizes first: cheap, and they catch truncation
+        _verify_size(path / name, expected)
     for name, expected in manifest["files"].items():
-        _verify_file(path / name, expected)
+        _verify_checksum(path / name, expected)
     config = MptConfig.from_dict(manifest["model_config"])
     options = CompileOptions(**manifest["options"])
     weights = _load_weights(path / WEIGHTS, manifest["tied_weights"])
@@ -106,30 +121,6 @@ def load_artifact(path: Path) -> CompiledModel:
 
 
 # writing ---------------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _staging_directory(path: Path) -> Iterator[Path]:
-    """A sibling temporary directory, removed if anything (including Ctrl-C) interrupts the write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.parent / f".{path.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        yield staging
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _replace_directory(staging: Path, path: Path) -> None:
-    """Move the finished staging directory into place; an existing one is swapped out, then removed."""
-    if path.exists():
-        retired = path.parent / f".{path.name}.old-{os.getpid()}"
-        os.rename(path, retired)
-        os.rename(staging, path)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.rename(staging, path)
-
-
 def _save_weights(program: Program, file: Path) -> dict[str, str]:
     """Save every distinct weight once; returns alias → stored name for tied weights."""
     tied = {alias: group[0] for group in program.weights.tied_groups() for alias in group[1:]}
@@ -163,6 +154,20 @@ def _manifest(model: CompiledModel, tied: dict[str, str], staging: Path) -> dict
     }
 
 
+def _manifest_text(manifest: dict[str, Any]) -> str:
+    """The manifest as stored: canonical JSON (sorted keys, 2-space indent) plus the SHA-256 of that JSON without
+    the checksum field, so a loader detects any change to the manifest itself."""
+    return _canonical({**manifest, MANIFEST_CHECKSUM: _sha256_text(_canonical(manifest))})
+
+
+def _canonical(manifest: dict[str, Any]) -> str:
+    return json.dumps(manifest, indent=2, sort_keys=True)
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _specs(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
     return [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype).removeprefix("torch.")} for s in specs]
 
@@ -180,7 +185,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if not path.is_dir():
         raise ArtifactError(f"{path} is not a compiled-model directory (it does not exist or is a file)")
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
+        text = (path / MANIFEST).read_text()
+        manifest = json.loads(text)
     except FileNotFoundError:
         raise ArtifactError(f"{path} has no {MANIFEST}: not a qeff-compiler artifact") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -193,15 +199,21 @@ def _read_manifest(path: Path) -> dict[str, Any]:
             f"{path} has artifact format version {version!r} (written by qeff-compiler "
             f"{manifest.get('qeff_compiler_version', '?')}); this qeff-compiler reads version {FORMAT_VERSION}: recompile"
         )
+    content = {key: value for key, value in manifest.items() if key != MANIFEST_CHECKSUM}
+    if text != _canonical(manifest) or manifest.get(MANIFEST_CHECKSUM) != _sha256_text(_canonical(content)):
+        raise ArtifactIntegrityError(f"{path / MANIFEST} does not match its own SHA-256 ({MANIFEST_CHECKSUM}): modified")
     return manifest
 
 
-def _verify_file(file: Path, expected: dict[str, Any]) -> None:
+def _verify_size(file: Path, expected: dict[str, Any]) -> None:
     if not file.is_file():
         raise ArtifactIntegrityError(f"artifact file {file.name} is missing from {file.parent}")
     size = file.stat().st_size
     if size != expected["bytes"]:
         raise ArtifactIntegrityError(f"artifact file {file.name} has {size} bytes, the manifest records {expected['bytes']} (truncated?)")
+
+
+def _verify_checksum(file: Path, expected: dict[str, Any]) -> None:
     if _fingerprint(file)["sha256"] != expected["sha256"]:
         raise ArtifactIntegrityError(f"artifact file {file.name} does not match its SHA-256 in the manifest (modified)")
 

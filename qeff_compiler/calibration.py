@@ -26,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
+from qeff_compiler.atomic import atomic_file
 from qeff_compiler.capture import capture_resolved, resolve_model
 from qeff_compiler.errors import InvalidArgumentError, ModelSourceError
 from qeff_compiler.ir.program import BINDING, Program
@@ -118,9 +119,10 @@ def calibration_file(model_dir: Path | None, table: str | Path | None = None) ->
 
 
 def save_calibration(table: Mapping[str, torch.Tensor], path: str | Path) -> None:
-    """Write `table` (weight name → fp32 [in] maxima) to `path` as safetensors, tagged as a calibration table."""
+    """Write `table` (weight name → fp32 [in] maxima) to `path` (atomically) as safetensors, tagged as a calibration table."""
     _check_table(table, str(path))
-    save_file({name: value.contiguous() for name, value in table.items()}, str(path), metadata={_FORMAT_KEY: _FORMAT})
+    with atomic_file(path) as temp:
+        save_file({name: value.contiguous() for name, value in table.items()}, str(temp), metadata={_FORMAT_KEY: _FORMAT})
 
 
 def load_calibration(path: str | Path) -> dict[str, torch.Tensor]:

@@ -13,6 +13,8 @@ import torch
 from transformers import MptConfig
 
 from qeff_compiler.artifact import ONNX_FILES, load_artifact, save_artifact
+from qeff_compiler.backends.ai100.memory import check_kv_cache_fits
+from qeff_compiler.backends.ai100.partition import check_p2p_format
 from qeff_compiler.backends.ai100.simulator import SimulatedDevice, Target
 from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.calibration import calibration_file, load_calibration
@@ -20,7 +22,7 @@ from qeff_compiler.capture import ModelSource, capture_resolved, resolve_model
 from qeff_compiler.errors import ArtifactIntegrityError, InvalidArgumentError, PipelineError
 from qeff_compiler.ir.program import Program
 from qeff_compiler.passes import PassManager
-from qeff_compiler.precision import check_precision, kv_cache_pass, lowering_passes
+from qeff_compiler.precision import check_precision, kv_cache_bits, kv_cache_pass, lowering_passes
 from qeff_compiler.runtime.generate import Executor, GenerationOutput, StaticShapes, Streamer, generate, normalize_prompts
 from qeff_compiler.runtime.sampling import SamplingConfig
 from qeff_compiler.runtime.stats import LatencyStats
@@ -88,8 +90,14 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     )
     _check_options(options)
     resolved = resolve_model(model)
-    if prefill_len > resolved.config.max_seq_len:
-        raise InvalidArgumentError(f"prefill_len={prefill_len} exceeds the model's max_seq_len={resolved.config.max_seq_len}")
+    max_seq_len = resolved.config.max_seq_len
+    if prefill_len > max_seq_len:
+        raise InvalidArgumentError(f"prefill_len={prefill_len} exceeds the model's max_seq_len={max_seq_len}")
+    if passes is None and ctx_len > max_seq_len:
+        raise InvalidArgumentError(f"ctx_len={ctx_len} exceeds the model's max_seq_len={max_seq_len}")
+    check_kv_cache_fits(
+        resolved.config, batch_size, ctx_len, kv_cache_bits(precision, kv_cache_dtype), options.target.spec(), num_devices
+    )
     resolved = dataclasses.replace(resolved, weights=resolved.weights.materialized())
     table = None
     with contextlib.ExitStack() as stack:
@@ -115,6 +123,7 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
 def _check_options(options: CompileOptions) -> None:
     check_precision(options.precision, options.kv_cache_dtype)
     options.target.cores()  # device, num_cores and num_devices
+    check_p2p_format(options.p2p_format)  # before tracing; the partitioner would find it only after
     for name in ("ctx_len", "prefill_len", "batch_size"):
         value = getattr(options, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -222,8 +231,7 @@ class CompiledModel:
 
     def executors(self, engine: str = "host") -> tuple[Executor, Executor]:
         """The (prefill, decode) executors of `engine` (one of ENGINES), created once per engine."""
-        if engine not in ENGINES:
-            raise InvalidArgumentError(f"unknown engine {engine!r}; engines: {', '.join(ENGINES)}")
+        check_engine(engine)
         if engine not in self._executors:
             if engine == "host":
                 self._executors[engine] = (HostExecutor(self.prefill), HostExecutor(self.decode))
@@ -252,6 +260,12 @@ class CompiledModel:
             for name, program in (("prefill", self.prefill), ("decode", self.decode)):
                 export_onnx(program, Path(self._onnx_directory.name) / ONNX_FILES[name])
         return Path(self._onnx_directory.name)
+
+
+def check_engine(engine: str) -> None:
+    """Refuse an engine name that is not one of ENGINES."""
+    if engine not in ENGINES:
+        raise InvalidArgumentError(f"unknown engine {engine!r}; engines: {', '.join(ENGINES)}")
 
 
 def load_compiled(path: str | Path) -> CompiledModel:

@@ -2,7 +2,8 @@
 
 Every problem a user can cause (a wrong model, a bad option, a broken file) is raised as a subclass of
 `QeffError`, at the place where it is detected and with the offending value in the message, so the CLI can print
-one line and exit with a usage (2) or failure (1) code instead of a traceback.
+one line and exit with a usage (2) or failure (1) code instead of a traceback. docs/errors.md catalogues them
+(tests/test_errors.py triggers every row).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class PassOptionError(PipelineError):
 
 
 class PassOrderError(PipelineError):
-    """A pass runs on a program that lacks a property it requires (e.g. a pass placed too early)."""
+    """A pass runs on a program that lacks a property it requires (placed too early) or has its result already
+    (named twice)."""
 
 
 class VerificationError(QeffError):
@@ -84,7 +86,7 @@ class InvalidArgumentError(QeffError):
 
 
 class ArtifactError(QeffError):
-    """A compiled-model directory cannot be written or read."""
+    """A result (artifact directory, calibration table, trace, plot) cannot be written, or an artifact cannot be read."""
 
 
 class ArtifactExistsError(ArtifactError):

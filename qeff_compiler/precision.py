@@ -21,6 +21,7 @@ import torch
 from qeff_compiler.errors import InvalidArgumentError
 from qeff_compiler.ir.program import BINDING, Program, dtype_short_name
 from qeff_compiler.ir.quant_ops import DEQUANTIZE_INT8, DEQUANTIZE_MXFP6, LINEAR_W8A8, LINEAR_W8A16
+from qeff_compiler.numerics.mx import mx_storage_bits_per_element
 
 PRECISIONS = ("fp32", "fp16", "int8", "w8a8", "mxfp6")
 KV_CACHE_DTYPES = ("fp16", "mxint8")
@@ -54,6 +55,14 @@ def lowering_passes(precision: str, calibration: Path | None = None) -> list[str
                                        "it holds a comma, space, brace or '='")
         return ["lower-fp16", f"lower-w8a8{{calibration={calibration}}}"]
     return list(_LOWERING[precision])
+
+
+def kv_cache_bits(precision: str, kv_cache_dtype: str | None) -> float:
+    """Stored bits per KV-cache element: MXINT8 8.25, fp16 16, and None = the activations' dtype (fp32 only for
+    the fp32 precision)."""
+    if kv_cache_dtype == "mxint8":
+        return mx_storage_bits_per_element("int8")
+    return 32.0 if kv_cache_dtype is None and precision == "fp32" else 16.0
 
 
 def kv_cache_pass(ctx_len: int, kv_cache_dtype: str | None, *, all_logits: bool = False) -> str:

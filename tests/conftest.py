@@ -1,13 +1,18 @@
-"""Shared test helpers: small MPT models built from configs, and hypothesis settings."""
+"""Shared test helpers: small MPT models built from configs, a shared tiny compiled artifact, hypothesis settings."""
 
 from __future__ import annotations
 
 import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
 from transformers import MptConfig, MptForCausalLM
+
+import qeff_compiler as qc
 
 settings.register_profile(
     "default", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
@@ -37,6 +42,32 @@ def random_model(config: MptConfig, seed: int = 0) -> MptForCausalLM:
 @pytest.fixture
 def tiny_model() -> MptForCausalLM:
     return random_model(tiny_config())
+
+
+@dataclass(frozen=True)
+class TinyArtifact:
+    """A tiny MPT directory (random weights, the shipped tokenizer and its vocabulary size), its compiled model
+    (ctx_len 24, prefill_len 8, batch 2, fp32) and that model saved as an artifact."""
+
+    root: Path
+    model_dir: Path
+    compiled: qc.CompiledModel
+    artifact: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> TinyArtifact:
+    """Shared by the error-catalogue, atomic-write and fuzz tests, which only read it (or copy it to change it)."""
+    from qeff_compiler.data import TINY_MPT
+
+    root = tmp_path_factory.mktemp("tiny-artifact")
+    model_dir = root / "tiny-mpt"
+    random_model(tiny_config(vocab_size=2048)).save_pretrained(model_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TINY_MPT / name, model_dir / name)
+    compiled = qc.compile(model_dir, ctx_len=24, prefill_len=8, batch_size=2)
+    compiled.save(root / "artifact")
+    return TinyArtifact(root, model_dir, compiled, root / "artifact")
 
 
 @pytest.fixture(autouse=True)

@@ -1,12 +1,14 @@
 """`qeffc`: the compiler driver (typer + rich).
 
-Exit codes: 0 success; 2 a wrong request (usage, unknown pass, bad option, unsupported model); 1 the work failed.
-A `QeffError` is printed as one line on stderr, never as a traceback.
+Exit codes: 0 success; 2 a wrong request (usage, unknown pass, bad option, unsupported model); 1 the work failed;
+130 interrupted (Ctrl-C). Each is printed as one line on stderr, never as a traceback (docs/errors.md lists them).
 """
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -15,15 +17,18 @@ import typer
 from transformers import MptConfig
 from rich.console import Console
 from rich.table import Table
+from typer._click.exceptions import BadParameter, ClickException, NoArgsIsHelpError, UsageError  # typer vendors click; these are its errors
 
+from qeff_compiler.artifact import check_output
+from qeff_compiler.atomic import check_writable
 from qeff_compiler.calibration import calibrate, save_calibration
 from qeff_compiler.capture import capture, resolve_model
 from qeff_compiler.capture.presets import preset_config, preset_names
-from qeff_compiler.compiler import CompiledModel, load_compiled
+from qeff_compiler.compiler import CompiledModel, check_engine, load_compiled
 from qeff_compiler.compiler import compile as compile_model
 from qeff_compiler.data import TINY_MPT
 from qeff_compiler.evaluate import MXINT8_CACHE_GATE, EvaluationReport, evaluate, mxint8_cache_increase
-from qeff_compiler.errors import ArtifactExistsError, InvalidArgumentError, ModelSourceError, QeffError
+from qeff_compiler.errors import InvalidArgumentError, ModelSourceError, QeffError
 from qeff_compiler.ir.printer import format_program
 from qeff_compiler.ir.program import Program
 from qeff_compiler.passes import PassManager, registered_passes
@@ -174,8 +179,8 @@ def compile_command(
     time_passes: Annotated[bool, typer.Option("--time-passes", help="print time per pass")] = False,
 ) -> None:
     """Compile MODEL into a prefill and a decode program and write the artifact directory."""
-    if output.exists() and not force:
-        raise ArtifactExistsError(f"output directory {output} exists; pass --force to replace it")
+    check_output(output, overwrite=force)  # before the compile's work, which the refusal would waste
+    check_writable(output)
     source = _model_source(model)
     with console.status(f"compiling {model}"):
         compiled = compile_model(
@@ -250,6 +255,8 @@ def inspect_command(
     plot: Annotated[Path | None, typer.Option("--plot", help="draw per-core utilisation and the memory plan (PNG)")] = None,
 ) -> None:
     """Print a compiled artifact's target, partition plan per SoC and core, memory plan and estimated figures."""
+    if plot is not None:
+        check_writable(plot)
     compiled = load_compiled(artifact)
     simulation, options = compiled.simulation, compiled.options
     _print_plain(f"{artifact}: {options.precision}, ctx_len {options.ctx_len}, prefill_len {options.prefill_len}, "
@@ -286,6 +293,7 @@ def calibrate_command(
     text: Annotated[Path | None, typer.Option("--text", help="text file (default: MODEL's calibration.txt)")] = None,
 ) -> None:
     """Measure the activation maxima of every linear on a text: the table w8a8 compiles from (--calibration)."""
+    check_writable(output)
     source = _model_source(model)
     if not isinstance(source, Path):
         raise InvalidArgumentError(f"calibrate needs a model directory with weights and a tokenizer, got preset {model!r}")
@@ -312,9 +320,15 @@ def run_command(
     ] = "host",
 ) -> None:
     """Generate from a compiled artifact, printing text as it streams and then the latency statistics."""
+    if trace is not None:
+        check_writable(trace)
+    check_engine(engine)
+    ids = _token_ids(prompt, token_ids)  # the options first: loading takes a while
+    if ids is None and artifact.is_dir() and not (artifact / "tokenizer.json").is_file():
+        raise InvalidArgumentError(f"{artifact} has no tokenizer (compile from a model directory with one, or use --token-ids)")
     compiled = load_compiled(artifact)
-    tokenizer = _tokenizer(artifact) if token_ids is None else None
-    ids = _prompt_ids(prompt, token_ids, tokenizer)
+    tokenizer = _tokenizer(artifact) if ids is None else None
+    ids = tokenizer.encode(prompt) if ids is None else ids
     stream = _TextStream(tokenizer)
     if tokenizer is not None:
         _print_plain_inline(tokenizer.decode(ids))
@@ -380,22 +394,21 @@ def eval_command(
 
 
 def _tokenizer(artifact: Path):  # noqa: ANN202 (a transformers tokenizer)
-    if not (artifact / "tokenizer.json").is_file():
-        raise InvalidArgumentError(f"{artifact} has no tokenizer (compile from a model directory with one, or use --token-ids)")
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(artifact)
 
 
-def _prompt_ids(prompt: str | None, token_ids: str | None, tokenizer) -> list[int]:  # noqa: ANN001
+def _token_ids(prompt: str | None, token_ids: str | None) -> list[int] | None:
+    """The --token-ids as integers, None when --prompt (to be tokenized) is given; exactly one is required."""
     if (prompt is None) == (token_ids is None):
         raise InvalidArgumentError("give exactly one of --prompt TEXT or --token-ids IDS")
-    if token_ids is not None:
-        try:
-            return [int(t) for t in token_ids.split(",")]
-        except ValueError:
-            raise InvalidArgumentError(f"--token-ids must be comma-separated integers, got {token_ids!r}") from None
-    return tokenizer.encode(prompt)
+    if token_ids is None:
+        return None
+    try:
+        return [int(t) for t in token_ids.split(",")]
+    except ValueError:
+        raise InvalidArgumentError(f"--token-ids must be comma-separated integers, got {token_ids!r}") from None
 
 
 class _TextStream:
@@ -428,13 +441,60 @@ def _print_plain(text: str) -> None:
     sys.stdout.write(text + "\n")
 
 
-def main() -> None:
-    """Console-script entry point: user errors become one line on stderr and their exit code."""
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run `qeffc` with `argv` (default: the process's arguments) and return its exit code. Every way it can end
+    badly is one line on stderr: a `QeffError` (its `exit_code`), a usage error (2), Ctrl-C (130)."""
     try:
-        app()
+        args = list(sys.argv[1:] if argv is None else argv)
+        code = _click_command().main(args=args, prog_name="qeffc", standalone_mode=False)
     except QeffError as error:
-        sys.stderr.write(f"qeffc: error: {error}\n")
-        sys.exit(error.exit_code)
+        return _fail(str(error), error.exit_code)
+    except NoArgsIsHelpError as error:  # the help has been printed
+        return _fail(f"no command given (see '{error.ctx.command_path} --help')", error.exit_code)
+    except UsageError as error:
+        given = _given_value(args, error.param.opts) if isinstance(error, BadParameter) and error.param else None
+        value = f" (got {given!r})" if given is not None else ""
+        hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
+        return _fail(f"{error.format_message()}{value}{hint}", error.exit_code)
+    except ClickException as error:
+        return _fail(error.format_message(), error.exit_code)
+    except typer.Abort:
+        return _fail("aborted", 1)
+    if code == INTERRUPTED:  # typer turns Ctrl-C into this exit code after the command's cleanup has run
+        return _fail("interrupted; no output was left half-written", INTERRUPTED)
+    return code or 0
+
+
+def _given_value(args: list[str], opts: Sequence[str]) -> str | None:
+    """The value given on the command line for an option, its last occurrence as click reads it (typer's
+    conversion errors do not repeat the value)."""
+    for index, arg in reversed(list(enumerate(args))):
+        for opt in opts:
+            if arg == opt and index + 1 < len(args):
+                return args[index + 1]
+            if arg.startswith(f"{opt}="):
+                return arg[len(opt) + 1 :]
+    return None
+
+
+@functools.cache
+def _click_command() -> typer.core.TyperGroup:
+    """The click command typer builds from `app` (built once: it takes ~13 ms, which in-process callers repeat)."""
+    return typer.main.get_command(app)
+
+
+#: exit code of a run interrupted by Ctrl-C (SIGINT), as shells report it (128 + signal 2)
+INTERRUPTED = 130
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"qeffc: error: {' '.join(message.split())}\n")
+    return code
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())
 
 
 if __name__ == "__main__":

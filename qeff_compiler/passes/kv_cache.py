@@ -49,7 +49,7 @@ from typing import ClassVar
 import torch
 import torch.fx
 
-from qeff_compiler.errors import InvalidArgumentError, PassOptionError, VerificationError
+from qeff_compiler.errors import InvalidArgumentError, PassOptionError, PassOrderError, VerificationError
 from qeff_compiler.ir.graph_utils import add_placeholder
 from qeff_compiler.ir.program import Program, TensorSpec
 from qeff_compiler.ir.quant_ops import LINEARS
@@ -121,7 +121,7 @@ class KVCache(Pass):
 
     def transform(self, program: Program) -> Program:
         if "kv-cache" in program.properties:
-            raise VerificationError("kv-cache: the program already has a KV cache")
+            raise PassOrderError("kv-cache runs on a program that has a KV cache already: the pipeline names kv-cache twice")
         ctx_len = self._checked_ctx_len(program)
         graph_module = program.copy_graph()
         graph = graph_module.graph

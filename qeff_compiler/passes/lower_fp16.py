@@ -37,7 +37,7 @@ from typing import ClassVar
 import torch
 import torch.fx
 
-from qeff_compiler.errors import Fp16OverflowError, VerificationError
+from qeff_compiler.errors import Fp16OverflowError, PassOrderError
 from qeff_compiler.ir.program import BINDING, Program, TensorSpec
 from qeff_compiler.ir.weights import WeightStore
 from qeff_compiler.passes.base import Pass, option
@@ -104,7 +104,7 @@ class LowerFp16(Pass):
 
     def transform(self, program: Program) -> Program:
         if "fp16-activations" in program.properties:
-            raise VerificationError("lower-fp16: the program's activations are fp16 already")
+            raise PassOrderError("lower-fp16 runs on a program whose activations are fp16 already: the pipeline names lower-fp16 twice")
         if self.options.check_overflow and program.has_weight_data:
             overflow = find_fp16_overflow(program)
             if overflow is not None:

@@ -9,8 +9,10 @@ twice: on the host (wall clock) and on the simulated device (the compiled model'
 
 from __future__ import annotations
 
+import operator
+import reprlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -68,7 +70,7 @@ def normalize_prompts(input_ids: torch.Tensor | Sequence[Sequence[int]], shapes:
             raise InvalidArgumentError(f"input_ids must be an integer tensor [batch, len], got {input_ids.dtype} {list(input_ids.shape)}")
         prompts = [row.tolist() for row in input_ids]
     else:
-        prompts = [list(map(int, row)) for row in input_ids]
+        prompts = _token_lists(input_ids)
     if not prompts or len(prompts) > shapes.batch_size:
         raise InvalidArgumentError(f"got {len(prompts)} prompts; this model was compiled for 1..{shapes.batch_size} per call")
     for row, prompt in enumerate(prompts):
@@ -77,6 +79,21 @@ def normalize_prompts(input_ids: torch.Tensor | Sequence[Sequence[int]], shapes:
         bad = [t for t in prompt if not 0 <= t < shapes.vocab_size]
         if bad:
             raise InvalidArgumentError(f"prompt {row} has token ids outside the vocabulary [0, {shapes.vocab_size}): {bad[:5]}")
+    return prompts
+
+
+def _token_lists(input_ids: object) -> list[list[int]]:
+    """Ragged prompts as lists of ints; anything else (strings, floats, a flat list) is refused, naming it."""
+    if not isinstance(input_ids, Iterable) or isinstance(input_ids, (str, bytes)):
+        raise InvalidArgumentError(f"input_ids must be a [batch, len] tensor or a list of token-id lists, got {reprlib.repr(input_ids)}")
+    prompts = []
+    for row, ids in enumerate(input_ids):
+        try:
+            if isinstance(ids, (str, bytes)):
+                raise TypeError
+            prompts.append([operator.index(t) for t in ids])
+        except TypeError:
+            raise InvalidArgumentError(f"prompt {row} must be a list of integer token ids, got {reprlib.repr(ids)}") from None
     return prompts
 
 
@@ -95,7 +112,7 @@ def generate(
 ) -> GenerationOutput:
     """Generate up to `max_new_tokens` per prompt; stops a row at an EOS token. `clock` gives the simulated device
     time of each program call."""
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise InvalidArgumentError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     longest = max(len(p) for p in prompts)
     if longest + max_new_tokens > shapes.ctx_len:

@@ -118,6 +118,10 @@ DEVICES: dict[str, DeviceSpec] = {
 }
 
 
+#: the most SoCs a model is partitioned over (tensor parallel): 16 Ultra cards of 4 SoCs, one server's worth
+#: (assumption); also how far a refused model's memory plan searches for a SoC count that fits
+MAX_DEVICES = 64
+
 def get_device(name: str) -> DeviceSpec:
     """The spec of a device name; an unknown name is an `InvalidArgumentError` listing the known ones."""
     try:

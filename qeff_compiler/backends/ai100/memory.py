@@ -25,8 +25,9 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
+from transformers import MptConfig
 
-from qeff_compiler.backends.ai100.devices import DeviceSpec, get_device
+from qeff_compiler.backends.ai100.devices import MAX_DEVICES, DeviceSpec, get_device
 from qeff_compiler.backends.ai100.partition import WEIGHTED_OPS, PartitionPlan, logical_weights
 from qeff_compiler.backends.ai100.workload import program_workload
 from qeff_compiler.errors import InvalidArgumentError, ModelDoesNotFitError
@@ -46,8 +47,6 @@ BYTES_PER_PARAMETER = {
 }
 #: precisions suggested when a model does not fit, most accurate first
 _ALTERNATIVES = ("fp16", "int8", "mxfp6")
-#: the largest SoC count the refusal searches for a fit
-_MAX_DEVICES = 64
 
 
 @dataclass(frozen=True)
@@ -213,6 +212,20 @@ def check_fits(memory: MemoryPlan) -> None:
     )
 
 
+def check_kv_cache_fits(config: MptConfig, batch_size: int, ctx_len: int, cache_bits: float, device: DeviceSpec, num_devices: int) -> None:
+    """Refuse, before anything is traced, a batch_size and ctx_len whose KV cache alone exceeds the DDR of all
+    SoCs: an absurd batch fails at once instead of tracing and allocating host caches of that size."""
+    cache_bytes = 2 * config.n_layers * batch_size * ctx_len * config.d_model * cache_bits / 8
+    capacity = device.ddr_bytes_per_soc * num_devices
+    if cache_bytes > capacity:
+        largest = int(capacity // (2 * config.n_layers * ctx_len * config.d_model * cache_bits / 8))
+        raise ModelDoesNotFitError(
+            f"batch_size={batch_size} does not fit: its KV cache alone (ctx_len={ctx_len}) needs {_gb(cache_bytes)}, "
+            f"more than the {_gb(capacity)} of DDR of {num_devices} SoC of {device.name}; at most batch_size={largest} "
+            f"fits the cache (before weights), or lower ctx_len, use kv_cache_dtype=mxint8 or more SoCs"
+        )
+
+
 def estimate_soc_bytes(memory: MemoryPlan, precision: str, num_devices: int) -> float:
     """Estimated bytes per SoC of the same model at `precision` over `num_devices` SoCs (see the module docstring)."""
     size = memory.model
@@ -227,7 +240,7 @@ def _alternatives(memory: MemoryPlan, spec: DeviceSpec) -> str:
     capacity, current = spec.ddr_bytes_per_soc, memory.precision
     devices = _smallest_devices(memory, current, capacity)
     if devices is None:
-        by_devices = f"{current} does not fit on up to {_MAX_DEVICES} SoCs of {spec.name}"
+        by_devices = f"{current} does not fit on up to {MAX_DEVICES} SoCs of {spec.name}"
     else:
         by_devices = f"num_devices={devices} would fit at {current} (~{_gb(estimate_soc_bytes(memory, current, devices))} per SoC)"
     return (
@@ -247,12 +260,12 @@ def _by_precision(memory: MemoryPlan, capacity: int) -> str:
         return f"; on {memory.num_devices} SoC(s) precision {listed} would fit"
     least = smaller[-1]
     devices = _smallest_devices(memory, least, capacity)
-    where = f"from num_devices={devices}" if devices else f"on none up to {_MAX_DEVICES} SoCs"
+    where = f"from num_devices={devices}" if devices else f"on none up to {MAX_DEVICES} SoCs"
     return f"; no precision fits on {memory.num_devices} SoC(s) ({least} needs ~{_gb(sizes[least])} per SoC); {least} fits {where}"
 
 
 def _smallest_devices(memory: MemoryPlan, precision: str, capacity: int) -> int | None:
-    fitting = (n for n in range(1, _MAX_DEVICES + 1) if estimate_soc_bytes(memory, precision, n) <= capacity)
+    fitting = (n for n in range(1, MAX_DEVICES + 1) if estimate_soc_bytes(memory, precision, n) <= capacity)
     return next(fitting, None)
 
 

@@ -393,9 +393,14 @@ def partition_program(
     for name, value in (("num_cores", num_cores), ("num_devices", num_devices)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
+    check_p2p_format(p2p_format)
+    return _Planner(program, num_cores, num_devices, p2p_format).plan()
+
+
+def check_p2p_format(p2p_format: str) -> None:
+    """Raise `InvalidArgumentError` for a SoC-to-SoC format that is not in P2P_FORMATS."""
     if p2p_format not in P2P_FORMATS:
         raise InvalidArgumentError(f"p2p_format={p2p_format!r} is not one of {', '.join(P2P_FORMATS)}")
-    return _Planner(program, num_cores, num_devices, p2p_format).plan()
 
 
 def balanced(total: int, parts: int, granule: int = 1) -> list[Range]:

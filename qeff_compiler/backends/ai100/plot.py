@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qeff_compiler.atomic import atomic_file
 from qeff_compiler.backends.ai100.simulator import SimulatedDevice
 from qeff_compiler.backends.ai100.trace import core_busy_fractions
 
@@ -43,5 +44,6 @@ def plot_simulation(simulation: SimulatedDevice, path: str | Path) -> None:
     memory.set(title=f"memory plan (weights in {simulation.memory.tier.upper()})", ylabel="GB", yscale="log")
     memory.legend(loc="center right")
     figure.tight_layout()
-    figure.savefig(path)
+    with atomic_file(path) as temp:  # the temporary name keeps the suffix, from which matplotlib picks the format
+        figure.savefig(temp)
     pyplot.close(figure)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from qeff_compiler.backends.ai100.cost_model import StepTiming, time_step
-from qeff_compiler.backends.ai100.devices import DeviceSpec, get_device
+from qeff_compiler.backends.ai100.devices import MAX_DEVICES, DeviceSpec, get_device
 from qeff_compiler.backends.ai100.memory import MemoryPlan, check_fits, plan_memory
 from qeff_compiler.backends.ai100.partition import PartitionPlan, partition_program, validate_plan
 from qeff_compiler.backends.ai100.trace import write_trace
@@ -43,8 +43,8 @@ class Target:
         cores = available if self.num_cores is None else self.num_cores
         if not _positive_int(cores) or cores > available:
             raise InvalidArgumentError(f"num_cores must be 1..{available} on {self.device}, got {self.num_cores!r}")
-        if not _positive_int(self.num_devices):
-            raise InvalidArgumentError(f"num_devices must be a positive integer, got {self.num_devices!r}")
+        if not _positive_int(self.num_devices) or self.num_devices > MAX_DEVICES:
+            raise InvalidArgumentError(f"num_devices must be a positive integer up to {MAX_DEVICES}, got {self.num_devices!r}")
         return cores
 
     def describe(self) -> str:

@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from qeff_compiler.atomic import atomic_write_text
 from qeff_compiler.backends.ai100.cost_model import StepTiming
 from qeff_compiler.backends.ai100.partition import PartitionPlan
 
@@ -63,9 +64,9 @@ def trace_events(calls: Sequence[tuple[str, StepTiming, PartitionPlan]]) -> list
 
 
 def write_trace(path: str | Path, calls: Sequence[tuple[str, StepTiming, PartitionPlan]]) -> None:
-    """Write the trace-event JSON of `calls` to `path`."""
+    """Write the trace-event JSON of `calls` to `path` (atomically)."""
     document = {"traceEvents": trace_events(calls), "displayTimeUnit": "ms", "otherData": {"clock": "simulated"}}
-    Path(path).write_text(json.dumps(document))
+    atomic_write_text(path, json.dumps(document))
 
 
 def _span(name: str, start_us: float, duration_us: float, pid: int, tid: int, args: dict) -> dict[str, object]:

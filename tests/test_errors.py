@@ -1,0 +1,731 @@
+"""Every row of docs/errors.md's catalogue is triggered here, and the table cannot drift from the code.
+
+The catalogue (docs/errors.md, "Catalogue") lists each user error with an id, its exception class, the `qeffc` exit
+code and an example message. For every row, `TRIGGERS[id]` provokes the error on a tiny model and the test checks
+the class, the exit code, that the message names the offending value, and that the message is the documented one
+(`…` in the table stands for any text; temporary paths are written as /tmp/x). Rows reached through `qeffc` also run
+in-process through `run(argv)` and must print exactly one line on stderr.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from typer._click import exceptions as click_errors
+from transformers import MptConfig
+
+import qeff_compiler as qc
+from qeff_compiler import errors
+from qeff_compiler.backends.ai100.devices import MAX_DEVICES
+from qeff_compiler.calibration import calibrate, save_calibration
+from qeff_compiler.capture.presets import preset_config
+from qeff_compiler.cli import main as cli
+from qeff_compiler.data import TINY_MPT
+from qeff_compiler.errors import QeffError
+from qeff_compiler.passes import PassManager
+from qeff_compiler.passes.base import Pass
+from tests.conftest import TinyArtifact, random_model, tiny_config
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+#: temporary paths in messages are shown as this in the table
+TMP = "/tmp/x"
+#: classes in errors.py that no user input reaches (internal consistency checks); documented as such
+NOT_USER_TRIGGERABLE = {
+    "QeffError": "the root: never raised itself",
+    "CaptureError": "torch.export met an input kind HF's MPT never produces",
+    "PartitionError": "the partitioner met an op the compiler's own passes never emit",
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    condition: str
+    cls: str
+    exit_code: int
+    message: str
+
+
+def catalogue() -> list[Row]:
+    """The rows of the catalogue table in docs/errors.md."""
+    section = DOCS.read_text().split("\n## Catalogue\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        ident, condition, cls, code, message = cells
+        rows.append(Row(ident.strip("`"), condition, cls.strip("`"), int(code), message.strip("`")))
+    return rows
+
+
+ROWS = catalogue()
+
+
+# shared state: one tiny model directory, compiled model and artifact per module --------------------------------
+@dataclass
+class Env:
+    root: Path
+    shared: TinyArtifact
+    meta: qc.CompiledModel
+    monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str]
+
+    @property
+    def model_dir(self) -> Path:
+        return self.shared.model_dir
+
+    @property
+    def compiled(self) -> qc.CompiledModel:
+        return self.shared.compiled
+
+    @property
+    def artifact(self) -> Path:
+        return self.shared.artifact
+
+    def fresh(self, name: str) -> Path:
+        """A new path under the root (not created)."""
+        path = self.root / name
+        shutil.rmtree(path, ignore_errors=True)
+        return path
+
+    def model_copy(self, name: str) -> Path:
+        target = self.fresh(name)
+        shutil.copytree(self.model_dir, target)
+        return target
+
+    def artifact_copy(self, name: str) -> Path:
+        target = self.fresh(name)
+        shutil.copytree(self.artifact, target)
+        return target
+
+    def normalized(self, text: str) -> str:
+        """`text` with the temporary directories written as TMP, on one line."""
+        for root in (self.root, self.shared.root):
+            text = text.replace(str(root), TMP)
+        return " ".join(text.split())
+
+
+@pytest.fixture(scope="module")
+def module_state(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, qc.CompiledModel]:
+    return tmp_path_factory.mktemp("errors"), qc.compile(tiny_config(), ctx_len=24, prefill_len=8)
+
+
+@pytest.fixture
+def env(
+    module_state: tuple[Path, qc.CompiledModel],
+    tiny_artifact: TinyArtifact,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> Env:
+    root, meta = module_state
+    return Env(root, tiny_artifact, meta, monkeypatch, capsys)
+
+
+# triggers ----------------------------------------------------------------------------------------------------------
+Trigger = Callable[[Env], object]
+TRIGGERS: dict[str, Trigger] = {}
+#: rows reached through `qeffc`: id -> argv builder (the trigger runs it through the typer app)
+CLI_ROWS: dict[str, Callable[[Env], list[str]]] = {}
+
+
+def trigger(ident: str) -> Callable[[Trigger], Trigger]:
+    def register(function: Trigger) -> Trigger:
+        TRIGGERS[ident] = function
+        return function
+
+    return register
+
+
+def cli_row(ident: str, argv: Callable[[Env], list[str]]) -> None:
+    CLI_ROWS[ident] = argv
+    TRIGGERS[ident] = lambda env: cli.app(args=argv(env), prog_name="qeffc", standalone_mode=False)
+
+
+def rewritten(directory: Path, name: str, text: str) -> Path:
+    """`directory` with its file `name` replaced by `text`."""
+    (directory / name).write_text(text)
+    return directory
+
+
+def without(directory: Path, name: str) -> Path:
+    """`directory` with its file `name` deleted."""
+    (directory / name).unlink()
+    return directory
+
+
+def config_row(ident: str, **overrides: object) -> None:
+    TRIGGERS[ident] = lambda env: qc.capture(tiny_config(**overrides))
+
+
+def compile_row(ident: str, **options: object) -> None:
+    TRIGGERS[ident] = lambda env: qc.compile(tiny_config(), **{"ctx_len": 24, "prefill_len": 8, **options})
+
+
+def pipeline_row(ident: str, pipeline: str) -> None:
+    TRIGGERS[ident] = lambda env: PassManager(pipeline)
+
+
+def generate_row(ident: str, *args: object, **kwargs: object) -> None:
+    TRIGGERS[ident] = lambda env: env.compiled.generate(*args, **kwargs)
+
+
+# model sources
+@trigger("model-type")
+def _(env: Env) -> object:
+    return qc.compile(42)
+
+
+@trigger("not-mpt-object")
+def _(env: Env) -> object:
+    return qc.capture(torch.nn.Linear(2, 2))
+
+
+@trigger("model-directory-missing")
+def _(env: Env) -> object:
+    return qc.capture(env.root / "no-such-model")
+
+
+@trigger("config-json-missing")
+def _(env: Env) -> object:
+    directory = env.fresh("no-config")
+    directory.mkdir()
+    return qc.capture(directory)
+
+
+TRIGGERS["config-json-invalid"] = lambda env: qc.capture(rewritten(env.model_copy("bad-config"), "config.json", '{"model_type": "mpt", '))
+TRIGGERS["not-mpt-directory"] = lambda env: qc.capture(rewritten(env.model_copy("llama"), "config.json", '{"model_type": "llama"}'))
+
+
+@trigger("unknown-preset")
+def _(env: Env) -> object:
+    return preset_config("mpt-1t")
+
+
+config_row("config-prefix-lm", attn_config={"prefix_lm": True})
+config_row("config-qk-ln", attn_config={"qk_ln": True})
+config_row("config-flash-sequence-id", attn_config={"attn_uses_sequence_id": True})
+config_row("config-attn-impl", attn_config={"attn_impl": "xformers"})
+config_row("config-attn-type", attn_config={"attn_type": "multiquery_attention"})
+config_row("config-alibi-off", attn_config={"alibi": False})
+config_row("config-no-bias", no_bias=False)
+config_row("config-expansion-ratio", expansion_ratio=2)
+config_row("config-norm-type", norm_type="rmsnorm")
+config_row("config-size", n_layers=0)
+config_row("config-heads", d_model=30)
+
+
+# weights
+def _tensors(env: Env) -> dict[str, torch.Tensor]:
+    return load_file(str(env.model_dir / "model.safetensors"))
+
+
+def _with_tensors(env: Env, name: str, tensors: dict[str, torch.Tensor]) -> Path:
+    directory = env.model_copy(name)
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    return directory
+
+
+TRIGGERS["weights-missing"] = lambda env: qc.capture(without(env.model_copy("no-weights"), "model.safetensors"))
+
+
+@trigger("weights-pickle-only")
+def _(env: Env) -> object:
+    directory = env.model_copy("pickle-only")
+    (directory / "model.safetensors").rename(directory / "pytorch_model.bin")
+    return qc.capture(directory)
+
+
+@trigger("weight-missing-key")
+def _(env: Env) -> object:
+    tensors = _tensors(env)
+    del tensors["transformer.blocks.1.ffn.up_proj.weight"]
+    return qc.capture(_with_tensors(env, "missing-key", tensors))
+
+
+@trigger("weight-unexpected-key")
+def _(env: Env) -> object:
+    return qc.capture(_with_tensors(env, "extra-key", {**_tensors(env), "transformer.blocks.9.extra": torch.zeros(2)}))
+
+
+@trigger("weight-shape")
+def _(env: Env) -> object:
+    tensors = _tensors(env)
+    tensors["transformer.blocks.0.attn.Wqkv.weight"] = torch.zeros(96, 16)
+    return qc.capture(_with_tensors(env, "bad-shape", tensors))
+
+
+@trigger("weight-dtype")
+def _(env: Env) -> object:
+    tensors = _tensors(env)
+    tensors["transformer.norm_f.weight"] = tensors["transformer.norm_f.weight"].to(torch.int32)
+    return qc.capture(_with_tensors(env, "bad-dtype", tensors))
+
+
+@trigger("safetensors-corrupt-header")
+def _(env: Env) -> object:
+    directory = env.model_copy("corrupt-header")
+    data = bytearray((directory / "model.safetensors").read_bytes())
+    data[8:20] = b"not json at!"
+    (directory / "model.safetensors").write_bytes(bytes(data))
+    return qc.capture(directory)
+
+
+@trigger("safetensors-truncated")
+def _(env: Env) -> object:
+    directory = env.model_copy("truncated-weights")
+    data = (directory / "model.safetensors").read_bytes()
+    (directory / "model.safetensors").write_bytes(data[: len(data) // 2])
+    return qc.capture(directory)
+
+
+@trigger("sharded-index-invalid")
+def _(env: Env) -> object:
+    directory = env.model_copy("bad-index")
+    (directory / "model.safetensors").rename(directory / "model-00001-of-00001.safetensors")
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}}))
+    return qc.capture(directory)
+
+
+@trigger("shard-missing")
+def _(env: Env) -> object:
+    directory = env.model_copy("missing-shard")
+    (directory / "model.safetensors").unlink()
+    index = {"weight_map": {"transformer.wte.weight": "model-00001-of-00002.safetensors"}}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index))
+    return qc.capture(directory)
+
+
+# pipelines
+pipeline_row("pipeline-syntax", "patch-attention,kv-cache{ctx_len=16")
+pipeline_row("pipeline-trailing-comma", "patch-attention,")
+pipeline_row("pipeline-nested-brace", "dce{a={b}}")
+pipeline_row("pass-unknown", "patch-attention,lower-fp8")
+pipeline_row("pass-option-unknown", "kv-cache{context=16}")
+pipeline_row("pass-option-type", "kv-cache{ctx_len=sixteen}")
+pipeline_row("pass-option-repeated", "kv-cache{ctx_len=16 ctx_len=32}")
+pipeline_row("pass-option-value", "kv-cache{ctx_len=16,dtype=int4}")
+pipeline_row("pass-option-range", "lower-fp16,lower-w8a8{alpha=1.5}")
+
+
+@trigger("pass-order")
+def _(env: Env) -> object:
+    return PassManager("kv-cache{ctx_len=16},patch-attention").run(qc.capture(tiny_config()))
+
+
+@trigger("pass-repeated")
+def _(env: Env) -> object:
+    return PassManager("patch-attention,lower-fp16,lower-fp16").run(qc.capture(tiny_config()))
+
+
+@trigger("print-ir-after-unknown")
+def _(env: Env) -> object:
+    return PassManager("patch-attention", print_ir_after={"kv-cache"})
+
+
+@trigger("pipeline-not-stateful")
+def _(env: Env) -> object:
+    return qc.compile(tiny_config(), ctx_len=24, prefill_len=8, passes="strip-export-noise,patch-attention")
+
+
+class _ScaleLmHead(Pass):
+    """A deliberately wrong pass: changes the lm_head weights by 1% (the numeric check must catch it)."""
+
+    name = "test-errors-scale-lm-head"
+    summary = "a broken pass for tests"
+
+    def transform(self, program: qc.Program) -> qc.Program:
+        weight = program.weights.tensor("lm_head.weight")
+        return program.evolve(weights=program.weights.with_tensors({"lm_head.weight": weight * 1.01}))
+
+
+@trigger("pass-numerics")
+def _(env: Env) -> object:
+    return PassManager([_ScaleLmHead()]).run(qc.capture(random_model(tiny_config())))
+
+
+# compile options
+compile_row("precision-unknown", precision="fp8")
+compile_row("kv-cache-dtype-unknown", kv_cache_dtype="int4")
+compile_row("ctx-len-not-positive", ctx_len=0)
+compile_row("ctx-len-too-long", ctx_len=64)
+compile_row("prefill-len-too-long", ctx_len=64, prefill_len=48)
+compile_row("ctx-len-below-prefill", ctx_len=8, prefill_len=16)
+compile_row("batch-size-not-positive", batch_size=0)
+compile_row("batch-size-too-large", batch_size=10**9)
+compile_row("device-unknown", device="ai100-max")
+compile_row("num-cores-range", num_cores=15)
+compile_row("num-devices-range", num_devices=MAX_DEVICES + 1)
+compile_row("p2p-format-unknown", num_devices=2, p2p_format="bf16")
+compile_row("w8a8-without-calibration", precision="w8a8")
+compile_row("calibration-missing", precision="w8a8", calibration="/tmp/x/no-such-table.safetensors")
+
+
+@trigger("calibration-foreign-file")
+def _(env: Env) -> object:
+    return qc.compile(tiny_config(), ctx_len=24, prefill_len=8, precision="w8a8", calibration=env.model_dir / "model.safetensors")
+
+
+@trigger("model-does-not-fit")
+def _(env: Env) -> object:
+    huge = MptConfig(d_model=4096, n_heads=32, n_layers=1, vocab_size=2_500_000, max_seq_len=64, tie_word_embeddings=False)
+    return qc.compile(huge, precision="fp16", ctx_len=16, prefill_len=8)
+
+
+@trigger("fp16-overflow")
+def _(env: Env) -> object:
+    model = random_model(tiny_config())
+    with torch.no_grad():
+        model.transformer.blocks[1].ffn.up_proj.weight.mul_(1e5)
+    return qc.compile(model, precision="fp16", ctx_len=24, prefill_len=8)
+
+
+@trigger("meta-weights-run")
+def _(env: Env) -> object:
+    return env.meta.generate([[1, 2, 3]], 2)
+
+
+# generation
+generate_row("prompt-empty", [[1, 2], []], 4)
+generate_row("token-out-of-vocab", [[5, 2048, 3]], 4)
+generate_row("prompt-not-ids", [["def", "f"]], 4)
+generate_row("input-ids-dtype", torch.ones(1, 3), 4)
+generate_row("prompts-too-many", [[1], [2], [3]], 4)
+generate_row("prompt-too-long", [list(range(20))], 8)
+generate_row("max-new-tokens", [[1, 2]], 0)
+generate_row("sampling-temperature", [[1, 2]], 4, do_sample=True, temperature=0.0)
+generate_row("sampling-top-p", [[1, 2]], 4, do_sample=True, top_p=1.5)
+generate_row("sampling-options-without-sampling", [[1, 2]], 4, top_k=5)
+generate_row("unknown-engine", [[1, 2]], 4, engine="cuda")
+
+
+@trigger("estimate-too-long")
+def _(env: Env) -> object:
+    return env.compiled.estimate(prompt_len=20, generation_len=10)
+
+
+@trigger("estimate-other-batch")
+def _(env: Env) -> object:
+    return env.compiled.estimate(prompt_len=8, generation_len=8, batch_size=4)
+
+
+@trigger("program-inputs")
+def _(env: Env) -> object:
+    return env.compiled.host_executors()[1]({"input_ids": torch.zeros(2, 1, dtype=torch.int64)})
+
+
+@trigger("calibration-text-unreadable")
+def _(env: Env) -> object:
+    return calibrate(TINY_MPT, env.root / "no-such-text.txt")
+
+
+@trigger("calibration-text-too-short")
+def _(env: Env) -> object:
+    return calibrate(TINY_MPT, "def f(): pass")
+
+
+@trigger("calibration-table-empty")
+def _(env: Env) -> object:
+    return save_calibration({}, env.fresh("empty.safetensors"))
+
+
+# the qeffc command line
+cli_row("cli-usage", lambda env: ["compile", "-o", str(env.fresh("out")), "--ctx-len", "many"])
+cli_row("cli-prompt-and-token-ids", lambda env: ["run", str(env.artifact)])
+cli_row("cli-token-ids", lambda env: ["run", str(env.artifact), "--token-ids", "1,2,x"])
+cli_row("cli-no-tokenizer", lambda env: ["run", str(without(env.artifact_copy("no-tokenizer"), "tokenizer.json")), "--prompt", "def f("])
+cli_row("cli-preset-needs-directory", lambda env: ["calibrate", "mpt-7b", "-o", str(env.fresh("calib.safetensors"))])
+cli_row("cli-estimate-w8a8", lambda env: ["estimate", "mpt-125m", "--precision", "w8a8"])
+cli_row("output-exists", lambda env: ["compile", str(env.model_dir), "-o", str(env.artifact)])
+
+
+def _not_an_artifact(env: Env) -> list[str]:
+    directory = env.fresh("notes")
+    directory.mkdir()
+    (directory / "notes.txt").write_text("keep me")
+    return ["compile", str(env.model_dir), "-o", str(directory), "--force"]
+
+
+cli_row("output-not-an-artifact", _not_an_artifact)
+
+
+def _a_file(env: Env) -> Path:
+    """A regular file: nothing can be created below it (unlike chmod, this stops root too)."""
+    (env.root / "a-file").write_text("")
+    return env.root / "a-file"
+
+
+cli_row("output-unwritable", lambda env: ["compile", str(env.model_dir), "-o", str(_a_file(env) / "artifact")])
+cli_row("trace-unwritable", lambda env: ["run", str(env.artifact), "--token-ids", "1", "--trace", str(_a_file(env) / "t.json")])
+
+
+@trigger("disk-full")
+def _(env: Env) -> object:
+    from qeff_compiler.backends import onnx_export
+
+    def full_disk(program: qc.Program, path: Path) -> None:
+        path.write_bytes(b"\0" * 100)  # a partial file, as a full disk leaves one
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    env.monkeypatch.setattr(onnx_export, "export_onnx", full_disk)
+    output = env.fresh("full")
+    try:
+        return env.compiled.save(output)
+    finally:
+        assert not output.exists() and not list(env.root.glob(".full.*")), "nothing is left behind"
+
+
+@trigger("interrupted")
+def _(env: Env) -> object:
+    from qeff_compiler.backends import onnx_export
+
+    def interrupt(program: qc.Program, path: Path) -> None:
+        raise KeyboardInterrupt  # as Ctrl-C while the artifact is being written
+
+    env.monkeypatch.setattr(cli, "compile_model", lambda *args, **kwargs: env.compiled)
+    env.monkeypatch.setattr(onnx_export, "export_onnx", interrupt)
+    output = env.fresh("interrupted")
+    env.capsys.readouterr()
+    code = cli.run(["compile", str(env.model_dir), "-o", str(output)])
+    err = env.capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert not output.exists() and not list(env.root.glob(".interrupted.*")), "nothing is left behind"
+    return _Interrupted(code, err.removeprefix("qeffc: error: "))
+
+
+class _Interrupted(Exception):
+    """What `qeffc` reports for a KeyboardInterrupt: its exit code and its line on stderr."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+
+# artifacts
+@trigger("artifact-missing")
+def _(env: Env) -> object:
+    return qc.load_compiled(env.root / "no-such-artifact")
+
+
+@trigger("artifact-no-manifest")
+def _(env: Env) -> object:
+    directory = env.model_copy("not-an-artifact")
+    return qc.load_compiled(directory)
+
+
+TRIGGERS["artifact-manifest-invalid"] = lambda env: qc.load_compiled(
+    rewritten(env.artifact_copy("bad-json"), "manifest.json", '{"format": "qeff-compiled-model", "format_ver')
+)
+TRIGGERS["artifact-not-a-manifest"] = lambda env: qc.load_compiled(
+    rewritten(env.artifact_copy("other-json"), "manifest.json", '{"format": "onnx-bundle"}')
+)
+
+
+def _edit_manifest(env: Env, name: str, **changes: object) -> Path:
+    directory = env.artifact_copy(name)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest.update(changes)
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return directory
+
+
+@trigger("artifact-version")
+def _(env: Env) -> object:
+    return qc.load_compiled(_edit_manifest(env, "old-version", format_version=1))
+
+
+@trigger("artifact-manifest-modified")
+def _(env: Env) -> object:
+    return qc.load_compiled(_edit_manifest(env, "edited", pipeline="strip-export-noise,patch-attention,kv-cache{ctx_len=24}"))
+
+
+TRIGGERS["artifact-file-missing"] = lambda env: qc.load_compiled(without(env.artifact_copy("missing-file"), "decode.onnx"))
+
+
+@trigger("artifact-file-truncated")
+def _(env: Env) -> object:
+    directory = env.artifact_copy("truncated")
+    data = (directory / "weights.safetensors").read_bytes()
+    (directory / "weights.safetensors").write_bytes(data[:-10])
+    return qc.load_compiled(directory)
+
+
+@trigger("artifact-file-modified")
+def _(env: Env) -> object:
+    directory = env.artifact_copy("modified")
+    data = bytearray((directory / "program.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (directory / "program.onnx").write_bytes(bytes(data))
+    return qc.load_compiled(directory)
+
+
+#: the offending value each row's message must name (defaults: none beyond the documented message)
+OFFENDING: dict[str, str] = {
+    "model-type": "int",
+    "not-mpt-object": "Linear",
+    "model-directory-missing": "no-such-model",
+    "config-json-missing": "no-config",
+    "config-json-invalid": "bad-config/config.json",
+    "not-mpt-directory": "'llama'",
+    "unknown-preset": "'mpt-1t'",
+    "config-prefix-lm": "prefix_lm=True",
+    "config-qk-ln": "qk_ln=True",
+    "config-flash-sequence-id": "attn_uses_sequence_id=True",
+    "config-attn-impl": "'xformers'",
+    "config-attn-type": "'multiquery_attention'",
+    "config-alibi-off": "alibi=False",
+    "config-no-bias": "no_bias=False",
+    "config-expansion-ratio": "expansion_ratio=2",
+    "config-norm-type": "'rmsnorm'",
+    "config-size": "n_layers must be a positive integer, got 0",
+    "config-heads": "(30)",
+    "weights-missing": "no-weights",
+    "weights-pickle-only": "pytorch_model",
+    "weight-missing-key": "'transformer.blocks.1.ffn.up_proj.weight'",
+    "weight-unexpected-key": "transformer.blocks.9.extra",
+    "weight-shape": "[96, 16]",
+    "weight-dtype": "I32",
+    "safetensors-corrupt-header": "corrupt-header/model.safetensors",
+    "safetensors-truncated": "truncated-weights/model.safetensors",
+    "sharded-index-invalid": "model.safetensors.index.json",
+    "shard-missing": "model-00001-of-00002.safetensors",
+    "pipeline-syntax": "column 25",
+    "pipeline-trailing-comma": "ends with ','",
+    "pipeline-nested-brace": "column 7",
+    "pass-unknown": "'lower-fp8'",
+    "pass-option-unknown": "'context'",
+    "pass-option-type": "'sixteen'",
+    "pass-option-repeated": "'ctx_len'",
+    "pass-option-value": "'int4'",
+    "pass-option-range": "alpha=1.5",
+    "pass-order": "kv-cache requires ['attention-patched']",
+    "pass-repeated": "lower-fp16 twice",
+    "print-ir-after-unknown": "['kv-cache']",
+    "pipeline-not-stateful": "'strip-export-noise,patch-attention'",
+    "pass-numerics": "test-errors-scale-lm-head",
+    "precision-unknown": "'fp8'",
+    "kv-cache-dtype-unknown": "'int4'",
+    "ctx-len-not-positive": "got 0",
+    "ctx-len-too-long": "ctx_len=64",
+    "prefill-len-too-long": "prefill_len=48",
+    "ctx-len-below-prefill": "ctx_len=8",
+    "batch-size-not-positive": "got 0",
+    "batch-size-too-large": "batch_size=1000000000",
+    "device-unknown": "'ai100-max'",
+    "num-cores-range": "got 15",
+    "num-devices-range": f"got {MAX_DEVICES + 1}",
+    "p2p-format-unknown": "'bf16'",
+    "w8a8-without-calibration": "w8a8",
+    "calibration-missing": "no-such-table.safetensors",
+    "calibration-foreign-file": "tiny-mpt/model.safetensors",
+    "model-does-not-fit": "needs",
+    "fp16-overflow": "transformer.blocks.1.ffn.up_proj",
+    "meta-weights-run": "weight 'transformer",
+    "prompt-empty": "prompt 1",
+    "token-out-of-vocab": "[2048]",
+    "prompt-not-ids": "['def', 'f']",
+    "input-ids-dtype": "torch.float32",
+    "prompts-too-many": "got 3 prompts",
+    "prompt-too-long": "20 tokens",
+    "max-new-tokens": "got 0",
+    "sampling-temperature": "got 0.0",
+    "sampling-top-p": "got 1.5",
+    "sampling-options-without-sampling": "top_k",
+    "unknown-engine": "'cuda'",
+    "estimate-too-long": "prompt_len (20)",
+    "estimate-other-batch": "batch_size=4",
+    "program-inputs": "missing ['past_key.0'",
+    "calibration-text-unreadable": "no-such-text.txt",
+    "calibration-text-too-short": "got 4 tokens",
+    "calibration-table-empty": "empty.safetensors",
+    "cli-usage": "(got 'many')",
+    "cli-prompt-and-token-ids": "--prompt",
+    "cli-token-ids": "'1,2,x'",
+    "cli-no-tokenizer": "/tmp/x/no-tokenizer",
+    "cli-preset-needs-directory": "'mpt-7b'",
+    "cli-estimate-w8a8": "w8a8",
+    "output-exists": "/tmp/x/artifact",
+    "output-not-an-artifact": "/tmp/x/notes",
+    "output-unwritable": "/tmp/x/a-file",
+    "trace-unwritable": "/tmp/x/a-file",
+    "disk-full": "/tmp/x/full",
+    "interrupted": "interrupted",
+    "artifact-missing": "no-such-artifact",
+    "artifact-no-manifest": "not-an-artifact",
+    "artifact-manifest-invalid": "bad-json/manifest.json",
+    "artifact-not-a-manifest": "other-json/manifest.json",
+    "artifact-version": "version 1",
+    "artifact-manifest-modified": "edited/manifest.json",
+    "artifact-file-missing": "decode.onnx",
+    "artifact-file-truncated": "weights.safetensors",
+    "artifact-file-modified": "program.onnx",
+}
+
+
+def provoke(ident: str, env: Env) -> BaseException:
+    """Run the row's trigger and return what it raised (it must raise)."""
+    try:
+        result = TRIGGERS[ident](env)
+    except (QeffError, cli.UsageError, _Interrupted) as exc:
+        return exc
+    if isinstance(result, _Interrupted):
+        return result
+    raise AssertionError(f"row {ident}: the trigger raised nothing (returned {result!r})")
+
+
+def message_of(exc: BaseException, env: Env) -> str:
+    return env.normalized(exc.format_message() if isinstance(exc, cli.UsageError) else str(exc))
+
+
+def class_name(exc: BaseException) -> str:
+    return "KeyboardInterrupt" if isinstance(exc, _Interrupted) else type(exc).__name__
+
+
+def documented(message: str) -> re.Pattern[str]:
+    """The table's example as a pattern: `…` stands for any text."""
+    return re.compile(".*".join(re.escape(part) for part in message.split("…")), re.DOTALL)
+
+
+# tests -------------------------------------------------------------------------------------------------------------
+def test_every_row_has_a_trigger_and_an_offending_value() -> None:
+    ids = [row.id for row in ROWS]
+    assert len(ids) == len(set(ids)), "duplicate row ids in docs/errors.md"
+    assert set(ids) == set(TRIGGERS), f"rows without trigger: {set(ids) - set(TRIGGERS)}; triggers without row: {set(TRIGGERS) - set(ids)}"
+    assert set(ids) == set(OFFENDING)
+
+
+def test_every_error_class_is_in_the_catalogue_or_explained() -> None:
+    classes = {name for name, value in vars(errors).items() if isinstance(value, type) and issubclass(value, QeffError)}
+    in_table = {row.cls for row in ROWS}
+    for name in in_table - classes:  # besides QeffErrors: the CLI's usage errors (typer's click) and Ctrl-C
+        assert name == "KeyboardInterrupt" or issubclass(getattr(click_errors, name), cli.UsageError), name
+    assert classes - in_table == set(NOT_USER_TRIGGERABLE), "every user-facing QeffError class needs a catalogue row"
+    text = DOCS.read_text()
+    for name in NOT_USER_TRIGGERABLE:
+        assert f"`{name}`" in text
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row.id for row in ROWS])
+def test_row(row: Row, env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    exc = provoke(row.id, env)
+    message = message_of(exc, env)
+    assert class_name(exc) == row.cls, f"{row.id}: raised {class_name(exc)}: {message}"
+    assert getattr(exc, "exit_code", None) == row.exit_code
+    if row.id in CLI_ROWS:  # the console script's path: exactly one line on stderr, the row's exit code
+        capsys.readouterr()
+        code = cli.run(CLI_ROWS[row.id](env))
+        err = capsys.readouterr().err
+        assert code == row.exit_code
+        assert err.count("\n") == 1 and err.startswith("qeffc: error: ") and "Traceback" not in err, err
+        message = env.normalized(err.removeprefix("qeffc: error: "))  # what the user reads
+    assert OFFENDING[row.id] in message, f"{row.id}: the message does not name {OFFENDING[row.id]!r}: {message}"
+    assert documented(row.message).fullmatch(message), f"{row.id}: docs/errors.md says\n  {row.message}\nthe code says\n  {message}"
