@@ -9,6 +9,8 @@
                                            linears; the fused attention's weights int8 with fp16 activations
     mxfp6  lower-fp16,lower-mxfp6          matmul weights MXFP6 E2M3, decompressed to fp16
 
+Pruning (`prune_passes`) runs before the lowering: `strip-export-noise,patch-attention,prune{...},<lowering>,...`.
+
 KV-cache dtype (the `kv-cache` pass's `dtype`): None = the activations' dtype, "fp16", or "mxint8".
 """
 
@@ -24,6 +26,8 @@ from qeff_compiler.ir.quant_ops import DEQUANTIZE_INT8, DEQUANTIZE_MXFP6, LINEAR
 
 PRECISIONS = ("fp32", "fp16", "int8", "w8a8", "mxfp6")
 KV_CACHE_DTYPES = ("fp16", "mxint8")
+#: importance scores of the `prune` pass
+PRUNE_SCORES = ("magnitude", "activation")
 _LOWERING = {
     "fp32": [],
     "fp16": ["lower-fp16"],
@@ -49,11 +53,40 @@ def lowering_passes(precision: str, calibration: Path | None = None) -> list[str
     if precision == "w8a8":
         if calibration is None:
             raise InvalidArgumentError("precision w8a8 needs a calibration table (qc.calibrate) for its activation scales")
-        if any(ch in str(calibration) for ch in ",{}= \t"):
-            raise InvalidArgumentError(f"calibration table path {str(calibration)!r} cannot go in a pipeline string: "
-                                       "it holds a comma, space, brace or '='")
-        return ["lower-fp16", f"lower-w8a8{{calibration={calibration}}}"]
+        return ["lower-fp16", f"lower-w8a8{{calibration={_pipeline_path(calibration)}}}"]
     return list(_LOWERING[precision])
+
+
+def _pipeline_path(calibration: Path) -> str:
+    if any(ch in str(calibration) for ch in ",{}= \t"):
+        raise InvalidArgumentError(f"calibration table path {str(calibration)!r} cannot go in a pipeline string: "
+                                   "it holds a comma, space, brace or '='")
+    return str(calibration)
+
+
+def check_pruning(ffn: float, heads: float, score: str) -> None:
+    """Raise `InvalidArgumentError` for a share outside [0, 1) or an unknown importance score."""
+    for name, share in (("prune_ffn", ffn), ("prune_heads", heads)):
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 <= share < 1.0:
+            raise InvalidArgumentError(f"{name} must be a share in [0, 1), got {share!r}")
+    if score not in PRUNE_SCORES:
+        raise InvalidArgumentError(f"prune_score {score!r} is not one of {', '.join(PRUNE_SCORES)}")
+
+
+def prune_passes(
+    ffn: float = 0.0, heads: float = 0.0, score: str = "magnitude", calibration: Path | None = None
+) -> list[str]:
+    """The `prune` pass for these shares (none when nothing is removed). It goes after `patch-attention` and
+    before the lowering passes (pruning runs on the fp graph); `calibration` is the table score=activation reads."""
+    check_pruning(ffn, heads, score)
+    if not ffn and not heads:
+        return []
+    options = [f"ffn={ffn:g}", f"heads={heads:g}", f"score={score}"]
+    if score == "activation" and ffn:
+        if calibration is None:
+            raise InvalidArgumentError("prune_score='activation' needs a calibration table (qc.calibrate)")
+        options.append(f"calibration={_pipeline_path(calibration)}")
+    return [f"prune{{{','.join(options)}}}"]
 
 
 def kv_cache_pass(ctx_len: int, kv_cache_dtype: str | None, *, all_logits: bool = False) -> str:
