@@ -159,7 +159,7 @@ class CompiledModel:
         self.source_directory = source_directory
         #: `--time-passes` tables of the compile, per specialization (empty for a loaded artifact)
         self.pass_reports: dict[str, str] = {}
-        #: the calibration table the compile used (w8a8, activation-scored pruning) (saved into the artifact as CALIBRATION_TABLE)
+        #: the calibration table the compile used (w8a8, activation-scored pruning), saved as CALIBRATION_TABLE
         self.calibration_table: dict[str, torch.Tensor] | None = None
         self._executors: tuple[HostExecutor, HostExecutor] | None = None
         #: the programs partitioned, placed and timed on the target device (raises if they do not fit)

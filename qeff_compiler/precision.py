@@ -73,20 +73,25 @@ def check_pruning(ffn: float, heads: float, score: str) -> None:
         raise InvalidArgumentError(f"prune_score {score!r} is not one of {', '.join(PRUNE_SCORES)}")
 
 
+def pruning_options(ffn: float = 0.0, heads: float = 0.0, score: str = "magnitude") -> str:
+    """The `prune` pass's options for these shares, e.g. "ffn=0.25,heads=0,score=magnitude"; "" for none."""
+    check_pruning(ffn, heads, score)
+    return f"ffn={ffn:g},heads={heads:g},score={score}" if ffn or heads else ""
+
+
 def prune_passes(
     ffn: float = 0.0, heads: float = 0.0, score: str = "magnitude", calibration: Path | None = None
 ) -> list[str]:
     """The `prune` pass for these shares (none when nothing is removed). It goes after `patch-attention` and
     before the lowering passes (pruning runs on the fp graph); `calibration` is the table score=activation reads."""
-    check_pruning(ffn, heads, score)
-    if not ffn and not heads:
+    options = pruning_options(ffn, heads, score)
+    if not options:
         return []
-    options = [f"ffn={ffn:g}", f"heads={heads:g}", f"score={score}"]
     if score == "activation" and ffn:
         if calibration is None:
             raise InvalidArgumentError("prune_score='activation' needs a calibration table (qc.calibrate)")
-        options.append(f"calibration={_pipeline_path(calibration)}")
-    return [f"prune{{{','.join(options)}}}"]
+        options += f",calibration={_pipeline_path(calibration)}"
+    return [f"prune{{{options}}}"]
 
 
 def kv_cache_pass(ctx_len: int, kv_cache_dtype: str | None, *, all_logits: bool = False) -> str:
