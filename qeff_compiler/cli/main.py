@@ -22,7 +22,7 @@ from qeff_compiler.capture.presets import preset_config, preset_names
 from qeff_compiler.compiler import CompiledModel, load_compiled
 from qeff_compiler.compiler import compile as compile_model
 from qeff_compiler.data import TINY_MPT
-from qeff_compiler.evaluate import MXINT8_CACHE_GATE, EvaluationReport, evaluate, mxint8_cache_increase
+from qeff_compiler.evaluate import MXINT8_CACHE_GATE, EvaluationReport, Evaluator, mxint8_cache_increase
 from qeff_compiler.errors import ArtifactExistsError, InvalidArgumentError, ModelSourceError, QeffError
 from qeff_compiler.ir.printer import format_program
 from qeff_compiler.ir.program import Program
@@ -56,6 +56,11 @@ P2PFormatOption = Annotated[str, typer.Option("--p2p-format", help="SoC-to-SoC t
 PrecisionOption = Annotated[str, typer.Option("--precision", help="fp32, fp16, int8, w8a8 or mxfp6")]
 KVCacheDtypeOption = Annotated[
     str | None, typer.Option("--kv-cache-dtype", help="fp16 or mxint8 (default: the activations' dtype)")
+]
+PruneFfnOption = Annotated[float, typer.Option("--prune-ffn", help="share of each layer's FFN channels pruned, [0, 1)")]
+PruneHeadsOption = Annotated[float, typer.Option("--prune-heads", help="share of each layer's attention heads pruned, [0, 1)")]
+PruneScoreOption = Annotated[
+    str, typer.Option("--prune-score", help="pruning importance: magnitude, or activation (calibration text)")
 ]
 
 
@@ -172,6 +177,9 @@ def compile_command(
     passes: Annotated[str | None, typer.Option("--passes", help="replace the default pipeline")] = None,
     force: Annotated[bool, typer.Option("--force", help="replace OUTPUT if it exists")] = False,
     time_passes: Annotated[bool, typer.Option("--time-passes", help="print time per pass")] = False,
+    prune_ffn: PruneFfnOption = 0.0,
+    prune_heads: PruneHeadsOption = 0.0,
+    prune_score: PruneScoreOption = "magnitude",
 ) -> None:
     """Compile MODEL into a prefill and a decode program and write the artifact directory."""
     if output.exists() and not force:
@@ -182,6 +190,7 @@ def compile_command(
             source, precision=precision, ctx_len=ctx_len, prefill_len=prefill_len, batch_size=batch_size,
             kv_cache_dtype=kv_cache_dtype, device=device, num_cores=num_cores, num_devices=num_devices,
             p2p_format=p2p_format, calibration=calibration, passes=passes,
+            prune_ffn=prune_ffn, prune_heads=prune_heads, prune_score=prune_score,
         )
     if time_passes:
         _print_plain(compiled.timing_report())
@@ -204,8 +213,11 @@ def estimate_command(
     batch_size: Annotated[int, typer.Option("--batch-size", help="sequences per call")] = 1,
     prompt_len: Annotated[int, typer.Option("--prompt-len", help="prompt tokens")] = 1024,
     generation_len: Annotated[int, typer.Option("--generation-len", help="generated tokens")] = 1024,
+    prune_ffn: PruneFfnOption = 0.0,
+    prune_heads: PruneHeadsOption = 0.0,
 ) -> None:
-    """What-if from MODEL's config alone (no weights read): the simulated device's memory plan and latency."""
+    """What-if from MODEL's config alone (no weights read): the simulated device's memory plan and latency.
+    With --prune-ffn / --prune-heads the program has the pruned shapes (which channels go needs weights)."""
     source = _model_source(model)
     config = resolve_model(source).config if isinstance(source, Path) else source
     if precision == "w8a8":
@@ -214,7 +226,7 @@ def estimate_command(
         compiled = compile_model(
             config, precision=precision, kv_cache_dtype=kv_cache_dtype, ctx_len=min(ctx_len, config.max_seq_len),
             prefill_len=prefill_len, batch_size=batch_size, device=device, num_cores=num_cores,
-            num_devices=num_devices, p2p_format=p2p_format, verify=False,
+            num_devices=num_devices, p2p_format=p2p_format, verify=False, prune_ffn=prune_ffn, prune_heads=prune_heads,
         )
     _print_memory(compiled)
     stats = compiled.estimate(prompt_len, generation_len)
@@ -335,41 +347,54 @@ def eval_command(
         typer.Option("--kv-cache-dtype", help="KV-cache dtype: none, fp16 or mxint8 (repeatable; default none)"),
     ] = None,
     text: Annotated[Path | None, typer.Option("--text", help="text file (default: the shipped validation text)")] = None,
+    prune_ffn: Annotated[
+        list[float] | None, typer.Option("--prune-ffn", help="share of each layer's FFN channels pruned (repeatable)")
+    ] = None,
+    prune_heads: PruneHeadsOption = 0.0,
+    prune_score: PruneScoreOption = "magnitude",
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="score only the first N tokens")] = None,
 ) -> None:
     """Score a text teacher-forced at each precision (and KV-cache dtype) against the fp32 HF model: perplexity,
-    top-1 agreement, logit error and the accuracy gate; exits 1 when a gate is missed."""
+    top-1 agreement, logit error and the accuracy gate; exits 1 when a gate is missed. With --prune-ffn /
+    --prune-heads the rows show the accuracy cost of pruning (no fixed gate: see `qeffc tune`)."""
     source = _model_source(model)
     if not isinstance(source, Path):
         raise InvalidArgumentError(f"eval needs a model directory with weights and a tokenizer, got preset {model!r}")
     # without a cache dtype first, so each MXINT8 row can be compared with its precision's row
     cache_dtypes = sorted({None if d.lower() == "none" else d for d in kv_cache_dtype or ["none"]}, key=lambda d: d or "")
+    levels = sorted(set(prune_ffn or [0.0]))
+    pruning = prune_heads > 0 or levels != [0.0]
     table = Table(title=f"accuracy vs fp32 HF reference ({model})")
-    for column in ("precision", "KV cache", "tokens", "ppl", "ref ppl", "Δppl", "top-1 agree", "max|Δlogit|", "mean|Δlogit|", "gate"):
+    columns = ["precision", "KV cache", *(["pruned"] if pruning else []), "tokens", "ppl", "ref ppl", "Δppl"]
+    for column in (*columns, "top-1 agree", "max|Δlogit|", "mean|Δlogit|", "gate"):
         table.add_column(column, justify="right")
+    evaluator = Evaluator(source, text, max_tokens=max_tokens, keep_reference=False)
     reports: dict[tuple[str, str | None], EvaluationReport] = {}
     missed = []
-    for name in precision or ["fp32"]:
-        for cache in cache_dtypes:
-            with console.status(f"evaluating {name}" + (f" with a {cache} KV cache" if cache else "")):
-                report = reports[name, cache] = evaluate(source, precision=name, kv_cache_dtype=cache, text=text)
-            failures = report.gate_failures()
-            if cache == "mxint8" and (name, None) in reports:
-                extra = mxint8_cache_increase(report, reports[name, None])
-                if extra > MXINT8_CACHE_GATE:
-                    failures.append(f"the MXINT8 cache adds +{100 * extra:.3f}% perplexity (gate +{100 * MXINT8_CACHE_GATE:g}%)")
-            missed += [f"{name} ({cache or 'default'} KV cache): {failure}" for failure in failures]
-            table.add_row(
-                name,
-                cache or "-",
-                f"{report.tokens_scored:,}",
-                f"{report.perplexity:.4f}",
-                f"{report.reference_perplexity:.4f}",
-                f"{100 * report.perplexity_increase:+.3f}%",
-                f"{100 * report.token_agreement:.2f}%",
-                f"{report.max_logit_error:.2e}",
-                f"{report.mean_logit_error:.2e}",
-                "missed" if failures else "ok",
-            )
+    for name, cache, ffn in ((n, c, f) for n in precision or ["fp32"] for c in cache_dtypes for f in levels):
+        with console.status(f"evaluating {name}" + (f" with a {cache} KV cache" if cache else "")):
+            report = evaluator(name, cache, prune_ffn=ffn, prune_heads=prune_heads, prune_score=prune_score)
+        if not report.pruning:
+            reports[name, cache] = report
+        failures = report.gate_failures()
+        if cache == "mxint8" and not report.pruning and (name, None) in reports:
+            extra = mxint8_cache_increase(report, reports[name, None])
+            if extra > MXINT8_CACHE_GATE:
+                failures.append(f"the MXINT8 cache adds +{100 * extra:.3f}% perplexity (gate +{100 * MXINT8_CACHE_GATE:g}%)")
+        missed += [f"{name} ({cache or 'default'} KV cache): {failure}" for failure in failures]
+        table.add_row(
+            name,
+            cache or "-",
+            *([report.pruning or "-"] if pruning else []),
+            f"{report.tokens_scored:,}",
+            f"{report.perplexity:.4f}",
+            f"{report.reference_perplexity:.4f}",
+            f"{100 * report.perplexity_increase:+.3f}%",
+            f"{100 * report.token_agreement:.2f}%",
+            f"{report.max_logit_error:.2e}",
+            f"{report.mean_logit_error:.2e}",
+            "n/a" if report.pruning else "missed" if failures else "ok",
+        )
     console.print(table)
     if missed:
         _print_plain("accuracy gate missed:\n" + "\n".join(f"  {line}" for line in missed))
