@@ -1,7 +1,7 @@
 """qeff-compiler: compile MosaicML MPT models for a Qualcomm Cloud AI 100-class accelerator.
 
 Public API (see README): `capture`, `PassManager`, `compile`, `load_compiled`, `CompiledModel`, `evaluate`,
-`calibrate` (for w8a8), `Program`, and
+`calibrate` (for w8a8), `Program`, `QEFFAutoModelForCausalLM` (QEfficient's API), `tune`, and
 `QeffError`, the root of every error (subclasses in `qeff_compiler.errors`).
 """
 
@@ -10,6 +10,7 @@ from qeff_compiler.capture import capture
 from qeff_compiler.compiler import CompiledModel, compile, load_compiled  # noqa: A004 (DESIGN.md's API name)
 from qeff_compiler.errors import QeffError
 from qeff_compiler.evaluate import EvaluationReport, evaluate
+from qeff_compiler.facade import QEFFAutoModelForCausalLM
 from qeff_compiler.ir import Program
 from qeff_compiler.passes import PassManager
 
@@ -20,6 +21,7 @@ __all__ = [
     "EvaluationReport",
     "PassManager",
     "Program",
+    "QEFFAutoModelForCausalLM",
     "QeffError",
     "__version__",
     "calibrate",
