@@ -36,6 +36,7 @@ from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.calibration import calibration_file
 from qeff_compiler.capture import capture_resolved, resolve_model
 from qeff_compiler.errors import InvalidArgumentError, ModelSourceError
+from qeff_compiler.ir.program import Program
 from qeff_compiler.passes import PassManager
 from qeff_compiler.precision import check_precision, check_pruning, kv_cache_pass, lowering_passes, prune_passes, pruning_options
 
@@ -147,6 +148,7 @@ class Evaluator:
         self.keep_reference = keep_reference
         self._reference_model: torch.nn.Module | None = None
         self._reference_logits: dict[int, torch.Tensor] = {}
+        self._captured: Program | None = None
 
     def __call__(
         self,
@@ -160,7 +162,9 @@ class Evaluator:
         check_precision(precision, kv_cache_dtype)
         check_pruning(prune_ffn, prune_heads, prune_score)
         window = self.windows.shape[1]
-        program = capture_resolved(self.resolved, batch_size=1, seq_len=window)
+        if self._captured is None:  # passes never modify their input: one capture serves every setting
+            self._captured = capture_resolved(self.resolved, batch_size=1, seq_len=window)
+        program = self._captured
         needs_table = precision == "w8a8" or (prune_score == "activation" and bool(prune_ffn))
         with contextlib.ExitStack() as stack:
             table = stack.enter_context(calibration_file(self.model_dir)) if needs_table else None
