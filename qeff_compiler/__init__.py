@@ -13,6 +13,7 @@ from qeff_compiler.evaluate import EvaluationReport, evaluate
 from qeff_compiler.facade import QEFFAutoModelForCausalLM
 from qeff_compiler.ir import Program
 from qeff_compiler.passes import PassManager
+from qeff_compiler.tune import TuneResult, tune
 
 __version__ = "0.1.0"
 
@@ -23,10 +24,12 @@ __all__ = [
     "Program",
     "QEFFAutoModelForCausalLM",
     "QeffError",
+    "TuneResult",
     "__version__",
     "calibrate",
     "capture",
     "compile",
     "evaluate",
     "load_compiled",
+    "tune",
 ]

@@ -28,6 +28,8 @@ from qeff_compiler.ir.printer import format_program
 from qeff_compiler.ir.program import Program
 from qeff_compiler.passes import PassManager, registered_passes
 from qeff_compiler.passes.base import NoOptions
+from qeff_compiler.tune import DEFAULT_KV_CACHE_DTYPES, DEFAULT_PRECISIONS, DEFAULT_PRUNE_LEVELS, tune
+from qeff_compiler.tune import DEFAULT_MAX_TOKENS as DEFAULT_TUNE_TOKENS
 
 app = typer.Typer(
     name="qeffc",
@@ -399,6 +401,76 @@ def eval_command(
     if missed:
         _print_plain("accuracy gate missed:\n" + "\n".join(f"  {line}" for line in missed))
         raise typer.Exit(1)
+
+
+@app.command("tune")
+def tune_command(
+    model: ModelArgument = SHIPPED_MODEL,
+    device: DeviceOption = "ai100-standard",
+    max_ppl_increase: Annotated[
+        str, typer.Option("--max-ppl-increase", help="perplexity budget over the fp32 HF model: 2% or 0.02")
+    ] = "2%",
+    write: Annotated[Path | None, typer.Option("--write", help="compile the chosen configuration into DIR")] = None,
+    precision: Annotated[list[str] | None, typer.Option("--precision", help="precisions to try (repeatable)")] = None,
+    kv_cache_dtype: Annotated[
+        list[str] | None, typer.Option("--kv-cache-dtype", help="KV-cache dtypes to try: none, mxint8 (repeatable)")
+    ] = None,
+    prune_ffn: Annotated[list[float] | None, typer.Option("--prune-ffn", help="FFN pruning levels to try (repeatable)")] = None,
+    num_cores: Annotated[list[int] | None, typer.Option("--num-cores", help="cores per SoC to try (repeatable)")] = None,
+    num_devices: Annotated[list[int] | None, typer.Option("--num-devices", help="SoC counts to try (repeatable)")] = None,
+    prefill_len: Annotated[list[int] | None, typer.Option("--prefill-len", help="prefill lengths to try (repeatable)")] = None,
+    ctx_len: Annotated[int, typer.Option("--ctx-len", help="KV cache length in tokens")] = 128,
+    prompt_len: Annotated[int, typer.Option("--prompt-len", help="prompt tokens of the tuned request")] = 64,
+    generation_len: Annotated[int, typer.Option("--generation-len", help="generated tokens of the tuned request")] = 64,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="text tokens each setting is scored on")] = DEFAULT_TUNE_TOKENS,
+    force: Annotated[bool, typer.Option("--force", help="replace the --write directory if it exists")] = False,
+) -> None:
+    """Search precision, KV-cache dtype, FFN pruning, cores, SoCs and prefill length with the cost model under a
+    perplexity budget; print the Pareto front (simulated tok/s vs perplexity) and the chosen configuration."""
+    source = _model_source(model)
+    if not isinstance(source, Path):
+        raise InvalidArgumentError(f"tune needs a model directory with weights and a tokenizer, got preset {model!r}")
+    if write is not None and write.exists() and not force:
+        raise ArtifactExistsError(f"output directory {write} exists; pass --force to replace it")
+    caches = [None if d.lower() == "none" else d for d in kv_cache_dtype] if kv_cache_dtype else DEFAULT_KV_CACHE_DTYPES
+    with console.status(f"tuning {model} for {device}"):
+        result = tune(
+            source, device=device, max_ppl_increase=_share(max_ppl_increase), precisions=precision or DEFAULT_PRECISIONS,
+            kv_cache_dtypes=caches, prune_levels=prune_ffn or DEFAULT_PRUNE_LEVELS, num_cores=num_cores,
+            num_devices=num_devices or (1, 2), prefill_lens=prefill_len or (16, 32, 64), ctx_len=ctx_len,
+            prompt_len=prompt_len, generation_len=generation_len, max_tokens=max_tokens,
+        )
+    table = Table(title=f"Pareto front: simulated tok/s vs perplexity ({device}, prompt {prompt_len}, generate {generation_len})")
+    for column in ("configuration", "sim tok/s (E2E)", "sim decode tok/s", "sim TTFT", "ppl", "Δppl", "budget"):
+        table.add_column(column, justify="right")
+    for c in result.pareto_front:
+        within = c.perplexity_increase <= result.max_ppl_increase
+        table.add_row(
+            c.describe() + (" ← chosen" if c == result.chosen else ""), f"{c.tokens_per_s:.1f}",
+            f"{c.decode_tokens_per_s:.1f}", f"{c.ttft_s * 1e3:.3f} ms", f"{c.perplexity:.4f}",
+            f"{100 * c.perplexity_increase:+.3f}%", "ok" if within else "over",
+        )
+    console.print(table)
+    _print_plain(
+        f"searched {len(result.candidates)} feasible configurations, {result.evaluations} accuracy evaluations on "
+        f"{result.tokens_scored:,} tokens (fp32 HF perplexity {result.reference_perplexity:.4f}) in {result.seconds:.1f} s"
+    )
+    if result.chosen is None:
+        _print_plain(f"no configuration is within +{100 * result.max_ppl_increase:g}% perplexity")
+        raise typer.Exit(1)
+    _print_plain(f"chosen: {result.chosen.describe()}")
+    if write is not None:
+        with console.status(f"compiling the chosen configuration into {write}"):
+            result.compile(source).save(write, overwrite=force)
+        _print_plain(f"compiled {model} → {write}")
+
+
+def _share(text: str) -> float:
+    """'2%' → 0.02; '0.02' → 0.02."""
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise InvalidArgumentError(f"--max-ppl-increase must be a share like 2% or 0.02, got {text!r}") from None
 
 
 def _tokenizer(artifact: Path):  # noqa: ANN202 (a transformers tokenizer)
