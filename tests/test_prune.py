@@ -67,7 +67,7 @@ def test_pruning_nothing_is_the_identity() -> None:
     assert "pruned" in result.properties
 
 
-@settings(max_examples=12)
+@settings(max_examples=8)
 @given(config=mpt_configs(), ffn=st.sampled_from([0.0, 0.1, 0.25, 0.5]), heads=st.sampled_from([0.0, 0.25, 0.5]),
        seed=st.integers(0, 3))
 def test_pruned_program_equals_the_unpruned_one_with_removed_output_weights_zeroed(
@@ -182,13 +182,13 @@ def test_pruned_program_runs_in_onnx_runtime_like_the_host(tmp_path: Path) -> No
 
 
 def test_pruned_artifact_loads_and_generates_the_same_tokens(tmp_path: Path) -> None:
-    compiled = qc.compile(TINY_MPT, precision="int8", ctx_len=64, prefill_len=16, prune_ffn=0.25, prune_heads=0.25,
-                          verify=False)
+    compiled = qc.compile(random_model(tiny_config()), precision="int8", ctx_len=32, prefill_len=8, prune_ffn=0.25,
+                          prune_heads=0.5, verify=False)
     compiled.save(tmp_path / "pruned")
     loaded = qc.load_compiled(tmp_path / "pruned")
-    assert loaded.pipeline == compiled.pipeline and "prune{ffn=0.25,heads=0.25" in loaded.pipeline
+    assert loaded.pipeline == compiled.pipeline and "prune{ffn=0.25,heads=0.5" in loaded.pipeline
     assert loaded.decode.num_parameters() == compiled.decode.num_parameters()
-    prompt = [[5, 17, 200, 33, 9]]
+    prompt = [[5, 17, 20, 33, 9]]
     assert torch.equal(loaded.generate(prompt, 12).sequences, compiled.generate(prompt, 12).sequences)
 
 
