@@ -210,6 +210,7 @@ def test_accuracy_cost_is_measured_against_the_unpruned_reference() -> None:
         (f"{PATCHED},prune{{ffn=0.25,score=activation}}", PassOptionError),
         (f"{PATCHED},prune{{ffn=0.25,score=random}}", PassOptionError),
         ("strip-export-noise,prune{ffn=0.25}", PassOrderError),
+        (f"{PATCHED},prune{{ffn=0.25}},prune{{heads=0.25}}", PassOrderError),
     ],
 )
 def test_bad_pruning_requests_are_refused(pipeline: str, error: type[Exception]) -> None:

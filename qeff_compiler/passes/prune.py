@@ -123,6 +123,8 @@ class Prune(Pass):
         return program.evolve(graph_module=graph_module, weights=weights)
 
     def _check(self, program: Program) -> None:
+        if "pruned" in program.properties:  # shares are of the config's sizes: a second prune would miscount
+            raise PassOrderError("prune already ran on this program; give one prune{ffn=...,heads=...} with the total shares")
         late = [p for p in _LATER if p in program.properties]
         if late:
             raise PassOrderError(f"prune must run on the fp graph, before lowering and kv-cache; the program has {late}")
