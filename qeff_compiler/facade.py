@@ -21,7 +21,8 @@ total_perf, total_time). Where this deviates:
   QEfficient's fp16 compile maps to precision "fp16", `mxfp6_matmul` to "mxfp6", `mxint8_kv_cache` to the MXINT8
   cache. `compiler_options` takes this compiler's options (`device`, default "ai100-pro", which has the 16 cores
   QEfficient's default `num_cores` asks for; `precision`, `p2p_format`, `prune_ffn`, `prune_heads`,
-  `prune_score`); `qaic-exec` flags, `onnx_path`, `full_batch_size` and speculative decoding are refused;
+  `prune_score`, `verify`: False skips the per-pass numeric checks); `qaic-exec` flags, `onnx_path`,
+  `full_batch_size` and speculative decoding are refused;
 - `from_pretrained` takes a local MPT directory or an `MptForCausalLM` (no hub downloads, no HF kwargs);
 - `device_id` and `runtime_ai100` are accepted and ignored: the simulated device is the compiled target.
 """
@@ -42,7 +43,7 @@ from qeff_compiler.compiler import compile as compile_model
 from qeff_compiler.errors import InvalidArgumentError
 
 #: `compile(**compiler_options)` keys this compiler understands
-COMPILER_OPTIONS = ("device", "precision", "p2p_format", "prune_ffn", "prune_heads", "prune_score")
+COMPILER_OPTIONS = ("device", "precision", "p2p_format", "prune_ffn", "prune_heads", "prune_score", "verify")
 #: where `compile` writes artifacts when given no compile_dir (QEfficient's QEFF_HOME cache plays this role)
 DEFAULT_COMPILE_ROOT = Path("qeff_models")
 
