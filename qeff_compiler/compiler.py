@@ -128,7 +128,7 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
 
 def _check_options(options: CompileOptions) -> None:
     check_precision(options.precision, options.kv_cache_dtype)
-    check_pruning(options.prune_ffn, options.prune_heads, options.prune_score)
+    check_pruning(options.prune_ffn, options.prune_heads, options.prune_score, options.precision)
     options.target.cores()  # device, num_cores and num_devices
     for name in ("ctx_len", "prefill_len", "batch_size"):
         value = getattr(options, name)

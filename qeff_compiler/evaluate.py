@@ -160,7 +160,7 @@ class Evaluator:
         prune_score: str = "magnitude",
     ) -> EvaluationReport:
         check_precision(precision, kv_cache_dtype)
-        check_pruning(prune_ffn, prune_heads, prune_score)
+        check_pruning(prune_ffn, prune_heads, prune_score, precision)
         window = self.windows.shape[1]
         if self._captured is None:  # passes never modify their input: one capture serves every setting
             self._captured = capture_resolved(self.resolved, batch_size=1, seq_len=window)

@@ -64,8 +64,14 @@ def _pipeline_path(calibration: Path) -> str:
     return str(calibration)
 
 
-def check_pruning(ffn: float, heads: float, score: str) -> None:
-    """Raise `InvalidArgumentError` for a share outside [0, 1) or an unknown importance score."""
+def check_pruning(ffn: float, heads: float, score: str, precision: str | None = None) -> None:
+    """Raise `InvalidArgumentError` for a share outside [0, 1), an unknown importance score, or FFN pruning with
+    w8a8, whose calibration table holds the unpruned model's down_proj input channels."""
+    if precision == "w8a8" and ffn:
+        raise InvalidArgumentError(
+            f"prune_ffn={ffn!r} with precision w8a8: the calibration table measures the unpruned FFN's channels; "
+            "prune heads only, or use int8 / mxfp6"
+        )
     for name, share in (("prune_ffn", ffn), ("prune_heads", heads)):
         if isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 <= share < 1.0:
             raise InvalidArgumentError(f"{name} must be a share in [0, 1), got {share!r}")

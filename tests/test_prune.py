@@ -218,7 +218,10 @@ def test_bad_pruning_requests_are_refused(pipeline: str, error: type[Exception])
         qc.PassManager(pipeline).run(qc.capture(random_model(tiny_config()), batch_size=1, seq_len=4))
 
 
-@pytest.mark.parametrize("kwargs", [{"prune_ffn": 1.5}, {"prune_heads": True}, {"prune_score": "random"}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"prune_ffn": 1.5}, {"prune_heads": True}, {"prune_score": "random"}, {"prune_ffn": 0.25, "precision": "w8a8"}],
+)
 def test_compile_refuses_bad_pruning_options(kwargs: dict[str, object]) -> None:
     with pytest.raises(InvalidArgumentError, match=next(iter(kwargs))):
         qc.compile(TINY_MPT, **kwargs)
