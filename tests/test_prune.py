@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qeff_compiler as qc
+from qeff_compiler.backends.ai100.sharded import run_sharded
 from qeff_compiler.backends.ai100.workload import program_workload
 from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.backends.onnx_export import export_onnx
@@ -225,3 +226,15 @@ def test_bad_pruning_requests_are_refused(pipeline: str, error: type[Exception])
 def test_compile_refuses_bad_pruning_options(kwargs: dict[str, object]) -> None:
     with pytest.raises(InvalidArgumentError, match=next(iter(kwargs))):
         qc.compile(TINY_MPT, **kwargs)
+
+
+def test_pruned_program_partitioned_over_socs_and_cores_runs_like_the_host() -> None:
+    """Fewer heads per layer than the config says, and narrower FFNs: the partition plan splits what is there."""
+    compiled = qc.compile(random_model(tiny_config(n_heads=4, d_model=32)), precision="int8", ctx_len=16, prefill_len=4,
+                          prune_ffn=0.25, prune_heads=0.5, num_cores=3, num_devices=2, verify=False)
+    for name, program in (("prefill", compiled.prefill), ("decode", compiled.decode)):
+        inputs = sample_inputs(program, seed=0)
+        expected = HostExecutor(program)(inputs)
+        actual = run_sharded(program, compiled.simulation.plans[name], inputs)
+        for output, value in expected.items():
+            torch.testing.assert_close(actual[output], value, rtol=0, atol=1e-5)
