@@ -24,7 +24,8 @@ total_perf, total_time). Where this deviates:
   `prune_score`, `verify`: False skips the per-pass numeric checks); `qaic-exec` flags, `onnx_path`,
   `full_batch_size` and speculative decoding are refused;
 - `from_pretrained` takes a local MPT directory or an `MptForCausalLM` (no hub downloads, no HF kwargs);
-- `device_id` and `runtime_ai100` are accepted and ignored: the simulated device is the compiled target.
+- `device_id`, `runtime_ai100` and `compile`'s `device_group` are accepted and ignored: the simulated device is
+  the compiled target; the older `compile(mxfp6=True)` of QEfficient's MPT notebook means `mxfp6_matmul=True`.
 """
 
 from __future__ import annotations
@@ -131,27 +132,19 @@ class QEFFAutoModelForCausalLM:
         num_cores: int = 16,
         mxfp6_matmul: bool = False,
         mxint8_kv_cache: bool = False,
+        mxfp6: bool = False,
+        device_group: Sequence[int] | None = None,
         **compiler_options: object,
     ) -> str:
-        """Compile for the simulated device and write the artifact; returns its directory (QEfficient: the QPC)."""
-        if onnx_path is not None:
-            raise InvalidArgumentError(f"onnx_path={onnx_path!r}: this compiler compiles from the model, not from ONNX")
-        if full_batch_size is not None:
-            raise InvalidArgumentError(f"full_batch_size={full_batch_size!r}: continuous batching is not supported")
-        unknown = sorted(set(compiler_options) - set(COMPILER_OPTIONS))
-        if unknown:
-            raise InvalidArgumentError(f"unsupported compiler options {unknown}; supported: {', '.join(COMPILER_OPTIONS)}")
-        options: dict[str, object] = {
-            "precision": "mxfp6" if mxfp6_matmul else "fp16",
-            "kv_cache_dtype": "mxint8" if mxint8_kv_cache else None,
-            "device": "ai100-pro",
-            "prefill_len": prefill_seq_len,
-            "ctx_len": ctx_len,
-            "batch_size": batch_size,
-            "num_cores": num_cores,
-            "num_devices": num_devices,
-            **compiler_options,
-        }
+        """Compile for the simulated device and write the artifact; returns its directory (QEfficient: the QPC).
+        `mxfp6` and `device_group` are the older QEfficient spellings its MPT notebook uses: `mxfp6` means
+        `mxfp6_matmul`, and `device_group` (card ids) is ignored like `generate`'s `device_id`."""
+        del device_group
+        options = compile_options(
+            onnx_path, prefill_seq_len=prefill_seq_len, ctx_len=ctx_len, batch_size=batch_size,
+            full_batch_size=full_batch_size, num_devices=num_devices, num_cores=num_cores,
+            mxfp6_matmul=mxfp6_matmul or mxfp6, mxint8_kv_cache=mxint8_kv_cache, **compiler_options,
+        )
         self.compiled = compile_model(self.model, **options)
         directory = Path(compile_dir) if compile_dir is not None else DEFAULT_COMPILE_ROOT / self.model_name
         path = directory / f"qpc-{_options_hash(options)}"
@@ -161,8 +154,8 @@ class QEFFAutoModelForCausalLM:
 
     def generate(
         self,
-        tokenizer: PreTrainedTokenizerBase | None,
-        prompts: Sequence[str],
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        prompts: Sequence[str] = (),
         device_id: Sequence[int] | None = None,
         runtime_ai100: bool = True,
         generation_len: int | None = None,
@@ -202,6 +195,40 @@ class QEFFAutoModelForCausalLM:
         if not isinstance(self.model, Path):
             raise InvalidArgumentError("pass a tokenizer: the model was given as an object, without a directory")
         return AutoTokenizer.from_pretrained(self.model)
+
+
+def compile_options(
+    onnx_path: str | None,
+    *,
+    prefill_seq_len: int,
+    ctx_len: int,
+    batch_size: int,
+    full_batch_size: int | None,
+    num_devices: int,
+    num_cores: int,
+    mxfp6_matmul: bool,
+    mxint8_kv_cache: bool,
+    **compiler_options: object,
+) -> dict[str, object]:
+    """QEfficient's compile arguments as `qc.compile` keyword arguments; refuses what has no counterpart here."""
+    if onnx_path is not None:
+        raise InvalidArgumentError(f"onnx_path={onnx_path!r}: this compiler compiles from the model, not from ONNX")
+    if full_batch_size is not None:
+        raise InvalidArgumentError(f"full_batch_size={full_batch_size!r}: continuous batching is not supported")
+    unknown = sorted(set(compiler_options) - set(COMPILER_OPTIONS))
+    if unknown:
+        raise InvalidArgumentError(f"unsupported compiler options {unknown}; supported: {', '.join(COMPILER_OPTIONS)}")
+    return {
+        "precision": "mxfp6" if mxfp6_matmul else "fp16",
+        "kv_cache_dtype": "mxint8" if mxint8_kv_cache else None,
+        "device": "ai100-pro",
+        "prefill_len": prefill_seq_len,
+        "ctx_len": ctx_len,
+        "batch_size": batch_size,
+        "num_cores": num_cores,
+        "num_devices": num_devices,
+        **compiler_options,
+    }
 
 
 def _options_hash(options: dict[str, object]) -> str:

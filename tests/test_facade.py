@@ -11,6 +11,7 @@ import qeff_compiler as qc
 from qeff_compiler import QEFFAutoModelForCausalLM
 from qeff_compiler.data import TINY_MPT
 from qeff_compiler.errors import InvalidArgumentError
+from qeff_compiler.facade import compile_options
 from tests.conftest import random_model, tiny_config
 
 
@@ -18,8 +19,9 @@ def test_batches_of_prompts_generate_what_the_compiled_model_generates(tmp_path:
     # a small random MPT with the shipped tokenizer's vocabulary: compiles in a fraction of the shipped model's time
     model = QEFFAutoModelForCausalLM.from_pretrained(random_model(tiny_config(vocab_size=2048, max_seq_len=64)))
     path = model.compile(compile_dir=tmp_path, prefill_seq_len=16, ctx_len=64, batch_size=2, num_cores=14,
-                         mxint8_kv_cache=True, device="ai100-standard")
-    assert (Path(path) / "manifest.json").is_file() and qc.load_compiled(path).options.kv_cache_dtype == "mxint8"
+                         mxint8_kv_cache=True, device="ai100-standard", mxfp6=True, device_group=[0])
+    options = qc.load_compiled(path).options  # mxfp6 / device_group: QEfficient's older spellings
+    assert (options.kv_cache_dtype, options.precision, options.num_cores) == ("mxint8", "mxfp6", 14)
     tokenizer = AutoTokenizer.from_pretrained(TINY_MPT)
     prompts = ["import os\n", "    def __init__(self", "class Foo:"]
     info = model.generate(tokenizer, prompts, generation_len=8)
@@ -54,3 +56,14 @@ def test_from_pretrained_wants_a_local_directory_or_model() -> None:
         QEFFAutoModelForCausalLM.from_pretrained("mosaicml/mpt-7b")
     with pytest.raises(InvalidArgumentError, match="num_hidden_layers"):
         QEFFAutoModelForCausalLM.from_pretrained(TINY_MPT, num_hidden_layers=2)
+
+
+def test_older_qefficient_spellings_of_the_mpt_notebook_are_understood() -> None:
+    """QEfficient's MPT notebook calls compile(num_cores=14, mxfp6=True, device_group=[0]) and
+    generate(prompts=[...]) without a tokenizer."""
+    options = compile_options(None, prefill_seq_len=32, ctx_len=128, batch_size=1, full_batch_size=None,
+                              num_devices=1, num_cores=14, mxfp6_matmul=True, mxint8_kv_cache=False)
+    assert options["precision"] == "mxfp6" and options["num_cores"] == 14 and options["device"] == "ai100-pro"
+    model = QEFFAutoModelForCausalLM.from_pretrained(TINY_MPT)
+    with pytest.raises(InvalidArgumentError, match="compile"):  # the tokenizer is optional; the compile is not
+        model.generate(prompts=["My name is"])
