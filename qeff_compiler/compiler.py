@@ -22,12 +22,13 @@ from qeff_compiler.capture import ModelSource, capture_resolved, resolve_model
 from qeff_compiler.errors import ArtifactIntegrityError, InvalidArgumentError, PipelineError
 from qeff_compiler.ir.program import Program
 from qeff_compiler.passes import PassManager
-from qeff_compiler.precision import check_precision, kv_cache_bits, kv_cache_pass, lowering_passes
+from qeff_compiler.precision import check_precision, check_pruning, kv_cache_bits, kv_cache_pass, lowering_passes, prune_passes
 from qeff_compiler.runtime.generate import Executor, GenerationOutput, StaticShapes, Streamer, generate, normalize_prompts
 from qeff_compiler.runtime.sampling import SamplingConfig
 from qeff_compiler.runtime.stats import LatencyStats
 
-#: where a compiled artifact keeps the calibration table of a w8a8 compile (the recorded pipeline names it)
+#: where a compiled artifact keeps the calibration table of a w8a8 compile or an activation-scored pruning (the
+#: recorded pipeline names it)
 CALIBRATION_TABLE = "calibration.safetensors"
 #: what can run a compiled model's numerics on this machine: the reference executor, or ONNX Runtime over the ONNX emit
 ENGINES = ("host", "onnxruntime")
@@ -47,15 +48,25 @@ class CompileOptions:
     num_cores: int | None = None
     num_devices: int = 1
     p2p_format: str = "fp16"
+    #: shares of each layer's FFN channels and attention heads the `prune` pass removes, and its score
+    prune_ffn: float = 0.0
+    prune_heads: float = 0.0
+    prune_score: str = "magnitude"
+
+    @property
+    def needs_calibration(self) -> bool:
+        """w8a8 and activation-scored FFN pruning read a calibration table."""
+        return self.precision == "w8a8" or (self.prune_score == "activation" and bool(self.prune_ffn))
 
     @property
     def target(self) -> Target:
         return Target(self.device, self.num_cores, self.num_devices, self.p2p_format)
 
     def pipeline(self, calibration: Path | None = None) -> str:
-        """The default pass pipeline for these options: capture clean-up, attention, precision, cache.
-        `calibration` is the table file of a w8a8 compile."""
-        passes = ["strip-export-noise", "patch-attention", *lowering_passes(self.precision, calibration)]
+        """The default pass pipeline for these options: capture clean-up, attention, pruning, precision, cache.
+        `calibration` is the table file of a w8a8 compile or of activation-scored pruning."""
+        pruning = prune_passes(self.prune_ffn, self.prune_heads, self.prune_score, calibration)
+        passes = ["strip-export-noise", "patch-attention", *pruning, *lowering_passes(self.precision, calibration)]
         return ",".join([*passes, kv_cache_pass(self.ctx_len, self.kv_cache_dtype), "dce"])
 
 
@@ -74,6 +85,9 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     calibration: str | Path | None = None,
     passes: str | None = None,
     verify: bool = True,
+    prune_ffn: float = 0.0,
+    prune_heads: float = 0.0,
+    prune_score: str = "magnitude",
 ) -> CompiledModel:
     """Capture `model` at the prefill and decode shapes and run the pass pipeline on both.
 
@@ -83,10 +97,13 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     The programs are then partitioned over `num_cores` cores (default: all) of `num_devices` SoCs of `device`,
     placed in its memory (a model that does not fit is refused with the numbers) and timed by the cost model;
     `p2p_format="mxint8"` compresses the partial results SoCs exchange.
+    `prune_ffn` / `prune_heads` remove that share of every layer's FFN channels / attention heads before the
+    lowering (the `prune` pass; `prune_score="activation"` ranks FFN channels with the calibration table).
     A config (meta weights) compiles too: everything but running and saving works, `estimate` included.
     """
     options = CompileOptions(
-        precision, ctx_len, prefill_len, batch_size, kv_cache_dtype, device, num_cores, num_devices, p2p_format
+        precision, ctx_len, prefill_len, batch_size, kv_cache_dtype, device, num_cores, num_devices, p2p_format,
+        prune_ffn, prune_heads, prune_score,
     )
     _check_options(options)
     resolved = resolve_model(model)
@@ -101,7 +118,7 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     resolved = dataclasses.replace(resolved, weights=resolved.weights.materialized())
     table = None
     with contextlib.ExitStack() as stack:
-        if precision == "w8a8" and passes is None:
+        if options.needs_calibration and passes is None:
             table_file = stack.enter_context(calibration_file(resolved.directory, calibration))
             table = load_calibration(table_file)
             pipeline, recorded = options.pipeline(table_file), options.pipeline(Path(CALIBRATION_TABLE))
@@ -122,6 +139,7 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
 
 def _check_options(options: CompileOptions) -> None:
     check_precision(options.precision, options.kv_cache_dtype)
+    check_pruning(options.prune_ffn, options.prune_heads, options.prune_score, options.precision)
     options.target.cores()  # device, num_cores and num_devices
     check_p2p_format(options.p2p_format)  # before tracing; the partitioner would find it only after
     for name in ("ctx_len", "prefill_len", "batch_size"):
@@ -153,7 +171,7 @@ class CompiledModel:
         self.source_directory = source_directory
         #: `--time-passes` tables of the compile, per specialization (empty for a loaded artifact)
         self.pass_reports: dict[str, str] = {}
-        #: the w8a8 calibration table the compile used (saved into the artifact as CALIBRATION_TABLE)
+        #: the calibration table the compile used (w8a8, activation-scored pruning), saved as CALIBRATION_TABLE
         self.calibration_table: dict[str, torch.Tensor] | None = None
         #: set by `load_compiled`: the artifact directory whose ONNX files the onnxruntime engine runs
         self.artifact_directory: Path | None = None

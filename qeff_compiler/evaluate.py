@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +36,9 @@ from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.calibration import calibration_file
 from qeff_compiler.capture import capture_resolved, resolve_model
 from qeff_compiler.errors import InvalidArgumentError, ModelSourceError
+from qeff_compiler.ir.program import Program
 from qeff_compiler.passes import PassManager
-from qeff_compiler.precision import check_precision, kv_cache_pass, lowering_passes
+from qeff_compiler.precision import check_precision, check_pruning, kv_cache_pass, lowering_passes, prune_passes, pruning_options
 
 #: precision → (largest perplexity increase over fp32, least top-1 agreement or None)
 ACCURACY_GATES: dict[str, tuple[float, float | None]] = {
@@ -50,10 +52,18 @@ ACCURACY_GATES: dict[str, tuple[float, float | None]] = {
 MXINT8_CACHE_GATE = 0.01
 
 
-def evaluation_pipeline(precision: str, kv_cache_dtype: str | None, window: int, calibration: Path | None = None) -> str:
-    """The pipeline that scores every position of a window: stateless, or through a cache of `kv_cache_dtype`."""
+def evaluation_pipeline(
+    precision: str,
+    kv_cache_dtype: str | None,
+    window: int,
+    calibration: Path | None = None,
+    pruning: Sequence[str] = (),
+) -> str:
+    """The pipeline that scores every position of a window: stateless, or through a cache of `kv_cache_dtype`;
+    `pruning` is the `prune` pass (if any), which runs before the lowering."""
     cache = [] if kv_cache_dtype is None else [kv_cache_pass(window, kv_cache_dtype, all_logits=True)]
-    return ",".join(["strip-export-noise", "patch-attention", *lowering_passes(precision, calibration), *cache, "dce"])
+    lowering = lowering_passes(precision, calibration)
+    return ",".join(["strip-export-noise", "patch-attention", *pruning, *lowering, *cache, "dce"])
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,8 @@ class EvaluationReport:
     token_agreement: float
     max_logit_error: float
     mean_logit_error: float
+    #: the `prune` pass's options the program ran with, e.g. "ffn=0.25,heads=0,score=magnitude" ("" unpruned)
+    pruning: str = ""
 
     @property
     def perplexity_increase(self) -> float:
@@ -78,7 +90,10 @@ class EvaluationReport:
         """What this report misses of its accuracy gate; empty when it passes. The gate is the precision's
         (`ACCURACY_GATES`) plus the cache's allowance: an fp16 cache the fp16 gate's, an MXINT8 cache
         `MXINT8_CACHE_GATE`; a cache dtype turns fp32's exactness agreement into fp16's. The MXINT8 gate proper
-        compares with the report without the cache: see `mxint8_cache_increase`."""
+        compares with the report without the cache: see `mxint8_cache_increase`. A pruned model has no fixed
+        gate: how much accuracy to trade is the user's budget (`qeffc tune --max-ppl-increase`), so none applies."""
+        if self.pruning:
+            return []
         max_increase, min_agreement = ACCURACY_GATES[self.precision]
         if self.kv_cache_dtype is not None:
             fp16_increase, fp16_agreement = ACCURACY_GATES["fp16"]
@@ -98,32 +113,85 @@ def mxint8_cache_increase(with_cache: EvaluationReport, without: EvaluationRepor
 
 
 def evaluate(
-    model_dir: str | Path, precision: str = "fp32", kv_cache_dtype: str | None = None, text: str | Path | None = None
+    model_dir: str | Path,
+    precision: str = "fp32",
+    kv_cache_dtype: str | None = None,
+    text: str | Path | None = None,
+    *,
+    prune_ffn: float = 0.0,
+    prune_heads: float = 0.0,
+    prune_score: str = "magnitude",
+    max_tokens: int | None = None,
 ) -> EvaluationReport:
     """Score `text` (default: the shipped validation text) with the program at `precision` (its KV cache stored
-    as `kv_cache_dtype`, if given) and with HF in fp32."""
-    check_precision(precision, kv_cache_dtype)
-    model_dir = Path(model_dir)
-    resolved = resolve_model(model_dir)
-    windows = _windows(model_dir, _read_text(text), resolved.config.max_seq_len)
-    window = windows.shape[1]
-    program = capture_resolved(resolved, batch_size=1, seq_len=window)
-    with contextlib.ExitStack() as stack:
-        table = stack.enter_context(calibration_file(model_dir)) if precision == "w8a8" else None
-        program = PassManager(evaluation_pipeline(precision, kv_cache_dtype, window, table), verify=False).run(program)
-    executor = HostExecutor(program)
-    empty_cache = {s.name: torch.zeros(s.shape, dtype=s.dtype) for s in program.inputs if s.role.startswith("past")}
-    positions = {"position_ids": torch.arange(window)[None]} if empty_cache else {}
-    transformers_logging.disable_progress_bar()  # a progress bar per load would clutter reports
-    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    totals = _Totals()
-    for window in windows:
-        ids = window[None]
-        logits = executor({"input_ids": ids, **positions, **empty_cache})["logits"][0, :-1]
+    as `kv_cache_dtype`, if given; `prune_ffn` / `prune_heads` of every layer pruned first) and with HF in fp32.
+    `max_tokens` keeps only the windows within the first that many tokens (default: the whole text)."""
+    return Evaluator(model_dir, text, max_tokens=max_tokens, keep_reference=False)(
+        precision, kv_cache_dtype, prune_ffn=prune_ffn, prune_heads=prune_heads, prune_score=prune_score
+    )
+
+
+class Evaluator:
+    """Scores one model on one text at many settings; with `keep_reference` HF's fp32 logits are computed once
+    and kept (windows x window x vocab fp32 values: 33 MB for the shipped model at 4,096 tokens), so each
+    further setting costs only the program's own run."""
+
+    def __init__(
+        self, model_dir: str | Path, text: str | Path | None = None, *, max_tokens: int | None = None,
+        keep_reference: bool = True,
+    ) -> None:
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+            raise InvalidArgumentError(f"max_tokens must be a positive integer or None, got {max_tokens!r}")
+        self.model_dir = Path(model_dir)
+        self.resolved = resolve_model(self.model_dir)
+        self.windows = _windows(self.model_dir, _read_text(text), self.resolved.config.max_seq_len, max_tokens)
+        self.keep_reference = keep_reference
+        self._reference_model: torch.nn.Module | None = None
+        self._reference_logits: dict[int, torch.Tensor] = {}
+        self._captured: Program | None = None
+
+    def __call__(
+        self,
+        precision: str = "fp32",
+        kv_cache_dtype: str | None = None,
+        *,
+        prune_ffn: float = 0.0,
+        prune_heads: float = 0.0,
+        prune_score: str = "magnitude",
+    ) -> EvaluationReport:
+        check_precision(precision, kv_cache_dtype)
+        check_pruning(prune_ffn, prune_heads, prune_score, precision)
+        window = self.windows.shape[1]
+        if self._captured is None:  # passes never modify their input: one capture serves every setting
+            self._captured = capture_resolved(self.resolved, batch_size=1, seq_len=window)
+        program = self._captured
+        needs_table = precision == "w8a8" or (prune_score == "activation" and bool(prune_ffn))
+        with contextlib.ExitStack() as stack:
+            table = stack.enter_context(calibration_file(self.model_dir)) if needs_table else None
+            pruning = prune_passes(prune_ffn, prune_heads, prune_score, table)
+            pipeline = evaluation_pipeline(precision, kv_cache_dtype, window, table, pruning)
+            program = PassManager(pipeline, verify=False).run(program)
+        executor = HostExecutor(program)
+        empty_cache = {s.name: torch.zeros(s.shape, dtype=s.dtype) for s in program.inputs if s.role.startswith("past")}
+        positions = {"position_ids": torch.arange(window)[None]} if empty_cache else {}
+        totals = _Totals()
+        for index, ids in enumerate(self.windows):
+            logits = executor({"input_ids": ids[None], **positions, **empty_cache})["logits"][0, :-1]
+            totals.add(logits, self._reference(index), ids[1:])
+        return totals.report(precision, kv_cache_dtype, pruning_options(prune_ffn, prune_heads, prune_score))
+
+    def _reference(self, index: int) -> torch.Tensor:
+        """HF's fp32 logits of window `index` (all positions but the last)."""
+        if index in self._reference_logits:
+            return self._reference_logits[index]
+        if self._reference_model is None:
+            transformers_logging.disable_progress_bar()  # a progress bar per load would clutter reports
+            self._reference_model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).eval()
         with torch.no_grad():
-            expected = reference(ids).logits[0, :-1]
-        totals.add(logits, expected, window[1:])
-    return totals.report(precision, kv_cache_dtype)
+            logits = self._reference_model(self.windows[index][None]).logits[0, :-1]
+        if self.keep_reference:
+            self._reference_logits[index] = logits
+        return logits
 
 
 def _read_text(text: str | Path | None) -> str:
@@ -141,11 +209,11 @@ def _read_text(text: str | Path | None) -> str:
     return text
 
 
-def _windows(model_dir: Path, text: str, window: int) -> torch.Tensor:
-    """Non-overlapping full windows of token ids [n, window]."""
+def _windows(model_dir: Path, text: str, window: int, max_tokens: int | None = None) -> torch.Tensor:
+    """Non-overlapping full windows of token ids [n, window], within the first `max_tokens` tokens."""
     if not (model_dir / "tokenizer.json").is_file():
         raise ModelSourceError(f"{model_dir} has no tokenizer.json; evaluation needs the model's tokenizer")
-    ids = AutoTokenizer.from_pretrained(model_dir)(text, verbose=False)["input_ids"]
+    ids = AutoTokenizer.from_pretrained(model_dir)(text, verbose=False)["input_ids"][:max_tokens]
     count = len(ids) // window
     if count == 0:
         raise InvalidArgumentError(f"the text has {len(ids)} tokens, fewer than one {window}-token window")
@@ -170,7 +238,7 @@ class _Totals:
         self.max_error = max(self.max_error, error.max().item())
         self.abs_error += error.mean(dim=-1).sum().item()
 
-    def report(self, precision: str, kv_cache_dtype: str | None) -> EvaluationReport:
+    def report(self, precision: str, kv_cache_dtype: str | None, pruning: str) -> EvaluationReport:
         return EvaluationReport(
             precision=precision,
             kv_cache_dtype=kv_cache_dtype,
@@ -180,4 +248,5 @@ class _Totals:
             token_agreement=self.agreeing / self.tokens,
             max_logit_error=self.max_error,
             mean_logit_error=self.abs_error / self.tokens,
+            pruning=pruning,
         )

@@ -9,6 +9,8 @@
                                            linears; the fused attention's weights int8 with fp16 activations
     mxfp6  lower-fp16,lower-mxfp6          matmul weights MXFP6 E2M3, decompressed to fp16
 
+Pruning (`prune_passes`) runs before the lowering: `strip-export-noise,patch-attention,prune{...},<lowering>,...`.
+
 KV-cache dtype (the `kv-cache` pass's `dtype`): None = the activations' dtype, "fp16", or "mxint8".
 """
 
@@ -25,6 +27,8 @@ from qeff_compiler.numerics.mx import mx_storage_bits_per_element
 
 PRECISIONS = ("fp32", "fp16", "int8", "w8a8", "mxfp6")
 KV_CACHE_DTYPES = ("fp16", "mxint8")
+#: importance scores of the `prune` pass
+PRUNE_SCORES = ("magnitude", "activation")
 _LOWERING = {
     "fp32": [],
     "fp16": ["lower-fp16"],
@@ -50,10 +54,7 @@ def lowering_passes(precision: str, calibration: Path | None = None) -> list[str
     if precision == "w8a8":
         if calibration is None:
             raise InvalidArgumentError("precision w8a8 needs a calibration table (qc.calibrate) for its activation scales")
-        if any(ch in str(calibration) for ch in ",{}= \t"):
-            raise InvalidArgumentError(f"calibration table path {str(calibration)!r} cannot go in a pipeline string: "
-                                       "it holds a comma, space, brace or '='")
-        return ["lower-fp16", f"lower-w8a8{{calibration={calibration}}}"]
+        return ["lower-fp16", f"lower-w8a8{{calibration={_pipeline_path(calibration)}}}"]
     return list(_LOWERING[precision])
 
 
@@ -63,6 +64,49 @@ def kv_cache_bits(precision: str, kv_cache_dtype: str | None) -> float:
     if kv_cache_dtype == "mxint8":
         return mx_storage_bits_per_element("int8")
     return 32.0 if kv_cache_dtype is None and precision == "fp32" else 16.0
+
+
+def _pipeline_path(calibration: Path) -> str:
+    if any(ch in str(calibration) for ch in ",{}= \t"):
+        raise InvalidArgumentError(f"calibration table path {str(calibration)!r} cannot go in a pipeline string: "
+                                   "it holds a comma, space, brace or '='")
+    return str(calibration)
+
+
+def check_pruning(ffn: float, heads: float, score: str, precision: str | None = None) -> None:
+    """Raise `InvalidArgumentError` for a share outside [0, 1), an unknown importance score, or FFN pruning with
+    w8a8, whose calibration table holds the unpruned model's down_proj input channels."""
+    if precision == "w8a8" and ffn:
+        raise InvalidArgumentError(
+            f"prune_ffn={ffn!r} with precision w8a8: the calibration table measures the unpruned FFN's channels; "
+            "prune heads only, or use int8 / mxfp6"
+        )
+    for name, share in (("prune_ffn", ffn), ("prune_heads", heads)):
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 <= share < 1.0:
+            raise InvalidArgumentError(f"{name} must be a share in [0, 1), got {share!r}")
+    if score not in PRUNE_SCORES:
+        raise InvalidArgumentError(f"prune_score {score!r} is not one of {', '.join(PRUNE_SCORES)}")
+
+
+def pruning_options(ffn: float = 0.0, heads: float = 0.0, score: str = "magnitude") -> str:
+    """The `prune` pass's options for these shares, e.g. "ffn=0.25,heads=0,score=magnitude"; "" for none."""
+    check_pruning(ffn, heads, score)
+    return f"ffn={ffn:g},heads={heads:g},score={score}" if ffn or heads else ""
+
+
+def prune_passes(
+    ffn: float = 0.0, heads: float = 0.0, score: str = "magnitude", calibration: Path | None = None
+) -> list[str]:
+    """The `prune` pass for these shares (none when nothing is removed). It goes after `patch-attention` and
+    before the lowering passes (pruning runs on the fp graph); `calibration` is the table score=activation reads."""
+    options = pruning_options(ffn, heads, score)
+    if not options:
+        return []
+    if score == "activation" and ffn:
+        if calibration is None:
+            raise InvalidArgumentError("prune_score='activation' needs a calibration table (qc.calibrate)")
+        options += f",calibration={_pipeline_path(calibration)}"
+    return [f"prune{{{options}}}"]
 
 
 def kv_cache_pass(ctx_len: int, kv_cache_dtype: str | None, *, all_logits: bool = False) -> str:

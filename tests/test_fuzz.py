@@ -167,7 +167,8 @@ def stubbed_cli(cli_files: dict[str, Path], tiny_artifact: TinyArtifact, monkeyp
     monkeypatch.setattr(cli, "capture", capture_stub)
     monkeypatch.setattr(cli, "load_compiled", load_stub)
     monkeypatch.setattr(cli, "calibrate", lambda *args, **kwargs: (_ for _ in ()).throw(Reached("calibrate")))
-    monkeypatch.setattr(cli, "evaluate", lambda *args, **kwargs: (_ for _ in ()).throw(Reached("eval")))
+    monkeypatch.setattr(cli, "Evaluator", lambda *args, **kwargs: (_ for _ in ()).throw(Reached("eval")))
+    monkeypatch.setattr(cli, "tune", lambda *args, **kwargs: (_ for _ in ()).throw(Reached("tune")))
     monkeypatch.setattr(plot, "plot_simulation", plot_stub)
 
 

@@ -27,12 +27,14 @@ from qeff_compiler.capture.presets import preset_config, preset_names
 from qeff_compiler.compiler import CompiledModel, check_engine, load_compiled
 from qeff_compiler.compiler import compile as compile_model
 from qeff_compiler.data import TINY_MPT
-from qeff_compiler.evaluate import MXINT8_CACHE_GATE, EvaluationReport, evaluate, mxint8_cache_increase
-from qeff_compiler.errors import InvalidArgumentError, ModelSourceError, QeffError
+from qeff_compiler.evaluate import MXINT8_CACHE_GATE, EvaluationReport, Evaluator, mxint8_cache_increase
+from qeff_compiler.errors import ArtifactExistsError, InvalidArgumentError, ModelSourceError, QeffError
 from qeff_compiler.ir.printer import format_program
 from qeff_compiler.ir.program import Program
 from qeff_compiler.passes import PassManager, registered_passes
 from qeff_compiler.passes.base import NoOptions
+from qeff_compiler.tune import DEFAULT_KV_CACHE_DTYPES, DEFAULT_PRECISIONS, DEFAULT_PRUNE_LEVELS, tune
+from qeff_compiler.tune import DEFAULT_MAX_TOKENS as DEFAULT_TUNE_TOKENS
 
 app = typer.Typer(
     name="qeffc",
@@ -61,6 +63,11 @@ P2PFormatOption = Annotated[str, typer.Option("--p2p-format", help="SoC-to-SoC t
 PrecisionOption = Annotated[str, typer.Option("--precision", help="fp32, fp16, int8, w8a8 or mxfp6")]
 KVCacheDtypeOption = Annotated[
     str | None, typer.Option("--kv-cache-dtype", help="fp16 or mxint8 (default: the activations' dtype)")
+]
+PruneFfnOption = Annotated[float, typer.Option("--prune-ffn", help="share of each layer's FFN channels pruned, [0, 1)")]
+PruneHeadsOption = Annotated[float, typer.Option("--prune-heads", help="share of each layer's attention heads pruned, [0, 1)")]
+PruneScoreOption = Annotated[
+    str, typer.Option("--prune-score", help="pruning importance: magnitude, or activation (calibration text)")
 ]
 
 
@@ -177,6 +184,9 @@ def compile_command(
     passes: Annotated[str | None, typer.Option("--passes", help="replace the default pipeline")] = None,
     force: Annotated[bool, typer.Option("--force", help="replace OUTPUT if it exists")] = False,
     time_passes: Annotated[bool, typer.Option("--time-passes", help="print time per pass")] = False,
+    prune_ffn: PruneFfnOption = 0.0,
+    prune_heads: PruneHeadsOption = 0.0,
+    prune_score: PruneScoreOption = "magnitude",
 ) -> None:
     """Compile MODEL into a prefill and a decode program and write the artifact directory."""
     check_output(output, overwrite=force)  # before the compile's work, which the refusal would waste
@@ -187,6 +197,7 @@ def compile_command(
             source, precision=precision, ctx_len=ctx_len, prefill_len=prefill_len, batch_size=batch_size,
             kv_cache_dtype=kv_cache_dtype, device=device, num_cores=num_cores, num_devices=num_devices,
             p2p_format=p2p_format, calibration=calibration, passes=passes,
+            prune_ffn=prune_ffn, prune_heads=prune_heads, prune_score=prune_score,
         )
     if time_passes:
         _print_plain(compiled.timing_report())
@@ -209,8 +220,11 @@ def estimate_command(
     batch_size: Annotated[int, typer.Option("--batch-size", help="sequences per call")] = 1,
     prompt_len: Annotated[int, typer.Option("--prompt-len", help="prompt tokens")] = 1024,
     generation_len: Annotated[int, typer.Option("--generation-len", help="generated tokens")] = 1024,
+    prune_ffn: PruneFfnOption = 0.0,
+    prune_heads: PruneHeadsOption = 0.0,
 ) -> None:
-    """What-if from MODEL's config alone (no weights read): the simulated device's memory plan and latency."""
+    """What-if from MODEL's config alone (no weights read): the simulated device's memory plan and latency.
+    With --prune-ffn / --prune-heads the program has the pruned shapes (which channels go needs weights)."""
     source = _model_source(model)
     config = resolve_model(source).config if isinstance(source, Path) else source
     if precision == "w8a8":
@@ -219,7 +233,7 @@ def estimate_command(
         compiled = compile_model(
             config, precision=precision, kv_cache_dtype=kv_cache_dtype, ctx_len=min(ctx_len, config.max_seq_len),
             prefill_len=prefill_len, batch_size=batch_size, device=device, num_cores=num_cores,
-            num_devices=num_devices, p2p_format=p2p_format, verify=False,
+            num_devices=num_devices, p2p_format=p2p_format, verify=False, prune_ffn=prune_ffn, prune_heads=prune_heads,
         )
     _print_memory(compiled)
     stats = compiled.estimate(prompt_len, generation_len)
@@ -352,45 +366,128 @@ def eval_command(
         typer.Option("--kv-cache-dtype", help="KV-cache dtype: none, fp16 or mxint8 (repeatable; default none)"),
     ] = None,
     text: Annotated[Path | None, typer.Option("--text", help="text file (default: the shipped validation text)")] = None,
+    prune_ffn: Annotated[
+        list[float] | None, typer.Option("--prune-ffn", help="share of each layer's FFN channels pruned (repeatable)")
+    ] = None,
+    prune_heads: PruneHeadsOption = 0.0,
+    prune_score: PruneScoreOption = "magnitude",
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="score only the first N tokens")] = None,
 ) -> None:
     """Score a text teacher-forced at each precision (and KV-cache dtype) against the fp32 HF model: perplexity,
-    top-1 agreement, logit error and the accuracy gate; exits 1 when a gate is missed."""
+    top-1 agreement, logit error and the accuracy gate; exits 1 when a gate is missed. With --prune-ffn /
+    --prune-heads the rows show the accuracy cost of pruning (no fixed gate: see `qeffc tune`)."""
     source = _model_source(model)
     if not isinstance(source, Path):
         raise InvalidArgumentError(f"eval needs a model directory with weights and a tokenizer, got preset {model!r}")
     # without a cache dtype first, so each MXINT8 row can be compared with its precision's row
     cache_dtypes = sorted({None if d.lower() == "none" else d for d in kv_cache_dtype or ["none"]}, key=lambda d: d or "")
+    levels = sorted(set(prune_ffn or [0.0]))
+    pruning = prune_heads > 0 or levels != [0.0]
     table = Table(title=f"accuracy vs fp32 HF reference ({model})")
-    for column in ("precision", "KV cache", "tokens", "ppl", "ref ppl", "Δppl", "top-1 agree", "max|Δlogit|", "mean|Δlogit|", "gate"):
+    columns = ["precision", "KV cache", *(["pruned"] if pruning else []), "tokens", "ppl", "ref ppl", "Δppl"]
+    for column in (*columns, "top-1 agree", "max|Δlogit|", "mean|Δlogit|", "gate"):
         table.add_column(column, justify="right")
+    evaluator = Evaluator(source, text, max_tokens=max_tokens, keep_reference=False)
     reports: dict[tuple[str, str | None], EvaluationReport] = {}
     missed = []
-    for name in precision or ["fp32"]:
-        for cache in cache_dtypes:
-            with console.status(f"evaluating {name}" + (f" with a {cache} KV cache" if cache else "")):
-                report = reports[name, cache] = evaluate(source, precision=name, kv_cache_dtype=cache, text=text)
-            failures = report.gate_failures()
-            if cache == "mxint8" and (name, None) in reports:
-                extra = mxint8_cache_increase(report, reports[name, None])
-                if extra > MXINT8_CACHE_GATE:
-                    failures.append(f"the MXINT8 cache adds +{100 * extra:.3f}% perplexity (gate +{100 * MXINT8_CACHE_GATE:g}%)")
-            missed += [f"{name} ({cache or 'default'} KV cache): {failure}" for failure in failures]
-            table.add_row(
-                name,
-                cache or "-",
-                f"{report.tokens_scored:,}",
-                f"{report.perplexity:.4f}",
-                f"{report.reference_perplexity:.4f}",
-                f"{100 * report.perplexity_increase:+.3f}%",
-                f"{100 * report.token_agreement:.2f}%",
-                f"{report.max_logit_error:.2e}",
-                f"{report.mean_logit_error:.2e}",
-                "missed" if failures else "ok",
-            )
+    for name, cache, ffn in ((n, c, f) for n in precision or ["fp32"] for c in cache_dtypes for f in levels):
+        with console.status(f"evaluating {name}" + (f" with a {cache} KV cache" if cache else "")):
+            report = evaluator(name, cache, prune_ffn=ffn, prune_heads=prune_heads, prune_score=prune_score)
+        if not report.pruning:
+            reports[name, cache] = report
+        failures = report.gate_failures()
+        if cache == "mxint8" and not report.pruning and (name, None) in reports:
+            extra = mxint8_cache_increase(report, reports[name, None])
+            if extra > MXINT8_CACHE_GATE:
+                failures.append(f"the MXINT8 cache adds +{100 * extra:.3f}% perplexity (gate +{100 * MXINT8_CACHE_GATE:g}%)")
+        missed += [f"{name} ({cache or 'default'} KV cache): {failure}" for failure in failures]
+        table.add_row(
+            name,
+            cache or "-",
+            *([report.pruning or "-"] if pruning else []),
+            f"{report.tokens_scored:,}",
+            f"{report.perplexity:.4f}",
+            f"{report.reference_perplexity:.4f}",
+            f"{100 * report.perplexity_increase:+.3f}%",
+            f"{100 * report.token_agreement:.2f}%",
+            f"{report.max_logit_error:.2e}",
+            f"{report.mean_logit_error:.2e}",
+            "n/a" if report.pruning else "missed" if failures else "ok",
+        )
     console.print(table)
     if missed:
         _print_plain("accuracy gate missed:\n" + "\n".join(f"  {line}" for line in missed))
         raise typer.Exit(1)
+
+
+@app.command("tune")
+def tune_command(
+    model: ModelArgument = SHIPPED_MODEL,
+    device: DeviceOption = "ai100-standard",
+    max_ppl_increase: Annotated[
+        str, typer.Option("--max-ppl-increase", help="perplexity budget over the fp32 HF model: 2% or 0.02")
+    ] = "2%",
+    write: Annotated[Path | None, typer.Option("--write", help="compile the chosen configuration into DIR")] = None,
+    precision: Annotated[list[str] | None, typer.Option("--precision", help="precisions to try (repeatable)")] = None,
+    kv_cache_dtype: Annotated[
+        list[str] | None, typer.Option("--kv-cache-dtype", help="KV-cache dtypes to try: none, mxint8 (repeatable)")
+    ] = None,
+    prune_ffn: Annotated[list[float] | None, typer.Option("--prune-ffn", help="FFN pruning levels to try (repeatable)")] = None,
+    num_cores: Annotated[list[int] | None, typer.Option("--num-cores", help="cores per SoC to try (repeatable)")] = None,
+    num_devices: Annotated[list[int] | None, typer.Option("--num-devices", help="SoC counts to try (repeatable)")] = None,
+    prefill_len: Annotated[list[int] | None, typer.Option("--prefill-len", help="prefill lengths to try (repeatable)")] = None,
+    ctx_len: Annotated[int, typer.Option("--ctx-len", help="KV cache length in tokens")] = 128,
+    prompt_len: Annotated[int, typer.Option("--prompt-len", help="prompt tokens of the tuned request")] = 64,
+    generation_len: Annotated[int, typer.Option("--generation-len", help="generated tokens of the tuned request")] = 64,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="text tokens each setting is scored on")] = DEFAULT_TUNE_TOKENS,
+    force: Annotated[bool, typer.Option("--force", help="replace the --write directory if it exists")] = False,
+) -> None:
+    """Search precision, KV-cache dtype, FFN pruning, cores, SoCs and prefill length with the cost model under a
+    perplexity budget; print the Pareto front (simulated tok/s vs perplexity) and the chosen configuration."""
+    source = _model_source(model)
+    if not isinstance(source, Path):
+        raise InvalidArgumentError(f"tune needs a model directory with weights and a tokenizer, got preset {model!r}")
+    if write is not None and write.exists() and not force:
+        raise ArtifactExistsError(f"output directory {write} exists; pass --force to replace it")
+    caches = [None if d.lower() == "none" else d for d in kv_cache_dtype] if kv_cache_dtype else DEFAULT_KV_CACHE_DTYPES
+    with console.status(f"tuning {model} for {device}"):
+        result = tune(
+            source, device=device, max_ppl_increase=_share(max_ppl_increase), precisions=precision or DEFAULT_PRECISIONS,
+            kv_cache_dtypes=caches, prune_levels=prune_ffn or DEFAULT_PRUNE_LEVELS, num_cores=num_cores,
+            num_devices=num_devices or (1, 2), prefill_lens=prefill_len or (16, 32, 64), ctx_len=ctx_len,
+            prompt_len=prompt_len, generation_len=generation_len, max_tokens=max_tokens,
+        )
+    table = Table(title=f"Pareto front: simulated tok/s vs perplexity ({device}, prompt {prompt_len}, generate {generation_len})")
+    for column in ("configuration", "sim tok/s (E2E)", "sim decode tok/s", "sim TTFT", "ppl", "Δppl", "budget"):
+        table.add_column(column, justify="right")
+    for c in result.pareto_front:
+        within = c.perplexity_increase <= result.max_ppl_increase
+        table.add_row(
+            c.describe() + (" ← chosen" if c == result.chosen else ""), f"{c.tokens_per_s:.1f}",
+            f"{c.decode_tokens_per_s:.1f}", f"{c.ttft_s * 1e3:.3f} ms", f"{c.perplexity:.4f}",
+            f"{100 * c.perplexity_increase:+.3f}%", "ok" if within else "over",
+        )
+    console.print(table)
+    _print_plain(
+        f"searched {len(result.candidates)} feasible configurations, {result.evaluations} accuracy evaluations on "
+        f"{result.tokens_scored:,} tokens (fp32 HF perplexity {result.reference_perplexity:.4f}) in {result.seconds:.1f} s"
+    )
+    if result.chosen is None:
+        _print_plain(f"no configuration is within +{100 * result.max_ppl_increase:g}% perplexity")
+        raise typer.Exit(1)
+    _print_plain(f"chosen: {result.chosen.describe()}")
+    if write is not None:
+        with console.status(f"compiling the chosen configuration into {write}"):
+            result.compile(source).save(write, overwrite=force)
+        _print_plain(f"compiled {model} → {write}")
+
+
+def _share(text: str) -> float:
+    """'2%' → 0.02; '0.02' → 0.02."""
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise InvalidArgumentError(f"--max-ppl-increase must be a share like 2% or 0.02, got {text!r}") from None
 
 
 def _tokenizer(artifact: Path):  # noqa: ANN202 (a transformers tokenizer)

@@ -8,6 +8,7 @@ from qeff_compiler.passes import (  # noqa: F401 (registration)
     lower_mxfp6,
     lower_w8a8,
     patch_attention,
+    prune,
     strip_export_noise,
 )
 from qeff_compiler.passes.base import Pass, option

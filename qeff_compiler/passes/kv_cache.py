@@ -129,7 +129,6 @@ class KVCache(Pass):
         (input_ids,) = [s for s in program.inputs if s.role == "input_ids"]
         batch, seq_len = input_ids.shape
         head_dim = config.d_model // config.n_heads
-        cache_shape = (batch, config.n_heads, ctx_len, head_dim)
         dtype = torch.float16 if self.options.dtype == "fp16" else _activation_dtype(program)
         cache_format = {"kv_cache_format": "mxint8"} if self.options.dtype == "mxint8" else {}
 
@@ -143,6 +142,7 @@ class KVCache(Pass):
             raise VerificationError(f"kv-cache: found {len(attention_nodes)} fused attention ops, expected {config.n_layers}")
         for node in attention_nodes:
             layer = node.meta[LAYER]
+            cache_shape = (batch, node.kwargs["n_heads"], ctx_len, head_dim)  # `prune` may have removed heads
             past = {}
             for kind in ("key", "value"):
                 name = f"past_{kind}.{layer}"

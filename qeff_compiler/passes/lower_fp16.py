@@ -43,7 +43,7 @@ from qeff_compiler.ir.weights import WeightStore
 from qeff_compiler.passes.base import Pass, option
 from qeff_compiler.passes.fp16_overflow import FP16_MAX, find_fp16_overflow
 from qeff_compiler.passes.kv_cache import KVCache
-from qeff_compiler.passes.patch_attention import ALIBI_SLOPES, ATTENTION, ATTENTION_KV
+from qeff_compiler.passes.patch_attention import ATTENTION, ATTENTION_KV, is_alibi_slopes
 from qeff_compiler.passes.registry import register_pass
 
 aten = torch.ops.aten
@@ -133,7 +133,7 @@ class LowerFp16(Pass):
         elements = 0
         for name in sorted(set(program.weight_placeholders().values())):
             dtype = store[name].dtype
-            if name in updates or name == ALIBI_SLOPES or not dtype.is_floating_point or dtype == torch.float16:
+            if name in updates or is_alibi_slopes(name) or not dtype.is_floating_point or dtype == torch.float16:
                 continue
             lowered = self._to_fp16(name, store) if program.has_weight_data else _meta_fp16(store, name)
             updates.update(dict.fromkeys(tied.get(name, [name]), lowered))

@@ -49,6 +49,11 @@ ALIBI_SLOPES = "alibi_slopes"
 LAYER = "qeff_layer"
 
 
+def is_alibi_slopes(name: str) -> bool:
+    """The shared slopes constant, or a layer's own `alibi_slopes.{i}` (`prune` removed some of its heads)."""
+    return name == ALIBI_SLOPES or name.startswith(f"{ALIBI_SLOPES}.")
+
+
 class AttentionPatternError(VerificationError):
     """A traced attention layer does not have the structure of HF's MPT attention."""
 

@@ -31,7 +31,7 @@ from qeff_compiler.ir.graph_utils import weight_only_nodes
 from qeff_compiler.ir.program import BINDING, Program
 from qeff_compiler.ir.quant_ops import DEQUANTIZE_MXFP6, LINEAR_W8A8, LINEAR_W8A16
 from qeff_compiler.numerics.mx import mx_storage_bits_per_element
-from qeff_compiler.passes.patch_attention import ATTENTION, ATTENTION_KV, LAYER
+from qeff_compiler.passes.patch_attention import ATTENTION, ATTENTION_KV, LAYER, is_alibi_slopes
 
 aten = torch.ops.aten
 _LINEARS = (aten.linear.default, LINEAR_W8A16, LINEAR_W8A8)
@@ -138,17 +138,18 @@ def _attention(node: torch.fx.Node, program: Program, weight_only: set[torch.fx.
     batch, seq, d_model = hidden.shape
     n_heads = node.kwargs.get("n_heads", node.args[7] if len(node.args) > 7 else None)
     wqkv, out_proj = node.args[1], node.args[2]
+    inner = wqkv.meta["val"].shape[0] // 3  # n_heads · head_dim: below d_model once `prune` removed heads
     stateful = node.target == ATTENTION_KV
     keys = node.args[5].meta["val"].shape[2] if stateful else seq  # attends over every cache slot
     rows = batch * seq
-    projection_flops = 2.0 * rows * d_model * (3 * d_model) + 2.0 * rows * d_model * d_model
-    attention_flops = 2 * (2.0 * rows * keys * d_model)  # Q·Kᵀ and P·V over all heads
+    projection_flops = 2.0 * rows * d_model * (3 * inner) + 2.0 * rows * inner * d_model
+    attention_flops = 2 * (2.0 * rows * keys * inner)  # Q·Kᵀ and P·V over all heads
     weights = _weight_parts((wqkv, out_proj), weight_only)
     kv_read = kv_write = 0
     if stateful:
         element_bytes = _cache_element_bytes(node)
-        kv_read = int(2 * batch * keys * d_model * element_bytes)
-        kv_write = int(2 * rows * d_model * element_bytes)
+        kv_read = int(2 * batch * keys * inner * element_bytes)
+        kv_write = int(2 * rows * inner * element_bytes)
     return OpWork(
         node=node.name,
         kind="attention",
@@ -158,7 +159,7 @@ def _attention(node: torch.fx.Node, program: Program, weight_only: set[torch.fx.
         weight_bytes=_bytes(weights, program),
         weights=weights,
         decompress_elements=_mxfp6_elements((wqkv, out_proj), weight_only),
-        vector_elements=rows * n_heads * keys * 3 + rows * 4 * d_model,  # bias, mask, softmax; qkv/out conversions
+        vector_elements=rows * n_heads * keys * 3 + rows * (3 * inner + d_model),  # bias, mask, softmax; qkv/out conversions
         kv_read_bytes=kv_read,
         kv_write_bytes=kv_write,
         activation_bytes=2 * _nbytes(hidden),
@@ -214,7 +215,7 @@ def _mxfp6_elements(operands: Iterable[object], weight_only: set[torch.fx.Node])
 
 
 def _bytes(names: Iterable[str], program: Program) -> int:
-    return sum(program.weights[name].nbytes for name in names if name != "alibi_slopes")
+    return sum(program.weights[name].nbytes for name in names if not is_alibi_slopes(name))
 
 
 def _nbytes(value: torch.Tensor) -> int:

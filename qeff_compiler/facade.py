@@ -1,0 +1,237 @@
+"""`QEFFAutoModelForCausalLM`: QEfficient's high-level API over this compiler and its simulated AI 100.
+
+A notebook written for QEfficient's MPT example runs with one import changed:
+
+    from qeff_compiler import QEFFAutoModelForCausalLM as AutoModelForCausalLM
+    qeff_model = AutoModelForCausalLM.from_pretrained(model_dir)
+    qeff_model.export()                                         # ONNX of the default fp16 compile
+    qpc_path = qeff_model.compile(prefill_seq_len=32, ctx_len=128, num_cores=16, mxfp6_matmul=True)
+    exec_info = qeff_model.generate(tokenizer, prompts=["My name is"])
+    print(exec_info)                                            # TTFT, decode / total tok/s, E2E time
+
+Signatures follow QEfficient's `QEFFAutoModelForCausalLM` (`from_pretrained`, `export`, `compile(onnx_path=None,
+compile_dir=None, *, prefill_seq_len=32, ctx_len=128, batch_size=1, num_devices=1, num_cores=16,
+mxfp6_matmul=False, mxint8_kv_cache=False, **compiler_options) -> str`, `generate(tokenizer, prompts,
+device_id=None, runtime_ai100=True, generation_len=None)`), and `generate` returns a `CloudAI100ExecInfo` with
+QEfficient's fields (`batch_size`, `generated_texts`, `generated_ids`, `perf_metrics`: prefill_time, decode_perf,
+total_perf, total_time). Where this deviates:
+
+- every figure is *simulated* (the cost model of `backends.ai100`; nothing runs on a card) and says so when printed;
+- `compile` writes this compiler's artifact directory (manifest, ONNX, weights), not a QPC, and returns its path;
+  QEfficient's fp16 compile maps to precision "fp16", `mxfp6_matmul` to "mxfp6", `mxint8_kv_cache` to the MXINT8
+  cache. `compiler_options` takes this compiler's options (`device`, default "ai100-pro", which has the 16 cores
+  QEfficient's default `num_cores` asks for; `precision`, `p2p_format`, `prune_ffn`, `prune_heads`,
+  `prune_score`, `verify`: False skips the per-pass numeric checks); `qaic-exec` flags, `onnx_path`,
+  `full_batch_size` and speculative decoding are refused;
+- `from_pretrained` takes a local MPT directory or an `MptForCausalLM` (no hub downloads, no HF kwargs);
+- `device_id`, `runtime_ai100` and `compile`'s `device_group` are accepted and ignored: the simulated device is
+  the compiled target; the older `compile(mxfp6=True)` of QEfficient's MPT notebook means `mxfp6_matmul=True`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from transformers import AutoTokenizer, MptForCausalLM, PreTrainedTokenizerBase
+
+from qeff_compiler.compiler import CompiledModel
+from qeff_compiler.compiler import compile as compile_model
+from qeff_compiler.errors import InvalidArgumentError
+
+#: `compile(**compiler_options)` keys this compiler understands
+COMPILER_OPTIONS = ("device", "precision", "p2p_format", "prune_ffn", "prune_heads", "prune_score", "verify")
+#: where `compile` writes artifacts when given no compile_dir (QEfficient's QEFF_HOME cache plays this role)
+DEFAULT_COMPILE_ROOT = Path("qeff_models")
+
+
+@dataclass(frozen=True)
+class PerfMetrics:
+    """QEfficient's performance figures, from the simulated device: seconds and tokens/s per sequence."""
+
+    #: mean simulated time to first token over the batches
+    prefill_time: float
+    #: simulated decode tokens/s per sequence
+    decode_perf: float
+    #: generated tokens per sequence / simulated E2E time
+    total_perf: float
+    #: simulated E2E time of every batch: prefill and decode
+    total_time: float
+
+
+@dataclass(frozen=True)
+class CloudAI100ExecInfo:
+    """The texts and ids `generate` produced and its simulated latency report (QEfficient's shape)."""
+
+    batch_size: int
+    generated_texts: list[str]
+    generated_ids: list[np.ndarray]
+    perf_metrics: PerfMetrics
+    #: the simulated device the figures are for
+    device: str = ""
+
+    def __repr__(self) -> str:
+        m, b = self.perf_metrics, self.batch_size
+        return (
+            f"Simulated on {self.device} (cost model, not hardware)\n"
+            f"Average Prefill time a.k.a TTFT is= {m.prefill_time:.6f} sec\n"
+            f"Decode is= {m.decode_perf * b:.2f} tokens/sec\n"
+            f"Total is= {m.total_perf * b:.2f} tokens/sec\n"
+            f"Total (E2E) inference time is= {m.total_time:.6f} sec"
+        )
+
+
+class QEFFAutoModelForCausalLM:
+    """An MPT to compile for the simulated AI 100 and generate text with, the way QEfficient users do."""
+
+    def __init__(self, model: MptForCausalLM | Path, name: str) -> None:
+        self.model = model
+        self.model_name = name
+        self.compiled: CompiledModel | None = None
+        self.qpc_path: str | None = None
+        self.onnx_path: str | None = None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path | MptForCausalLM, **kwargs: object) -> QEFFAutoModelForCausalLM:
+        """Wrap a local MPT directory or an `MptForCausalLM` object (no hub: give a directory)."""
+        if kwargs:
+            raise InvalidArgumentError(f"from_pretrained takes no Hugging Face options here, got {sorted(kwargs)}")
+        source = pretrained_model_name_or_path
+        if isinstance(source, MptForCausalLM):
+            return cls(source, type(source).__name__)
+        if not isinstance(source, str | Path) or not Path(source).is_dir():
+            raise InvalidArgumentError(
+                f"from_pretrained needs a local MPT directory or an MptForCausalLM, got {source!r} (no hub downloads)"
+            )
+        return cls(Path(source), Path(source).name)
+
+    def __repr__(self) -> str:
+        state = f"compiled to {self.qpc_path}" if self.qpc_path else "not compiled"
+        return f"QEFFAutoModelForCausalLM({self.model_name}, {state})"
+
+    def export(self, export_dir: str | Path | None = None) -> str:
+        """Compile at the defaults (fp16, prefill 32, ctx 128) and return the prefill ONNX file's path."""
+        path = Path(self.compile(compile_dir=export_dir))
+        self.onnx_path = str(path / "program.onnx")
+        return self.onnx_path
+
+    def compile(
+        self,
+        onnx_path: str | None = None,
+        compile_dir: str | Path | None = None,
+        *,
+        prefill_seq_len: int = 32,
+        ctx_len: int = 128,
+        batch_size: int = 1,
+        full_batch_size: int | None = None,
+        num_devices: int = 1,
+        num_cores: int = 16,
+        mxfp6_matmul: bool = False,
+        mxint8_kv_cache: bool = False,
+        mxfp6: bool = False,
+        device_group: Sequence[int] | None = None,
+        **compiler_options: object,
+    ) -> str:
+        """Compile for the simulated device and write the artifact; returns its directory (QEfficient: the QPC).
+        `mxfp6` and `device_group` are the older QEfficient spellings its MPT notebook uses: `mxfp6` means
+        `mxfp6_matmul`, and `device_group` (card ids) is ignored like `generate`'s `device_id`."""
+        del device_group
+        options = compile_options(
+            onnx_path, prefill_seq_len=prefill_seq_len, ctx_len=ctx_len, batch_size=batch_size,
+            full_batch_size=full_batch_size, num_devices=num_devices, num_cores=num_cores,
+            mxfp6_matmul=mxfp6_matmul or mxfp6, mxint8_kv_cache=mxint8_kv_cache, **compiler_options,
+        )
+        self.compiled = compile_model(self.model, **options)
+        directory = Path(compile_dir) if compile_dir is not None else DEFAULT_COMPILE_ROOT / self.model_name
+        path = directory / f"qpc-{_options_hash(options)}"
+        self.compiled.save(path, overwrite=True)
+        self.qpc_path = str(path)
+        return self.qpc_path
+
+    def generate(
+        self,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        prompts: Sequence[str] = (),
+        device_id: Sequence[int] | None = None,
+        runtime_ai100: bool = True,
+        generation_len: int | None = None,
+    ) -> CloudAI100ExecInfo:
+        """Greedy generation for `prompts`, `batch_size` at a time; `generation_len` new tokens per prompt at most
+        (default: up to the context length). `tokenizer` None uses the model directory's."""
+        del device_id, runtime_ai100  # the simulated device is the compiled target
+        if self.compiled is None:
+            raise InvalidArgumentError("generate needs a compiled model: call compile() first")
+        if isinstance(prompts, str) or not prompts:
+            raise InvalidArgumentError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+        tokenizer = tokenizer if tokenizer is not None else self._tokenizer()
+        shapes = self.compiled.shapes
+        ids = [tokenizer.encode(prompt) for prompt in prompts]
+        if generation_len is None:
+            generation_len = shapes.ctx_len - max(len(i) for i in ids)
+        texts, generated, ttfts, steps, tokens, decode_s, total_s = [], [], [], 0, 0, 0.0, 0.0
+        for start in range(0, len(ids), shapes.batch_size):
+            output = self.compiled.generate(ids[start : start + shapes.batch_size], max_new_tokens=generation_len)
+            stats = output.stats
+            ttfts.append(stats.ttft_s)
+            steps += len(stats.token_latencies_s)
+            tokens += max(len(row) for row in output.new_tokens)  # per sequence: the rows decode in lockstep
+            decode_s += stats.decode_s
+            total_s += stats.ttft_s + stats.decode_s
+            generated += [np.asarray(row, dtype=np.int64) for row in output.new_tokens]
+            texts += [tokenizer.decode(row, skip_special_tokens=True) for row in output.new_tokens]
+        metrics = PerfMetrics(
+            prefill_time=sum(ttfts) / len(ttfts),
+            decode_perf=steps / decode_s if decode_s > 0 else float("nan"),
+            total_perf=tokens / total_s,
+            total_time=total_s,
+        )
+        return CloudAI100ExecInfo(shapes.batch_size, texts, generated, metrics, self.compiled.simulation.device)
+
+    def _tokenizer(self) -> PreTrainedTokenizerBase:
+        if not isinstance(self.model, Path):
+            raise InvalidArgumentError("pass a tokenizer: the model was given as an object, without a directory")
+        return AutoTokenizer.from_pretrained(self.model)
+
+
+def compile_options(
+    onnx_path: str | None,
+    *,
+    prefill_seq_len: int,
+    ctx_len: int,
+    batch_size: int,
+    full_batch_size: int | None,
+    num_devices: int,
+    num_cores: int,
+    mxfp6_matmul: bool,
+    mxint8_kv_cache: bool,
+    **compiler_options: object,
+) -> dict[str, object]:
+    """QEfficient's compile arguments as `qc.compile` keyword arguments; refuses what has no counterpart here."""
+    if onnx_path is not None:
+        raise InvalidArgumentError(f"onnx_path={onnx_path!r}: this compiler compiles from the model, not from ONNX")
+    if full_batch_size is not None:
+        raise InvalidArgumentError(f"full_batch_size={full_batch_size!r}: continuous batching is not supported")
+    unknown = sorted(set(compiler_options) - set(COMPILER_OPTIONS))
+    if unknown:
+        raise InvalidArgumentError(f"unsupported compiler options {unknown}; supported: {', '.join(COMPILER_OPTIONS)}")
+    return {
+        "precision": "mxfp6" if mxfp6_matmul else "fp16",
+        "kv_cache_dtype": "mxint8" if mxint8_kv_cache else None,
+        "device": "ai100-pro",
+        "prefill_len": prefill_seq_len,
+        "ctx_len": ctx_len,
+        "batch_size": batch_size,
+        "num_cores": num_cores,
+        "num_devices": num_devices,
+        **compiler_options,
+    }
+
+
+def _options_hash(options: dict[str, object]) -> str:
+    """A short stable name for a compile's options (QEfficient suffixes its QPC directories the same way)."""
+    return hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
