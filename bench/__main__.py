@@ -8,7 +8,7 @@ the schema, not the numbers.
 Sections: host decode per precision (bench.precision_decode), host decode cost vs position (bench.decode_cost),
 host throughput vs HF eager and ONNX Runtime (bench.peers), compile time and RSS vs depth up to MPT-7B and MPT-30B
 (bench.compile_layers), simulated AI 100 vs published figures and the roofline (bench.cost_model_calibration),
-accuracy per precision and KV-cache dtype (qc.evaluate). The README's figures are rendered from the committed
+accuracy per precision and KV-cache dtype (qc.evaluate), pruning's cost and the autotuner's run (bench.pruning). The README's figures are rendered from the committed
 full-mode results by `python -m bench.readme` (tests/test_bench.py checks they agree).
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 import qeff_compiler as qc
-from bench import compile_layers, cost_model_calibration, decode_cost, precision_decode
+from bench import compile_layers, cost_model_calibration, decode_cost, precision_decode, pruning
 from qeff_compiler.data import TINY_MPT, TINY_MPT_VALIDATION_TEXT
 from qeff_compiler.atomic import atomic_write_text
 
@@ -38,9 +38,9 @@ ACCURACY_PRECISIONS = ("fp32", "fp16", "int8", "mxfp6", "w8a8")
 
 
 def accuracy(quick: bool) -> list[dict]:
-    """qc.evaluate per precision, without and with an MXINT8 KV cache, on the shipped validation text (quick: 20,000
+    """qc.evaluate per precision, without and with an MXINT8 KV cache, on the shipped validation text (quick: 8,000
     characters, fp32 and int8 without)."""
-    text = TINY_MPT_VALIDATION_TEXT.read_text()[:20_000] if quick else None
+    text = TINY_MPT_VALIDATION_TEXT.read_text()[:8_000] if quick else None
     settings = [(p, None) for p in ("fp32", "int8")] if quick else [
         (p, kv) for p in ACCURACY_PRECISIONS for kv in (None, "mxint8")
     ]
@@ -71,6 +71,8 @@ SECTIONS: dict[str, Callable[[bool], object]] = {
         cost_model_calibration.compile_points(QUICK_SIMULATED) if quick else None
     ),
     "accuracy": accuracy,
+    "pruning": pruning.run,
+    "tune": pruning.tune,
 }
 
 

@@ -17,8 +17,7 @@ def write_plots(results: dict, directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     sections = results["sections"]
     written = []
-    for name, draw in (("host_precision", _host_precision), ("decode_cost", _decode_cost), ("peers", _peers), ("compile_layers", _compile_layers),
-                       ("simulated_vs_published", _simulated), ("accuracy", _accuracy)):
+    for name, draw in PLOTS.items():
         if sections.get(name):
             figure, axes = pyplot.subplots(figsize=(9, 4.5))
             draw(axes, sections[name])
@@ -97,3 +96,18 @@ def _accuracy(axes, rows: list[dict]) -> None:  # noqa: ANN001
     axes.bar(labels, [100 * (r["perplexity_vs_reference"] - 1) for r in rows])
     axes.tick_params(axis="x", labelsize=8)
     axes.set(title="perplexity increase vs fp32 HF (shipped model)", ylabel="%")
+
+
+def _pruning(axes, section: dict) -> None:  # noqa: ANN001
+    rows = section["shipped"]
+    labels = [f"FFN {100 * r['prune_ffn']:g} %, heads {100 * r['prune_heads']:g} %\n{r['score']}" for r in rows]
+    axes.bar(labels, [100 * (r["perplexity"] / r["reference_perplexity"] - 1) for r in rows])
+    axes.tick_params(axis="x", labelsize=7)
+    axes.set(title="perplexity increase vs fp32 HF per pruning level (shipped model)", ylabel="%")
+
+
+#: section → how its PNG is drawn (sections without a figure worth plotting, like tune, have none)
+PLOTS = {
+    "host_precision": _host_precision, "decode_cost": _decode_cost, "peers": _peers, "compile_layers": _compile_layers,
+    "simulated_vs_published": _simulated, "accuracy": _accuracy, "pruning": _pruning,
+}

@@ -152,10 +152,46 @@ def accuracy(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pruning(results: dict) -> str:
+    section = results["sections"]["pruning"]
+    rows = section["shipped"]
+    lines = [
+        "| pruned | score | parameters | perplexity | increase | top-1 agreement | simulated decode |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        parts = [f"FFN {100 * r['prune_ffn']:g} %" if r["prune_ffn"] else "", f"heads {100 * r['prune_heads']:g} %" if r["prune_heads"] else ""]
+        pruned = ", ".join(p for p in parts if p) or "–"
+        lines.append(f"| {pruned} | {r['score'] if pruned != '–' else '–'} | {r['parameters']:,} | {r['perplexity']:.4f} "
+                     f"| {100 * (r['perplexity'] / r['reference_perplexity'] - 1):+.3f} % | {100 * r['token_agreement']:.2f} % "
+                     f"| {r['simulated_decode_tokens_per_s']:,.0f} tok/s |")
+    lines.append("")
+    lines.append(f"{rows[0]['tokens']:,} validation tokens per row; the fp32 HF reference perplexity is "
+                 f"{rows[0]['reference_perplexity']:.4f}.")
+    if section["mpt_7b_mxfp6"]:
+        dense, pruned_7b = section["mpt_7b_mxfp6"]
+        lines.append(f"At MPT-7B's shape (config only, mxfp6, prompt 1024, generate 1024, ctx 2048) 25 % of the FFN "
+                     f"channels are {100 * (1 - pruned_7b['parameters'] / dense['parameters']):.1f} % of the stored "
+                     f"parameters ({dense['parameters'] / 1e9:.2f} B → {pruned_7b['parameters'] / 1e9:.2f} B), and "
+                     f"simulated decode goes from {dense['simulated_decode_tokens_per_s']:.2f} to "
+                     f"{pruned_7b['simulated_decode_tokens_per_s']:.2f} tok/s.")
+    return "\n".join(lines) + "\n"
+
+
+def tune(results: dict) -> str:
+    t = results["sections"]["tune"]
+    return (f"On the shipped model (budget +2 %) the search scored {t['evaluations']} accuracy settings on "
+            f"{t['tokens_scored']:,} tokens and timed {t['candidates']} feasible placements ({t['pareto_front']} on the "
+            f"Pareto front) in {t['search_s']:.0f} s (load average {t['load_average_1min']:.1f}); it chose "
+            f"{t['chosen']} ({100 * t['chosen_perplexity_increase']:+.2f} % perplexity on those tokens, "
+            f"{t['chosen_tokens_per_s']:,.0f} simulated tok/s end to end).\n")
+
+
 BLOCKS: dict[str, Callable[[dict], str]] = {
     "machine": machine, "peers": peers, "compile_layers": compile_layers,
     "compile_passes": compile_passes, "simulated": simulated,
-    "decode_cost": decode_cost, "host_precision": host_precision, "accuracy": accuracy,
+    "decode_cost": decode_cost, "host_precision": host_precision, "accuracy": accuracy, "pruning": pruning,
+    "tune": tune,
 }
 
 

@@ -44,12 +44,18 @@ def test_sections_have_their_fields(quick_results) -> None:
     assert all(r["simulated"] <= r["roofline"] for r in simulated if r["simulated"] is not None)
     assert {(r["precision"], r["kv_cache_dtype"]) for r in sections["accuracy"]} == {("fp32", None), ("int8", None)}
     assert all(r["late_over_early"] > 0 for r in sections["decode_cost"])
+    dense, pruned = sections["pruning"]["shipped"]
+    assert pruned["parameters"] < dense["parameters"] and pruned["perplexity"] > 0
+    assert sections["tune"]["evaluations"] == 2 and sections["tune"]["search_s"] > 0
     assert {r["system"] for r in sections["peers"]} >= {"hf-eager", "onnxruntime", "qeff-ort-fp32", "qeff-ort-int8"}
 
 
 def test_plots_are_written(quick_results) -> None:
     _, plots = quick_results
-    for section in SECTIONS:
+    from bench.plots import PLOTS
+
+    assert set(PLOTS) <= set(SECTIONS)
+    for section in PLOTS:
         assert (plots / f"{section}.png").read_bytes()[:4] == b"\x89PNG"
 
 
