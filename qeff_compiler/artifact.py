@@ -70,9 +70,9 @@ def save_artifact(model: CompiledModel, path: Path, *, overwrite: bool = False, 
     if path.exists() and not overwrite:
         raise ArtifactExistsError(f"output directory {path} exists; pass overwrite=True (CLI: --force) to replace it")
     with _staging_directory(path) as staging:
-        tied = {alias: group[0] for group in model.prefill.weights.tied_groups() for alias in group[1:]}
         with progress.stage("write weights", model.prefill.weights.nbytes()) as advance:
             weights = write_weights(model.prefill.weights, staging / WEIGHTS, advance=advance)
+        tied = weights.aliases
         for name, program in (("prefill", model.prefill), ("decode", model.decode)):
             with progress.stage(f"export {ONNX_FILES[name]}", None):
                 export_onnx(program, staging / ONNX_FILES[name], weights)

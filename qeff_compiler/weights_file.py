@@ -51,6 +51,8 @@ class WeightsFile:
 
     path: Path
     tensors: dict[str, StoredTensor]
+    #: tied weight name → the name it is stored under
+    aliases: dict[str, str]
 
 
 def write_weights(
@@ -66,9 +68,11 @@ def write_weights(
     names = list(store if names is None else names)
     stored_as: dict[str, str] = {}
     for group in store.tied_groups():
-        present = [name for name in group if name in set(names)]
+        present = sorted(name for name in group if name in set(names))
         stored_as.update({alias: present[0] for alias in present[1:]})
-    order = [name for name in names if name not in stored_as]
+    # sorted: the file depends on the weights alone, not on the order a source listed them in; a weight's parts
+    # (`x.mxfp6`, `x.mxscale`) stay adjacent, so a streaming store computes their recipe once
+    order = sorted(name for name in names if name not in stored_as)
     header: dict[str, dict] = {}
     start = 0
     for name in order:
@@ -95,4 +99,4 @@ def write_weights(
         for name, entry in header.items()
     }
     tensors.update({alias: tensors[target] for alias, target in stored_as.items()})
-    return WeightsFile(path, tensors)
+    return WeightsFile(path, tensors, stored_as)

@@ -89,6 +89,8 @@ def export_onnx(program: Program, path: Path, weights: WeightsFile | None = None
         function = call.build(model.opset_imports[""])
         model.functions[function.identifier()] = function
     model.opset_imports[QEFF_DOMAIN] = QEFF_OPSET
+    for node in model.graph.all_nodes():
+        node.metadata_props.clear()  # exporter notes: stack traces with local paths, differing per run
     ir.save(model, path)  # initializers stay where they point
     onnx.checker.check_model(str(path), full_check=True)
 
