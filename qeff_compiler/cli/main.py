@@ -6,6 +6,7 @@ A `QeffError` is printed as one line on stderr, never as a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -28,6 +29,7 @@ from qeff_compiler.ir.printer import format_program
 from qeff_compiler.ir.program import Program
 from qeff_compiler.passes import PassManager, registered_passes
 from qeff_compiler.passes.base import NoOptions
+from qeff_compiler.progress import NO_PROGRESS, Progress, make_progress
 
 app = typer.Typer(
     name="qeffc",
@@ -172,22 +174,39 @@ def compile_command(
     passes: Annotated[str | None, typer.Option("--passes", help="replace the default pipeline")] = None,
     force: Annotated[bool, typer.Option("--force", help="replace OUTPUT if it exists")] = False,
     time_passes: Annotated[bool, typer.Option("--time-passes", help="print time per pass")] = False,
+    stream: Annotated[
+        bool | None,
+        typer.Option("--stream/--no-stream", help="keep weights on disk, lowered one at a time (default: above 4 GiB)"),
+    ] = None,
+    allow_pickle: Annotated[
+        bool, typer.Option("--allow-pickle", help="read pytorch_model*.bin (pickle: runs code from the file; trusted only)")
+    ] = False,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="progress bars with bytes and ETA (default: on a terminal)")
+    ] = None,
 ) -> None:
     """Compile MODEL into a prefill and a decode program and write the artifact directory."""
     if output.exists() and not force:
         raise ArtifactExistsError(f"output directory {output} exists; pass --force to replace it")
     source = _model_source(model)
-    with console.status(f"compiling {model}"):
+    bars = make_progress(progress)
+    with _status(f"compiling {model}", bars):
         compiled = compile_model(
             source, precision=precision, ctx_len=ctx_len, prefill_len=prefill_len, batch_size=batch_size,
             kv_cache_dtype=kv_cache_dtype, device=device, num_cores=num_cores, num_devices=num_devices,
-            p2p_format=p2p_format, calibration=calibration, passes=passes,
+            p2p_format=p2p_format, calibration=calibration, passes=passes, stream=stream,
+            allow_pickle=allow_pickle, progress=bars,
         )
     if time_passes:
         _print_plain(compiled.timing_report())
-    with console.status(f"writing {output}"):
-        compiled.save(output, overwrite=force)
+    with _status(f"writing {output}", bars):
+        compiled.save(output, overwrite=force, progress=bars)
     _print_plain(f"compiled {model} → {output} (pipeline: {compiled.pipeline})")
+
+
+def _status(message: str, bars: Progress) -> contextlib.AbstractContextManager[object]:
+    """A spinner, unless progress bars show instead (two live displays cannot share the terminal)."""
+    return console.status(message) if bars is NO_PROGRESS else contextlib.nullcontext()
 
 
 @app.command("estimate")
