@@ -20,6 +20,9 @@ from qeff_compiler.errors import InvalidArgumentError, PipelineError
 from qeff_compiler.ir.program import Program
 from qeff_compiler.ir.weights import should_stream
 from qeff_compiler.passes import PassManager
+from qeff_compiler.passes.base import Pass
+from qeff_compiler.passes.lower_fp16 import LowerFp16
+from qeff_compiler.passes.pipeline import build_passes
 from qeff_compiler.precision import check_precision, kv_cache_pass, lowering_passes
 from qeff_compiler.progress import Progress, make_progress
 from qeff_compiler.runtime.generate import GenerationOutput, StaticShapes, Streamer, generate, normalize_prompts
@@ -88,7 +91,7 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     `stream` keeps the weights on disk: lowering records recipes (cast, clip, quantize, pack) that run one
     weight at a time when the artifact is saved, and host runs read each weight as an op needs it, so a 7B
     checkpoint compiles in a few GB. The pass manager's numeric comparisons are skipped (they would run the
-    model many times); lower-fp16's overflow check still runs, streaming. None (default) streams when the fp32
+    model many times); lower-fp16's overflow check still runs, streaming, on the prefill specialization. None (default) streams when the fp32
     weights exceed `ir.weights.STREAM_ABOVE_BYTES`. `allow_pickle` accepts `pytorch_model*.bin` checkpoints (pickles can run
     code: only for trusted files). `progress` shows rich progress bars (True, or a `Progress`) for the stages
     that read weights.
@@ -115,7 +118,7 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
             pipeline = recorded = passes if passes is not None else options.pipeline()
         programs, reports = {}, {}
         for name, seq_len in (("prefill", prefill_len), ("decode", 1)):
-            manager = PassManager(pipeline, verify=verify)
+            manager = PassManager(_passes(pipeline, once_checked=streaming and name == "decode"), verify=verify)
             with reporter.stage(f"compile {name}", weights.nbytes() if streaming else None) as meter.advance:
                 program = manager.run(capture_resolved(resolved, batch_size=batch_size, seq_len=seq_len))
             if "kv-cache" not in program.properties:
@@ -126,6 +129,17 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     compiled.pass_reports = reports
     compiled.calibration_table = table
     return compiled
+
+
+def _passes(pipeline: str, once_checked: bool) -> list[Pass]:
+    """The pipeline's passes. With `once_checked` (a streamed decode specialization) lower-fp16 skips its overflow
+    check: it reads the whole checkpoint, and the prefill specialization checked the same weights on more tokens."""
+    passes = build_passes(pipeline)
+    if not once_checked:
+        return passes
+    return [
+        LowerFp16(dataclasses.replace(p.options, check_overflow=False)) if isinstance(p, LowerFp16) else p for p in passes
+    ]
 
 
 class ReadMeter:
