@@ -107,7 +107,10 @@ def run(directory: Path, precisions: list[str], runs: int, keep: bool) -> dict:
     result: dict = {"checkpoint": {**checkpoint, "gb": size / 1e9}, "compile": [], "load": []}
     for precision in precisions:
         out = directory / f"mpt-7b-{precision}.qeff"
-        rows = [_child("--compile", checkpoint["path"], precision, str(out)) for _ in range(runs)]
+        rows = []
+        for _ in range(runs):
+            rows.append(_child("--compile", checkpoint["path"], precision, str(out)))
+            _save({**result, "partial": {"precision": precision, "runs": rows}})  # a long run keeps what it measured
         result["compile"].append({
             "precision": precision,
             "runs": rows,
@@ -116,11 +119,17 @@ def run(directory: Path, precisions: list[str], runs: int, keep: bool) -> dict:
             "max_vm_hwm_mb": max(r["vm_hwm_mb"] for r in rows),
         })
         result["load"].append(_child("--load", str(out)))
+        _save(result)
         if not keep:
             shutil.rmtree(out)
     if not keep:
         shutil.rmtree(checkpoint["path"])
     return result
+
+
+def _save(result: dict) -> None:
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2))
 
 
 def main() -> None:
@@ -148,8 +157,7 @@ def main() -> None:
         )
     for row in result["load"]:
         print(f"{row['artifact']}: load {row['load_s']:.1f} s, one decode step {row['decode_step_s']:.1f} s on the host")
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
+    _save(result)
 
 
 if __name__ == "__main__":

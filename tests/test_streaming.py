@@ -4,10 +4,12 @@ pipeline over HF's `from_pretrained`."""
 from __future__ import annotations
 
 import importlib.util
+import io
 from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 from safetensors import safe_open
 from transformers import MptForCausalLM
 
@@ -15,6 +17,7 @@ import qeff_compiler as qc
 from qeff_compiler.errors import WeightError
 from qeff_compiler.ir.samples import sample_inputs
 from qeff_compiler.ir.weights import Derivation, WeightSpec, WeightStore
+from qeff_compiler.progress import RichProgress
 from qeff_compiler.weights_file import write_weights
 from tests.conftest import random_model, tiny_config
 
@@ -72,6 +75,18 @@ def test_streamed_artifact_is_byte_identical_to_from_pretrained_in_memory(
     for model in (streamed, loaded):
         for name, value in model.host_executors()[1](inputs).items():
             torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_progress_bars_report_bytes_per_stage(checkpoint: Path, tmp_path: Path) -> None:
+    console = Console(file=io.StringIO(), width=120)
+    bars = RichProgress(console)
+    compiled = qc.compile(checkpoint, precision="int8", ctx_len=32, prefill_len=8, stream=True, progress=bars)
+    compiled.save(tmp_path / "art", progress=bars)
+    shown = console.file.getvalue()
+    weights_kib = compiled.prefill.weights.nbytes() / 1024
+    for stage in ("compile prefill", "compile decode", "write weights", "export program.onnx", "checksum"):
+        assert stage in shown, shown
+    assert f"{weights_kib:.1f}/{weights_kib:.1f} KiB" in shown, shown
 
 
 def test_streaming_store_evaluates_recipes_only_when_read_and_each_once() -> None:
