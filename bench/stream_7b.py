@@ -7,7 +7,7 @@ unless DIR holds one, then compiles it (`qc.compile(..., stream=True)` + `save`)
 each in a fresh process, and reports the median wall time, peak anonymous memory (RssAnon, sampled: the weights
 in memory, unlike the checkpoint's memory-mapped pages) and VmHWM (peak RSS including mapped file pages). Then it
 loads the last fp16 and mxfp6 artifacts, runs `estimate` and times one decode step on the host.
-Disk: ~13.3 GB checkpoint + ~13.5 GB fp16 artifact + ~5.3 GB mxfp6 artifact; deleted at the end unless --keep.
+Disk: 13.3 GB checkpoint + 13.3 GB fp16 artifact + 5.6 GB mxfp6 artifact; deleted at the end unless --keep.
 Results: bench/results/stream_7b.json. The machine is shared: each row records the load average.
 """
 
