@@ -4,8 +4,9 @@
                                specializations with their I/O, the precision and stored tensors of every
                                weight, tied weights, SHA-256 and size of every file
     DIR/weights.safetensors    the compiled programs' weight store (tied weights stored once)
-    DIR/program.onnx (+ .data) prefill specialization, runnable by ONNX Runtime as it is
-    DIR/decode.onnx (+ .data)  decode specialization
+    DIR/program.onnx           prefill specialization, runnable by ONNX Runtime as it is; its initializers are
+                               external data pointing into weights.safetensors (each weight stored once)
+    DIR/decode.onnx            decode specialization, the same way
     DIR/tokenizer*.json        copied from the source model directory, when it has them
     DIR/calibration.safetensors the calibration table of a w8a8 compile (its recorded pipeline names it)
     DIR/partition_plan.json    the partition plan of each specialization over the target's cores and SoCs
@@ -22,10 +23,10 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safetensors.torch import save_file
 from transformers import MptConfig
 
 from qeff_compiler.atomic import atomic_directory
@@ -38,9 +39,11 @@ from qeff_compiler.errors import (
     ArtifactVersionError,
 )
 from qeff_compiler.ir.program import Program, TensorSpec
-from qeff_compiler.ir.weights import WeightStore
+from qeff_compiler.ir.weights import WeightStore, should_stream
 from qeff_compiler.passes import PassManager
 from qeff_compiler.precision import weight_precisions
+from qeff_compiler.progress import NO_PROGRESS, Progress
+from qeff_compiler.weights_file import write_weights
 
 if TYPE_CHECKING:
     from qeff_compiler.compiler import CompiledModel
@@ -57,8 +60,10 @@ ONNX_FILES = {"prefill": "program.onnx", "decode": "decode.onnx"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def save_artifact(model: CompiledModel, path: Path, *, overwrite: bool = False) -> None:
-    """Write the compiled model to `path`; the directory appears complete or not at all."""
+def save_artifact(model: CompiledModel, path: Path, *, overwrite: bool = False, progress: Progress = NO_PROGRESS) -> None:
+    """Write the compiled model to `path`; the directory appears complete or not at all. Weights are written
+    one at a time (a streamed compile computes each from the checkpoint now), and both ONNX files read them
+    from weights.safetensors, so each is stored once."""
     from qeff_compiler.backends.onnx_export import export_onnx
     from qeff_compiler.calibration import save_calibration
     from qeff_compiler.compiler import CALIBRATION_TABLE
@@ -66,9 +71,12 @@ def save_artifact(model: CompiledModel, path: Path, *, overwrite: bool = False) 
     path = Path(path)
     check_output(path, overwrite=overwrite)
     with atomic_directory(path) as staging:
-        tied = _save_weights(model.prefill, staging / WEIGHTS)
+        with progress.stage("write weights", model.prefill.weights.nbytes()) as advance:
+            weights = write_weights(model.prefill.weights, staging / WEIGHTS, advance=advance)
+        tied = weights.aliases
         for name, program in (("prefill", model.prefill), ("decode", model.decode)):
-            export_onnx(program, staging / ONNX_FILES[name])
+            with progress.stage(f"export {ONNX_FILES[name]}", None):
+                export_onnx(program, staging / ONNX_FILES[name], weights)
         plans = {name: plan.to_dict() for name, plan in model.simulation.plans.items()}
         (staging / PLAN).write_text(json.dumps(plans))
         if model.calibration_table is not None:
@@ -77,7 +85,7 @@ def save_artifact(model: CompiledModel, path: Path, *, overwrite: bool = False) 
             for name in TOKENIZER_FILES:
                 if (model.source_directory / name).is_file():
                     shutil.copyfile(model.source_directory / name, staging / name)
-        (staging / MANIFEST).write_text(_manifest_text(_manifest(model, tied, staging)))
+        (staging / MANIFEST).write_text(_manifest_text(_manifest(model, tied, staging, progress)))
 
 
 def check_output(path: Path, *, overwrite: bool) -> None:
@@ -95,8 +103,9 @@ def check_output(path: Path, *, overwrite: bool) -> None:
         )
 
 
-def load_artifact(path: Path) -> CompiledModel:
-    """Read and verify a compiled-model directory written by `save_artifact`."""
+def load_artifact(path: Path, *, stream: bool | None = None) -> CompiledModel:
+    """Read and verify a compiled-model directory written by `save_artifact`; `stream` (None: by size) leaves
+    the weights in the file, read as ops need them."""
     from qeff_compiler.compiler import CompileOptions, CompiledModel
 
     path = Path(path)
@@ -107,7 +116,7 @@ def load_artifact(path: Path) -> CompiledModel:
         _verify_checksum(path / name, expected)
     config = MptConfig.from_dict(manifest["model_config"])
     options = CompileOptions(**manifest["options"])
-    weights = _load_weights(path / WEIGHTS, manifest["tied_weights"])
+    weights = _load_weights(path / WEIGHTS, manifest["tied_weights"], stream)
     programs = {}
     for spec in manifest["specializations"]:
         seq_len = options.prefill_len if spec["name"] == "prefill" else 1
@@ -121,15 +130,7 @@ def load_artifact(path: Path) -> CompiledModel:
 
 
 # writing ---------------------------------------------------------------------------------------------------------
-def _save_weights(program: Program, file: Path) -> dict[str, str]:
-    """Save every distinct weight once; returns alias → stored name for tied weights."""
-    tied = {alias: group[0] for group in program.weights.tied_groups() for alias in group[1:]}
-    tensors = {name: program.weights.tensor(name).contiguous() for name in program.weights if name not in tied}
-    save_file(tensors, str(file))
-    return tied
-
-
-def _manifest(model: CompiledModel, tied: dict[str, str], staging: Path) -> dict[str, Any]:
+def _manifest(model: CompiledModel, tied: dict[str, str], staging: Path, progress: Progress) -> dict[str, Any]:
     from qeff_compiler import __version__
 
     return {
@@ -150,7 +151,7 @@ def _manifest(model: CompiledModel, tied: dict[str, str], staging: Path) -> dict
         "memory_plan": model.simulation.memory.to_dict(),
         "simulated_step_seconds": {name: step.seconds for name, step in model.simulation.steps.items()},
         "tied_weights": tied,
-        "files": {f.name: _fingerprint(f) for f in sorted(staging.iterdir()) if f.is_file()},
+        "files": _fingerprints(sorted(f for f in staging.iterdir() if f.is_file()), progress),
     }
 
 
@@ -172,11 +173,18 @@ def _specs(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
     return [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype).removeprefix("torch.")} for s in specs]
 
 
-def _fingerprint(file: Path) -> dict[str, Any]:
+def _fingerprints(files: list[Path], progress: Progress) -> dict[str, dict[str, Any]]:
+    with progress.stage("checksum", sum(f.stat().st_size for f in files)) as advance:
+        return {f.name: _fingerprint(f, advance) for f in files}
+
+
+def _fingerprint(file: Path, advance: Callable[[int], None] | None = None) -> dict[str, Any]:
     digest = hashlib.sha256()
     with file.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
+        for block in iter(lambda: handle.read(1 << 24), b""):
             digest.update(block)
+            if advance is not None:
+                advance(len(block))
     return {"sha256": digest.hexdigest(), "bytes": file.stat().st_size}
 
 
@@ -218,10 +226,11 @@ def _verify_checksum(file: Path, expected: dict[str, Any]) -> None:
         raise ArtifactIntegrityError(f"artifact file {file.name} does not match its SHA-256 in the manifest (modified)")
 
 
-def _load_weights(file: Path, tied: dict[str, str]) -> WeightStore:
+def _load_weights(file: Path, tied: dict[str, str], stream: bool | None) -> WeightStore:
     locations = read_safetensors_header(file, QUANTIZED_SAFETENSORS_DTYPES)
     locations.update({alias: locations[stored] for alias, stored in tied.items()})
-    return WeightStore.from_safetensors(locations).materialized()
+    store = WeightStore.from_safetensors(locations)
+    return store.streamed() if should_stream(stream, store) else store.materialized()
 
 
 def _bind_weights(program: Program, weights: WeightStore, path: Path) -> Program:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +21,13 @@ from qeff_compiler.calibration import calibration_file, load_calibration
 from qeff_compiler.capture import ModelSource, capture_resolved, resolve_model
 from qeff_compiler.errors import ArtifactIntegrityError, InvalidArgumentError, PipelineError
 from qeff_compiler.ir.program import Program
+from qeff_compiler.ir.weights import should_stream
 from qeff_compiler.passes import PassManager
+from qeff_compiler.passes.base import Pass
+from qeff_compiler.passes.lower_fp16 import LowerFp16
+from qeff_compiler.passes.pipeline import build_passes
 from qeff_compiler.precision import check_precision, check_pruning, kv_cache_bits, kv_cache_pass, lowering_passes, prune_passes
+from qeff_compiler.progress import Progress, make_progress
 from qeff_compiler.runtime.generate import Executor, GenerationOutput, StaticShapes, Streamer, generate, normalize_prompts
 from qeff_compiler.runtime.sampling import SamplingConfig
 from qeff_compiler.runtime.stats import LatencyStats
@@ -88,6 +93,9 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     prune_ffn: float = 0.0,
     prune_heads: float = 0.0,
     prune_score: str = "magnitude",
+    stream: bool | None = None,
+    allow_pickle: bool = False,
+    progress: bool | Progress = False,
 ) -> CompiledModel:
     """Capture `model` at the prefill and decode shapes and run the pass pipeline on both.
 
@@ -100,13 +108,21 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     `prune_ffn` / `prune_heads` remove that share of every layer's FFN channels / attention heads before the
     lowering (the `prune` pass; `prune_score="activation"` ranks FFN channels with the calibration table).
     A config (meta weights) compiles too: everything but running and saving works, `estimate` included.
+
+    `stream` keeps the weights on disk: lowering records recipes (cast, clip, quantize, pack) that run one
+    weight at a time when the artifact is saved, and host runs read each weight as an op needs it, so a 7B
+    checkpoint compiles in a few GB. The pass manager's numeric comparisons are skipped (they would run the
+    model many times); lower-fp16's overflow check still runs, streaming, on the prefill specialization. None (default) streams when the fp32
+    weights exceed `ir.weights.STREAM_ABOVE_BYTES`. `allow_pickle` accepts `pytorch_model*.bin` checkpoints (pickles can run
+    code: only for trusted files). `progress` shows rich progress bars (True, or a `Progress`) for the stages
+    that read weights.
     """
     options = CompileOptions(
         precision, ctx_len, prefill_len, batch_size, kv_cache_dtype, device, num_cores, num_devices, p2p_format,
         prune_ffn, prune_heads, prune_score,
     )
     _check_options(options)
-    resolved = resolve_model(model)
+    resolved = resolve_model(model, allow_pickle=allow_pickle)
     max_seq_len = resolved.config.max_seq_len
     if prefill_len > max_seq_len:
         raise InvalidArgumentError(f"prefill_len={prefill_len} exceeds the model's max_seq_len={max_seq_len}")
@@ -115,7 +131,11 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     check_kv_cache_fits(
         resolved.config, batch_size, ctx_len, kv_cache_bits(precision, kv_cache_dtype), options.target.spec(), num_devices
     )
-    resolved = dataclasses.replace(resolved, weights=resolved.weights.materialized())
+    reporter = progress if not isinstance(progress, bool) else make_progress(progress)
+    streaming = should_stream(stream, resolved.weights)
+    meter = ReadMeter()
+    weights = resolved.weights.streamed(meter.advance) if streaming else resolved.weights.materialized()
+    resolved = dataclasses.replace(resolved, weights=weights)
     table = None
     with contextlib.ExitStack() as stack:
         if options.needs_calibration and passes is None:
@@ -126,15 +146,35 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
             pipeline = recorded = passes if passes is not None else options.pipeline()
         programs, reports = {}, {}
         for name, seq_len in (("prefill", prefill_len), ("decode", 1)):
-            manager = PassManager(pipeline, verify=verify)
-            program = manager.run(capture_resolved(resolved, batch_size=batch_size, seq_len=seq_len))
+            manager = PassManager(_passes(pipeline, once_checked=streaming and name == "decode"), verify=verify)
+            with reporter.stage(f"compile {name}", weights.nbytes() if streaming else None) as meter.advance:
+                program = manager.run(capture_resolved(resolved, batch_size=batch_size, seq_len=seq_len))
             if "kv-cache" not in program.properties:
                 raise PipelineError(f"pipeline {pipeline!r} does not make the program stateful: add kv-cache{{ctx_len=N}}")
             programs[name], reports[name] = program, manager.timing_report()
+        meter.advance = ReadMeter().advance  # saving reports its own progress
     compiled = CompiledModel(options, recorded, programs["prefill"], programs["decode"], resolved.origin, resolved.directory)
     compiled.pass_reports = reports
     compiled.calibration_table = table
     return compiled
+
+
+def _passes(pipeline: str, once_checked: bool) -> list[Pass]:
+    """The pipeline's passes. With `once_checked` (a streamed decode specialization) lower-fp16 skips its overflow
+    check: it reads the whole checkpoint, and the prefill specialization checked the same weights on more tokens."""
+    passes = build_passes(pipeline)
+    if not once_checked:
+        return passes
+    return [
+        LowerFp16(dataclasses.replace(p.options, check_overflow=False)) if isinstance(p, LowerFp16) else p for p in passes
+    ]
+
+
+class ReadMeter:
+    """Routes the bytes a streaming store reads to the progress stage that is current."""
+
+    def __init__(self) -> None:
+        self.advance: Callable[[int], None] = lambda _bytes: None
 
 
 def _check_options(options: CompileOptions) -> None:
@@ -239,9 +279,11 @@ class CompiledModel:
         """Per-pass timings of the compile that produced this model, per specialization."""
         return "\n".join(f"// {name} specialization\n{report}" for name, report in self.pass_reports.items())
 
-    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
-        """Write the compiled-model directory (manifest, weights, ONNX per specialization) atomically."""
-        save_artifact(self, Path(path), overwrite=overwrite)
+    def save(self, path: str | Path, *, overwrite: bool = False, progress: bool | Progress = False) -> None:
+        """Write the compiled-model directory (manifest, weights, ONNX per specialization) atomically;
+        `progress` shows rich progress bars (True, or a `Progress`): at 7B, writing takes minutes."""
+        reporter = progress if not isinstance(progress, bool) else make_progress(progress)
+        save_artifact(self, Path(path), overwrite=overwrite, progress=reporter)
 
     def host_executors(self) -> tuple[Executor, Executor]:
         """The (prefill, decode) reference executors, created once; they share the weight tensors."""
@@ -286,6 +328,7 @@ def check_engine(engine: str) -> None:
         raise InvalidArgumentError(f"unknown engine {engine!r}; engines: {', '.join(ENGINES)}")
 
 
-def load_compiled(path: str | Path) -> CompiledModel:
-    """Load a compiled-model directory; refuses tampered, truncated or wrong-version artifacts."""
-    return load_artifact(Path(path))
+def load_compiled(path: str | Path, *, stream: bool | None = None) -> CompiledModel:
+    """Load a compiled-model directory; refuses tampered, truncated or wrong-version artifacts. `stream` keeps
+    the weights in the file, read as ops need them (None: when they exceed `STREAM_ABOVE_BYTES`)."""
+    return load_artifact(Path(path), stream=stream)

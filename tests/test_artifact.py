@@ -49,9 +49,7 @@ def test_saved_onnx_runs_in_onnx_runtime_like_the_host(saved) -> None:
 def test_manifest_records_files_pipeline_and_specializations(saved) -> None:
     compiled, path = saved
     manifest = json.loads((path / "manifest.json").read_text())
-    assert set(manifest["files"]) == {
-        "weights.safetensors", "program.onnx", "program.onnx.data", "decode.onnx", "decode.onnx.data", "partition_plan.json"
-    }
+    assert set(manifest["files"]) == {"weights.safetensors", "program.onnx", "decode.onnx", "partition_plan.json"}
     assert [s["name"] for s in manifest["specializations"]] == ["prefill", "decode"]
     assert manifest["pipeline"].startswith("strip-export-noise,patch-attention,kv-cache{ctx_len=24}")
     # dce dropped the tied input embedding's own name: the embedding is stored once, as lm_head.weight
@@ -62,6 +60,25 @@ def test_manifest_records_files_pipeline_and_specializations(saved) -> None:
     assert stored == set(compiled.prefill.weight_placeholders().values())
     assert "transformer.wte.weight" not in stored and manifest["tied_weights"] == {}
     assert not list(path.parent.glob(".tiny.*")), "no staging directory is left behind"
+
+
+def test_onnx_initializers_point_into_the_one_weights_file(saved) -> None:
+    """Weights are stored once: both ONNX files read their initializers from weights.safetensors, at the byte
+    ranges its own header gives them (so ONNX Runtime, tested above, and safetensors read the same bytes)."""
+    import onnx
+
+    compiled, path = saved
+    header_size = int.from_bytes((path / "weights.safetensors").read_bytes()[:8], "little")
+    header = json.loads((path / "weights.safetensors").read_bytes()[8 : 8 + header_size])
+    for name in ("program.onnx", "decode.onnx"):
+        initializers = onnx.load(str(path / name), load_external_data=False).graph.initializer
+        assert initializers
+        for initializer in initializers:
+            external = {e.key: e.value for e in initializer.external_data}
+            begin, end = header[initializer.name]["data_offsets"]
+            assert external["location"] == "weights.safetensors", initializer.name
+            assert (int(external["offset"]), int(external["length"])) == (8 + header_size + begin, end - begin)
+            assert initializer.data_location == onnx.TensorProto.EXTERNAL and not initializer.raw_data
 
 
 def _copy(path: Path, tmp_path: Path) -> Path:
@@ -83,9 +100,9 @@ def test_modified_file_is_refused(saved, tmp_path: Path) -> None:
 
 def test_truncated_file_is_refused(saved, tmp_path: Path) -> None:
     copy = _copy(saved[1], tmp_path)
-    data = (copy / "program.onnx.data").read_bytes()
-    (copy / "program.onnx.data").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ArtifactIntegrityError, match=r"program.onnx.data has \d+ bytes.*truncated"):
+    data = (copy / "weights.safetensors").read_bytes()
+    (copy / "weights.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactIntegrityError, match=r"weights.safetensors has \d+ bytes.*truncated"):
         qc.load_compiled(copy)
 
 

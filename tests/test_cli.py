@@ -124,3 +124,19 @@ def test_eval_prints_the_accuracy_table(tmp_path: Path) -> None:
     assert len(rows) == 2 and "100.00%" in rows[0] and all(row.rstrip("│ ").endswith("ok") for row in rows)
     preset = qeffc("eval", "mpt-7b")
     assert preset.returncode == 2 and "needs a model directory" in preset.stderr
+
+
+def test_compile_streams_a_pickled_checkpoint_when_allowed_with_progress_bars(tmp_path: Path) -> None:
+    import torch
+
+    model = random_model(tiny_config())
+    model.config.save_pretrained(tmp_path / "bin")
+    torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    result = qeffc(
+        "compile", str(tmp_path / "bin"), "-o", str(tmp_path / "art"), "--ctx-len", "16", "--prefill-len", "4",
+        "--precision", "fp16", "--allow-pickle", "--stream", "--progress",
+    )
+    assert result.returncode == 0, result.stderr
+    for stage in ("compile prefill", "write weights", "checksum"):
+        assert stage in result.stderr, result.stderr
+    assert (tmp_path / "art" / "weights.safetensors").is_file()

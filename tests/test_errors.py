@@ -472,7 +472,7 @@ cli_row("trace-unwritable", lambda env: ["run", str(env.artifact), "--token-ids"
 def _(env: Env) -> object:
     from qeff_compiler.backends import onnx_export
 
-    def full_disk(program: qc.Program, path: Path) -> None:
+    def full_disk(program: qc.Program, path: Path, *args: object, **kwargs: object) -> None:
         path.write_bytes(b"\0" * 100)  # a partial file, as a full disk leaves one
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
@@ -488,7 +488,7 @@ def _(env: Env) -> object:
 def _(env: Env) -> object:
     from qeff_compiler.backends import onnx_export
 
-    def interrupt(program: qc.Program, path: Path) -> None:
+    def interrupt(program: qc.Program, path: Path, *args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt  # as Ctrl-C while the artifact is being written
 
     env.monkeypatch.setattr(cli, "compile_model", lambda *args, **kwargs: env.compiled)

@@ -142,9 +142,12 @@ def stubbed_cli(cli_files: dict[str, Path], tiny_artifact: TinyArtifact, monkeyp
     scratch.mkdir(exist_ok=True)
     monkeypatch.chdir(scratch)
 
-    def compile_stub(source: object, *, passes: str | None = None, calibration: object = None, verify: bool = True, **options: object) -> None:
+    def compile_stub(
+        source: object, *, passes: str | None = None, calibration: object = None, verify: bool = True,
+        stream: bool | None = None, allow_pickle: bool = False, progress: object = False, **options: object,
+    ) -> None:
         _check_options(CompileOptions(**options))
-        resolve_model(source)
+        resolve_model(source, allow_pickle=allow_pickle)
         if passes is not None:
             PassManager(passes)
         raise Reached("compile")
@@ -153,8 +156,8 @@ def stubbed_cli(cli_files: dict[str, Path], tiny_artifact: TinyArtifact, monkeyp
         resolve_model(source)
         raise Reached("capture")
 
-    def load_stub(path: Path) -> qc.CompiledModel:
-        return loaded if Path(path) == cli_files["artifact"] else qc.load_compiled(path)
+    def load_stub(path: Path, **kwargs: object) -> qc.CompiledModel:
+        return loaded if Path(path) == cli_files["artifact"] else qc.load_compiled(path, **kwargs)
 
     def plot_stub(simulation: object, path: Path) -> None:
         from qeff_compiler.atomic import atomic_write_text

@@ -8,6 +8,9 @@ every call, so the executor computes them once when it binds the weights and run
 inputs. It also selects host kernels that need weights prepared once: each `qeff::linear_w8a16` runs on its weight
 packed for oneDNN's exact int8 GEMM (`numerics.int8.PreparedW8A16`), the op's reference computation without
 re-packing per call. A quantized program thus runs on the host at least as fast as an fp32 one.
+
+A program whose weight store is streaming (a real-size checkpoint) is run by `StreamingInterpreter` instead:
+nothing is folded or held, each weight is read when an op needs it — slow, but in the memory of one layer.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Mapping
 import torch
 import torch.fx
 
+from qeff_compiler.backends.streaming import StreamingInterpreter
 from qeff_compiler.errors import ProgramInputError
 from qeff_compiler.ir.graph_utils import erase_dead_code, weight_only_nodes
 from qeff_compiler.ir.program import BINDING, Program
@@ -32,6 +36,10 @@ class HostExecutor:
 
     def __init__(self, program: Program) -> None:
         self.program = program
+        #: a streaming store (real-size checkpoint) runs without folding, reading each weight as an op needs it
+        self._streaming = StreamingInterpreter(program) if program.weights.streaming else None
+        if self._streaming is not None:
+            return
         self._graph_module, folded = _fold_weight_computations(program)
         _use_prepared_int8_linears(self._graph_module, folded)
         self._bindings = [node.meta[BINDING] for node in self._graph_module.graph.find_nodes(op="placeholder")]
@@ -40,9 +48,12 @@ class HostExecutor:
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run on `inputs` (by input spec name); returns the outputs by output spec name."""
         check_inputs(self.program, inputs)
-        args = [inputs[name] if kind == "input" else self._constants[name] for kind, name in self._bindings]
-        with torch.no_grad():
-            results = self._graph_module(*args)
+        if self._streaming is not None:
+            results = self._streaming.run_program(inputs)
+        else:
+            args = [inputs[name] if kind == "input" else self._constants[name] for kind, name in self._bindings]
+            with torch.no_grad():
+                results = self._graph_module(*args)
         return {spec.name: value for spec, value in zip(self.program.outputs, results, strict=True)}
 
 

@@ -1,10 +1,12 @@
 """ONNX emit: write a Program as an ONNX model that ONNX Runtime runs as it is (QEfficient's I/O convention).
 
-The graph is exported by `torch.onnx.export` (dynamo) from a module that holds the program's weights as buffers.
+The graph is exported by `torch.onnx.export` (dynamo) from a module that holds stand-ins of the program's
+weights (shape and dtype, one element of memory); the initializers then point at the weights' bytes in a safetensors file (`weights_file.write_weights`),
+which a saved artifact shares with its weight store.
 Each fused attention op becomes one node in the `qeff` domain (via `torch.onnx.ops.symbolic_multi_out`), and the
 model gets an ONNX function (FunctionProto) of that name with the op's semantics, built from the same math as the
 reference kernels in `qeff_compiler.ir.ops`. Every weight is an initializer named like its weight-store entry,
-stored once (tied weights included) in one external data file next to the model, `<model file name>.data`.
+stored once (tied weights included) in one external data file next to the model.
 
 The functions bake in the layer settings (`n_heads`, `softmax_scale`, `clip_qkv`, `fp16_activations`) and read
 every shape at run time, so one function serves every layer and any batch, sequence and cache length. With
@@ -37,6 +39,7 @@ from qeff_compiler.ir.ops import KV_CACHE_FORMATS, MASK_VALUE
 from qeff_compiler.ir.program import BINDING, Program
 from qeff_compiler.numerics.mx_onnx import fake_quantize_mxint8
 from qeff_compiler.passes.patch_attention import ATTENTION, ATTENTION_KV
+from qeff_compiler.weights_file import WeightsFile, write_weights
 
 #: domain (and its version) of the ONNX functions that define the fused ops
 QEFF_DOMAIN = "qeff"
@@ -45,13 +48,21 @@ QEFF_OPSET = 1
 _QUIET_LOGGERS = ("torch.onnx._internal.exporter._registration",)
 
 
-def export_onnx(program: Program, path: Path) -> None:
-    """Write `program` to `path` (ONNX) and its weights to `path.name + ".data"` next to it, then check the file."""
+def export_onnx(program: Program, path: Path, weights: WeightsFile | None = None) -> None:
+    """Write `program` to `path` (ONNX) with its initializers as external data in `weights` (a file written by
+    `write_weights` holding every weight the program reads, next to `path`); by default the weights are
+    written to `path.name + ".data"`. Then check the file.
+
+    The graph is traced with stand-in weights (no weight is loaded), and each initializer is pointed at its bytes in
+    the weights file directly, so exporting a 7B program needs no memory for its weights."""
     if not program.has_weight_data:
         raise MetaWeightError(
             "cannot export a program without weight data to ONNX (it was captured from a config alone); "
             "capture from a model object or a checkpoint directory"
         )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if weights is None:
+        weights = write_weights(program.weights, path.parent / f"{path.name}.data", program.weight_placeholders().values())
     settings = _layer_settings(program)
     module = _ExportModule(program).eval()
     example = tuple(torch.zeros(spec.shape, dtype=spec.dtype) for spec in program.inputs)
@@ -67,7 +78,10 @@ def export_onnx(program: Program, path: Path) -> None:
         )
     model = onnx_program.model
     for value in list(model.graph.initializers.values()):
-        value.name = module.weight_names.get(value.name, value.name)
+        if value.name not in module.weight_names:
+            raise VerificationError(f"ONNX export made initializer {value.name!r}, which is no weight of the program")
+        value.name = module.weight_names[value.name]
+        value.const_value = _external(value, weights, path.parent)
     for target, kwargs in settings.items():
         function = _build_function(_FUSED[target], model.opset_imports[""], **kwargs)
         model.functions[function.identifier()] = function
@@ -75,13 +89,33 @@ def export_onnx(program: Program, path: Path) -> None:
         function = call.build(model.opset_imports[""])
         model.functions[function.identifier()] = function
     model.opset_imports[QEFF_DOMAIN] = QEFF_OPSET
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ir.save(model, path, external_data=f"{path.name}.data", size_threshold_bytes=0)
+    for node in model.graph.all_nodes():
+        node.metadata_props.clear()  # exporter notes: stack traces with local paths, differing per run
+    ir.save(model, path)  # initializers stay where they point
     onnx.checker.check_model(str(path), full_check=True)
 
 
+def _external(value: ir.Value, weights: WeightsFile, base_dir: Path) -> ir.ExternalTensor:
+    """The initializer's data as a range of the weights file (which must hold it, at the expected size)."""
+    stored = weights.tensors.get(value.name)
+    expected = value.const_value.nbytes
+    if stored is None or stored.length != expected:
+        raise VerificationError(
+            f"weights file {weights.path.name} holds {stored} for initializer {value.name!r}, expected {expected} bytes"
+        )
+    return ir.ExternalTensor(
+        weights.path.relative_to(base_dir),
+        stored.offset,
+        stored.length,
+        value.const_value.dtype,
+        shape=value.const_value.shape,
+        name=value.name,
+        base_dir=base_dir,
+    )
+
+
 class _ExportModule(torch.nn.Module):
-    """The program as a module: weights as buffers, user inputs as arguments in input-spec order.
+    """The program as a module: weights as stand-in buffers (shapes only), user inputs as arguments in input-spec order.
 
     Placeholders are bound by their `qeff_binding`. Buffers are named `weight_<i>` (weight names are not
     attribute names) and `weight_names` maps them back; tied weight names share one buffer.
@@ -100,7 +134,8 @@ class _ExportModule(torch.nn.Module):
                 name = stored_as.get(name, name)
                 if name not in buffers:
                     buffers[name] = f"weight_{len(buffers)}"
-                    self.register_buffer(buffers[name], program.weights.tensor(name))
+                    spec = program.weights[name]
+                    self.register_buffer(buffers[name], _stand_in(spec.shape, spec.dtype))
                 name = buffers[name]
             self._bindings.append((kind, name))
         #: buffer name → weight name, to name the ONNX initializers after the weight store
@@ -110,6 +145,12 @@ class _ExportModule(torch.nn.Module):
         by_name = dict(zip(self.input_names, inputs, strict=True))
         args = [getattr(self, name) if kind == "weight" else by_name[name] for kind, name in self._bindings]
         return tuple(self.graph_module(*args))
+
+
+def _stand_in(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A weight-shaped tensor that allocates one element: only its shape and dtype are traced. (Meta tensors
+    cannot be used: torch.onnx's `symbolic` ops make their fake outputs on the CPU, and devices would mix.)"""
+    return torch.zeros((), dtype=dtype).expand(shape)
 
 
 def _with_qeff_nodes(program: Program) -> torch.fx.GraphModule:

@@ -45,15 +45,18 @@ class ResolvedModel:
     directory: Path | None = None
 
 
-def resolve_model(source: object) -> ResolvedModel:
-    """Dispatch on the kind of model source; anything else is a `ModelSourceError` naming its type."""
+def resolve_model(source: object, *, allow_pickle: bool = False) -> ResolvedModel:
+    """Dispatch on the kind of model source; anything else is a `ModelSourceError` naming its type.
+
+    `allow_pickle` lets a directory with only `pytorch_model*.bin` weights load; unpickling can run arbitrary
+    code from the file, so it is off unless the user trusts the checkpoint and asks."""
     if isinstance(source, MptForCausalLM):
         return _from_module(source)
     if isinstance(source, MptConfig):
         config = validate_mpt_config(source)
         return ResolvedModel(config, meta_weights(config), origin="config (meta weights)")
     if isinstance(source, (str, Path)):
-        return _from_directory(Path(source))
+        return _from_directory(Path(source), allow_pickle)
     if isinstance(source, torch.nn.Module) or hasattr(source, "model_type"):
         name = getattr(getattr(source, "config", source), "model_type", type(source).__name__)
         raise NotAnMptModelError(f"expected an MptForCausalLM, got {type(source).__name__} (model_type {name!r})")
@@ -93,12 +96,43 @@ def _from_module(model: MptForCausalLM) -> ResolvedModel:
     return ResolvedModel(config, WeightStore.from_tensors(tensors), origin)
 
 
-def _from_directory(directory: Path) -> ResolvedModel:
+def _from_directory(directory: Path, allow_pickle: bool) -> ResolvedModel:
     if not directory.is_dir():
         raise ModelSourceError(f"model directory {str(directory)!r} does not exist or is not a directory")
     config = validate_mpt_config(_read_config(directory))
-    locations = _checkpoint_locations(directory)
-    return ResolvedModel(config, _bind_checkpoint(config, locations, directory), str(directory), directory)
+    if _has_safetensors(directory) or not allow_pickle:
+        locations = _checkpoint_locations(directory)
+        bound = _bind_checkpoint(config, {k: loc.shape for k, loc in locations.items()}, directory)
+        store = WeightStore.from_safetensors({name: locations[key] for name, key in bound.items()}, CAPTURE_DTYPE)
+    else:
+        tensors = _pickled_tensors(directory)
+        bound = _bind_checkpoint(config, {k: tuple(t.shape) for k, t in tensors.items()}, directory)
+        store = WeightStore.from_tensors({name: tensors[key] for name, key in bound.items()}, CAPTURE_DTYPE)
+    return ResolvedModel(config, store, str(directory), directory)
+
+
+def _has_safetensors(directory: Path) -> bool:
+    return (directory / "model.safetensors").is_file() or (directory / "model.safetensors.index.json").is_file()
+
+
+def _pickled_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    """The tensors of `pytorch_model.bin` or of the shards its index lists, memory-mapped (the user opted in to
+    unpickling; torch's weights-only unpickler still refuses anything but tensors and plain containers)."""
+    index = directory / "pytorch_model.bin.index.json"
+    if index.is_file():
+        files = _shards_from_index(index)
+    else:
+        files = sorted(directory.glob("pytorch_model*.bin"))
+    tensors: dict[str, torch.Tensor] = {}
+    for path in files:
+        try:
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except (RuntimeError, OSError, EOFError, ValueError) as exc:  # torch reports bad pickles as these
+            raise WeightError(f"cannot read {path}: {exc}") from exc
+        if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+            raise WeightError(f"{path} does not hold a state dict of tensors")
+        tensors.update(state)
+    return tensors
 
 
 def _read_config(directory: Path) -> MptConfig:
@@ -129,8 +163,9 @@ def _checkpoint_locations(directory: Path) -> dict[str, SafetensorsLocation]:
         files = _shards_from_index(index)
     elif any(directory.glob("pytorch_model*.bin")):
         raise WeightError(
-            f"{directory} holds only pytorch_model*.bin weights; qeff-compiler reads safetensors only, because "
-            "loading pickled .bin files can execute arbitrary code (convert the checkpoint to safetensors)"
+            f"{directory} holds only pytorch_model*.bin weights, which are Python pickles: loading one can execute "
+            "arbitrary code. Convert the checkpoint to safetensors, or, if you trust it, opt in with "
+            "allow_pickle=True (CLI: --allow-pickle)"
         )
     else:
         raise WeightError(f"{directory} has no model.safetensors or model.safetensors.index.json")
@@ -172,30 +207,28 @@ def read_safetensors_header(
     return locations
 
 
-def _bind_checkpoint(
-    config: MptConfig, locations: Mapping[str, SafetensorsLocation], directory: Path
-) -> WeightStore:
-    """Match checkpoint tensors to the parameters the config implies: names, shapes, tied groups."""
+def _bind_checkpoint(config: MptConfig, found: Mapping[str, tuple[int, ...]], directory: Path) -> dict[str, str]:
+    """Match checkpoint tensors (name → shape) to the parameters the config implies: names, shapes, tied
+    groups. Returns parameter name → checkpoint key (every name of a tied group maps to the one stored key)."""
     expected = _named_parameters(build_meta_model(config))
     groups: dict[int, list[str]] = {}
     for name, tensor in expected.items():
         groups.setdefault(id(tensor), []).append(name)
-    bound: dict[str, SafetensorsLocation] = {}
+    bound: dict[str, str] = {}
     for names in groups.values():
-        stored = next((locations[n] for n in names if n in locations), None)
-        if stored is None:
+        key = next((n for n in names if n in found), None)
+        if key is None:
             raise WeightError(f"checkpoint in {directory} is missing weight {names[0]!r}")
         shape = tuple(expected[names[0]].shape)
-        if stored.shape != shape:
+        if found[key] != shape:
             raise WeightError(
-                f"weight {stored.key!r} in {stored.path.name} has shape {list(stored.shape)}, "
-                f"but the config implies {list(shape)}"
+                f"weight {key!r} in {directory} has shape {list(found[key])}, but the config implies {list(shape)}"
             )
-        bound.update({name: stored for name in names})
-    unexpected = sorted(set(locations) - set(expected))
+        bound.update(dict.fromkeys(names, key))
+    unexpected = sorted(set(found) - set(expected))
     if unexpected:
         raise WeightError(
             f"checkpoint in {directory} has weights the MPT config does not use: {unexpected[:5]}"
             + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else "")
         )
-    return WeightStore.from_safetensors(bound, CAPTURE_DTYPE)
+    return bound

@@ -7,6 +7,7 @@ Exit codes: 0 success; 2 a wrong request (usage, unknown pass, bad option, unsup
 from __future__ import annotations
 
 import functools
+import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,7 @@ from qeff_compiler.passes import PassManager, registered_passes
 from qeff_compiler.passes.base import NoOptions
 from qeff_compiler.tune import DEFAULT_KV_CACHE_DTYPES, DEFAULT_PRECISIONS, DEFAULT_PRUNE_LEVELS, tune
 from qeff_compiler.tune import DEFAULT_MAX_TOKENS as DEFAULT_TUNE_TOKENS
+from qeff_compiler.progress import NO_PROGRESS, Progress, make_progress
 
 app = typer.Typer(
     name="qeffc",
@@ -187,23 +189,40 @@ def compile_command(
     prune_ffn: PruneFfnOption = 0.0,
     prune_heads: PruneHeadsOption = 0.0,
     prune_score: PruneScoreOption = "magnitude",
+    stream: Annotated[
+        bool | None,
+        typer.Option("--stream/--no-stream", help="keep weights on disk, lowered one at a time (default: above 4 GiB)"),
+    ] = None,
+    allow_pickle: Annotated[
+        bool, typer.Option("--allow-pickle", help="read pytorch_model*.bin (pickle: runs code from the file; trusted only)")
+    ] = False,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="progress bars with bytes and ETA (default: on a terminal)")
+    ] = None,
 ) -> None:
     """Compile MODEL into a prefill and a decode program and write the artifact directory."""
     check_output(output, overwrite=force)  # before the compile's work, which the refusal would waste
     check_writable(output)
     source = _model_source(model)
-    with console.status(f"compiling {model}"):
+    bars = make_progress(progress)
+    with _status(f"compiling {model}", bars):
         compiled = compile_model(
             source, precision=precision, ctx_len=ctx_len, prefill_len=prefill_len, batch_size=batch_size,
             kv_cache_dtype=kv_cache_dtype, device=device, num_cores=num_cores, num_devices=num_devices,
-            p2p_format=p2p_format, calibration=calibration, passes=passes,
+            p2p_format=p2p_format, calibration=calibration, passes=passes, stream=stream,
+            allow_pickle=allow_pickle, progress=bars,
             prune_ffn=prune_ffn, prune_heads=prune_heads, prune_score=prune_score,
         )
     if time_passes:
         _print_plain(compiled.timing_report())
-    with console.status(f"writing {output}"):
-        compiled.save(output, overwrite=force)
+    with _status(f"writing {output}", bars):
+        compiled.save(output, overwrite=force, progress=bars)
     _print_plain(f"compiled {model} → {output} (pipeline: {compiled.pipeline})")
+
+
+def _status(message: str, bars: Progress) -> contextlib.AbstractContextManager[object]:
+    """A spinner, unless progress bars show instead (two live displays cannot share the terminal)."""
+    return console.status(message) if bars is NO_PROGRESS else contextlib.nullcontext()
 
 
 @app.command("estimate")

@@ -1,21 +1,32 @@
 """The weight store: weights referenced by name, materialised only when numerics are needed.
 
 Graphs never hold weight tensors; their weight placeholders name an entry here. An entry is an in-memory tensor,
-a tensor inside a safetensors file (read lazily, cast on load), or a shape-and-dtype-only meta entry (config-only
-captures of 7B/30B models). Passes never mutate a store: `with_tensors` / `without` return a new store that
-shares every untouched entry, so a streamed real-size compile can later replace the in-memory entries without
-changing any pass.
+a tensor inside a safetensors file (read lazily, cast on load), a shape-and-dtype-only meta entry (config-only
+captures of 7B/30B models), or a *derived* entry: a recipe (cast, clip, quantize, pack) over other entries.
+Passes never mutate a store: `with_tensors` / `derive` / `without` return a new store that shares every untouched
+entry.
+
+A *streaming* store (`streamed()`, real-size checkpoints) keeps recipes unevaluated: a derived weight is computed
+from its sources when read, one weight at a time, so a lowered 7B program is written to disk without ever holding
+its weights in memory. A resident store evaluates a recipe when it is added, since numerics (verification, the
+host executor) read every weight many times.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from qeff_compiler.errors import MetaWeightError, WeightError
+
+
+#: weights larger than this (as fp32 for a compile, as stored for a loaded artifact) stream by default: holding
+#: them plus the fp32 copies numerics make would no longer fit comfortably in a machine of tens of GB
+STREAM_ABOVE_BYTES = 4 * 2**30
 
 
 @dataclass(frozen=True)
@@ -48,13 +59,15 @@ class _Entry:
 
 
 class _TensorEntry(_Entry):
-    def __init__(self, tensor: torch.Tensor) -> None:
+    """A tensor (in memory or memory-mapped), cast to `dtype` when loaded if it is stored otherwise."""
+
+    def __init__(self, tensor: torch.Tensor, dtype: torch.dtype | None = None) -> None:
         self.tensor = tensor.detach()
-        self.spec = WeightSpec(tuple(tensor.shape), tensor.dtype)
+        self.spec = WeightSpec(tuple(tensor.shape), dtype or tensor.dtype)
         self.has_data = tensor.device.type != "meta"
 
     def load(self) -> torch.Tensor:
-        return self.tensor
+        return self.tensor.to(self.spec.dtype)
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,69 @@ class _SafetensorsEntry(_Entry):
         return tensor.to(self.spec.dtype)
 
 
+@dataclass(frozen=True, eq=False)
+class Derivation:
+    """How weights `outputs` (of `specs`) are computed from weights `sources`: `fn(*sources)` returns one tensor
+    per output. Several outputs of one derivation (e.g. codes and scales) are computed together."""
+
+    outputs: tuple[str, ...]
+    specs: tuple[WeightSpec, ...]
+    sources: tuple[str, ...]
+    fn: Callable[..., Sequence[torch.Tensor]]
+
+
+class _Recipe:
+    """A derivation bound to its source entries (not names: a later `without` may drop a source's name)."""
+
+    def __init__(self, derivation: Derivation, sources: tuple[_Entry, ...]) -> None:
+        self.derivation, self.sources = derivation, sources
+
+    def evaluate(self) -> tuple[torch.Tensor, ...]:
+        """Run the recipe, checking it made what its specs promise (a wrong recipe must not write bad weights)."""
+        results = tuple(self.derivation.fn(*(source.load() for source in self.sources)))
+        specs = self.derivation.specs
+        made = [WeightSpec(tuple(t.shape), t.dtype) for t in results]
+        if made != list(specs):
+            raise WeightError(f"recipe for {list(self.derivation.outputs)} made {made}, its specs say {list(specs)}")
+        return results
+
+
+@functools.lru_cache(maxsize=1)
+def _evaluate_last(recipe: _Recipe) -> tuple[torch.Tensor, ...]:
+    """The last recipe's results, so reading its outputs one after another (codes, then scales) computes once;
+    one slot only, so streaming never keeps more than one weight's results."""
+    return recipe.evaluate()
+
+
+def release_evaluated() -> None:
+    """Drop the one cached recipe result (a writer calls this when it is done)."""
+    _evaluate_last.cache_clear()
+
+
+class _DerivedEntry(_Entry):
+    """Output `index` of a recipe, computed when loaded."""
+
+    def __init__(self, recipe: _Recipe, index: int) -> None:
+        self.recipe, self.index = recipe, index
+        self.spec = recipe.derivation.specs[index]
+        self.has_data = all(source.has_data for source in recipe.sources)
+
+    def load(self) -> torch.Tensor:
+        return _evaluate_last(self.recipe)[self.index]
+
+
+class _MeteredEntry(_Entry):
+    """Another entry whose reads are reported (bytes) to a callback."""
+
+    def __init__(self, entry: _Entry, on_read: Callable[[int], None]) -> None:
+        self.entry, self.on_read, self.spec = entry, on_read, entry.spec
+
+    def load(self) -> torch.Tensor:
+        tensor = self.entry.load()
+        self.on_read(self.spec.nbytes)
+        return tensor
+
+
 class _MetaEntry(_Entry):
     has_data = False
 
@@ -98,19 +174,22 @@ class _MetaEntry(_Entry):
 class WeightStore(Mapping[str, WeightSpec]):
     """An immutable name → weight mapping; indexing gives the `WeightSpec`, `tensor(name)` the data."""
 
-    def __init__(self, entries: Mapping[str, _Entry] | None = None) -> None:
+    def __init__(self, entries: Mapping[str, _Entry] | None = None, *, streaming: bool = False) -> None:
         self._entries: dict[str, _Entry] = dict(entries or {})
+        #: weights are read one at a time when needed; nothing should run numerics over all of them at once
+        self.streaming = streaming
 
     # construction -------------------------------------------------------------------------------------------
     @classmethod
-    def from_tensors(cls, tensors: Mapping[str, torch.Tensor]) -> WeightStore:
-        """Wrap tensors; tensors that are the same object (tied weights) keep sharing one entry."""
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None) -> WeightStore:
+        """Wrap tensors (cast to `dtype` when loaded; None: as they are); tensors that are the same object (tied
+        weights) keep sharing one entry."""
         entries: dict[str, _Entry] = {}
         by_identity: dict[int, _Entry] = {}
         for name, tensor in tensors.items():
             key = id(tensor)
             if key not in by_identity:
-                by_identity[key] = _TensorEntry(tensor)
+                by_identity[key] = _TensorEntry(tensor, dtype)
             entries[name] = by_identity[key]
         return cls(entries)
 
@@ -175,7 +254,22 @@ class WeightStore(Mapping[str, WeightSpec]):
         for entry in self._entries.values():
             if id(entry) not in loaded:
                 loaded[id(entry)] = _TensorEntry(entry.load()) if entry.has_data else entry
-        return WeightStore({name: loaded[id(entry)] for name, entry in self._entries.items()})
+        return WeightStore({name: loaded[id(entry)] for name, entry in self._entries.items()}, streaming=self.streaming)
+
+    def streamed(self, on_read: Callable[[int], None] | None = None) -> WeightStore:
+        """This store, streaming: recipes added later stay unevaluated until a weight is read. `on_read(bytes)`
+        is called after each read of one of its weights (progress bars of the stages that stream them)."""
+        if on_read is None:
+            return WeightStore(self._entries, streaming=True)
+        wrapped: dict[int, _Entry] = {}
+        for entry in self._entries.values():
+            wrapped.setdefault(id(entry), _MeteredEntry(entry, on_read) if entry.has_data else entry)
+        return WeightStore({name: wrapped[id(entry)] for name, entry in self._entries.items()}, streaming=True)
+
+    def nbytes(self, names: Iterable[str] | None = None) -> int:
+        """Bytes of the named weights (all by default) as stored, tied weights counted once."""
+        selected = self._entries if names is None else {n: self._entry(n) for n in names}
+        return sum(entry.spec.nbytes for entry in {id(e): e for e in selected.values()}.values())
 
     def tied_groups(self) -> list[list[str]]:
         """Names that share one stored entry (e.g. tied input embedding and lm_head)."""
@@ -195,15 +289,41 @@ class WeightStore(Mapping[str, WeightSpec]):
         """A new store where `updates` add or replace entries; every other entry is shared."""
         entries = dict(self._entries)
         entries.update(WeightStore.from_tensors(updates)._entries)
-        return WeightStore(entries)
+        return WeightStore(entries, streaming=self.streaming)
+
+    def derive(self, derivations: Iterable[Derivation]) -> WeightStore:
+        """A new store with each derivation's outputs added (or replaced). A streaming store keeps the recipes
+        lazy; a resident one evaluates those whose sources have data now; over meta sources they stay meta."""
+        entries = dict(self._entries)
+        for derivation in derivations:
+            recipe = _Recipe(derivation, tuple(self._entry(name) for name in derivation.sources))
+            lazy = [_DerivedEntry(recipe, i) for i in range(len(derivation.outputs))]
+            if not self.streaming and lazy[0].has_data:
+                entries.update(zip(derivation.outputs, map(_TensorEntry, recipe.evaluate()), strict=True))
+            else:
+                entries.update(zip(derivation.outputs, lazy, strict=True))
+        return WeightStore(entries, streaming=self.streaming)
+
+    def tie(self, aliases: Mapping[str, str]) -> WeightStore:
+        """A new store where each alias names the same entry as its target (tied weights stay stored once)."""
+        entries = dict(self._entries)
+        entries.update({alias: self._entry(target) for alias, target in aliases.items()})
+        return WeightStore(entries, streaming=self.streaming)
 
     def without(self, names: Iterable[str]) -> WeightStore:
         """A new store without the named weights."""
         drop = set(names)
-        return WeightStore({n: e for n, e in self._entries.items() if n not in drop})
+        return WeightStore({n: e for n, e in self._entries.items() if n not in drop}, streaming=self.streaming)
 
     def _entry(self, name: str) -> _Entry:
         try:
             return self._entries[name]
         except KeyError:
             raise WeightError(f"no weight named {name!r} in the program's weight store") from None
+
+
+def should_stream(stream: bool | None, weights: WeightStore) -> bool:
+    """Whether to stream `weights`: as asked, or (None) when they have data and exceed `STREAM_ABOVE_BYTES`."""
+    if stream is not None:
+        return stream and weights.has_data
+    return weights.has_data and weights.nbytes() > STREAM_ABOVE_BYTES

@@ -1,6 +1,6 @@
 """Find where a program's activations leave fp16's range, before lowering it to fp16 makes them inf.
 
-`find_fp16_overflow` runs the program node by node (a `torch.fx.Interpreter`) on sample inputs and reports the
+`find_fp16_overflow` runs the program node by node (a `torch.fx.Interpreter` that streams weights) on sample inputs and reports the
 first node, in graph order, with a floating output element beyond ±65504 — the largest finite fp16 value. On an
 fp32 program that is the value the device would overflow on; on an fp16-lowered program the report lands on the
 node before its fp16 round trip (the value before rounding), since later nodes only see the resulting inf.
@@ -18,7 +18,8 @@ from typing import Any
 import torch
 import torch.fx
 
-from qeff_compiler.ir.program import BINDING, Program, op_short_name
+from qeff_compiler.backends.streaming import StreamingInterpreter
+from qeff_compiler.ir.program import Program, op_short_name
 from qeff_compiler.ir.samples import sample_inputs
 
 #: largest finite fp16 magnitude
@@ -46,19 +47,17 @@ def find_fp16_overflow(
     """The first node of `program` whose floating output exceeds fp16's range on `inputs` (default: the
     program's sample inputs for `seed`); None when every value fits."""
     inputs = dict(inputs) if inputs is not None else sample_inputs(program, seed)
-    bindings = [node.meta[BINDING] for node in program.graph.find_nodes(op="placeholder")]
-    args = [program.weights.tensor(name) if kind == "weight" else inputs[name] for kind, name in bindings]
-    finder = _OverflowFinder(program.graph_module)
-    with torch.no_grad():
-        finder.run(*args)
+    finder = _OverflowFinder(program)
+    finder.run_program(inputs)
     return finder.report
 
 
-class _OverflowFinder(torch.fx.Interpreter):
-    """Runs the graph and remembers the first call_function node with an out-of-range floating output."""
+class _OverflowFinder(StreamingInterpreter):
+    """Runs the graph (reading weights as ops need them, so a 7B checkpoint is checked in little memory) and
+    remembers the first call_function node with an out-of-range floating output."""
 
-    def __init__(self, graph_module: torch.fx.GraphModule) -> None:
-        super().__init__(graph_module)
+    def __init__(self, program: Program) -> None:
+        super().__init__(program)
         self.report: OverflowReport | None = None
 
     def run_node(self, node: torch.fx.Node) -> Any:

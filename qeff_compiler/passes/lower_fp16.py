@@ -39,7 +39,7 @@ import torch.fx
 
 from qeff_compiler.errors import Fp16OverflowError, PassOrderError
 from qeff_compiler.ir.program import BINDING, Program, TensorSpec
-from qeff_compiler.ir.weights import WeightStore
+from qeff_compiler.ir.weights import Derivation, WeightSpec, WeightStore
 from qeff_compiler.passes.base import Pass, option
 from qeff_compiler.passes.fp16_overflow import FP16_MAX, find_fp16_overflow
 from qeff_compiler.passes.kv_cache import KVCache
@@ -126,34 +126,36 @@ class LowerFp16(Pass):
         )
 
     def _lower_weights(self, program: Program) -> WeightStore:
-        """fp16 copies of the floating weights the graph reads (tied names keep sharing one tensor)."""
+        """fp16 copies of the floating weights the graph reads (tied names keep sharing one entry), as recipes
+        over the fp32 weights: a streaming store computes each one only when it is written."""
         store = program.weights
         tied = {name: group for group in store.tied_groups() for name in group}
-        updates: dict[str, torch.Tensor] = {}
-        elements = 0
+        derivations, aliases, done = [], {}, set()
         for name in sorted(set(program.weight_placeholders().values())):
-            dtype = store[name].dtype
-            if name in updates or is_alibi_slopes(name) or not dtype.is_floating_point or dtype == torch.float16:
+            spec = store[name]
+            if name in done or is_alibi_slopes(name) or not spec.dtype.is_floating_point or spec.dtype == torch.float16:
                 continue
-            lowered = self._to_fp16(name, store) if program.has_weight_data else _meta_fp16(store, name)
-            updates.update(dict.fromkeys(tied.get(name, [name]), lowered))
-            elements += lowered.numel()
-        distinct = len({id(t) for t in updates.values()})
-        self.notes.insert(0, f"{distinct} weights ({elements:,} values) converted to fp16")
-        return store.with_tensors(updates)
+            derivations.append(Derivation((name,), (WeightSpec(spec.shape, torch.float16),), (name,), to_fp16))
+            group = tied.get(name, [name])
+            aliases.update({alias: name for alias in group if alias != name})
+            done.update(group)
+            if store.has_data and not store.streaming:
+                self._note_clipped(name, store.tensor(name))
+        elements = sum(store[d.outputs[0]].numel for d in derivations)
+        self.notes.insert(0, f"{len(derivations)} weights ({elements:,} values) converted to fp16")
+        if store.streaming:
+            self.notes.append(f"weights streamed: values beyond ±{FP16_MAX:g} are clipped as they are written, uncounted")
+        return store.derive(derivations).tie(aliases)
 
-    def _to_fp16(self, name: str, store: WeightStore) -> torch.Tensor:
-        """The weight clipped to ±65504 (fp16 would make larger values inf) and rounded to fp16; notes the clips."""
-        tensor = store.tensor(name)
+    def _note_clipped(self, name: str, tensor: torch.Tensor) -> None:
         clipped = int((tensor.abs() > FP16_MAX).sum())
         if clipped:
             self.notes.append(f"{name}: {clipped} values beyond ±{FP16_MAX:g} clipped")
-        return tensor.clamp(-FP16_MAX, FP16_MAX).to(torch.float16)
 
 
-def _meta_fp16(store: WeightStore, name: str) -> torch.Tensor:
-    """A config-only program's weight: shape and the new dtype, no data."""
-    return torch.empty(store[name].shape, dtype=torch.float16, device="meta")
+def to_fp16(weight: torch.Tensor) -> tuple[torch.Tensor]:
+    """The weight clipped to ±65504 (fp16 would make larger values inf) and rounded to fp16."""
+    return (weight.clamp(-FP16_MAX, FP16_MAX).to(torch.float16),)
 
 
 def _upcast_weight_reads(graph: torch.fx.Graph, weights: WeightStore) -> None:

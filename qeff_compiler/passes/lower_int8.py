@@ -36,7 +36,7 @@ from qeff_compiler.passes.weight_quantization import (
     PartPlaceholders,
     dequantize_int8_call,
     drop_unread,
-    int8_parts,
+    int8_derivation,
     is_plain_linear,
     matmul_weight_reads,
     remove_dead_weights,
@@ -68,10 +68,9 @@ class LowerInt8(Pass):
         graph = graph_module.graph
         reads = select_reads(self.name, matmul_weight_reads(graph), self.options.exclude)
         names = sorted({read.name for read in reads})
-        parts = {name: (f"{name}.int8", f"{name}.scale") for name in names}
-        store = program.weights.with_tensors(
-            {part: tensor for name in names for part, tensor in zip(parts[name], int8_parts(program, name), strict=True)}
-        )
+        derivations = [int8_derivation(program, name) for name in names]
+        parts = {name: d.outputs for name, d in zip(names, derivations, strict=True)}
+        store = program.weights.derive(derivations)
         placeholders = PartPlaceholders(graph, parts)
         linears = [read for read in reads if is_plain_linear(read)]
         for read in linears:

@@ -25,6 +25,7 @@ After:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -34,6 +35,7 @@ import torch.fx
 from qeff_compiler.errors import PassOptionError
 from qeff_compiler.ir.program import Program
 from qeff_compiler.ir.quant_ops import DEQUANTIZE_MXFP6
+from qeff_compiler.ir.weights import Derivation, WeightSpec
 from qeff_compiler.numerics.mx import BLOCK_SIZE, quantize_mx
 from qeff_compiler.numerics.mx_onnx import pack_mxfp6_weight
 from qeff_compiler.passes.base import Pass, option
@@ -83,10 +85,9 @@ class LowerMxfp6(Pass):
         graph_module = program.copy_graph()
         reads = select_reads(self.name, matmul_weight_reads(graph_module.graph), self.options.exclude)
         names = sorted({read.name for read in reads})
-        parts = {name: (f"{name}.mxfp6", f"{name}.mxscale") for name in names}
-        store = program.weights.with_tensors(
-            {part: tensor for name in names for part, tensor in zip(parts[name], _encode(program, name, fmt), strict=True)}
-        )
+        derivations = [_mxfp6_derivation(program, name, fmt) for name in names]
+        parts = {name: d.outputs for name, d in zip(names, derivations, strict=True)}
+        store = program.weights.derive(derivations)
 
         def dequantize(name: str, nodes: Sequence[torch.fx.Node]) -> tuple[object, tuple, dict]:
             return DEQUANTIZE_MXFP6, (*nodes, program.weights[name].shape[1], fmt), {}
@@ -99,10 +100,13 @@ class LowerMxfp6(Pass):
         return program.evolve(graph_module=graph_module, weights=drop_unread(program, store, graph_module.graph))
 
 
-def _encode(program: Program, name: str, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The packed codes and the scale codes of weight `name` (meta tensors of their shapes for a meta program)."""
-    if not program.has_weight_data:
-        rows, cols = program.weights[name].shape
-        packed = torch.empty((rows, 3 * -(-cols // 4)), dtype=torch.uint8, device="meta")
-        return packed, torch.empty((rows, -(-cols // BLOCK_SIZE)), dtype=torch.uint8, device="meta")
-    return pack_mxfp6_weight(quantize_mx(program.weights.tensor(name), fmt, axis=-1))
+def _mxfp6_derivation(program: Program, name: str, fmt: str) -> Derivation:
+    """Weight `name` as packed codes `<name>.mxfp6` and E8M0 scales `<name>.mxscale`, as a recipe."""
+    rows, cols = program.weights[name].shape
+    specs = (WeightSpec((rows, 3 * -(-cols // 4)), torch.uint8), WeightSpec((rows, -(-cols // BLOCK_SIZE)), torch.uint8))
+    return Derivation((f"{name}.mxfp6", f"{name}.mxscale"), specs, (name,), functools.partial(encode_mxfp6, fmt=fmt))
+
+
+def encode_mxfp6(weight: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed codes and scale codes of a weight, encoded along its rows (the reduction axis)."""
+    return pack_mxfp6_weight(quantize_mx(weight, fmt, axis=-1))

@@ -39,6 +39,7 @@ After:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -48,13 +49,14 @@ from qeff_compiler import calibration  # the module, not its names: it imports t
 from qeff_compiler.errors import PassOptionError
 from qeff_compiler.ir.program import Program
 from qeff_compiler.ir.quant_ops import LINEAR_W8A8
+from qeff_compiler.ir.weights import Derivation, WeightSpec
 from qeff_compiler.numerics.int8 import QMAX, quantize_weight_per_channel, smoothing_factors
 from qeff_compiler.passes.base import Pass, option
 from qeff_compiler.passes.registry import register_pass
 from qeff_compiler.passes.weight_quantization import (
     PartPlaceholders,
     dequantize_int8_call,
-    int8_parts,
+    int8_derivation,
     is_plain_linear,
     drop_unread,
     matmul_weight_reads,
@@ -110,16 +112,13 @@ class LowerW8A8(Pass):
         if program.has_weight_data:
             every_linear = {read.name for read in every_read if is_plain_linear(read)}
             table = self._calibration_table(program, linear_names, every_linear)
-            w8a8 = {name: self._quantize(program, name, table[name]) for name in linear_names}
         else:
             self.notes.append("meta program: the calibration table is not read; W8A8 weights are shapes only")
-            w8a8 = {name: _meta_parts(program, name) for name in linear_names}
-        parts = {name: _part_names(name) for name in linear_names}
-        parts |= {name: [f"{name}.int8", f"{name}.scale"] for name in fused_names}  # lower-int8's names
-        tensors = {part: t for quantized in w8a8.values() for part, t in quantized.items()}
-        for name in fused_names:
-            tensors |= dict(zip(parts[name], int8_parts(program, name), strict=True))
-        store = program.weights.with_tensors(tensors)
+            table = {name: torch.empty(program.weights[name].shape[1], device="meta") for name in linear_names}
+        derivations = [self._derivation(program, name, table[name]) for name in linear_names]
+        derivations += [int8_derivation(program, name) for name in fused_names]  # lower-int8's names
+        parts = {name: d.outputs for name, d in zip([*linear_names, *fused_names], derivations, strict=True)}
+        store = program.weights.derive(derivations)
         placeholders = PartPlaceholders(graph, parts)
         for read in linear_reads:
             linear = read.consumer
@@ -173,28 +172,25 @@ class LowerW8A8(Pass):
                 )
         return table
 
-    def _quantize(self, program: Program, name: str, act_absmax: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The W8A8 parts of weight `name`. a_j / s_j cannot overflow: a and the weight are fp16-bounded."""
-        weight = program.weights.tensor(name).float()
-        smooth = smoothing_factors(act_absmax, weight, self.options.alpha)
-        qweight, w_scale = quantize_weight_per_channel(weight * smooth)
-        act_scale = (act_absmax / smooth).max() / QMAX
-        act_scale = torch.where(act_scale == 0, 1.0, act_scale)
-        return dict(zip(_part_names(name), (smooth, act_scale, qweight, w_scale), strict=True))
+    def _derivation(self, program: Program, name: str, act_absmax: torch.Tensor) -> Derivation:
+        """The W8A8 parts of weight `name` as a recipe (see `w8a8_parts`)."""
+        rows, cols = program.weights[name].shape
+        specs = (
+            WeightSpec((cols,), torch.float32),
+            WeightSpec((), torch.float32),
+            WeightSpec((rows, cols), torch.int8),
+            WeightSpec((rows,), torch.float32),
+        )
+        fn = functools.partial(w8a8_parts, act_absmax, self.options.alpha)
+        return Derivation(tuple(f"{name}.{suffix}" for suffix in PART_SUFFIXES), specs, (name,), fn)
 
 
-def _part_names(name: str) -> list[str]:
-    return [f"{name}.{suffix}" for suffix in PART_SUFFIXES]
-
-
-def _meta_parts(program: Program, name: str) -> dict[str, torch.Tensor]:
-    """A meta program's W8A8 parts: shapes and dtypes, no data."""
-    rows, cols = program.weights[name].shape
-    tensors = (
-        torch.empty(cols, device="meta"),
-        torch.empty((), device="meta"),
-        torch.empty((rows, cols), dtype=torch.int8, device="meta"),
-        torch.empty(rows, device="meta"),
-    )
-    return dict(zip(_part_names(name), tensors, strict=True))
-
+def w8a8_parts(act_absmax: torch.Tensor, alpha: float, weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Smoothing factors, activation scale, int8 weight and its scales. a_j / s_j cannot overflow: a and the
+    weight are fp16-bounded."""
+    weight = weight.float()
+    smooth = smoothing_factors(act_absmax, weight, alpha)
+    qweight, w_scale = quantize_weight_per_channel(weight * smooth)
+    act_scale = (act_absmax / smooth).max() / QMAX
+    act_scale = torch.where(act_scale == 0, 1.0, act_scale)
+    return smooth, act_scale, qweight, w_scale

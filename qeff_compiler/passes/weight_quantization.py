@@ -20,7 +20,7 @@ from qeff_compiler.errors import PassOptionError
 from qeff_compiler.ir.graph_utils import add_placeholder, erase_dead_code, weight_name
 from qeff_compiler.ir.program import BINDING, Program
 from qeff_compiler.ir.quant_ops import DEQUANTIZE_INT8
-from qeff_compiler.ir.weights import WeightStore
+from qeff_compiler.ir.weights import Derivation, WeightSpec, WeightStore
 from qeff_compiler.numerics.int8 import quantize_weight_per_channel
 from qeff_compiler.passes.patch_attention import ATTENTION, ATTENTION_KV
 
@@ -142,12 +142,11 @@ def is_plain_linear(read: WeightRead) -> bool:
     return consumer.target == aten.linear.default and bias is None
 
 
-def int8_parts(program: Program, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 codes and fp32 scales of weight `name` (meta tensors of their shapes for a meta program)."""
-    if not program.has_weight_data:
-        rows, cols = program.weights[name].shape
-        return torch.empty((rows, cols), dtype=torch.int8, device="meta"), torch.empty(rows, device="meta")
-    return quantize_weight_per_channel(program.weights.tensor(name))
+def int8_derivation(program: Program, name: str) -> Derivation:
+    """Weight `name` as int8 codes `<name>.int8` [out, in] and fp32 scales `<name>.scale` [out], as a recipe."""
+    rows, cols = program.weights[name].shape
+    specs = (WeightSpec((rows, cols), torch.int8), WeightSpec((rows,), torch.float32))
+    return Derivation((f"{name}.int8", f"{name}.scale"), specs, (name,), quantize_weight_per_channel)
 
 
 def dequantize_int8_call(name: str, parts: Sequence[torch.fx.Node]) -> tuple[object, tuple, dict]:
