@@ -187,11 +187,42 @@ def tune(results: dict) -> str:
             f"{t['chosen_tokens_per_s']:,.0f} simulated tok/s end to end).\n")
 
 
+def stream_7b(results: dict) -> str:
+    section = results["sections"]["stream_7b"]
+    lines = [
+        "| precision | wall time, median of 3 (runs) | compile / save | peak RssAnon | peak RSS (VmHWM) | artifact "
+        "| load average |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in section["compile"]:
+        runs = row["runs"]
+        walls = ", ".join(f"{r['wall_s']:.0f}" for r in runs)
+        compile_s = [r["compile_s"] for r in runs]
+        save_s = [r["save_s"] for r in runs]
+        loads = [r["loadavg"][0] for r in runs]
+        lines.append(
+            f"| {row['precision']} | **{row['median_wall_s']:.0f} s** ({walls}) | {min(compile_s):.0f}–{max(compile_s):.0f} s "
+            f"/ {min(save_s):.0f}–{max(save_s):.0f} s | **{row['median_peak_rss_anon_mb'] / 1e3:.2f} GB** "
+            f"| {row['max_vm_hwm_mb'] / 1e3:.2f} GB | {runs[0]['artifact_gb']:.1f} GB | {min(loads):.1f}–{max(loads):.1f} |"
+        )
+    lines.append("")
+    loads = {row["artifact"].rsplit("-", 1)[-1].removesuffix(".qeff"): row for row in section["load"]}
+    described = "; ".join(
+        f"{name}: load {r['load_s']:.0f} s, simulated decode {r['simulated_decode_tokens_per_s']:.1f} tok/s, one host "
+        f"decode step {r['decode_step_s']:.0f} s (peak RssAnon {r['peak_rss_anon_mb'] / 1e3:.1f} GB)"
+        for name, r in loads.items()
+    )
+    lines.append(f"Checkpoint: {section['checkpoint']['gb']:.1f} GB of bf16 safetensors shards. The artifacts load "
+                 f"(`qc.load_compiled(..., stream=True)`), `estimate` works on them (ai100-standard, prompt 1024 / "
+                 f"generate 1024) and one decode step runs on the host with finite logits: {described}.")
+    return "\n".join(lines) + "\n"
+
+
 BLOCKS: dict[str, Callable[[dict], str]] = {
     "machine": machine, "peers": peers, "compile_layers": compile_layers,
     "compile_passes": compile_passes, "simulated": simulated,
     "decode_cost": decode_cost, "host_precision": host_precision, "accuracy": accuracy, "pruning": pruning,
-    "tune": tune,
+    "tune": tune, "stream_7b": stream_7b,
 }
 
 

@@ -89,24 +89,41 @@ def _child(*args: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def ensure_checkpoint(directory: Path) -> dict:
+def ensure_checkpoint(directory: Path, preset: str = "mpt-7b", layers: int | None = None) -> dict:
     """The synthetic checkpoint (written if missing) and how long writing it took."""
-    checkpoint = directory / "mpt-7b"
+    checkpoint = directory / (preset if layers is None else f"{preset}-{layers}-layers")
     if (checkpoint / "model.safetensors.index.json").is_file():
         return {"path": str(checkpoint), "written_s": None}
     start = time.perf_counter()
+    extra = [] if layers is None else ["--layers", str(layers)]
     subprocess.run(
-        [sys.executable, str(ROOT.parent / "tools" / "make_synthetic_checkpoint.py"), "mpt-7b", str(checkpoint)], check=True
+        [sys.executable, str(ROOT.parent / "tools" / "make_synthetic_checkpoint.py"), preset, str(checkpoint), *extra],
+        check=True, stdout=subprocess.DEVNULL,
     )
     return {"path": str(checkpoint), "written_s": time.perf_counter() - start}
 
 
-def run(directory: Path, precisions: list[str], runs: int, keep: bool) -> dict:
-    checkpoint = ensure_checkpoint(directory)
+def section(quick: bool = False) -> dict:
+    """`python -m bench`'s section: the full measurement, or (quick) a 1-layer MPT-125M-shape checkpoint to fp16
+    once, in a temporary directory (the schema, for CI)."""
+    import tempfile
+
+    if not quick:
+        directory = Path("/work/qeff-stream-bench")
+        directory.mkdir(parents=True, exist_ok=True)
+        return run(directory, ["fp16", "mxfp6"], 3, keep=False)
+    with tempfile.TemporaryDirectory() as directory:
+        return run(Path(directory), ["fp16"], 1, keep=False, preset="mpt-125m", layers=1)
+
+
+def run(
+    directory: Path, precisions: list[str], runs: int, keep: bool, preset: str = "mpt-7b", layers: int | None = None
+) -> dict:
+    checkpoint = ensure_checkpoint(directory, preset, layers)
     size = sum(f.stat().st_size for f in Path(checkpoint["path"]).glob("*.safetensors"))
-    result: dict = {"checkpoint": {**checkpoint, "gb": size / 1e9}, "compile": [], "load": []}
+    result: dict = {"checkpoint": {**checkpoint, "preset": preset, "layers": layers, "gb": size / 1e9}, "compile": [], "load": []}
     for precision in precisions:
-        out = directory / f"mpt-7b-{precision}.qeff"
+        out = directory / f"{Path(checkpoint['path']).name}-{precision}.qeff"
         rows = []
         for _ in range(runs):
             rows.append(_child("--compile", checkpoint["path"], precision, str(out)))
