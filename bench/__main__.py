@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-import qeff_compiler as qc
 from bench import compile_layers, cost_model_calibration, decode_cost, precision_decode, pruning, stream_7b
 from qeff_compiler.data import TINY_MPT, TINY_MPT_VALIDATION_TEXT
+from qeff_compiler.evaluate import Evaluator
 from qeff_compiler.atomic import atomic_write_text
 
 ROOT = Path(__file__).parent
@@ -45,9 +45,10 @@ def accuracy(quick: bool) -> list[dict]:
     settings = [(p, None) for p in ("fp32", "int8")] if quick else [
         (p, kv) for p in ACCURACY_PRECISIONS for kv in (None, "mxint8")
     ]
+    evaluator = Evaluator(TINY_MPT, text)  # HF's reference logits once for every setting
     rows = []
     for precision, kv_cache_dtype in settings:
-        report = qc.evaluate(TINY_MPT, precision=precision, kv_cache_dtype=kv_cache_dtype, text=text)
+        report = evaluator(precision, kv_cache_dtype)
         rows.append({
             "precision": precision, "kv_cache_dtype": kv_cache_dtype, "tokens": report.tokens_scored, "perplexity": report.perplexity,
             "reference_perplexity": report.reference_perplexity, "perplexity_vs_reference": report.perplexity / report.reference_perplexity,

@@ -46,8 +46,30 @@ def test_sections_have_their_fields(quick_results) -> None:
     assert all(r["late_over_early"] > 0 for r in sections["decode_cost"])
     dense, pruned = sections["pruning"]["shipped"]
     assert pruned["parameters"] < dense["parameters"] and pruned["perplexity"] > 0
-    assert sections["tune"]["evaluations"] == 2 and sections["tune"]["search_s"] > 0
+    assert sections["tune"]["evaluations"] == 1 and sections["tune"]["search_s"] > 0
+    (streamed,) = sections["stream_7b"]["compile"]
+    assert streamed["median_wall_s"] > 0 and streamed["median_peak_rss_anon_mb"] > 0
+    assert all(math.isfinite(r["simulated_decode_tokens_per_s"]) for r in sections["stream_7b"]["load"])
     assert {r["system"] for r in sections["peers"]} >= {"hf-eager", "onnxruntime", "qeff-ort-fp32", "qeff-ort-int8"}
+
+
+def test_peers_rows_rates_ratios_and_agreement(quick_results) -> None:
+    """Every (model, batch, system) row, finite positive figures, and greedy agreement with HF eager (the
+    throughput figures compare the same work only if every system decodes the same tokens)."""
+    from bench.peers import QUICK, SYSTEMS
+
+    rows = quick_results[0]["sections"]["peers"]
+    expected = {(model, batch, system) for model in QUICK.models for batch in QUICK.batches for system in SYSTEMS}
+    assert {(r["model"], r["batch"], r["system"]) for r in rows} == expected and len(rows) == len(expected)
+    for row in rows:
+        figures = [row[f"{kind}_vs_{peer}"] for kind in ("decode", "prefill") for peer in ("hf_eager", "onnxruntime")]
+        figures += [row[f"{kind}_tokens_per_s"][s] for kind in ("prefill", "decode") for s in ("median", "min", "max")]
+        assert all(math.isfinite(value) and value > 0 for value in figures), row
+        assert row["tokens_match_hf_eager"] and row["token_agreement_with_hf_eager"] == 1.0, row
+        assert row["torch_threads"] == row["ort_intra_op_threads"] == 2
+    by_system = {r["system"]: r for r in rows}
+    assert by_system["hf-eager"]["decode_vs_hf_eager"] == 1.0
+    assert by_system["onnxruntime"]["prefill_vs_onnxruntime"] == 1.0
 
 
 def test_plots_are_written(quick_results) -> None:

@@ -10,12 +10,18 @@ import pytest
 import qeff_compiler as qc
 from qeff_compiler.data import TINY_MPT, TINY_MPT_VALIDATION_TEXT
 from qeff_compiler.errors import InvalidArgumentError
-from qeff_compiler.evaluate import MXINT8_CACHE_GATE, EvaluationReport, mxint8_cache_increase
+from qeff_compiler.evaluate import MXINT8_CACHE_GATE, EvaluationReport, Evaluator, mxint8_cache_increase
 from tests.conftest import random_model, tiny_config
 
 
-def test_fp32_program_reproduces_the_reference_on_the_validation_text() -> None:
-    report = qc.evaluate(TINY_MPT, precision="fp32")
+@pytest.fixture(scope="module")
+def evaluator() -> Evaluator:
+    """`qc.evaluate`'s engine with HF's reference logits kept, so the gate tests compute them once."""
+    return Evaluator(TINY_MPT)
+
+
+def test_fp32_program_reproduces_the_reference_on_the_validation_text(evaluator: Evaluator) -> None:
+    report = evaluator("fp32")
     assert report.tokens_scored == 46_155  # 181 windows of 256 tokens, first token of each unscored (model card)
     assert report.reference_perplexity == pytest.approx(25.402, abs=0.01)  # the card's figure
     assert report.perplexity == pytest.approx(report.reference_perplexity, rel=1e-6)
@@ -24,8 +30,8 @@ def test_fp32_program_reproduces_the_reference_on_the_validation_text() -> None:
 
 
 @pytest.fixture(scope="module")
-def fp16_report() -> EvaluationReport:
-    return qc.evaluate(TINY_MPT, precision="fp16")
+def fp16_report(evaluator: Evaluator) -> EvaluationReport:
+    return evaluator("fp16")
 
 
 def test_fp16_meets_the_accuracy_gate_on_the_shipped_model(fp16_report: EvaluationReport) -> None:
@@ -39,20 +45,20 @@ def test_fp16_meets_the_accuracy_gate_on_the_shipped_model(fp16_report: Evaluati
 
 
 @pytest.mark.parametrize(("precision", "bound"), [("int8", 0.015), ("mxfp6", 0.03), ("w8a8", 0.05)])
-def test_quantized_precisions_meet_their_accuracy_gates(precision: str, bound: float) -> None:
+def test_quantized_precisions_meet_their_accuracy_gates(evaluator: Evaluator, precision: str, bound: float) -> None:
     """Issue 5's bounds on the shipped model and its validation text: int8 ≤ 1.5 %, mxfp6 ≤ 3 %, w8a8 ≤ 5 %
     perplexity (w8a8 calibrated on the model's calibration.txt, which shares no file with the validation text)."""
-    report = qc.evaluate(TINY_MPT, precision=precision)
+    report = evaluator(precision)
     assert report.tokens_scored >= 2_000
     assert report.perplexity_increase <= bound
     assert report.max_logit_error > 0.05  # the quantization is really there: far above fp16's rounding
     assert report.gate_failures() == []
 
 
-def test_mxint8_cache_adds_at_most_one_percent_perplexity(fp16_report: EvaluationReport) -> None:
+def test_mxint8_cache_adds_at_most_one_percent_perplexity(evaluator: Evaluator, fp16_report: EvaluationReport) -> None:
     """Scored through an MXINT8 cache (every query reads the quantized keys and values), fp16 may lose ≤ 1 %
     more perplexity than without it; the cache's quantization shows in the logits."""
-    report = qc.evaluate(TINY_MPT, precision="fp16", kv_cache_dtype="mxint8")
+    report = evaluator("fp16", "mxint8")
     assert report.tokens_scored == fp16_report.tokens_scored
     assert mxint8_cache_increase(report, fp16_report) <= MXINT8_CACHE_GATE
     assert report.max_logit_error > fp16_report.max_logit_error
