@@ -54,18 +54,18 @@ def peers(results: dict) -> str:
         "| best qeff / HF | best qeff / ORT | = HF tokens |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    bests = []
     for model, batch in dict.fromkeys((r["model"], r["batch"]) for r in rows):
         group = {r["system"]: r for r in rows if r["model"] == model and r["batch"] == batch}
         rates = [_rate(group[s]["decode_tokens_per_s"]["median"]) for s in PEER_COLUMNS]
         qeff = [group[s] for s in PEER_COLUMNS if s.startswith("qeff")]
         best = max(qeff, key=lambda r: r["decode_tokens_per_s"]["median"])
+        bests.append(best)
         mismatched = [r["system"] for r in qeff if not r["tokens_match_hf_eager"]]
         agreement = "all" if not mismatched else "all but " + ", ".join(
             f"{s} ({100 * group[s]['token_agreement_with_hf_eager']:.0f} %)" for s in mismatched)
         lines.append(f"| {_short(model)} | {batch} | " + " | ".join(rates)
                      + f" | {best['decode_vs_hf_eager']:.2f} ({best['system']}) | {best['decode_vs_onnxruntime']:.2f} | {agreement} |")
-    bests = [max((r for r in rows if r["model"] == m and r["batch"] == b and r["system"].startswith("qeff")),
-                 key=lambda r: r["decode_tokens_per_s"]["median"]) for m, b in dict.fromkeys((r["model"], r["batch"]) for r in rows)]
     hf_met = sum(r["decode_vs_hf_eager"] >= 2 for r in bests)
     ort_met = sum(r["decode_vs_onnxruntime"] >= 1 for r in bests)
     prefill = [r for r in rows if r["system"] == "qeff-ort-fp32"]
