@@ -7,10 +7,12 @@ a program that disagrees with the checkpoint's training code, so each such field
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from transformers import MptConfig
 
+from qeff_compiler.capture.bounds import check_sizes
 from qeff_compiler.errors import NotAnMptModelError, UnsupportedConfigError
 
 #: (field, value HF implements) for top-level fields HF ignores; any other value is refused
@@ -44,10 +46,12 @@ def validate_mpt_config(config: object) -> MptConfig:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise UnsupportedConfigError(f"config.{name} must be a positive integer, got {value!r}")
+    check_sizes(config)
     if config.d_model % config.n_heads:
         raise UnsupportedConfigError(
             f"config.d_model ({config.d_model}) must be divisible by config.n_heads ({config.n_heads})"
         )
+    _check_numbers(config)
     for name, implemented in _FIXED_TOP_LEVEL:
         _require_field(f"config.{name}", getattr(config, name), implemented)
     if config.norm_type not in _LAYER_NORM_TYPES:
@@ -63,9 +67,28 @@ def validate_mpt_config(config: object) -> MptConfig:
         )
     for name in ("clip_qkv", "softmax_scale"):
         value = getattr(attn, name)
-        if value is not None and not value > 0:
-            raise UnsupportedConfigError(f"config.attn_config.{name} must be None or > 0, got {value!r}")
+        if value is not None and not (_is_real(value) and 0 < value < math.inf):
+            raise UnsupportedConfigError(f"config.attn_config.{name} must be None or a finite number > 0, got {value!r}")
     return config
+
+
+def _check_numbers(config: MptConfig) -> None:
+    """A NaN or negative epsilon makes every LayerNorm output NaN (the model then generates token 0 forever), and
+    HF's dropout modules refuse probabilities outside [0, 1] while they are built."""
+    epsilon = config.layer_norm_epsilon
+    if not (_is_real(epsilon) and 0 <= epsilon < math.inf):
+        raise UnsupportedConfigError(f"config.layer_norm_epsilon must be a finite number >= 0, got {epsilon!r}")
+    for name, value in (
+        ("resid_pdrop", config.resid_pdrop),
+        ("emb_pdrop", config.emb_pdrop),
+        ("attn_config.attn_pdrop", config.attn_config.attn_pdrop),
+    ):
+        if not (_is_real(value) and 0 <= value <= 1):
+            raise UnsupportedConfigError(f"config.{name} is a dropout probability: it must be in [0, 1], got {value!r}")
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _require_field(name: str, value: Any, implemented: Any) -> None:

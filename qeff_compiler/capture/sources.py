@@ -7,7 +7,7 @@ Checkpoint weights are checked against the shapes the config implies before any 
 
 from __future__ import annotations
 
-import json
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,10 @@ import torch
 from transformers import MptConfig, MptForCausalLM
 
 from qeff_compiler.capture.config import validate_mpt_config
+from qeff_compiler.capture.config_fields import check_config_fields
+from qeff_compiler.capture.finite import check_finite
+from qeff_compiler.capture.json_files import read_json_object, read_weight_map
+from qeff_compiler.capture.tokenizer_files import check_tokenizer_files
 from qeff_compiler.errors import ModelSourceError, NotAnMptModelError, WeightError
 from qeff_compiler.ir.weights import SafetensorsLocation, WeightStore
 
@@ -93,13 +97,14 @@ def _from_module(model: MptForCausalLM) -> ResolvedModel:
         origin = "MptForCausalLM object (meta weights)"
     else:
         origin = "MptForCausalLM object"
-    return ResolvedModel(config, WeightStore.from_tensors(tensors), origin)
+    return ResolvedModel(config, WeightStore.from_tensors(tensors).checked(check_finite), origin)
 
 
 def _from_directory(directory: Path, allow_pickle: bool) -> ResolvedModel:
     if not directory.is_dir():
         raise ModelSourceError(f"model directory {str(directory)!r} does not exist or is not a directory")
     config = validate_mpt_config(_read_config(directory))
+    check_tokenizer_files(directory)
     if _has_safetensors(directory) or not allow_pickle:
         locations = _checkpoint_locations(directory)
         bound = _bind_checkpoint(config, {k: loc.shape for k, loc in locations.items()}, directory)
@@ -108,7 +113,7 @@ def _from_directory(directory: Path, allow_pickle: bool) -> ResolvedModel:
         tensors = _pickled_tensors(directory)
         bound = _bind_checkpoint(config, {k: tuple(t.shape) for k, t in tensors.items()}, directory)
         store = WeightStore.from_tensors({name: tensors[key] for name, key in bound.items()}, CAPTURE_DTYPE)
-    return ResolvedModel(config, store, str(directory), directory)
+    return ResolvedModel(config, store.checked(check_finite), str(directory), directory)
 
 
 def _has_safetensors(directory: Path) -> bool:
@@ -127,6 +132,11 @@ def _pickled_tensors(directory: Path) -> dict[str, torch.Tensor]:
     for path in files:
         try:
             state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except pickle.UnpicklingError as exc:  # the weights-only unpickler refused a global (code to run)
+            raise WeightError(
+                f"refused to load {path}: it is not a plain state dict of tensors (the weights-only unpickler "
+                f"blocked it: {str(exc).splitlines()[0]})"
+            ) from exc
         except (RuntimeError, OSError, EOFError, ValueError) as exc:  # torch reports bad pickles as these
             raise WeightError(f"cannot read {path}: {exc}") from exc
         if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
@@ -136,21 +146,18 @@ def _pickled_tensors(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_config(directory: Path) -> MptConfig:
+    from huggingface_hub.errors import StrictDataclassError
+
     path = directory / "config.json"
     if not path.is_file():
         raise ModelSourceError(f"{directory} has no config.json: not a Hugging Face model directory")
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelSourceError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ModelSourceError(f"{path} must hold a JSON object, got {type(raw).__name__}")
+    raw = read_json_object(path, ModelSourceError)
     model_type = raw.get("model_type")
     if model_type != "mpt":
         raise NotAnMptModelError(f"{path} has model_type {model_type!r}; qeff-compiler compiles MPT models ('mpt')")
     try:
-        return MptConfig.from_dict(raw)
-    except (TypeError, ValueError) as exc:
+        return MptConfig.from_dict(check_config_fields(raw, path))
+    except (TypeError, ValueError, StrictDataclassError) as exc:  # HF's own checks of the generic config fields
         raise ModelSourceError(f"{path} is not a valid MPT config: {exc}") from exc
 
 
@@ -171,16 +178,16 @@ def _checkpoint_locations(directory: Path) -> dict[str, SafetensorsLocation]:
         raise WeightError(f"{directory} has no model.safetensors or model.safetensors.index.json")
     locations: dict[str, SafetensorsLocation] = {}
     for path in files:
-        locations.update(read_safetensors_header(path))
+        found = read_safetensors_header(path)
+        twice = sorted(set(found) & set(locations))
+        if twice:
+            raise WeightError(f"weight {twice[0]!r} is stored twice: in {locations[twice[0]].path.name} and {path.name}")
+        locations.update(found)
     return locations
 
 
 def _shards_from_index(index: Path) -> list[Path]:
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise WeightError(f"{index} is not a valid safetensors index (needs a 'weight_map' object): {exc}") from exc
-    shards = sorted({index.parent / name for name in weight_map.values()})
+    shards = sorted({index.parent / name for name in read_weight_map(index).values()})
     missing = [str(p.name) for p in shards if not p.is_file()]
     if missing:
         raise WeightError(f"{index} lists shard files that do not exist: {missing}")

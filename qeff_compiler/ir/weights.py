@@ -161,6 +161,22 @@ class _MeteredEntry(_Entry):
         return tensor
 
 
+class _CheckedEntry(_Entry):
+    """Another entry whose data passes `check(name, tensor)` the first time it is read (a checkpoint's weights
+    are checked as they are read, streaming or not, without a separate pass over the files)."""
+
+    def __init__(self, entry: _Entry, name: str, check: Callable[[str, torch.Tensor], None]) -> None:
+        self.entry, self.name, self.check, self.spec = entry, name, check, entry.spec
+        self.checked = False
+
+    def load(self) -> torch.Tensor:
+        tensor = self.entry.load()
+        if not self.checked:
+            self.check(self.name, tensor)
+            self.checked = True
+        return tensor
+
+
 class _MetaEntry(_Entry):
     has_data = False
 
@@ -265,6 +281,14 @@ class WeightStore(Mapping[str, WeightSpec]):
         for entry in self._entries.values():
             wrapped.setdefault(id(entry), _MeteredEntry(entry, on_read) if entry.has_data else entry)
         return WeightStore({name: wrapped[id(entry)] for name, entry in self._entries.items()}, streaming=True)
+
+    def checked(self, check: Callable[[str, torch.Tensor], None]) -> WeightStore:
+        """This store with `check(name, tensor)` run on each weight's data when it is first read (tied names share
+        one check, named by the first)."""
+        wrapped: dict[int, _Entry] = {}
+        for name, entry in self._entries.items():
+            wrapped.setdefault(id(entry), _CheckedEntry(entry, name, check) if entry.has_data else entry)
+        return WeightStore({name: wrapped[id(entry)] for name, entry in self._entries.items()}, streaming=self.streaming)
 
     def nbytes(self, names: Iterable[str] | None = None) -> int:
         """Bytes of the named weights (all by default) as stored, tied weights counted once."""
