@@ -126,6 +126,7 @@ def load_artifact(path: Path, *, stream: bool | None = None) -> CompiledModel:
     tokenizer_dir = path if (path / "tokenizer.json").is_file() else None
     compiled = CompiledModel(options, manifest["pipeline"], programs["prefill"], programs["decode"], str(path), tokenizer_dir)
     compiled.artifact_directory = path
+    compiled.artifact_files = manifest["files"]
     return compiled
 
 

@@ -5,21 +5,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import MptConfig
 
-from qeff_compiler.artifact import ONNX_FILES, load_artifact, save_artifact
+from qeff_compiler.artifact import ONNX_FILES, WEIGHTS, load_artifact, save_artifact
 from qeff_compiler.backends.ai100.memory import check_kv_cache_fits
 from qeff_compiler.backends.ai100.partition import check_p2p_format
 from qeff_compiler.backends.ai100.simulator import SimulatedDevice, Target
 from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.calibration import calibration_file, load_calibration
 from qeff_compiler.capture import ModelSource, capture_resolved, resolve_model
-from qeff_compiler.errors import ArtifactIntegrityError, InvalidArgumentError, PipelineError
+from qeff_compiler.errors import InvalidArgumentError, PipelineError
 from qeff_compiler.ir.program import Program
 from qeff_compiler.ir.weights import should_stream
 from qeff_compiler.passes import PassManager
@@ -215,6 +215,8 @@ class CompiledModel:
         self.calibration_table: dict[str, torch.Tensor] | None = None
         #: set by `load_compiled`: the artifact directory whose ONNX files the onnxruntime engine runs
         self.artifact_directory: Path | None = None
+        #: set by `load_compiled`: the manifest's size and SHA-256 per file, which the onnxruntime engine re-checks
+        self.artifact_files: dict[str, dict] | None = None
         self._executors: dict[str, tuple[Executor, Executor]] = {}
         self._onnx_directory: tempfile.TemporaryDirectory | None = None
         #: the programs partitioned, placed and timed on the target device (raises if they do not fit)
@@ -298,28 +300,28 @@ class CompiledModel:
             else:
                 from qeff_compiler.backends.onnxruntime_host import OnnxRuntimeExecutor
 
-                directory = self._onnx_files()
+                sources = self._onnx_sources()
                 self._executors[engine] = tuple(  # type: ignore[assignment]
-                    OnnxRuntimeExecutor(program, directory / ONNX_FILES[name])
+                    OnnxRuntimeExecutor(program, sources[name][0], initializers=sources[name][1])
                     for name, program in (("prefill", self.prefill), ("decode", self.decode))
                 )
         return self._executors[engine]
 
-    def _onnx_files(self) -> Path:
-        """The directory holding the ONNX emit of both programs: the artifact's, or a private temporary one
+    def _onnx_sources(self) -> Mapping[str, tuple[Path | bytes, Mapping | None]]:
+        """Per specialization, what its ONNX Runtime session is built from: the artifact's files as read and
+        checked against the manifest `load_compiled` verified, or the files of a private temporary directory
         (exported once, removed with this object) for a model compiled in this process."""
         if self.artifact_directory is not None:
-            for name in ONNX_FILES.values():
-                if not (self.artifact_directory / name).is_file():
-                    raise ArtifactIntegrityError(f"{self.artifact_directory / name} is missing: the artifact is incomplete")
-            return self.artifact_directory
+            from qeff_compiler.backends.verified_onnx import verified_sources
+
+            return verified_sources(self.artifact_directory, self.artifact_files or {}, ONNX_FILES, WEIGHTS)
         if self._onnx_directory is None:
             from qeff_compiler.backends.onnx_export import export_onnx
 
             self._onnx_directory = tempfile.TemporaryDirectory(prefix="qeff-onnx-")
             for name, program in (("prefill", self.prefill), ("decode", self.decode)):
                 export_onnx(program, Path(self._onnx_directory.name) / ONNX_FILES[name])
-        return Path(self._onnx_directory.name)
+        return {name: (Path(self._onnx_directory.name) / file, None) for name, file in ONNX_FILES.items()}
 
 
 def check_engine(engine: str) -> None:

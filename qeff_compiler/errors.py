@@ -107,6 +107,10 @@ class Fp16OverflowError(QeffError):
     """A model's activations exceed fp16's range (|x| > 65504), so lowering it to fp16 would produce inf."""
 
 
+class NonFiniteError(QeffError):
+    """A run computed NaN or infinite logits from valid inputs: the model's weights overflow its precision."""
+
+
 class PartitionError(QeffError):
     """The AI 100 partitioner met an op or a weight layout it cannot split (e.g. an unknown dequantize chain)."""
 

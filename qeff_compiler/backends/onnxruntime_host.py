@@ -24,13 +24,26 @@ from qeff_compiler.ir.program import Program
 class OnnxRuntimeExecutor:
     """An ONNX Runtime session over `onnx_file` (the emit of `program`), called like `HostExecutor`."""
 
-    def __init__(self, program: Program, onnx_file: Path, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        program: Program,
+        onnx_file: Path | bytes,
+        threads: int | None = None,
+        initializers: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """`onnx_file` is a path, or the graph's bytes with its external `initializers` given as arrays (the
+        session then reads no file: `backends.verified_onnx`)."""
         self.program = program
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self._session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+        self._initializers = dict(initializers or {})  # ONNX Runtime uses these arrays' memory: keep them alive
+        if self._initializers:
+            values = [ort.OrtValue.ortvalue_from_numpy(array) for array in self._initializers.values()]
+            options.add_external_initializers(list(self._initializers), values)
+        source = onnx_file if isinstance(onnx_file, bytes) else str(onnx_file)
+        self._session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self._output_names = [spec.name for spec in program.outputs]
 
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

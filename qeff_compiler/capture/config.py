@@ -75,13 +75,13 @@ def validate_mpt_config(config: object) -> MptConfig:
 def _check_numbers(config: MptConfig) -> None:
     """A NaN or negative epsilon makes every LayerNorm output NaN (the model then generates token 0 forever), and
     HF's dropout modules refuse probabilities outside [0, 1] while they are built."""
-    epsilon = config.layer_norm_epsilon
+    epsilon, attn = config.layer_norm_epsilon, config.attn_config
     if not (_is_real(epsilon) and 0 <= epsilon < math.inf):
         raise UnsupportedConfigError(f"config.layer_norm_epsilon must be a finite number >= 0, got {epsilon!r}")
     for name, value in (
         ("resid_pdrop", config.resid_pdrop),
         ("emb_pdrop", config.emb_pdrop),
-        ("attn_config.attn_pdrop", config.attn_config.attn_pdrop),
+        ("attn_config.attn_pdrop", getattr(attn, "attn_pdrop", 0)),
     ):
         if not (_is_real(value) and 0 <= value <= 1):
             raise UnsupportedConfigError(f"config.{name} is a dropout probability: it must be in [0, 1], got {value!r}")

@@ -25,6 +25,8 @@ from qeff_compiler.atomic import check_writable
 from qeff_compiler.calibration import calibrate, save_calibration
 from qeff_compiler.capture import capture, resolve_model
 from qeff_compiler.capture.presets import preset_config, preset_names
+from qeff_compiler.capture.tokenizer_files import check_tokenizer_files
+from qeff_compiler.cli.terminal import check_prompt_text, discard_unwritable_stdout, guarded_stdout
 from qeff_compiler.compiler import CompiledModel, check_engine, load_compiled
 from qeff_compiler.compiler import compile as compile_model
 from qeff_compiler.data import TINY_MPT
@@ -356,6 +358,7 @@ def run_command(
     if trace is not None:
         check_writable(trace)
     check_engine(engine)
+    prompt = None if prompt is None else check_prompt_text(prompt)
     ids = _token_ids(prompt, token_ids)  # the options first: loading takes a while
     if ids is None and artifact.is_dir() and not (artifact / "tokenizer.json").is_file():
         raise InvalidArgumentError(f"{artifact} has no tokenizer (compile from a model directory with one, or use --token-ids)")
@@ -512,6 +515,7 @@ def _share(text: str) -> float:
 def _tokenizer(artifact: Path):  # noqa: ANN202 (a transformers tokenizer)
     from transformers import AutoTokenizer
 
+    check_tokenizer_files(artifact)
     return AutoTokenizer.from_pretrained(artifact)
 
 
@@ -562,7 +566,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     badly is one line on stderr: a `QeffError` (its `exit_code`), a usage error (2), Ctrl-C (130)."""
     try:
         args = list(sys.argv[1:] if argv is None else argv)
-        code = _click_command().main(args=args, prog_name="qeffc", standalone_mode=False)
+        with guarded_stdout():
+            code = _click_command().main(args=args, prog_name="qeffc", standalone_mode=False)
     except QeffError as error:
         return _fail(str(error), error.exit_code)
     except NoArgsIsHelpError as error:  # the help has been printed
@@ -610,7 +615,9 @@ def _fail(message: str, code: int) -> int:
 
 def main() -> None:
     """Console-script entry point."""
-    sys.exit(run())
+    code = run()
+    discard_unwritable_stdout()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

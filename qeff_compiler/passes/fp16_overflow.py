@@ -35,9 +35,13 @@ class OverflowReport:
     #: module path the node was traced in, e.g. `transformer.blocks.2.ffn.up_proj` ("" when unknown)
     layer: str
     max_abs: float
+    #: the output holds NaN (counted as inf in `max_abs`), which the message must say rather than "|x| = inf"
+    has_nan: bool = False
 
     def describe(self) -> str:
         where = self.layer or "outside any module"
+        if self.has_nan:
+            return f"%{self.node} ({self.op}) in {where} produces NaN"
         return f"%{self.node} ({self.op}) in {where} reaches |x| = {self.max_abs:.4g} > {FP16_MAX:g}"
 
 
@@ -65,15 +69,19 @@ class _OverflowFinder(StreamingInterpreter):
         if self.report is None and node.op == "call_function":
             largest = _max_abs(result)
             if largest > FP16_MAX:
-                self.report = OverflowReport(node.name, op_short_name(node.target), module_path(node), largest)
+                nan = any(isinstance(t, torch.Tensor) and t.is_floating_point() and bool(t.isnan().any()) for t in _tensors(result))
+                self.report = OverflowReport(node.name, op_short_name(node.target), module_path(node), largest, nan)
         return result
+
+
+def _tensors(value: object) -> tuple | list:
+    return value if isinstance(value, (tuple, list)) else (value,)
 
 
 def _max_abs(value: object) -> float:
     """Largest magnitude over the floating tensors in `value` (a tensor or a tuple of them); NaN counts as inf."""
-    tensors = value if isinstance(value, (tuple, list)) else (value,)
     largest = 0.0
-    for tensor in tensors:
+    for tensor in _tensors(value):
         if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.numel():
             magnitude = tensor.detach().abs().nan_to_num(nan=float("inf")).max().item()
             largest = max(largest, magnitude)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from qeff_compiler.errors import InvalidArgumentError
+from qeff_compiler.errors import InvalidArgumentError, NonFiniteError
+
+#: seeds torch.Generator.manual_seed accepts (it keeps 64 bits)
+SEED_RANGE = (0, 2**64 - 1)
 
 
 @dataclass(frozen=True)
@@ -20,12 +24,17 @@ class SamplingConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.temperature > 0:
+        if not isinstance(self.do_sample, bool):
+            raise InvalidArgumentError(f"do_sample must be True or False, got {self.do_sample!r}")
+        if not (_is_real(self.temperature) and 0 < self.temperature < math.inf):
             raise InvalidArgumentError(f"temperature must be > 0, got {self.temperature!r}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
+        if not _is_int(self.top_k) or self.top_k < 0:
             raise InvalidArgumentError(f"top_k must be an integer ≥ 0 (0 = off), got {self.top_k!r}")
-        if not 0 < self.top_p <= 1:
+        if not (_is_real(self.top_p) and 0 < self.top_p <= 1):
             raise InvalidArgumentError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        low, high = SEED_RANGE
+        if self.seed is not None and not (_is_int(self.seed) and low <= self.seed <= high):
+            raise InvalidArgumentError(f"seed must be None or an integer in [0, 2**64 - 1], got {self.seed!r}")
         changed = self.temperature != 1.0 or self.top_k or self.top_p != 1.0 or self.seed is not None
         if changed and not self.do_sample:
             raise InvalidArgumentError("temperature/top_k/top_p/seed only apply with do_sample=True")
@@ -43,9 +52,20 @@ class TokenSampler:
             self.generator.seed()  # a fresh generator always starts from one default seed: draw one from entropy
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        finite = torch.isfinite(logits).all(dim=-1)
+        if not bool(finite.all()):  # argmax would pick token 0 of a NaN row, forever
+            row = int((~finite).nonzero()[0])
+            kind = "NaN" if bool(logits[row].isnan().any()) else "infinite"
+            raise NonFiniteError(
+                f"the model computed {kind} logits (row {row}): its weights or activations overflow "
+                "its precision, so no token can be chosen; check the checkpoint's weight magnitudes"
+            )
         if not self.config.do_sample:
             return logits.argmax(dim=-1)
-        scores = logits.float() / self.config.temperature
+        # in fp64 (a temperature like 1e-300 is 0 in fp32) and shifted so the largest score is 0 before dividing:
+        # a tiny temperature then gives -inf (never NaN) to every other token instead of making the largest inf
+        scores = logits.double()
+        scores = (scores - scores.amax(dim=-1, keepdim=True)) / self.config.temperature
         if self.config.top_k:
             kth = torch.topk(scores, min(self.config.top_k, scores.shape[-1]), dim=-1).values[..., -1:]
             scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -53,6 +73,14 @@ class TokenSampler:
             scores = _nucleus(scores, self.config.top_p)
         probabilities = torch.softmax(scores, dim=-1)
         return torch.multinomial(probabilities, 1, generator=self.generator).squeeze(-1)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _nucleus(scores: torch.Tensor, top_p: float) -> torch.Tensor:
