@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -568,6 +570,146 @@ def _(env: Env) -> object:
     return qc.load_compiled(directory)
 
 
+# issue 23: wrong JSON types, absurd sizes, non-finite numbers, sampling and text arguments, files read late
+def _config_copy(env: Env, name: str, **fields: object) -> Path:
+    """A copy of the tiny model directory whose config.json has `fields` set."""
+    directory = env.model_copy(name)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, **fields}))
+    return directory
+
+
+def _sharded_copy(env: Env, name: str) -> tuple[Path, dict[str, str]]:
+    """A copy of the tiny model directory with its weights in two shards, and its weight map."""
+    directory = env.model_copy(name)
+    tensors = _tensors(env)
+    (directory / "model.safetensors").unlink()
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, str(directory / shard), metadata={"format": "pt"})
+    return directory, {k: shard for shard, keys in shards.items() for k in keys}
+
+
+def _index_row(ident: str, name: str, edit: Callable[[dict[str, str]], None]) -> None:
+    def provoke_index(env: Env) -> object:
+        directory, weight_map = _sharded_copy(env, name)
+        edit(weight_map)
+        (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+        return qc.capture(directory)
+
+    TRIGGERS[ident] = provoke_index
+
+
+TRIGGERS["config-field-type"] = lambda env: qc.capture(_config_copy(env, "typed", expansion_ratio=4.0))
+TRIGGERS["config-torch-dtype"] = lambda env: qc.capture(_config_copy(env, "dtype", dtype="float77"))
+
+
+@trigger("config-json-not-utf8")
+def _(env: Env) -> object:
+    directory = env.model_copy("not-utf8")
+    (directory / "config.json").write_bytes(b'{"model_type": "mpt", "x": "\xff"}')
+    return qc.capture(directory)
+
+
+config_row("config-size-bound", n_layers=10**9)
+config_row("config-parameters-bound", d_model=2**16, n_heads=64, n_layers=64)
+config_row("config-epsilon", layer_norm_epsilon=float("nan"))
+config_row("config-dropout", resid_pdrop=2.0)
+config_row("config-attention-scale", attn_config={"softmax_scale": float("inf")})
+TRIGGERS["tokenizer-invalid"] = lambda env: qc.capture(
+    rewritten(env.model_copy("bad-tokenizer"), "tokenizer.json", '{"added_tokens": [], "model": {"type": "Nonsense"}}')
+)
+TRIGGERS["tokenizer-added-tokens"] = lambda env: qc.capture(
+    rewritten(env.model_copy("no-added-tokens"), "tokenizer.json", '{"version": "1.0", "model": {"type": "BPE"}}')
+)
+
+
+class _Evil:
+    """Unpickling this would run code (here: create a file)."""
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (Path("/tmp/qeff-test-errors-pwned"),))
+
+
+@trigger("weights-pickle-blocked")
+def _(env: Env) -> object:
+    directory = env.model_copy("evil-pickle")
+    (directory / "model.safetensors").unlink()
+    torch.save({"x": _Evil()}, directory / "pytorch_model.bin")
+    return qc.compile(directory, ctx_len=24, prefill_len=8, allow_pickle=True)
+
+
+@trigger("weight-non-finite")
+def _(env: Env) -> object:
+    tensors = _tensors(env)
+    tensors["transformer.blocks.1.ffn.down_proj.weight"][3, 5] = float("nan")
+    return qc.compile(_with_tensors(env, "nan-weight", tensors), ctx_len=24, prefill_len=8)
+
+
+_index_row("sharded-index-entry", "index-entry", lambda weight_map: weight_map.update({"lm_head.weight": 3}))
+_index_row("sharded-index-path", "index-path", lambda weight_map: weight_map.update({"lm_head.weight": "../outside.safetensors"}))
+
+
+@trigger("shard-duplicate-weight")
+def _(env: Env) -> object:
+    directory, weight_map = _sharded_copy(env, "duplicate-weight")
+    name = "transformer.wte.weight"
+    other = next(s for s in sorted(set(weight_map.values())) if s != weight_map[name])
+    save_file({**load_file(str(directory / other)), name: _tensors(env)[name]}, str(directory / other))
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    return qc.capture(directory)
+
+
+@trigger("fp16-overflow-nan")
+def _(env: Env) -> object:
+    program = qc.capture(random_model(tiny_config()), seq_len=8)
+    poisoned = program.weights.tensor("transformer.blocks.0.ffn.up_proj.weight").clone()
+    poisoned[0, 0] = float("nan")
+    program = program.evolve(weights=program.weights.with_tensors({"transformer.blocks.0.ffn.up_proj.weight": poisoned}))
+    return PassManager("patch-attention,lower-fp16", verify=False).run(program)
+
+
+generate_row("sampling-top-k-type", [[1, 2]], 4, do_sample=True, top_k=True)
+generate_row("sampling-seed", [[1, 2]], 4, do_sample=True, seed=1.5)
+generate_row("sampling-do-sample-type", [[1, 2]], 4, do_sample="yes")
+
+
+@trigger("logits-non-finite")
+def _(env: Env) -> object:
+    model = random_model(tiny_config())
+    with torch.no_grad():
+        model.transformer.blocks[0].ffn.up_proj.weight.mul_(1e37)
+    return qc.compile(model, ctx_len=24, prefill_len=8, verify=False).generate([[1, 2, 3]], 4)
+
+
+cli_row("cli-prompt-not-utf8", lambda env: ["run", str(env.artifact), "--prompt", "def f(\udcff)"])
+
+
+@trigger("stdout-full")
+def _(env: Env) -> object:
+    from qeff_compiler.cli.terminal import guarded_stdout
+
+    with open("/dev/full", "w") as full:
+        env.monkeypatch.setattr(sys, "stdout", full)
+        try:
+            with guarded_stdout():
+                return cli.app(args=["run", str(env.artifact), "--token-ids", "1", "--max-new-tokens", "1"], prog_name="qeffc", standalone_mode=False)
+        finally:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), full.fileno())  # what could not be written: dropped
+
+
+@trigger("engine-file-changed")
+def _(env: Env) -> object:
+    directory = env.artifact_copy("changed")
+    loaded = qc.load_compiled(directory)
+    data = bytearray((directory / "program.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x10
+    (directory / "program.onnx").write_bytes(bytes(data))
+    return loaded.generate([[1, 2]], 2, engine="onnxruntime")
+
+
+
 #: the offending value each row's message must name (defaults: none beyond the documented message)
 OFFENDING: dict[str, str] = {
     "model-type": "int",
@@ -670,6 +812,32 @@ OFFENDING: dict[str, str] = {
     "artifact-file-modified": "program.onnx",
 }
 
+
+OFFENDING.update({
+    "config-field-type": "config.expansion_ratio",
+    "config-json-not-utf8": "byte 0xff",
+    "config-torch-dtype": "'float77'",
+    "config-size-bound": "n_layers=1000000000",
+    "config-parameters-bound": "d_model=65536",
+    "config-epsilon": "got nan",
+    "config-dropout": "got 2.0",
+    "config-attention-scale": "got inf",
+    "tokenizer-invalid": "bad-tokenizer/tokenizer.json",
+    "tokenizer-added-tokens": "got null",
+    "weights-pickle-blocked": "evil-pickle/pytorch_model.bin",
+    "weight-non-finite": "'transformer.blocks.1.ffn.down_proj.weight'",
+    "sharded-index-entry": "got a number (3)",
+    "sharded-index-path": "'../outside.safetensors'",
+    "shard-duplicate-weight": "'transformer.wte.weight'",
+    "fp16-overflow-nan": "produces NaN",
+    "sampling-top-k-type": "got True",
+    "sampling-seed": "got 1.5",
+    "sampling-do-sample-type": "got 'yes'",
+    "logits-non-finite": "NaN logits",
+    "cli-prompt-not-utf8": "byte 0xff",
+    "stdout-full": "standard output",
+    "engine-file-changed": "program.onnx",
+})
 
 def provoke(ident: str, env: Env) -> BaseException:
     """Run the row's trigger and return what it raised (it must raise)."""
