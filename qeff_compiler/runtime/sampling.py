@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +26,7 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.do_sample, bool):
             raise InvalidArgumentError(f"do_sample must be True or False, got {self.do_sample!r}")
-        if not (_is_real(self.temperature) and 0 < self.temperature < math.inf):
+        if not (_is_real(self.temperature) and 0 < self.temperature <= sys.float_info.max):  # a float: finite
             raise InvalidArgumentError(f"temperature must be > 0, got {self.temperature!r}")
         if not _is_int(self.top_k) or self.top_k < 0:
             raise InvalidArgumentError(f"top_k must be an integer ≥ 0 (0 = off), got {self.top_k!r}")
@@ -65,7 +65,7 @@ class TokenSampler:
         # in fp64 (a temperature like 1e-300 is 0 in fp32) and shifted so the largest score is 0 before dividing:
         # a tiny temperature then gives -inf (never NaN) to every other token instead of making the largest inf
         scores = logits.double()
-        scores = (scores - scores.amax(dim=-1, keepdim=True)) / self.config.temperature
+        scores = (scores - scores.amax(dim=-1, keepdim=True)) / float(self.config.temperature)
         if self.config.top_k:
             kth = torch.topk(scores, min(self.config.top_k, scores.shape[-1]), dim=-1).values[..., -1:]
             scores = scores.masked_fill(scores < kth, float("-inf"))
