@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,8 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from qeff_compiler.capture import resolve_model
-from qeff_compiler.data import TINY_MPT
 from qeff_compiler.errors import QeffError
-from tests.conftest import random_model, tiny_config
+from tests.conftest import TinyArtifact
 from tests.test_fuzz import FUZZ, no_hang
 
 INDEX = "model.safetensors.index.json"
@@ -43,15 +43,10 @@ JSON_VALUES = st.one_of(
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny MPT directory with the shipped tokenizer, and a sharded copy of its weights beside it."""
-    root = tmp_path_factory.mktemp("model-files")
-    directory = root / "model"
-    random_model(tiny_config(vocab_size=2048)).save_pretrained(directory)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(TINY_MPT / name, directory / name)
-    resolve_model(directory)  # the pristine directory resolves
-    return directory
+def model_dir(tiny_artifact: TinyArtifact) -> Path:
+    """The shared tiny MPT directory (with the shipped tokenizer); each test mutates its own copy."""
+    resolve_model(tiny_artifact.model_dir)  # the pristine directory resolves
+    return tiny_artifact.model_dir
 
 
 def _write_json(path: Path, value: object) -> None:
@@ -102,6 +97,25 @@ def _resolves(directory: Path, what: str) -> bool:
     return True
 
 
+def _fuzz(directory: Path, file: str, mutations: st.SearchStrategy[bytes], then: Callable[[Path], object] | None = None) -> list[bool]:
+    """Write each mutation to `directory/file` and resolve the directory (then `then(directory)` when it resolves);
+    returns whether each example resolved."""
+    outcomes: list[bool] = []
+
+    @FUZZ
+    @given(content=mutations)
+    def check(content: bytes) -> None:
+        (directory / file).write_bytes(content)
+        resolved = _resolves(directory, content[:200])
+        outcomes.append(resolved)
+        if resolved and then is not None:
+            with no_hang(f"{file} use"):
+                then(directory)
+
+    check()
+    return outcomes
+
+
 def _report(what: str, outcomes: list[bool]) -> None:
     """Print the counts (`pytest -s` shows them) and check both outcomes occurred over >= 500 examples."""
     print(f"{what}: {len(outcomes)} mutations tried, {len(outcomes) - sum(outcomes)} refused with a QeffError")
@@ -140,16 +154,7 @@ def test_config_json_mutations_give_qeff_errors_only(model_dir: Path, tmp_path: 
     directory = tmp_path / "config"
     shutil.copytree(model_dir, directory)
     config = json.loads((model_dir / "config.json").read_text())
-    outcomes: list[bool] = []
-
-    @FUZZ
-    @given(content=config_mutations(config))
-    def check(content: bytes) -> None:
-        (directory / "config.json").write_bytes(content)
-        outcomes.append(_resolves(directory, content[:200]))
-
-    check()
-    _report("config.json", outcomes)
+    _report("config.json", _fuzz(directory, "config.json", config_mutations(config)))
 
 
 # the sharded checkpoint's index -------------------------------------------------------------------------------------
@@ -182,16 +187,7 @@ def test_sharded_index_mutations_give_qeff_errors_only(model_dir: Path, tmp_path
     index = {"metadata": {}, "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
     _write_json(directory / INDEX, index)
     resolve_model(directory)  # the pristine sharded checkpoint resolves
-    outcomes: list[bool] = []
-
-    @FUZZ
-    @given(content=index_mutations(index))
-    def check(content: bytes) -> None:
-        (directory / INDEX).write_bytes(content)
-        outcomes.append(_resolves(directory, content[:200]))
-
-    check()
-    _report("sharded index", outcomes)
+    _report("sharded index", _fuzz(directory, INDEX, index_mutations(index)))
 
 
 # tokenizer.json ---------------------------------------------------------------------------------------------------
@@ -224,18 +220,9 @@ def test_tokenizer_json_mutations_give_qeff_errors_only(model_dir: Path, tmp_pat
     directory = tmp_path / "tokenizer"
     shutil.copytree(model_dir, directory)
     tokenizer = json.loads((model_dir / "tokenizer.json").read_text())
-    outcomes: list[bool] = []
 
-    @FUZZ
-    @given(content=tokenizer_mutations(tokenizer, _paths(tokenizer)))
-    def check(content: bytes) -> None:
-        (directory / "tokenizer.json").write_bytes(content)
-        resolved = _resolves(directory, content[:200])
-        outcomes.append(resolved)
-        if resolved:  # what `qeffc run` does with the artifact's copy must work
-            with no_hang("tokenizer use"):
-                loaded = _tokenizer(directory)
-                loaded.decode(loaded.encode("def f(x):\n    return x"))
+    def use(directory: Path) -> None:  # what `qeffc run` does with the artifact's copy must work
+        loaded = _tokenizer(directory)
+        loaded.decode(loaded.encode("def f(x):\n    return x"))
 
-    check()
-    _report("tokenizer.json", outcomes)
+    _report("tokenizer.json", _fuzz(directory, "tokenizer.json", tokenizer_mutations(tokenizer, _paths(tokenizer)), use))
