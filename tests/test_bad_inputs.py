@@ -230,6 +230,11 @@ def test_a_model_larger_than_any_target_is_refused_by_parameter_count() -> None:
         qc.capture(config)
 
 
+def test_a_capture_batch_whose_logits_fit_no_target_is_refused() -> None:
+    with pytest.raises(UnsupportedConfigError, match=r"batch_size=1000000000000 x seq_len=8 is too large: .* TiB"):
+        qc.capture(tiny_config(), batch_size=10**12, seq_len=8)
+
+
 def test_qeffc_capture_of_a_billion_layers_fails_in_a_second(model_dir: Path, tmp_path: Path) -> None:
     directory = _with_config(model_dir, tmp_path / "m", n_layers=10**9)
     start = time.perf_counter()

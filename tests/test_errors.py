@@ -614,6 +614,7 @@ def _(env: Env) -> object:
 
 config_row("config-size-bound", n_layers=10**9)
 config_row("config-parameters-bound", d_model=2**16, n_heads=64, n_layers=64)
+TRIGGERS["capture-batch-bound"] = lambda env: qc.capture(tiny_config(), batch_size=10**12, seq_len=8)
 config_row("config-epsilon", layer_norm_epsilon=float("nan"))
 config_row("config-dropout", resid_pdrop=2.0)
 config_row("config-attention-scale", attn_config={"softmax_scale": float("inf")})
@@ -819,6 +820,7 @@ OFFENDING.update({
     "config-torch-dtype": "'float77'",
     "config-size-bound": "n_layers=1000000000",
     "config-parameters-bound": "d_model=65536",
+    "capture-batch-bound": "batch_size=1000000000000",
     "config-epsilon": "got nan",
     "config-dropout": "got 2.0",
     "config-attention-scale": "got inf",

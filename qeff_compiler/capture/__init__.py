@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from qeff_compiler.capture.bounds import check_call_size
 from qeff_compiler.capture.export import export_mpt
 from qeff_compiler.capture.sources import ModelSource, ResolvedModel, resolve_model
 from qeff_compiler.errors import InvalidArgumentError
@@ -29,6 +30,7 @@ def capture_resolved(resolved: ResolvedModel, *, batch_size: int = 1, seq_len: i
     _check_positive_int("seq_len", seq_len)
     if seq_len > max_seq_len:
         raise InvalidArgumentError(f"seq_len={seq_len} exceeds the model's max_seq_len={max_seq_len}")
+    check_call_size(resolved.config, batch_size, seq_len)
     graph_module, inputs, outputs = export_mpt(resolved.config, batch_size, seq_len)
     return Program(graph_module, resolved.weights, resolved.config, inputs, outputs, frozenset({"captured"}))
 

@@ -48,3 +48,14 @@ def parameter_count(config: MptConfig) -> int:
     d = config.d_model
     embeddings = config.vocab_size * d * (1 if config.tie_word_embeddings else 2)
     return config.n_layers * (12 * d * d + 2 * d) + embeddings + d
+
+
+def check_call_size(config: MptConfig, batch_size: int, seq_len: int) -> None:
+    """Refuse a capture shape whose logits alone (fp32, batch_size x seq_len x vocab_size) exceed the largest
+    target's memory: running the program even once (as the pass manager's checks do) could never fit."""
+    logits_bytes = batch_size * seq_len * config.vocab_size * 4
+    if logits_bytes > LARGEST_TARGET_BYTES:
+        raise UnsupportedConfigError(
+            f"batch_size={batch_size} x seq_len={seq_len} is too large: the logits of one call alone would take "
+            f"{logits_bytes / 2**40:.3g} TiB, more than the {LARGEST_TARGET_BYTES / 2**40:g} TiB of DDR of 64 AI 100 SoCs"
+        )
