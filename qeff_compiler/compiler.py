@@ -29,6 +29,7 @@ from qeff_compiler.passes.pipeline import build_passes
 from qeff_compiler.precision import check_precision, check_pruning, kv_cache_bits, kv_cache_pass, lowering_passes, prune_passes
 from qeff_compiler.progress import Progress, make_progress
 from qeff_compiler.runtime.generate import Executor, GenerationOutput, StaticShapes, Streamer, generate, normalize_prompts
+from qeff_compiler.runtime.generate import eos_token_ids
 from qeff_compiler.runtime.sampling import SamplingConfig
 from qeff_compiler.runtime.stats import LatencyStats
 
@@ -257,7 +258,7 @@ class CompiledModel:
         prompts = normalize_prompts(input_ids, shapes)
         sampling = SamplingConfig(do_sample, temperature, top_k, top_p, seed)
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
-        eos_ids = frozenset([] if eos is None else [eos] if isinstance(eos, int) else eos)
+        eos_ids = eos_token_ids(eos)
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else min(eos_ids, default=0)
         prefill, decode = self.executors(engine)
         cache_specs = {s.name: (s.shape, s.dtype) for s in self.prefill.inputs if s.role in ("past_key", "past_value")}

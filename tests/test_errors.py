@@ -674,6 +674,7 @@ def _(env: Env) -> object:
 generate_row("sampling-top-k-type", [[1, 2]], 4, do_sample=True, top_k=True)
 generate_row("sampling-seed", [[1, 2]], 4, do_sample=True, seed=1.5)
 generate_row("sampling-do-sample-type", [[1, 2]], 4, do_sample="yes")
+generate_row("eos-token-id-type", [[1, 2]], 4, eos_token_id=1.5)
 
 
 @trigger("logits-non-finite")
@@ -835,6 +836,7 @@ OFFENDING.update({
     "sampling-top-k-type": "got True",
     "sampling-seed": "got 1.5",
     "sampling-do-sample-type": "got 'yes'",
+    "eos-token-id-type": "got 1.5",
     "logits-non-finite": "NaN logits",
     "cli-prompt-not-utf8": "byte 0xff",
     "stdout-full": "standard output",

@@ -82,6 +82,14 @@ def normalize_prompts(input_ids: torch.Tensor | Sequence[Sequence[int]], shapes:
     return prompts
 
 
+def eos_token_ids(eos: object) -> frozenset[int]:
+    """The stop tokens: None (none), one id or a sequence of ids; anything else is refused, naming it."""
+    ids = [] if eos is None else [eos] if not isinstance(eos, (list, tuple, set, frozenset)) else list(eos)
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise InvalidArgumentError(f"eos_token_id must be None, an integer or a list of integers, got {reprlib.repr(eos)}")
+    return frozenset(ids)
+
+
 def _token_lists(input_ids: object) -> list[list[int]]:
     """Ragged prompts as lists of ints; anything else (strings, floats, a flat list) is refused, naming it."""
     if not isinstance(input_ids, Iterable) or isinstance(input_ids, (str, bytes)):
