@@ -347,6 +347,12 @@ def test_the_console_script_exits_1_on_a_full_device_without_a_second_error(tiny
     assert done.returncode == 1 and done.stderr == "qeffc: error: cannot write to standard output: No space left on device\n"
 
 
+def test_the_console_script_exits_1_on_a_closed_stdout(tiny_artifact: TinyArtifact) -> None:
+    argv = [sys.executable, "-m", "qeff_compiler.cli.main", "run", str(tiny_artifact.artifact), "--token-ids", "1", "--max-new-tokens", "2"]
+    done = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *argv], check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and done.stderr == "qeffc: error: cannot write to standard output: standard output is closed\n"
+
+
 def test_a_malicious_pickle_is_refused_as_a_weight_error(model_dir: Path, tmp_path: Path) -> None:
     directory = _copy(model_dir, tmp_path / "m")
     (directory / "model.safetensors").unlink()

@@ -48,7 +48,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 #: tables are not cut to 80 columns when the output is a pipe or a file (rich's default width there)
-console = Console(width=None if sys.stdout.isatty() else 160)
+console = Console(width=None if sys.stdout is not None and sys.stdout.isatty() else 160)  # None: fd 1 closed
 
 #: the model used when none is given: the small MPT shipped with the package
 SHIPPED_MODEL = "tiny-mpt-pystdlib"

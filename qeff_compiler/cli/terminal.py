@@ -37,9 +37,9 @@ class _GuardedStdout(io.TextIOBase):
     """Standard output that writes characters its encoding lacks as backslash escapes, and turns a failed write
     (a full device, a closed pipe) into an `ArtifactError`."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO | None) -> None:
         super().__init__()
-        self.stream = stream
+        self.stream = stream if stream is not None else _Closed()
 
     def write(self, text: str) -> int:
         try:
@@ -71,6 +71,18 @@ class _GuardedStdout(io.TextIOBase):
         return self.stream.encoding
 
 
+class _Closed(io.TextIOBase):
+    """What Python leaves as `sys.stdout` (None) when file descriptor 1 is closed (`qeffc run … >&-`)."""
+
+    encoding = "utf-8"
+
+    def write(self, text: str) -> int:
+        raise OSError("standard output is closed")
+
+    def isatty(self) -> bool:
+        return False
+
+
 @contextlib.contextmanager
 def guarded_stdout() -> Iterator[None]:
     """Route `sys.stdout` through `_GuardedStdout` meanwhile (and flush it, so a failing device is found here)."""
@@ -87,7 +99,8 @@ def discard_unwritable_stdout() -> None:
     """At exit, after an `ArtifactError`: point file descriptor 1 at /dev/null, so the interpreter's final flush of
     what could not be written does not print a second error (and change the exit code)."""
     try:
-        sys.stdout.flush()
+        if sys.stdout is not None:
+            sys.stdout.flush()
     except OSError:
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, sys.stdout.fileno())
