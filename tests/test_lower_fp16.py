@@ -19,7 +19,7 @@ from qeff_compiler.ir.program import BINDING, Program
 from qeff_compiler.ir.samples import sample_inputs
 from qeff_compiler.passes.fp16_overflow import find_fp16_overflow
 from qeff_compiler.passes.lower_fp16 import TO_COPY, LowerFp16
-from qeff_compiler.passes.patch_attention import ATTENTION, ATTENTION_KV
+from qeff_compiler.ir.ops import ATTENTION, ATTENTION_KV
 from qeff_compiler.runtime.generate import StaticShapes, generate
 from qeff_compiler.runtime.sampling import SamplingConfig
 from tests.conftest import random_model, tiny_config

@@ -33,25 +33,15 @@ import torch
 import torch.fx
 
 from qeff_compiler.errors import VerificationError
-from qeff_compiler.ir import ops  # noqa: F401 (registers the qeff ops)
 from qeff_compiler.ir.alibi import alibi_slopes
 from qeff_compiler.ir.graph_utils import add_placeholder, erase_dead_code, module_regions, weight_name
+from qeff_compiler.ir.layers import LAYER
+from qeff_compiler.ir.ops import ALIBI_SLOPES, ATTENTION, traits
 from qeff_compiler.ir.program import Program, op_short_name
 from qeff_compiler.passes.base import Pass
 from qeff_compiler.passes.registry import register_pass
 
 aten = torch.ops.aten
-ATTENTION = torch.ops.qeff.mpt_attention.default
-ATTENTION_KV = torch.ops.qeff.mpt_attention_kv.default
-#: name of the shared ALiBi slopes constant in the weight store
-ALIBI_SLOPES = "alibi_slopes"
-#: meta key recording which layer a fused attention node belongs to
-LAYER = "qeff_layer"
-
-
-def is_alibi_slopes(name: str) -> bool:
-    """The shared slopes constant, or a layer's own `alibi_slopes.{i}` (`prune` removed some of its heads)."""
-    return name == ALIBI_SLOPES or name.startswith(f"{ALIBI_SLOPES}.")
 
 
 class AttentionPatternError(VerificationError):
@@ -70,7 +60,7 @@ class PatchAttention(Pass):
         graph = graph_module.graph
         config = program.config
         regions = module_regions(graph, "MptAttention")
-        fused = {i: nodes for i, nodes in regions.items() if any(n.target in (ATTENTION, ATTENTION_KV) for n in nodes)}
+        fused = {i: nodes for i, nodes in regions.items() if any(traits(n.target).attention for n in nodes)}
         to_patch = {i: nodes for i, nodes in regions.items() if i not in fused}
         if len(regions) != config.n_layers:
             raise AttentionPatternError(

@@ -54,16 +54,15 @@ from typing import ClassVar
 import torch
 import torch.fx
 
-from qeff_compiler.errors import InvalidArgumentError, PassOptionError, PassOrderError, VerificationError
+from qeff_compiler.errors import InvalidArgumentError, PassOptionError, VerificationError
 from qeff_compiler.ir.graph_utils import add_placeholder, weight_name
+from qeff_compiler.ir.layers import LAYER
+from qeff_compiler.ir.ops import ALIBI_SLOPES, ATTENTION
 from qeff_compiler.ir.program import Program
-from qeff_compiler.passes.base import Pass, option
-from qeff_compiler.passes.patch_attention import ALIBI_SLOPES, ATTENTION, LAYER
+from qeff_compiler.passes.base import Forbid, Pass, PassResult, option
 from qeff_compiler.passes.registry import register_pass
 
 SCORES = ("magnitude", "activation")
-#: properties set by passes that must come after pruning
-_LATER = ("fp16-activations", "kv-cache")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,14 +80,22 @@ class Prune(Pass):
     Options: ClassVar[type] = PruneOptions
     requires: ClassVar[frozenset[str]] = frozenset({"attention-patched"})
     ensures: ClassVar[frozenset[str]] = frozenset({"pruned"})
+    forbids: ClassVar[tuple[Forbid, ...]] = (
+        # shares are of the config's sizes: a second prune would miscount
+        Forbid(("pruned",), "prune already ran on this program; give one prune{{ffn=...,heads=...}} with the total shares"),
+        Forbid(
+            ("fp16-activations", "kv-cache"),
+            "prune must run on the fp graph, before lowering and kv-cache; the program has {present}",
+        ),
+    )
 
     def tolerance_for(self, program: Program) -> float:
         # Removing channels changes the outputs by design; what must hold instead (equality with the unpruned
         # program whose removed output weights are zeroed) is tested in tests/test_prune.py.
         return math.inf if self.options.ffn or self.options.heads else self.tolerance
 
-    def transform(self, program: Program) -> Program:
-        self._check(program)
+    def transform(self, program: Program) -> PassResult | Program:
+        self._check_options()
         config = program.config
         ffn_keep = _kept_count(4 * config.d_model, self.options.ffn, "ffn")
         heads_keep = _kept_count(config.n_heads, self.options.heads, "heads")
@@ -116,18 +123,13 @@ class Prune(Pass):
             graph.erase_node(node)
             weights = weights.without([ALIBI_SLOPES])
         graph_module.recompile()
-        self.notes.append(
+        note = (
             f"kept {ffn_keep} of {4 * config.d_model} FFN channels and {heads_keep} of {config.n_heads} heads per "
             f"layer; {removed:,} weights removed"
         )
-        return program.evolve(graph_module=graph_module, weights=weights)
+        return PassResult(program.evolve(graph_module=graph_module, weights=weights), (note,))
 
-    def _check(self, program: Program) -> None:
-        if "pruned" in program.properties:  # shares are of the config's sizes: a second prune would miscount
-            raise PassOrderError("prune already ran on this program; give one prune{ffn=...,heads=...} with the total shares")
-        late = [p for p in _LATER if p in program.properties]
-        if late:
-            raise PassOrderError(f"prune must run on the fp graph, before lowering and kv-cache; the program has {late}")
+    def _check_options(self) -> None:
         if self.options.score not in SCORES:
             raise PassOptionError(f"prune score={self.options.score!r} is not one of {', '.join(SCORES)}")
         if self.options.score == "activation" and self.options.calibration is None and self.options.ffn:

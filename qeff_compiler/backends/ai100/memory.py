@@ -28,7 +28,8 @@ import torch
 from transformers import MptConfig
 
 from qeff_compiler.backends.ai100.devices import MAX_DEVICES, DeviceSpec, get_device
-from qeff_compiler.backends.ai100.partition import WEIGHTED_OPS, PartitionPlan, logical_weights
+from qeff_compiler.backends.ai100.layouts import logical_weights, reads_matmul_weight, reads_table
+from qeff_compiler.backends.ai100.plan import PartitionPlan
 from qeff_compiler.backends.ai100.workload import program_workload
 from qeff_compiler.errors import InvalidArgumentError, ModelDoesNotFitError
 from qeff_compiler.ir.graph_utils import weight_only_nodes
@@ -316,9 +317,9 @@ def _model_size(program: Program, plan: PartitionPlan, scale: float) -> ModelSiz
     tables: dict[str, int] = {}
     parts: set[str] = set()
     for node in program.graph.nodes:
-        if node.op != "call_function" or node.target not in WEIGHTED_OPS:
+        if node.op != "call_function" or not reads_matmul_weight(node.target):
             continue
-        target = tables if node.target == torch.ops.aten.embedding.default else matmuls
+        target = tables if reads_table(node.target) else matmuls
         for weight in logical_weights(node):
             target[weight.main.name] = weight.shape[0] * weight.shape[1]
             parts.update(part.name for part in weight.parts)
