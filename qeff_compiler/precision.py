@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from qeff_compiler.errors import InvalidArgumentError
-from qeff_compiler.ir.program import BINDING, Program, dtype_short_name
 from qeff_compiler.ir.ops import scheme_label
+from qeff_compiler.ir.program import BINDING, Program, dtype_short_name
 from qeff_compiler.numerics.mx import mx_storage_bits_per_element
 
 PRECISIONS = ("fp32", "fp16", "int8", "w8a8", "mxfp6")

@@ -23,7 +23,6 @@ import torch
 
 from qeff_compiler.errors import MetaWeightError, WeightError
 
-
 #: weights larger than this (as fp32 for a compile, as stored for a loaded artifact) stream by default: holding
 #: them plus the fp32 copies numerics make would no longer fit comfortably in a machine of tens of GB
 STREAM_ABOVE_BYTES = 4 * 2**30

@@ -51,9 +51,9 @@ import torch.fx
 
 from qeff_compiler.errors import InvalidArgumentError, PassOptionError, VerificationError
 from qeff_compiler.ir.graph_utils import add_placeholder
-from qeff_compiler.ir.program import Program, TensorSpec
 from qeff_compiler.ir.layers import LAYER
 from qeff_compiler.ir.ops import ATTENTION, ATTENTION_KV, traits
+from qeff_compiler.ir.program import Program, TensorSpec
 from qeff_compiler.passes.base import Forbid, Pass, option
 from qeff_compiler.passes.registry import register_pass
 

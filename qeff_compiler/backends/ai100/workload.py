@@ -31,6 +31,7 @@ from qeff_compiler.ir.ops import is_alibi_slopes, traits
 from qeff_compiler.ir.program import BINDING, Program
 from qeff_compiler.numerics.mx import mx_storage_bits_per_element
 
+
 @dataclass(frozen=True)
 class OpWork:
     """The device work of one graph node for one program call (all rows of the batch)."""

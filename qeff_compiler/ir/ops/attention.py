@@ -132,8 +132,8 @@ def mpt_attention(
 
 
 @mpt_attention.register_fake
-def _mpt_attention_fake(  # noqa: ANN202
-    hidden, wqkv, out_proj, alibi_slopes, n_heads, softmax_scale, clip_qkv, fp16_activations=False  # noqa: ANN001
+def _mpt_attention_fake(
+    hidden, wqkv, out_proj, alibi_slopes, n_heads, softmax_scale, clip_qkv, fp16_activations=False
 ):
     return hidden.new_empty(hidden.shape)
 
@@ -166,9 +166,9 @@ def mpt_attention_kv(
 
 
 @mpt_attention_kv.register_fake
-def _mpt_attention_kv_fake(  # noqa: ANN202
-    hidden, wqkv, out_proj, alibi_slopes, position_ids, past_key, past_value,  # noqa: ANN001
-    n_heads, softmax_scale, clip_qkv, fp16_activations=False, kv_cache_format=None,  # noqa: ANN001
+def _mpt_attention_kv_fake(
+    hidden, wqkv, out_proj, alibi_slopes, position_ids, past_key, past_value,
+    n_heads, softmax_scale, clip_qkv, fp16_activations=False, kv_cache_format=None,
 ):
     return hidden.new_empty(hidden.shape), past_key.new_empty(past_key.shape), past_value.new_empty(past_value.shape)
 

@@ -30,7 +30,7 @@ def dequantize_int8(qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor
 
 
 @dequantize_int8.register_fake
-def _dequantize_int8_fake(qweight, scales):  # noqa: ANN001, ANN202
+def _dequantize_int8_fake(qweight, scales):
     return qweight.new_empty(qweight.shape, dtype=torch.float32)
 
 
@@ -43,7 +43,7 @@ def dequantize_mxfp6(packed: torch.Tensor, scales: torch.Tensor, cols: int, fmt:
 
 
 @dequantize_mxfp6.register_fake
-def _dequantize_mxfp6_fake(packed, scales, cols, fmt):  # noqa: ANN001, ANN202
+def _dequantize_mxfp6_fake(packed, scales, cols, fmt):
     return packed.new_empty((packed.shape[0], cols), dtype=torch.float32)
 
 
@@ -68,7 +68,7 @@ def linear_w8a8(
 
 
 @linear_w8a8.register_fake
-def _linear_w8a8_fake(x, smooth, act_scale, qweight, w_scale):  # noqa: ANN001, ANN202
+def _linear_w8a8_fake(x, smooth, act_scale, qweight, w_scale):
     return x.new_empty((*x.shape[:-1], qweight.shape[0]), dtype=torch.float32)
 
 
@@ -85,7 +85,7 @@ def linear_w8a16(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -
 
 
 @linear_w8a16.register_fake
-def _linear_w8a16_fake(x, qweight, scales):  # noqa: ANN001, ANN202
+def _linear_w8a16_fake(x, qweight, scales):
     return x.new_empty((*x.shape[:-1], qweight.shape[0]), dtype=torch.float32)
 
 
