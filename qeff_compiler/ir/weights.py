@@ -193,11 +193,6 @@ class WeightStore(Mapping[str, WeightSpec]):
         return cls(entries)
 
     @classmethod
-    def from_specs(cls, specs: Mapping[str, WeightSpec]) -> WeightStore:
-        """A store of meta entries: shapes and dtypes only, nothing to compute with."""
-        return cls({name: _MetaEntry(spec) for name, spec in specs.items()})
-
-    @classmethod
     def from_safetensors(
         cls, locations: Mapping[str, SafetensorsLocation], dtype: torch.dtype | None = None
     ) -> WeightStore:

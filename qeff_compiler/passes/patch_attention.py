@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.fx
+from transformers.models.mpt.configuration_mpt import MptAttentionConfig
 
 from qeff_compiler.errors import VerificationError
 from qeff_compiler.ir.alibi import alibi_slopes
@@ -59,6 +60,7 @@ class PatchAttention(Pass):
         graph_module = program.copy_graph()
         graph = graph_module.graph
         config = program.config
+        attn = cast(MptAttentionConfig, config.attn_config)  # HF turns a dict into the config class
         regions = module_regions(graph, "MptAttention")
         fused = {i: nodes for i, nodes in regions.items() if any(traits(n.target).attention for n in nodes)}
         to_patch = {i: nodes for i, nodes in regions.items() if i not in fused}
@@ -70,12 +72,12 @@ class PatchAttention(Pass):
             return program  # already patched: the pass is idempotent
         weights = program.weights
         if ALIBI_SLOPES not in weights:
-            slopes = alibi_slopes(config.n_heads, config.attn_config.alibi_bias_max)
+            slopes = alibi_slopes(config.n_heads, attn.alibi_bias_max)
             weights = weights.with_tensors({ALIBI_SLOPES: slopes})
         slopes_node = _find_or_add_slopes(graph)
-        softmax_scale = config.attn_config.softmax_scale or 1 / math.sqrt(config.d_model // config.n_heads)
+        softmax_scale = attn.softmax_scale or 1 / math.sqrt(config.d_model // config.n_heads)
         for layer, nodes in sorted(to_patch.items()):
-            _replace_region(graph, layer, nodes, slopes_node, config.n_heads, softmax_scale, config.attn_config.clip_qkv)
+            _replace_region(graph, layer, nodes, slopes_node, config.n_heads, softmax_scale, attn.clip_qkv)
         erase_dead_code(graph)
         stray = [n.name for n in graph.nodes if n.target in (aten.softmax.int, aten._softmax.default)]
         if stray:
@@ -138,5 +140,6 @@ def _expect_weight(linear: torch.fx.Node, expected: str, where: str) -> None:
 def _expect_scale(nodes: list[torch.fx.Node], softmax_scale: float, where: str) -> None:
     first_matmul = next(n for n in nodes if n.target == aten.matmul.default)
     scales = [u.args[1] for u in first_matmul.users if u.target == aten.mul.Tensor]
-    if len(scales) != 1 or not math.isclose(scales[0], softmax_scale, rel_tol=1e-6):
+    scale = scales[0] if len(scales) == 1 else None
+    if not isinstance(scale, float | int) or not math.isclose(scale, softmax_scale, rel_tol=1e-6):
         raise AttentionPatternError(f"layer {where}: QKᵀ is scaled by {scales}, the config implies {softmax_scale:.6g}")

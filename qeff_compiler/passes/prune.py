@@ -59,6 +59,7 @@ from qeff_compiler.ir.graph_utils import add_placeholder, weight_name
 from qeff_compiler.ir.layers import LAYER
 from qeff_compiler.ir.ops import ALIBI_SLOPES, ATTENTION
 from qeff_compiler.ir.program import Program
+from qeff_compiler.ir.weights import WeightSpec
 from qeff_compiler.passes.base import Forbid, Pass, PassResult, option
 from qeff_compiler.passes.registry import register_pass
 
@@ -149,7 +150,7 @@ class Prune(Pass):
         config = program.config
         node = _attention_node(graph, layer)
         wqkv, out_proj, slopes = (weight_name(a) for a in node.args[1:4])
-        if None in (wqkv, out_proj, slopes):
+        if wqkv is None or out_proj is None or slopes is None:
             raise VerificationError(f"prune: layer {layer}'s attention does not read its weights directly: {node.args[1:4]}")
         n_heads, head_dim = config.n_heads, config.d_model // config.n_heads
         data = program.has_weight_data
@@ -230,7 +231,7 @@ def _top(keep: int, scores: torch.Tensor | None, total: int) -> torch.Tensor:
     return torch.sort(order[:keep]).values
 
 
-def _take(tensor: torch.Tensor | None, spec: object, dim: int, index: torch.Tensor) -> torch.Tensor:
+def _take(tensor: torch.Tensor | None, spec: WeightSpec, dim: int, index: torch.Tensor) -> torch.Tensor:
     """`tensor` restricted to `index` along `dim`; for a meta weight an empty tensor of the resulting shape."""
     if tensor is None:
         shape = list(spec.shape)

@@ -29,7 +29,9 @@ def smoothquant_encoders(
     else:
         notes.append("meta program: the calibration table is not read; W8A8 weights are shapes only")
         table = {name: torch.empty(program.weights[name].shape[1], device="meta") for name in names}
-    encoders = {n: functools.partial(W8A8.encode, act_absmax=table[n], alpha=options.alpha) for n in names}
+    encoders: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, ...]]] = {
+        n: functools.partial(W8A8.encode, act_absmax=table[n], alpha=options.alpha) for n in names
+    }
     return encoders, notes
 
 

@@ -68,9 +68,10 @@ def matmul_weight_reads(graph: torch.fx.Graph) -> list[WeightRead]:
         op = traits(node.target)
         for index in () if op.lookup else op.weight_operands:
             operand = node.args[index]
-            if isinstance(operand, torch.fx.Node) and operand.target == TO_COPY:
-                name = weight_name(operand.args[0])
-                if name is not None and operand.args[0].meta["val"].dtype == torch.float16:
+            source = operand.args[0] if isinstance(operand, torch.fx.Node) and operand.target == TO_COPY else None
+            if isinstance(source, torch.fx.Node):
+                name = weight_name(source)
+                if name is not None and source.meta["val"].dtype == torch.float16:
                     reads.append(WeightRead(node, index, name))
     return reads
 
@@ -147,7 +148,7 @@ class WeightLowering(Pass):
         options = self.scheme_options()
         shapes = program.weights
 
-        def constant_args(name: str, scheme: WeightScheme) -> tuple[object, ...]:
+        def constant_args(name: str, scheme: WeightScheme) -> tuple[Any, ...]:
             return scheme.dequantize_args(shapes[name].shape[1], **options)
 
         _rewire_to_dequantized(graph, others, schemes, placeholders, constant_args)
@@ -180,7 +181,7 @@ def is_plain_linear(read: WeightRead) -> bool:
     return consumer.target == aten.linear.default and bias is None
 
 
-def _fuse_linear(graph: torch.fx.Graph, read: WeightRead, linear_op: object, parts: Sequence[torch.fx.Node]) -> None:
+def _fuse_linear(graph: torch.fx.Graph, read: WeightRead, linear_op: Any, parts: Sequence[torch.fx.Node]) -> None:
     """Replace the linear of `read` by `linear_op(x, *parts)`."""
     linear = read.consumer
     with graph.inserting_before(linear):
@@ -195,7 +196,7 @@ def _rewire_to_dequantized(
     reads: Sequence[WeightRead],
     schemes: dict[WeightRead, WeightScheme],
     placeholders: PartPlaceholders,
-    constant_args: Callable[[str, WeightScheme], tuple[object, ...]],
+    constant_args: Callable[[str, WeightScheme], tuple[Any, ...]],
 ) -> None:
     """Point each read at its scheme's `dequantize_op(*parts, *constant_args)`, rounded to fp16 (and upcast
     again) where the scheme says. One chain per weight, shared by its reads, placed after the placeholders."""

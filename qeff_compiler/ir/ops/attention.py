@@ -60,7 +60,8 @@ def _project_qkv(
         qkv = qkv.clamp(min=-clip_qkv, max=clip_qkv)
     qkv = round_fp16(qkv, fp16)
     batch, seq, _ = hidden.shape
-    return tuple(t.reshape(batch, seq, n_heads, -1).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+    query, key, value = (t.reshape(batch, seq, n_heads, -1).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+    return query, key, value
 
 
 def _attend(

@@ -120,7 +120,8 @@ def scheme_label(node: torch.fx.Node) -> str | None:
 
 def _mxfp6_function(node: torch.fx.Node) -> OnnxCall:
     _, _, cols, fmt = node.args
-    return dequantize_function_name(str(fmt)), {"cols": int(cols)}
+    assert isinstance(cols, int), f"{node.name}: cols {cols!r} is not an int"
+    return dequantize_function_name(str(fmt)), {"cols": cols}
 
 
 def _encode_mxfp6(weight: torch.Tensor, *, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
