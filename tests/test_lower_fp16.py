@@ -135,6 +135,18 @@ def test_lower_fp16_refuses_an_overflowing_model() -> None:
         qc.PassManager("lower-fp16").run(_overflowing_program())
 
 
+def test_the_overflow_check_is_an_analysis_pass_lower_fp16_runs_unless_already_done() -> None:
+    program = _overflowing_program()
+    with pytest.raises(Fp16OverflowError, match=r"in transformer\.blocks\.1\.ffn\.up_proj"):
+        qc.PassManager("check-fp16-range").run(program)
+    fine = qc.PassManager("check-fp16-range").run(qc.PassManager("patch-attention").run(qc.capture(random_model(tiny_config()))))
+    assert "fp16-range-checked" in fine.properties
+    # a program marked checked (a streamed decode specialization whose prefill was checked) is not checked again
+    checked = program.evolve(properties=program.properties | {"fp16-range-checked"})
+    lowered = qc.PassManager("lower-fp16", verify=False).run(checked)
+    assert "fp16-activations" in lowered.properties
+
+
 def test_generation_with_lowered_programs_matches_fp32_tokens_on_the_shipped_model() -> None:
     """The trained model's top-1 margins are wide enough that fp16 rounding keeps every greedy token."""
     tokens = {}

@@ -92,10 +92,18 @@ class Pass(ABC):
         for forbid in self.forbids:
             forbid.check(program)
 
+    def analyses(self) -> tuple[Pass, ...]:
+        """Analysis passes to run first, unless the program already has what they ensure (e.g. lower-fp16's range
+        check); an analysis returns its input program, or raises."""
+        return ()
+
     def run(self, program: Program) -> PassResult:
-        """Check the contract, transform, check the result's structure, refresh its shapes and record what this
-        pass ensures."""
+        """Check the contract, run the analyses this pass needs, transform, check the result's structure, refresh
+        its shapes and record what this pass ensures."""
         self.check_contract(program)
+        for analysis in self.analyses():
+            if not analysis.ensures <= program.properties:
+                program = analysis.run(program).program
         result = self.transform(program)
         if isinstance(result, Program):
             result = PassResult(result)

@@ -36,12 +36,11 @@ from typing import ClassVar
 import torch
 import torch.fx
 
-from qeff_compiler.errors import Fp16OverflowError
 from qeff_compiler.ir.ops import ATTENTION_KV, is_alibi_slopes, traits
 from qeff_compiler.ir.program import BINDING, Program, TensorSpec
 from qeff_compiler.ir.weights import Derivation, WeightSpec, WeightStore
 from qeff_compiler.passes.base import Forbid, Pass, PassResult, option
-from qeff_compiler.passes.fp16_overflow import FP16_MAX, find_fp16_overflow
+from qeff_compiler.passes.fp16_overflow import FP16_MAX, CheckFp16Range
 from qeff_compiler.passes.kv_cache import KVCache
 from qeff_compiler.passes.registry import register_pass
 
@@ -53,7 +52,8 @@ _CACHE_ROLES = frozenset({"past_key", "past_value", "retained_key", "retained_va
 @dataclasses.dataclass(frozen=True)
 class LowerFp16Options:
     check_overflow: bool = option(
-        True, "fail (Fp16OverflowError, naming layer and op) if fp32 activations exceed ±65504 on sample inputs"
+        True, "run check-fp16-range first (unless the program was checked): fail (Fp16OverflowError, naming layer "
+        "and op) if fp32 activations exceed ±65504 on sample inputs"
     )
 
 
@@ -83,11 +83,10 @@ class LowerFp16(Pass):
         mxint8 = any(n.kwargs.get("kv_cache_format") == "mxint8" for n in program.graph.find_nodes(op="call_function", target=ATTENTION_KV))
         return max(self.tolerance, KVCache.mxint8_tolerance) if mxint8 else self.tolerance
 
+    def analyses(self) -> tuple[Pass, ...]:
+        return (CheckFp16Range(),) if self.options.check_overflow else ()
+
     def transform(self, program: Program) -> PassResult:
-        if self.options.check_overflow and program.has_weight_data:
-            overflow = find_fp16_overflow(program)
-            if overflow is not None:
-                raise Fp16OverflowError(f"lower-fp16: activations overflow fp16: {overflow.describe()}")
         weights, notes = _lower_weights(program)
         graph_module = program.copy_graph()
         graph = graph_module.graph

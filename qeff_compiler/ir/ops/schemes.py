@@ -68,6 +68,11 @@ class WeightScheme:
     #: the precision a node of this scheme stores its weight in (e.g. "mxfp6-e2m3"); default `name`
     label: Callable[[torch.fx.Node], str] | None = None
 
+    @property
+    def values_part(self) -> Part:
+        """The part holding the weight's values (codes or packed elements), as opposed to scales and factors."""
+        return next(part for part in self.parts if part.layout in ("matrix", "packed"))
+
     def part_names(self, weight: str) -> tuple[str, ...]:
         return tuple(f"{weight}.{part.suffix}" for part in self.parts)
 
