@@ -15,11 +15,11 @@ from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.cli.main import app
 from qeff_compiler.data import TINY_MPT
 from qeff_compiler.errors import Fp16OverflowError
+from qeff_compiler.ir.ops import ATTENTION, ATTENTION_KV
 from qeff_compiler.ir.program import BINDING, Program
 from qeff_compiler.ir.samples import sample_inputs
 from qeff_compiler.passes.fp16_overflow import find_fp16_overflow
 from qeff_compiler.passes.lower_fp16 import TO_COPY, LowerFp16
-from qeff_compiler.ir.ops import ATTENTION, ATTENTION_KV
 from qeff_compiler.runtime.generate import StaticShapes, generate
 from qeff_compiler.runtime.sampling import SamplingConfig
 from tests.conftest import random_model, tiny_config
