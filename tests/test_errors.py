@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import MptConfig
 from typer._click import exceptions as click_errors
+from transformers import MptConfig
 
 import qeff_compiler as qc
 from qeff_compiler import errors

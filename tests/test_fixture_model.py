@@ -23,7 +23,7 @@ PROMPT = "class Parser:\n    def"
 def card_value(metric: str) -> float:
     """A figure from the results table of the model card, written by tools/train_fixture.py."""
     card = (TINY_MPT / "README.md").read_text(encoding="utf-8")
-    match = re.search(rf"^\| {re.escape(metric)} \| ([0-9.]+) \|$", card, re.MULTILINE)
+    match = re.search(rf"^\| {re.escape(metric)} \| ([0-9.]+) \|$", card, re.M)
     assert match, f"model card has no {metric!r} row"
     return float(match.group(1))
 

@@ -12,7 +12,7 @@ def readme_commands() -> list[str]:
     """The shell commands in README's 'Set up' section, in order."""
     text = (ROOT / "README.md").read_text()
     section = text.split("## Set up", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```bash\n(.+?)\n```", section, flags=re.DOTALL)
+    return re.findall(r"```bash\n(.+?)\n```", section, flags=re.S)
 
 
 def test_readme_has_exactly_two_setup_commands() -> None:

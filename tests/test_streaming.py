@@ -117,7 +117,7 @@ def test_weights_file_stores_tied_weights_once_and_safetensors_reads_it(tmp_path
     written = write_weights(store, tmp_path / "w.safetensors")
     assert written.tensors["tied"] == written.tensors["a"]
     with safe_open(str(tmp_path / "w.safetensors"), framework="pt") as handle:
-        assert sorted(handle.keys()) == ["a", "b", "s"]
+        assert sorted(handle.keys()) == ["a", "b", "s"]  # noqa: SIM118
         assert handle.get_tensor("a").equal(shared) and handle.get_tensor("s").item() == 2.5
     raw = (tmp_path / "w.safetensors").read_bytes()
     a = written.tensors["a"]
