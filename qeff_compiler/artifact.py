@@ -19,8 +19,10 @@ saved weights by name; every name, shape and dtype must match.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -52,6 +54,8 @@ FORMAT = "qeff-compiled-model"
 #: 2: the manifest carries the SHA-256 of its own canonical content (`manifest_sha256`)
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+#: a manifest larger than this is not one of ours (a 7B artifact's is a few hundred KB)
+MAX_MANIFEST_BYTES = 64 << 20
 #: the manifest field holding the SHA-256 of the rest of the manifest
 MANIFEST_CHECKSUM = "manifest_sha256"
 WEIGHTS = "weights.safetensors"
@@ -69,8 +73,7 @@ def save_artifact(model: CompiledModel, path: Path, *, overwrite: bool = False, 
     from qeff_compiler.compiler import CALIBRATION_TABLE
 
     path = Path(path)
-    check_output(path, overwrite=overwrite)
-    with atomic_directory(path) as staging:
+    with atomic_directory(path, functools.partial(check_output, overwrite=overwrite)) as staging:
         with progress.stage("write weights", model.prefill.weights.nbytes()) as advance:
             weights = write_weights(model.prefill.weights, staging / WEIGHTS, advance=advance)
         tied = weights.aliases
@@ -89,18 +92,50 @@ def save_artifact(model: CompiledModel, path: Path, *, overwrite: bool = False, 
 
 
 def check_output(path: Path, *, overwrite: bool) -> None:
-    """Refuse an existing `path` unless `overwrite`, and even then anything but an artifact or an empty
-    directory (so `--force` cannot delete a directory of other files)."""
+    """Refuse an existing `path` unless `overwrite`, and even then anything but an empty directory or a directory
+    that is a compiled model: a manifest of ours and no file or folder beyond the files it lists (so `--force`
+    cannot delete a directory that holds anything else, a web app's `manifest.json` included)."""
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return
     if not overwrite:
         raise ArtifactExistsError(f"output directory {path} exists; pass --force (overwrite=True) to replace it")
-    if not path.is_dir() or not ((path / MANIFEST).is_file() or not any(path.iterdir())):
+    foreign = _foreign_entries(path)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise ArtifactExistsError(
-            f"output {path} exists and is not a compiled-model directory (a file, or a directory without "
-            f"{MANIFEST}); refusing to replace it: remove it or choose another output"
+            f"output {path} exists and is not a compiled-model directory (it holds {shown}, which no {FORMAT} "
+            "manifest lists); refusing to replace it: remove it or choose another output"
         )
+
+
+def _foreign_entries(path: Path) -> list[str]:
+    """What in `path` is not part of a compiled model: `path` itself when it is a file or a link, else every file,
+    link or empty folder below it that its manifest does not list (all of them when it has no manifest of ours)."""
+    if path.is_symlink() or not path.is_dir():
+        return ["a file" if not path.is_symlink() else "a symbolic link"]
+    listed = _listed_files(path)
+    foreign = []
+    for root, folders, files in os.walk(path):
+        here = Path(root).relative_to(path)
+        for name in folders:
+            if (Path(root) / name).is_symlink() or not any((Path(root) / name).iterdir()):
+                foreign.append(f"{here / name}/")
+        foreign.extend(str(here / name) for name in files if str(here / name) not in listed or (Path(root) / name).is_symlink())
+    return sorted(foreign)
+
+
+def _listed_files(path: Path) -> set[str]:
+    """The files a manifest of ours in `path` lists (with the manifest itself); empty when there is none."""
+    manifest_file = path / MANIFEST
+    try:
+        if manifest_file.is_symlink() or manifest_file.stat().st_size > MAX_MANIFEST_BYTES:
+            return set()
+        manifest = json.loads(manifest_file.read_bytes())
+    except (OSError, ValueError):
+        return set()
+    files = manifest.get("files") if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
+    return {MANIFEST, *files} if isinstance(files, dict) else set()
 
 
 def load_artifact(path: Path, *, stream: bool | None = None) -> CompiledModel:

@@ -23,9 +23,7 @@ from qeff_compiler.errors import InvalidArgumentError, PipelineError
 from qeff_compiler.ir.program import Program
 from qeff_compiler.ir.weights import should_stream
 from qeff_compiler.passes import PassManager
-from qeff_compiler.passes.base import Pass
-from qeff_compiler.passes.lower_fp16 import LowerFp16
-from qeff_compiler.passes.pipeline import build_passes
+from qeff_compiler.passes.fp16_overflow import CheckFp16Range
 from qeff_compiler.precision import check_precision, check_pruning, kv_cache_bits, kv_cache_pass, lowering_passes, prune_passes
 from qeff_compiler.progress import Progress, make_progress
 from qeff_compiler.runtime.generate import Executor, GenerationOutput, StaticShapes, Streamer, generate, normalize_prompts
@@ -147,9 +145,12 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
             pipeline = recorded = passes if passes is not None else options.pipeline()
         programs, reports = {}, {}
         for name, seq_len in (("prefill", prefill_len), ("decode", 1)):
-            manager = PassManager(_passes(pipeline, once_checked=streaming and name == "decode"), verify=verify)
+            manager = PassManager(pipeline, verify=verify)
             with reporter.stage(f"compile {name}", weights.nbytes() if streaming else None) as meter.advance:
-                program = manager.run(capture_resolved(resolved, batch_size=batch_size, seq_len=seq_len))
+                captured = capture_resolved(resolved, batch_size=batch_size, seq_len=seq_len)
+                if streaming and name == "decode":  # checking reads the whole checkpoint; prefill checked more tokens
+                    captured = captured.evolve(properties=captured.properties | CheckFp16Range.ensures)
+                program = manager.run(captured)
             if "kv-cache" not in program.properties:
                 raise PipelineError(f"pipeline {pipeline!r} does not make the program stateful: add kv-cache{{ctx_len=N}}")
             programs[name], reports[name] = program, manager.timing_report()
@@ -158,17 +159,6 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     compiled.pass_reports = reports
     compiled.calibration_table = table
     return compiled
-
-
-def _passes(pipeline: str, once_checked: bool) -> list[Pass]:
-    """The pipeline's passes. With `once_checked` (a streamed decode specialization) lower-fp16 skips its overflow
-    check: it reads the whole checkpoint, and the prefill specialization checked the same weights on more tokens."""
-    passes = build_passes(pipeline)
-    if not once_checked:
-        return passes
-    return [
-        LowerFp16(dataclasses.replace(p.options, check_overflow=False)) if isinstance(p, LowerFp16) else p for p in passes
-    ]
 
 
 class ReadMeter:

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from qeff_compiler.errors import InvalidArgumentError
+from qeff_compiler.ir.ops import scheme_label
 from qeff_compiler.ir.program import BINDING, Program, dtype_short_name
-from qeff_compiler.ir.quant_ops import DEQUANTIZE_INT8, DEQUANTIZE_MXFP6, LINEAR_W8A8, LINEAR_W8A16
 from qeff_compiler.numerics.mx import mx_storage_bits_per_element
 
 PRECISIONS = ("fp32", "fp16", "int8", "w8a8", "mxfp6")
@@ -128,7 +128,7 @@ def weight_precisions(program: Program) -> dict[str, dict[str, object]]:
     formats: dict[str, dict[str, object]] = {}
     quantized_parts: set[str] = set()
     for node in program.graph.nodes:
-        precision = _quantized_format(node)
+        precision = scheme_label(node)
         if precision is None:
             continue
         parts = [a.meta[BINDING][1] for a in node.args if isinstance(a, torch.fx.Node) and a.op == "placeholder"]
@@ -142,16 +142,6 @@ def weight_precisions(program: Program) -> dict[str, dict[str, object]]:
         else:
             formats[name] = {"precision": dtype, "stored_as": [name]}
     return dict(sorted(formats.items()))
-
-
-def _quantized_format(node: torch.fx.Node) -> str | None:
-    if node.target in (DEQUANTIZE_INT8, LINEAR_W8A16):
-        return "int8"
-    if node.target == LINEAR_W8A8:
-        return "w8a8"
-    if node.target == DEQUANTIZE_MXFP6:
-        return "mx" + node.args[3].replace("_", "-")  # fp6_e2m3 → mxfp6-e2m3
-    return None
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -486,30 +486,65 @@ def _(env: Env) -> object:
         assert not output.exists() and not list(env.root.glob(".full.*")), "nothing is left behind"
 
 
-@trigger("interrupted")
-def _(env: Env) -> object:
+def _signalled_compile(env: Env, name: str, signal_exception: type[BaseException]) -> _Interrupted:
+    """`qeffc compile` with `signal_exception` raised while the artifact is being written, as the signal handler
+    raises it."""
     from qeff_compiler.backends import onnx_export
 
     def interrupt(program: qc.Program, path: Path, *args: object, **kwargs: object) -> None:
-        raise KeyboardInterrupt  # as Ctrl-C while the artifact is being written
+        raise signal_exception
 
     env.monkeypatch.setattr(cli, "compile_model", lambda *args, **kwargs: env.compiled)
     env.monkeypatch.setattr(onnx_export, "export_onnx", interrupt)
-    output = env.fresh("interrupted")
+    output = env.fresh(name)
     env.capsys.readouterr()
     code = cli.run(["compile", str(env.model_dir), "-o", str(output)])
     err = env.capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert not output.exists() and not list(env.root.glob(".interrupted.*")), "nothing is left behind"
-    return _Interrupted(code, err.removeprefix("qeffc: error: "))
+    assert not output.exists() and not list(env.root.glob(f".{name}.*")), "nothing is left behind"
+    return _Interrupted(code, err.removeprefix("qeffc: error: "), signal_exception.__name__)
+
+
+@trigger("interrupted")
+def _(env: Env) -> object:
+    return _signalled_compile(env, "interrupted", KeyboardInterrupt)  # as Ctrl-C
+
+
+@trigger("terminated")
+def _(env: Env) -> object:
+    return _signalled_compile(env, "terminated", cli.Terminated)  # as SIGTERM
 
 
 class _Interrupted(Exception):
-    """What `qeffc` reports for a KeyboardInterrupt: its exit code and its line on stderr."""
+    """What `qeffc` reports for a signal (KeyboardInterrupt, Terminated): its exit code and its line on stderr."""
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, signal_class: str) -> None:
         super().__init__(message)
         self.exit_code = code
+        self.signal_class = signal_class
+
+
+@trigger("output-raced")
+def _(env: Env) -> object:
+    import qeff_compiler.artifact as artifact_module
+
+    output = env.fresh("raced")
+    write_weights = artifact_module.write_weights
+
+    def write_then_someone_creates_the_output(*args: object, **kwargs: object) -> object:
+        written = write_weights(*args, **kwargs)
+        output.mkdir()
+        (output / "theirs.txt").write_text("theirs")
+        return written
+
+    env.monkeypatch.setattr(artifact_module, "write_weights", write_then_someone_creates_the_output)
+    try:
+        return env.compiled.save(output)
+    finally:
+        assert (output / "theirs.txt").read_text() == "theirs" and not list(env.root.glob(".raced.*"))
+
+
+cli_row("output-name-too-long", lambda env: ["compile", str(env.model_dir), "-o", str(env.root / ("a" * 256))])
 
 
 # artifacts
@@ -803,6 +838,9 @@ OFFENDING: dict[str, str] = {
     "trace-unwritable": "/tmp/x/a-file",
     "disk-full": "/tmp/x/full",
     "interrupted": "interrupted",
+    "terminated": "SIGTERM",
+    "output-raced": "/tmp/x/raced",
+    "output-name-too-long": "256 bytes",
     "artifact-missing": "no-such-artifact",
     "artifact-no-manifest": "not-an-artifact",
     "artifact-manifest-invalid": "bad-json/manifest.json",
@@ -859,7 +897,7 @@ def message_of(exc: BaseException, env: Env) -> str:
 
 
 def class_name(exc: BaseException) -> str:
-    return "KeyboardInterrupt" if isinstance(exc, _Interrupted) else type(exc).__name__
+    return exc.signal_class if isinstance(exc, _Interrupted) else type(exc).__name__
 
 
 def documented(message: str) -> re.Pattern[str]:
@@ -879,7 +917,7 @@ def test_every_error_class_is_in_the_catalogue_or_explained() -> None:
     classes = {name for name, value in vars(errors).items() if isinstance(value, type) and issubclass(value, QeffError)}
     in_table = {row.cls for row in ROWS}
     for name in in_table - classes:  # besides QeffErrors: the CLI's usage errors (typer's click) and Ctrl-C
-        assert name == "KeyboardInterrupt" or issubclass(getattr(click_errors, name), cli.UsageError), name
+        assert name in ("KeyboardInterrupt", "Terminated") or issubclass(getattr(click_errors, name), cli.UsageError), name
     assert classes - in_table == set(NOT_USER_TRIGGERABLE), "every user-facing QeffError class needs a catalogue row"
     text = DOCS.read_text()
     for name in NOT_USER_TRIGGERABLE:

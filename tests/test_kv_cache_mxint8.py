@@ -19,12 +19,11 @@ from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.backends.onnx_export import export_onnx
 from qeff_compiler.data import TINY_MPT
 from qeff_compiler.errors import PassOptionError
-from qeff_compiler.ir.ops import mpt_attention_kv
+from qeff_compiler.ir.ops import ATTENTION_KV, mpt_attention_kv
 from qeff_compiler.ir.program import Program, TensorSpec
 from qeff_compiler.numerics.mx import fake_quantize_mx
 from qeff_compiler.numerics.mx_onnx import MIN_OPSET, fake_quantize_mxint8
 from qeff_compiler.passes import build_passes
-from qeff_compiler.passes.patch_attention import ATTENTION_KV
 from tests.conftest import random_model, tiny_config
 
 BATCH, SEQ_LEN, CTX_LEN = 2, 4, 16

@@ -15,11 +15,11 @@ from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.cli.main import app
 from qeff_compiler.data import TINY_MPT
 from qeff_compiler.errors import Fp16OverflowError
+from qeff_compiler.ir.ops import ATTENTION, ATTENTION_KV
 from qeff_compiler.ir.program import BINDING, Program
 from qeff_compiler.ir.samples import sample_inputs
 from qeff_compiler.passes.fp16_overflow import find_fp16_overflow
 from qeff_compiler.passes.lower_fp16 import TO_COPY, LowerFp16
-from qeff_compiler.passes.patch_attention import ATTENTION, ATTENTION_KV
 from qeff_compiler.runtime.generate import StaticShapes, generate
 from qeff_compiler.runtime.sampling import SamplingConfig
 from tests.conftest import random_model, tiny_config
@@ -133,6 +133,18 @@ def test_overflow_detector_names_the_first_overflowing_layer_and_op() -> None:
 def test_lower_fp16_refuses_an_overflowing_model() -> None:
     with pytest.raises(Fp16OverflowError, match=r"\(aten\.linear\) in transformer\.blocks\.1\.ffn\.up_proj"):
         qc.PassManager("lower-fp16").run(_overflowing_program())
+
+
+def test_the_overflow_check_is_an_analysis_pass_lower_fp16_runs_unless_already_done() -> None:
+    program = _overflowing_program()
+    with pytest.raises(Fp16OverflowError, match=r"in transformer\.blocks\.1\.ffn\.up_proj"):
+        qc.PassManager("check-fp16-range").run(program)
+    fine = qc.PassManager("check-fp16-range").run(qc.PassManager("patch-attention").run(qc.capture(random_model(tiny_config()))))
+    assert "fp16-range-checked" in fine.properties
+    # a program marked checked (a streamed decode specialization whose prefill was checked) is not checked again
+    checked = program.evolve(properties=program.properties | {"fp16-range-checked"})
+    lowered = qc.PassManager("lower-fp16", verify=False).run(checked)
+    assert "fp16-activations" in lowered.properties
 
 
 def test_generation_with_lowered_programs_matches_fp32_tokens_on_the_shipped_model() -> None:

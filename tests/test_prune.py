@@ -63,7 +63,7 @@ def test_shapes_are_consistent_in_the_store_the_nodes_and_the_cache() -> None:
 
 def test_pruning_nothing_is_the_identity() -> None:
     program = _patched(random_model(tiny_config()))
-    result = Prune(PruneOptions(ffn=0.0, heads=0.0)).run(program)
+    result = Prune(PruneOptions(ffn=0.0, heads=0.0)).run(program).program
     assert result.graph_module is program.graph_module and result.weights is program.weights
     assert "pruned" in result.properties
 

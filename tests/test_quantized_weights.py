@@ -18,8 +18,8 @@ import qeff_compiler as qc
 from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.backends.onnx_export import export_onnx
 from qeff_compiler.errors import InvalidArgumentError, PassOptionError
+from qeff_compiler.ir.ops import DEQUANTIZE_INT8, DEQUANTIZE_MXFP6
 from qeff_compiler.ir.program import BINDING
-from qeff_compiler.ir.quant_ops import DEQUANTIZE_INT8, DEQUANTIZE_MXFP6
 from qeff_compiler.ir.samples import sample_inputs
 from qeff_compiler.numerics.int8 import quantize_weight_per_channel
 from qeff_compiler.numerics.mx import fake_quantize_mx, mx_storage_bits_per_element
@@ -31,11 +31,11 @@ CONFIG = tiny_config(n_heads=3, d_model=48, n_layers=2, attn_config={"clip_qkv":
 MATMUL_WEIGHTS = 4 * CONFIG.n_layers + 1
 
 
-def _mxfp6_rounded(fmt: str):  # noqa: ANN202
+def _mxfp6_rounded(fmt: str):
     return lambda weight: fake_quantize_mx(weight.half().float(), fmt).half()
 
 
-def _with_replaced_weights(rounded, seed: int = 1) -> torch.nn.Module:  # noqa: ANN001
+def _with_replaced_weights(rounded, seed: int = 1) -> torch.nn.Module:
     """The seeded model with every matmul weight but the (tied) lm_head replaced by `rounded(weight)`."""
     model = random_model(CONFIG, seed=seed)
     with torch.no_grad():

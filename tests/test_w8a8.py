@@ -24,7 +24,7 @@ from qeff_compiler.backends.onnx_quant import dequantize_call
 from qeff_compiler.calibration import activation_maxima, load_calibration, save_calibration
 from qeff_compiler.data import TINY_MPT
 from qeff_compiler.errors import InvalidArgumentError, PassOptionError
-from qeff_compiler.ir.quant_ops import DEQUANTIZE_INT8, LINEAR_W8A8
+from qeff_compiler.ir.ops import DEQUANTIZE_INT8, LINEAR_W8A8
 from qeff_compiler.ir.samples import sample_inputs
 from qeff_compiler.numerics import int8
 from qeff_compiler.numerics.int8 import QMAX, quantize_weight_per_channel, smoothing_factors

@@ -35,14 +35,13 @@ import torch.fx
 
 from qeff_compiler.backends.onnx_quant import DequantizeCall, dequantize_call, qeff_weight_node
 from qeff_compiler.errors import MetaWeightError, VerificationError
-from qeff_compiler.ir.ops import KV_CACHE_FORMATS, MASK_VALUE
+from qeff_compiler.ir.ops import ATTENTION, ATTENTION_KV, KV_CACHE_FORMATS, MASK_VALUE
+from qeff_compiler.ir.ops import NAMESPACE as QEFF_DOMAIN
 from qeff_compiler.ir.program import BINDING, Program
 from qeff_compiler.numerics.mx_onnx import fake_quantize_mxint8
-from qeff_compiler.passes.patch_attention import ATTENTION, ATTENTION_KV
 from qeff_compiler.weights_file import WeightsFile, write_weights
 
-#: domain (and its version) of the ONNX functions that define the fused ops
-QEFF_DOMAIN = "qeff"
+#: version of the ONNX functions' domain
 QEFF_OPSET = 1
 #: loggers that warn about unrelated optional packages (torchvision) on every export
 _QUIET_LOGGERS = ("torch.onnx._internal.exporter._registration",)

@@ -16,6 +16,7 @@ node per op, calling an ONNX function, so the file keeps the quantized codes and
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -24,9 +25,10 @@ import onnxscript
 import torch
 import torch.fx
 
-from qeff_compiler.ir.quant_ops import DEQUANTIZE_INT8, DEQUANTIZE_MXFP6, LINEAR_W8A8, LINEAR_W8A16
+from qeff_compiler.ir.ops import MXFP6_ELEMENT_FORMATS, traits
+from qeff_compiler.ir.ops import NAMESPACE as DOMAIN
 from qeff_compiler.numerics.int8 import QMAX
-from qeff_compiler.numerics.mx_onnx import DOMAIN, dequantize_function_name, dequantize_mxfp6_function
+from qeff_compiler.numerics.mx_onnx import dequantize_function_name, dequantize_mxfp6_function
 
 
 class DequantizeCall(NamedTuple):
@@ -38,17 +40,12 @@ class DequantizeCall(NamedTuple):
 
 
 def dequantize_call(node: torch.fx.Node) -> DequantizeCall | None:
-    """The ONNX form of `node` if it is a weight-dequantize op or `linear_w8a8`, else None."""
-    if node.target == DEQUANTIZE_INT8:
-        return DequantizeCall("DequantizeInt8", {}, _dequantize_int8_function)
-    if node.target == LINEAR_W8A8:
-        return DequantizeCall("LinearW8A8", {}, _linear_w8a8_function)
-    if node.target == LINEAR_W8A16:
-        return DequantizeCall("LinearW8A16", {}, _linear_w8a16_function)
-    if node.target == DEQUANTIZE_MXFP6:
-        _, _, cols, fmt = node.args
-        return DequantizeCall(dequantize_function_name(fmt), {"cols": cols}, lambda opset: dequantize_mxfp6_function(fmt, opset))
-    return None
+    """The ONNX form of `node` if it is an op of a quantization scheme (its traits name the function), else None."""
+    onnx_call = traits(node.target).onnx_call
+    if onnx_call is None:
+        return None
+    function, attributes = onnx_call(node)
+    return DequantizeCall(function, attributes, _BUILDERS[function])
 
 
 def qeff_weight_node(
@@ -106,3 +103,15 @@ def _linear_w8a8_function(opset: int) -> ir.Function:
 
     floats = dict.fromkeys(("x", "smooth", "act_scale"), ir.DataType.FLOAT)
     return _function("LinearW8A8", {**floats, "qweight": ir.DataType.INT8, "w_scale": ir.DataType.FLOAT}, trace, opset)
+
+
+#: the body of each function a scheme's op becomes, by function name (`ir.ops.schemes` names them)
+_BUILDERS: dict[str, Callable[[int], ir.Function]] = {
+    "DequantizeInt8": _dequantize_int8_function,
+    "LinearW8A16": _linear_w8a16_function,
+    "LinearW8A8": _linear_w8a8_function,
+    **{
+        dequantize_function_name(fmt): functools.partial(dequantize_mxfp6_function, fmt)
+        for fmt in MXFP6_ELEMENT_FORMATS.values()
+    },
+}

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import functools
 import contextlib
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -203,8 +204,8 @@ def compile_command(
     ] = None,
 ) -> None:
     """Compile MODEL into a prefill and a decode program and write the artifact directory."""
-    check_output(output, overwrite=force)  # before the compile's work, which the refusal would waste
-    check_writable(output)
+    check_writable(output)  # before the compile's work, which a refusal would waste
+    check_output(output, overwrite=force)
     source = _model_source(model)
     bars = make_progress(progress)
     with _status(f"compiling {model}", bars):
@@ -566,8 +567,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     badly is one line on stderr: a `QeffError` (its `exit_code`), a usage error (2), Ctrl-C (130)."""
     try:
         args = list(sys.argv[1:] if argv is None else argv)
-        with guarded_stdout():
+        with _sigterm_interrupts(), guarded_stdout():
             code = _click_command().main(args=args, prog_name="qeffc", standalone_mode=False)
+    except Terminated:
+        return _fail("terminated (SIGTERM); no output was left half-written", TERMINATED)
     except QeffError as error:
         return _fail(str(error), error.exit_code)
     except NoArgsIsHelpError as error:  # the help has been printed
@@ -606,6 +609,25 @@ def _click_command() -> typer.core.TyperGroup:
 
 #: exit code of a run interrupted by Ctrl-C (SIGINT), as shells report it (128 + signal 2)
 INTERRUPTED = 130
+#: exit code of a run stopped by SIGTERM (128 + signal 15)
+TERMINATED = 143
+
+
+class Terminated(BaseException):  # noqa: N818 (like KeyboardInterrupt: a signal, not an error of the program)
+    """Raised in the main thread by SIGTERM so that the work in progress unwinds (its output is cleaned up) as it
+    does for Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _fail(message: str, code: int) -> int:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import re
-
 import torch
 import torch.fx
 
+from qeff_compiler.ir.layers import block_index
 from qeff_compiler.ir.program import BINDING
 
 _ASSERT = torch.ops.aten._assert_tensor_metadata.default
-_LAYER_PATH = re.compile(r"(?:^|\.)transformer\.blocks\.(\d+)\.attn$")
 
 
 def module_regions(graph: torch.fx.Graph, class_name: str) -> dict[int, list[torch.fx.Node]]:
@@ -22,9 +20,9 @@ def module_regions(graph: torch.fx.Graph, class_name: str) -> dict[int, list[tor
     for node in graph.nodes:
         for path, cls in node.meta.get("nn_module_stack", {}).values():
             qualified = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
-            match = _LAYER_PATH.search(path)
-            if match and qualified.rsplit(".", 1)[-1] == class_name:
-                regions.setdefault(int(match.group(1)), []).append(node)
+            layer = block_index(path)
+            if layer is not None and qualified.rsplit(".", 1)[-1] == class_name:
+                regions.setdefault(layer, []).append(node)
                 break
     return regions
 

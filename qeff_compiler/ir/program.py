@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any
 
 import torch
 import torch.fx
@@ -23,8 +23,6 @@ from qeff_compiler.ir.weights import WeightStore
 
 #: key of the placeholder binding in `node.meta`
 BINDING = "qeff_binding"
-
-Binding = tuple[Literal["weight", "input"], str]
 
 
 @dataclass(frozen=True)
@@ -65,7 +63,7 @@ class Program:
         """A private deep copy of the graph for a pass to edit without touching this Program."""
         return copy.deepcopy(self.graph_module)
 
-    def evolve(self, **changes: object) -> Program:
+    def evolve(self, **changes: Any) -> Program:
         """A new Program with the given fields replaced (dataclasses.replace with a name that reads well)."""
         return replace(self, **changes)
 

@@ -23,7 +23,6 @@ import torch
 
 from qeff_compiler.errors import MetaWeightError, WeightError
 
-
 #: weights larger than this (as fp32 for a compile, as stored for a loaded artifact) stream by default: holding
 #: them plus the fp32 copies numerics make would no longer fit comfortably in a machine of tens of GB
 STREAM_ABOVE_BYTES = 4 * 2**30
@@ -208,11 +207,6 @@ class WeightStore(Mapping[str, WeightSpec]):
                 by_identity[key] = _TensorEntry(tensor, dtype)
             entries[name] = by_identity[key]
         return cls(entries)
-
-    @classmethod
-    def from_specs(cls, specs: Mapping[str, WeightSpec]) -> WeightStore:
-        """A store of meta entries: shapes and dtypes only, nothing to compute with."""
-        return cls({name: _MetaEntry(spec) for name, spec in specs.items()})
 
     @classmethod
     def from_safetensors(

@@ -213,6 +213,18 @@ def smoothing_factors(act_absmax: Tensor, weight: Tensor, alpha: float) -> Tenso
     return factors
 
 
+def w8a8_parts(weight: Tensor, *, act_absmax: Tensor, alpha: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A W8A8 weight's stored parts: smoothing factors s [in], the per-tensor activation scale (0-d: the largest
+    smoothed calibrated maximum / 127, 1.0 when that is 0), the int8 codes of W · diag(s) [out, in] and their
+    per-output-channel scales [out]. a_j / s_j cannot overflow: a and the weight are fp16-bounded."""
+    weight = weight.float()
+    smooth = smoothing_factors(act_absmax, weight, alpha)
+    qweight, w_scale = quantize_weight_per_channel(weight * smooth)
+    act_scale = (act_absmax / smooth).max() / QMAX
+    act_scale = torch.where(act_scale == 0, 1.0, act_scale)
+    return smooth, act_scale, qweight, w_scale
+
+
 def _round_to_codes(quotient: Tensor) -> Tensor:
     """Round half to even and saturate to the symmetric int8 range."""
     return torch.round(quotient).clamp_(-QMAX, QMAX).to(torch.int8)

@@ -2,6 +2,7 @@
 
 from qeff_compiler.passes import (  # noqa: F401 (registration)
     dce,
+    fp16_overflow,
     kv_cache,
     lower_fp16,
     lower_int8,

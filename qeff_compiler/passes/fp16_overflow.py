@@ -1,4 +1,8 @@
-"""Find where a program's activations leave fp16's range, before lowering it to fp16 makes them inf.
+"""`check-fp16-range`: find where a program's activations leave fp16's range, before lowering it to fp16 makes
+them inf. An analysis: the program is returned unchanged (with property `fp16-range-checked`), or the pass fails
+with `Fp16OverflowError` naming the first overflowing layer and op. `lower-fp16` runs it first unless the program
+was checked already (or `lower-fp16{check_overflow=false}`); a program without weight data (meta) has no values
+to check.
 
 `find_fp16_overflow` runs the program node by node (a `torch.fx.Interpreter` that streams weights) on sample inputs and reports the
 first node, in graph order, with a floating output element beyond ±65504 — the largest finite fp16 value. On an
@@ -7,20 +11,28 @@ node before its fp16 round trip (the value before rounding), since later nodes o
 
 A fused attention op is one node: an overflow inside it (e.g. in its QKV projection) shows only through its
 outputs — directly when they are out of range, or as inf/NaN when the op runs with `fp16_activations`.
+
+Before:
+    %linear_6 = aten.linear(%layer_norm_3, %p_model_transformer_blocks_1_ffn_up_proj_weight) : f32[1,8,128]
+After (unchanged, or Fp16OverflowError):
+    %linear_6 = aten.linear(%layer_norm_3, %p_model_transformer_blocks_1_ffn_up_proj_weight) : f32[1,8,128]
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.fx
 
 from qeff_compiler.backends.streaming import StreamingInterpreter
+from qeff_compiler.errors import Fp16OverflowError
 from qeff_compiler.ir.program import Program, op_short_name
 from qeff_compiler.ir.samples import sample_inputs
+from qeff_compiler.passes.base import Pass
+from qeff_compiler.passes.registry import register_pass
 
 #: largest finite fp16 magnitude
 FP16_MAX = float(torch.finfo(torch.float16).max)
@@ -54,6 +66,20 @@ def find_fp16_overflow(
     finder = _OverflowFinder(program)
     finder.run_program(inputs)
     return finder.report
+
+
+@register_pass
+class CheckFp16Range(Pass):
+    name = "check-fp16-range"
+    summary = "analysis: fail (naming layer and op) if activations exceed fp16's ±65504 on sample inputs"
+    ensures: ClassVar[frozenset[str]] = frozenset({"fp16-range-checked"})
+    tolerance = 0.0  # the program is returned as it is
+
+    def transform(self, program: Program) -> Program:
+        overflow = find_fp16_overflow(program) if program.has_weight_data else None
+        if overflow is not None:
+            raise Fp16OverflowError(f"lower-fp16: activations overflow fp16: {overflow.describe()}")
+        return program
 
 
 class _OverflowFinder(StreamingInterpreter):

@@ -49,12 +49,12 @@ from typing import ClassVar
 import torch
 import torch.fx
 
-from qeff_compiler.errors import InvalidArgumentError, PassOptionError, PassOrderError, VerificationError
+from qeff_compiler.errors import InvalidArgumentError, PassOptionError, VerificationError
 from qeff_compiler.ir.graph_utils import add_placeholder
+from qeff_compiler.ir.layers import LAYER
+from qeff_compiler.ir.ops import ATTENTION, ATTENTION_KV, traits
 from qeff_compiler.ir.program import Program, TensorSpec
-from qeff_compiler.ir.quant_ops import LINEARS
-from qeff_compiler.passes.base import Pass, option
-from qeff_compiler.passes.patch_attention import ATTENTION, ATTENTION_KV, LAYER
+from qeff_compiler.passes.base import Forbid, Pass, option
 from qeff_compiler.passes.registry import register_pass
 
 aten = torch.ops.aten
@@ -89,6 +89,9 @@ class KVCache(Pass):
     Options: ClassVar[type] = KVCacheOptions
     requires: ClassVar[frozenset[str]] = frozenset({"attention-patched"})
     ensures: ClassVar[frozenset[str]] = frozenset({"kv-cache"})
+    forbids: ClassVar[tuple[Forbid, ...]] = (
+        Forbid(("kv-cache",), "kv-cache runs on a program that has a KV cache already: the pipeline names kv-cache twice"),
+    )
     tolerance = 1e-5
     #: the tolerance with an fp16 cache or activations. On an fp16-activation program attending over ctx_len
     #: slots instead of seq_len changes the fp32 accumulation order, which can move a value across an fp16
@@ -120,8 +123,6 @@ class KVCache(Pass):
         return self.tolerance
 
     def transform(self, program: Program) -> Program:
-        if "kv-cache" in program.properties:
-            raise PassOrderError("kv-cache runs on a program that has a KV cache already: the pipeline names kv-cache twice")
         ctx_len = self._checked_ctx_len(program)
         graph_module = program.copy_graph()
         graph = graph_module.graph
@@ -196,7 +197,7 @@ def _last_position_logits(graph: torch.fx.Graph, positions: torch.fx.Node, progr
     lm_head = output_node.args[0][0]
     while lm_head.target == aten._to_copy.default:  # lower-fp16 ran first: look through the logits' fp16 round trip
         lm_head = lm_head.args[0]
-    if lm_head.target not in LINEARS:
+    if not traits(lm_head.target).linear:
         raise VerificationError(f"kv-cache: logits come from {lm_head.format_node()}, expected the lm_head linear")
     hidden = lm_head.args[0]
     (logits,) = [s for s in program.outputs if s.role == "logits"]

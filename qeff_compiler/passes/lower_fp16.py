@@ -31,54 +31,29 @@ After:
 from __future__ import annotations
 
 import dataclasses
-import operator
 from typing import ClassVar
 
 import torch
 import torch.fx
 
-from qeff_compiler.errors import Fp16OverflowError, PassOrderError
+from qeff_compiler.ir.ops import ATTENTION_KV, is_alibi_slopes, traits
 from qeff_compiler.ir.program import BINDING, Program, TensorSpec
 from qeff_compiler.ir.weights import Derivation, WeightSpec, WeightStore
-from qeff_compiler.passes.base import Pass, option
-from qeff_compiler.passes.fp16_overflow import FP16_MAX, find_fp16_overflow
+from qeff_compiler.passes.base import Forbid, Pass, PassResult, option
+from qeff_compiler.passes.fp16_overflow import FP16_MAX, CheckFp16Range
 from qeff_compiler.passes.kv_cache import KVCache
-from qeff_compiler.passes.patch_attention import ATTENTION, ATTENTION_KV, is_alibi_slopes
 from qeff_compiler.passes.registry import register_pass
 
 aten = torch.ops.aten
 TO_COPY = aten._to_copy.default
-#: ops whose outputs are elements of their (already fp16-rounded) inputs: rounding them again changes nothing
-_VALUE_PRESERVING = frozenset(
-    {
-        operator.getitem,
-        aten.view.default,
-        aten.reshape.default,
-        aten._unsafe_view.default,
-        aten.transpose.int,
-        aten.t.default,
-        aten.permute.default,
-        aten.expand.default,
-        aten.unsqueeze.default,
-        aten.squeeze.dim,
-        aten.squeeze.dims,
-        aten.slice.Tensor,
-        aten.select.int,
-        aten.contiguous.default,
-        aten.clone.default,
-        aten.alias.default,
-        aten.embedding.default,
-        aten.gather.default,
-        aten.index_select.default,
-    }
-)
 _CACHE_ROLES = frozenset({"past_key", "past_value", "retained_key", "retained_value"})
 
 
 @dataclasses.dataclass(frozen=True)
 class LowerFp16Options:
     check_overflow: bool = option(
-        True, "fail (Fp16OverflowError, naming layer and op) if fp32 activations exceed ±65504 on sample inputs"
+        True, "run check-fp16-range first (unless the program was checked): fail (Fp16OverflowError, naming layer "
+        "and op) if fp32 activations exceed ±65504 on sample inputs"
     )
 
 
@@ -89,6 +64,12 @@ class LowerFp16(Pass):
     Options: ClassVar[type] = LowerFp16Options
     requires: ClassVar[frozenset[str]] = frozenset({"attention-patched"})
     ensures: ClassVar[frozenset[str]] = frozenset({"fp16-activations"})
+    forbids: ClassVar[tuple[Forbid, ...]] = (
+        Forbid(
+            ("fp16-activations",),
+            "lower-fp16 runs on a program whose activations are fp16 already: the pipeline names lower-fp16 twice",
+        ),
+    )
     # Largest change of any output (logits and KV caches) vs the fp32 stage, on the verifier's sample inputs
     # (batch 2, seq 8, ctx 32, both pass orders): random tiny MPTs of tests/conftest.py (std-0.2 weights; 2-3
     # layers, 3/4/16 heads, clip_qkv) moved by 2.7e-3 … 1.05e-2; the shipped TINY_MPT by 8.5e-3 … 8.9e-3.
@@ -102,55 +83,51 @@ class LowerFp16(Pass):
         mxint8 = any(n.kwargs.get("kv_cache_format") == "mxint8" for n in program.graph.find_nodes(op="call_function", target=ATTENTION_KV))
         return max(self.tolerance, KVCache.mxint8_tolerance) if mxint8 else self.tolerance
 
-    def transform(self, program: Program) -> Program:
-        if "fp16-activations" in program.properties:
-            raise PassOrderError("lower-fp16 runs on a program whose activations are fp16 already: the pipeline names lower-fp16 twice")
-        if self.options.check_overflow and program.has_weight_data:
-            overflow = find_fp16_overflow(program)
-            if overflow is not None:
-                raise Fp16OverflowError(f"lower-fp16: activations overflow fp16: {overflow.describe()}")
-        weights = self._lower_weights(program)
+    def analyses(self) -> tuple[Pass, ...]:
+        return (CheckFp16Range(),) if self.options.check_overflow else ()
+
+    def transform(self, program: Program) -> PassResult:
+        weights, notes = _lower_weights(program)
         graph_module = program.copy_graph()
         graph = graph_module.graph
         _upcast_weight_reads(graph, weights)
         _round_activations(graph)
         for node in graph.nodes:
-            if node.target in (ATTENTION, ATTENTION_KV):
+            if traits(node.target).attention:
                 node.kwargs = {**node.kwargs, "fp16_activations": True}
         graph_module.recompile()
-        return program.evolve(
+        lowered = program.evolve(
             graph_module=graph_module,
             weights=weights,
             inputs=_fp16_caches(program.inputs),
             outputs=_fp16_caches(program.outputs),
         )
+        return PassResult(lowered, notes)
 
-    def _lower_weights(self, program: Program) -> WeightStore:
-        """fp16 copies of the floating weights the graph reads (tied names keep sharing one entry), as recipes
-        over the fp32 weights: a streaming store computes each one only when it is written."""
-        store = program.weights
-        tied = {name: group for group in store.tied_groups() for name in group}
-        derivations, aliases, done = [], {}, set()
-        for name in sorted(set(program.weight_placeholders().values())):
-            spec = store[name]
-            if name in done or is_alibi_slopes(name) or not spec.dtype.is_floating_point or spec.dtype == torch.float16:
-                continue
-            derivations.append(Derivation((name,), (WeightSpec(spec.shape, torch.float16),), (name,), to_fp16))
-            group = tied.get(name, [name])
-            aliases.update({alias: name for alias in group if alias != name})
-            done.update(group)
-            if store.has_data and not store.streaming:
-                self._note_clipped(name, store.tensor(name))
-        elements = sum(store[d.outputs[0]].numel for d in derivations)
-        self.notes.insert(0, f"{len(derivations)} weights ({elements:,} values) converted to fp16")
-        if store.streaming:
-            self.notes.append(f"weights streamed: values beyond ±{FP16_MAX:g} are clipped as they are written, uncounted")
-        return store.derive(derivations).tie(aliases)
 
-    def _note_clipped(self, name: str, tensor: torch.Tensor) -> None:
-        clipped = int((tensor.abs() > FP16_MAX).sum())
-        if clipped:
-            self.notes.append(f"{name}: {clipped} values beyond ±{FP16_MAX:g} clipped")
+def _lower_weights(program: Program) -> tuple[WeightStore, tuple[str, ...]]:
+    """fp16 copies of the floating weights the graph reads (tied names keep sharing one entry), as recipes over
+    the fp32 weights: a streaming store computes each one only when it is written. Also the notes: how many
+    weights were converted and which values were clipped."""
+    store = program.weights
+    tied = {name: group for group in store.tied_groups() for name in group}
+    derivations, aliases, done, clipped = [], {}, set(), []
+    for name in sorted(set(program.weight_placeholders().values())):
+        spec = store[name]
+        if name in done or is_alibi_slopes(name) or not spec.dtype.is_floating_point or spec.dtype == torch.float16:
+            continue
+        derivations.append(Derivation((name,), (WeightSpec(spec.shape, torch.float16),), (name,), to_fp16))
+        group = tied.get(name, [name])
+        aliases.update({alias: name for alias in group if alias != name})
+        done.update(group)
+        if store.has_data and not store.streaming:
+            count = int((store.tensor(name).abs() > FP16_MAX).sum())
+            clipped += [f"{name}: {count} values beyond ±{FP16_MAX:g} clipped"] if count else []
+    elements = sum(store[d.outputs[0]].numel for d in derivations)
+    notes = [f"{len(derivations)} weights ({elements:,} values) converted to fp16", *clipped]
+    if store.streaming:
+        notes.append(f"weights streamed: values beyond ±{FP16_MAX:g} are clipped as they are written, uncounted")
+    return store.derive(derivations).tie(aliases), tuple(notes)
 
 
 def to_fp16(weight: torch.Tensor) -> tuple[torch.Tensor]:
@@ -180,8 +157,8 @@ def _round_activations(graph: torch.fx.Graph) -> None:
         value = node.meta.get("val")
         if (
             node.op != "call_function"
-            or node.target in _VALUE_PRESERVING
-            or node.target in (ATTENTION, ATTENTION_KV)
+            or _value_preserving(node.target)
+            or traits(node.target).attention
             or not isinstance(value, torch.Tensor)
             or not value.is_floating_point()
         ):
@@ -193,6 +170,12 @@ def _round_activations(graph: torch.fx.Graph) -> None:
         for inserted in (down, up):
             inserted.meta["nn_module_stack"] = node.meta.get("nn_module_stack", {})
         node.replace_all_uses_with(up, delete_user_cb=lambda user, cast=down: user is not cast)
+
+
+def _value_preserving(target: object) -> bool:
+    """Whether an op's outputs are elements of its (already fp16-rounded) inputs: rounding again changes nothing."""
+    op = traits(target)
+    return op.data_moving or op.lookup
 
 
 def _fp16_caches(specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:

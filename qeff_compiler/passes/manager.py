@@ -4,9 +4,10 @@
     program = pm.run(program)
     print(pm.timing_report())
 
-After every pass the manager checks the pass's preconditions held, lints the graph, re-derives shapes with fake
-tensors, and — when the program has real weights — compares the outputs with the previous stage on sample inputs
-within the pass's tolerance. These are the mlir-opt / LLVM `-verify-each`, `--print-ir-after`, `--time-passes`.
+Every pass run checks the pass's contract, lints the graph and re-derives shapes with fake tensors (`Pass.run`);
+the manager adds the pipeline to contract errors and — when the program has real weights — compares the outputs
+with the previous stage on sample inputs within the pass's tolerance. These are the mlir-opt / LLVM
+`-verify-each`, `--print-ir-after`, `--time-passes`.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
-from qeff_compiler.errors import PassOrderError, PipelineError
+from qeff_compiler.errors import PipelineError
 from qeff_compiler.ir.printer import format_program
 from qeff_compiler.ir.program import Program
 from qeff_compiler.passes.base import Pass
 from qeff_compiler.passes.pipeline import build_passes
-from qeff_compiler.passes.verify import check_structure, compare_outputs, propagate_shapes, reference_outputs
+from qeff_compiler.passes.verify import compare_outputs, reference_outputs
 
 
 @dataclass(frozen=True)
@@ -73,22 +74,15 @@ class PassManager:
         check_numerics = self.verify and program.has_weight_data and not program.weights.streaming
         reference = reference_outputs(program, self.sample_seed) if check_numerics else None
         for current in self.passes:
-            missing = sorted(current.requires - program.properties)
-            if missing:
-                raise PassOrderError(
-                    f"pass {current.name} requires {missing}, which no earlier pass established "
-                    f"(pipeline: {self}); put the passes that establish them first"
-                )
+            current.check_contract(program, where=f" (pipeline: {self})")
             nodes_before = len(program.graph.nodes)
             tolerance = current.tolerance_for(program)
             start = time.perf_counter()
-            program = current.run(program)
+            result = current.run(program)
+            program = result.program
             seconds = time.perf_counter() - start
             start = time.perf_counter()
             max_abs_diff = None
-            if self.verify:
-                check_structure(program, after=current.name)
-            propagate_shapes(program, after=current.name)  # always: later passes read node.meta["val"]
             if reference is not None:
                 comparison, reference = compare_outputs(
                     reference, program, self.sample_seed, tolerance, after=current.name
@@ -103,7 +97,7 @@ class PassManager:
                     nodes_before,
                     len(program.graph.nodes),
                     max_abs_diff,
-                    tuple(current.notes),
+                    result.notes,
                 )
             )
             if self.print_ir_after_all or current.name in self.print_ir_after:

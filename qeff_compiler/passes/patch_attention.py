@@ -27,31 +27,22 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.fx
+from transformers.models.mpt.configuration_mpt import MptAttentionConfig
 
 from qeff_compiler.errors import VerificationError
-from qeff_compiler.ir import ops  # noqa: F401 (registers the qeff ops)
 from qeff_compiler.ir.alibi import alibi_slopes
 from qeff_compiler.ir.graph_utils import add_placeholder, erase_dead_code, module_regions, weight_name
+from qeff_compiler.ir.layers import LAYER
+from qeff_compiler.ir.ops import ALIBI_SLOPES, ATTENTION, traits
 from qeff_compiler.ir.program import Program, op_short_name
 from qeff_compiler.passes.base import Pass
 from qeff_compiler.passes.registry import register_pass
 
 aten = torch.ops.aten
-ATTENTION = torch.ops.qeff.mpt_attention.default
-ATTENTION_KV = torch.ops.qeff.mpt_attention_kv.default
-#: name of the shared ALiBi slopes constant in the weight store
-ALIBI_SLOPES = "alibi_slopes"
-#: meta key recording which layer a fused attention node belongs to
-LAYER = "qeff_layer"
-
-
-def is_alibi_slopes(name: str) -> bool:
-    """The shared slopes constant, or a layer's own `alibi_slopes.{i}` (`prune` removed some of its heads)."""
-    return name == ALIBI_SLOPES or name.startswith(f"{ALIBI_SLOPES}.")
 
 
 class AttentionPatternError(VerificationError):
@@ -69,8 +60,9 @@ class PatchAttention(Pass):
         graph_module = program.copy_graph()
         graph = graph_module.graph
         config = program.config
+        attn = cast(MptAttentionConfig, config.attn_config)  # HF turns a dict into the config class
         regions = module_regions(graph, "MptAttention")
-        fused = {i: nodes for i, nodes in regions.items() if any(n.target in (ATTENTION, ATTENTION_KV) for n in nodes)}
+        fused = {i: nodes for i, nodes in regions.items() if any(traits(n.target).attention for n in nodes)}
         to_patch = {i: nodes for i, nodes in regions.items() if i not in fused}
         if len(regions) != config.n_layers:
             raise AttentionPatternError(
@@ -80,12 +72,12 @@ class PatchAttention(Pass):
             return program  # already patched: the pass is idempotent
         weights = program.weights
         if ALIBI_SLOPES not in weights:
-            slopes = alibi_slopes(config.n_heads, config.attn_config.alibi_bias_max)
+            slopes = alibi_slopes(config.n_heads, attn.alibi_bias_max)
             weights = weights.with_tensors({ALIBI_SLOPES: slopes})
         slopes_node = _find_or_add_slopes(graph)
-        softmax_scale = config.attn_config.softmax_scale or 1 / math.sqrt(config.d_model // config.n_heads)
+        softmax_scale = attn.softmax_scale or 1 / math.sqrt(config.d_model // config.n_heads)
         for layer, nodes in sorted(to_patch.items()):
-            _replace_region(graph, layer, nodes, slopes_node, config.n_heads, softmax_scale, config.attn_config.clip_qkv)
+            _replace_region(graph, layer, nodes, slopes_node, config.n_heads, softmax_scale, attn.clip_qkv)
         erase_dead_code(graph)
         stray = [n.name for n in graph.nodes if n.target in (aten.softmax.int, aten._softmax.default)]
         if stray:
@@ -148,5 +140,6 @@ def _expect_weight(linear: torch.fx.Node, expected: str, where: str) -> None:
 def _expect_scale(nodes: list[torch.fx.Node], softmax_scale: float, where: str) -> None:
     first_matmul = next(n for n in nodes if n.target == aten.matmul.default)
     scales = [u.args[1] for u in first_matmul.users if u.target == aten.mul.Tensor]
-    if len(scales) != 1 or not math.isclose(scales[0], softmax_scale, rel_tol=1e-6):
+    scale = scales[0] if len(scales) == 1 else None
+    if not isinstance(scale, float | int) or not math.isclose(scale, softmax_scale, rel_tol=1e-6):
         raise AttentionPatternError(f"layer {where}: QKᵀ is scaled by {scales}, the config implies {softmax_scale:.6g}")

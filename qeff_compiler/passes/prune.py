@@ -54,16 +54,16 @@ from typing import ClassVar
 import torch
 import torch.fx
 
-from qeff_compiler.errors import InvalidArgumentError, PassOptionError, PassOrderError, VerificationError
+from qeff_compiler.errors import InvalidArgumentError, PassOptionError, VerificationError
 from qeff_compiler.ir.graph_utils import add_placeholder, weight_name
+from qeff_compiler.ir.layers import LAYER
+from qeff_compiler.ir.ops import ALIBI_SLOPES, ATTENTION
 from qeff_compiler.ir.program import Program
-from qeff_compiler.passes.base import Pass, option
-from qeff_compiler.passes.patch_attention import ALIBI_SLOPES, ATTENTION, LAYER
+from qeff_compiler.ir.weights import WeightSpec
+from qeff_compiler.passes.base import Forbid, Pass, PassResult, option
 from qeff_compiler.passes.registry import register_pass
 
 SCORES = ("magnitude", "activation")
-#: properties set by passes that must come after pruning
-_LATER = ("fp16-activations", "kv-cache")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,14 +81,22 @@ class Prune(Pass):
     Options: ClassVar[type] = PruneOptions
     requires: ClassVar[frozenset[str]] = frozenset({"attention-patched"})
     ensures: ClassVar[frozenset[str]] = frozenset({"pruned"})
+    forbids: ClassVar[tuple[Forbid, ...]] = (
+        # shares are of the config's sizes: a second prune would miscount
+        Forbid(("pruned",), "prune already ran on this program; give one prune{{ffn=...,heads=...}} with the total shares"),
+        Forbid(
+            ("fp16-activations", "kv-cache"),
+            "prune must run on the fp graph, before lowering and kv-cache; the program has {present}",
+        ),
+    )
 
     def tolerance_for(self, program: Program) -> float:
         # Removing channels changes the outputs by design; what must hold instead (equality with the unpruned
         # program whose removed output weights are zeroed) is tested in tests/test_prune.py.
         return math.inf if self.options.ffn or self.options.heads else self.tolerance
 
-    def transform(self, program: Program) -> Program:
-        self._check(program)
+    def transform(self, program: Program) -> PassResult | Program:
+        self._check_options()
         config = program.config
         ffn_keep = _kept_count(4 * config.d_model, self.options.ffn, "ffn")
         heads_keep = _kept_count(config.n_heads, self.options.heads, "heads")
@@ -116,18 +124,13 @@ class Prune(Pass):
             graph.erase_node(node)
             weights = weights.without([ALIBI_SLOPES])
         graph_module.recompile()
-        self.notes.append(
+        note = (
             f"kept {ffn_keep} of {4 * config.d_model} FFN channels and {heads_keep} of {config.n_heads} heads per "
             f"layer; {removed:,} weights removed"
         )
-        return program.evolve(graph_module=graph_module, weights=weights)
+        return PassResult(program.evolve(graph_module=graph_module, weights=weights), (note,))
 
-    def _check(self, program: Program) -> None:
-        if "pruned" in program.properties:  # shares are of the config's sizes: a second prune would miscount
-            raise PassOrderError("prune already ran on this program; give one prune{ffn=...,heads=...} with the total shares")
-        late = [p for p in _LATER if p in program.properties]
-        if late:
-            raise PassOrderError(f"prune must run on the fp graph, before lowering and kv-cache; the program has {late}")
+    def _check_options(self) -> None:
         if self.options.score not in SCORES:
             raise PassOptionError(f"prune score={self.options.score!r} is not one of {', '.join(SCORES)}")
         if self.options.score == "activation" and self.options.calibration is None and self.options.ffn:
@@ -147,7 +150,7 @@ class Prune(Pass):
         config = program.config
         node = _attention_node(graph, layer)
         wqkv, out_proj, slopes = (weight_name(a) for a in node.args[1:4])
-        if None in (wqkv, out_proj, slopes):
+        if wqkv is None or out_proj is None or slopes is None:
             raise VerificationError(f"prune: layer {layer}'s attention does not read its weights directly: {node.args[1:4]}")
         n_heads, head_dim = config.n_heads, config.d_model // config.n_heads
         data = program.has_weight_data
@@ -228,7 +231,7 @@ def _top(keep: int, scores: torch.Tensor | None, total: int) -> torch.Tensor:
     return torch.sort(order[:keep]).values
 
 
-def _take(tensor: torch.Tensor | None, spec: object, dim: int, index: torch.Tensor) -> torch.Tensor:
+def _take(tensor: torch.Tensor | None, spec: WeightSpec, dim: int, index: torch.Tensor) -> torch.Tensor:
     """`tensor` restricted to `index` along `dim`; for a meta weight an empty tensor of the resulting shape."""
     if tensor is None:
         shape = list(spec.shape)

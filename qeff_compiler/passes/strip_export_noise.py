@@ -60,7 +60,7 @@ def _is_identity(node: torch.fx.Node) -> bool:
         return True
     if node.target in _DROPOUTS:
         _, probability, train = node.args
-        return not train or probability == 0
+        return bool(not train or probability == 0)
     if node.target in _CASTS:
         return _is_noop_cast(node)
     return False

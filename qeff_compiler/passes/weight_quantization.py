@@ -1,37 +1,37 @@
-"""What the weight-quantizing passes (`lower-int8`, `lower-mxfp6`, `lower-w8a8`) share: finding the matmul weights
-a program reads, selecting them by name pattern (mixed precision), and re-wiring a consumer to a dequantized weight.
+"""`WeightLowering`: the one driver behind `lower-int8`, `lower-mxfp6` and `lower-w8a8`, each of which declares
+its scheme (`ir.ops.schemes`: stored parts, encoder, the ops that read them) and little else.
 
 The passes run after `lower-fp16`, where each weight placeholder holds fp16 values and feeds the math through one
-`_to_copy(…, f32)`. A quantized weight replaces that read by `dequantize(codes, scales)` rounded to fp16 (the
-dtype the device decompresses weights to) and cast back to fp32 for the consumer. Embedding lookups keep the fp16
-weight: an input embedding tied to `lm_head` stays fp16 while the lm_head reads the quantized copy.
+`_to_copy(…, f32)`. The driver, in seven steps: (1) copy the graph; (2) select the matmul weight reads (linears,
+fused attention) whose weight no `exclude` pattern names; (3) derive each selected weight's stored parts as
+recipes in the weight store; (4) add a placeholder per part; (5) replace each bias-free linear by the scheme's
+`linear_op(x, *parts)` where it has one; (6) point every other read at `dequantize_op(*parts, ...)`, rounded to
+fp16 (the dtype the device decompresses to) where the scheme says, and cast back to fp32 for the consumer;
+(7) drop the casts and weights nothing reads any more. Embedding lookups keep the fp16 weight: an input embedding
+tied to `lm_head` stays fp16 while the lm_head reads the quantized copy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.fx
 
 from qeff_compiler.errors import PassOptionError
 from qeff_compiler.ir.graph_utils import add_placeholder, erase_dead_code, weight_name
+from qeff_compiler.ir.ops import WeightScheme, traits
 from qeff_compiler.ir.program import BINDING, Program
-from qeff_compiler.ir.quant_ops import DEQUANTIZE_INT8
-from qeff_compiler.ir.weights import Derivation, WeightSpec, WeightStore
-from qeff_compiler.numerics.int8 import quantize_weight_per_channel
-from qeff_compiler.passes.patch_attention import ATTENTION, ATTENTION_KV
+from qeff_compiler.ir.weights import Derivation, WeightStore
+from qeff_compiler.passes.base import Pass, PassResult, option
 
 aten = torch.ops.aten
 TO_COPY = aten._to_copy.default
-#: consumers whose weight operands are quantized, and the positions of those operands
-MATMUL_WEIGHT_ARGS: dict[object, tuple[int, ...]] = {
-    aten.linear.default: (1,),
-    ATTENTION: (1, 2),  # Wqkv, out_proj
-    ATTENTION_KV: (1, 2),
-}
 
 
 @dataclass(frozen=True)
@@ -65,13 +65,97 @@ def matmul_weight_reads(graph: torch.fx.Graph) -> list[WeightRead]:
     """Every fp16 weight a matmul reads through an fp32 upcast, in graph order."""
     reads = []
     for node in graph.nodes:
-        for index in MATMUL_WEIGHT_ARGS.get(node.target, ()):
+        op = traits(node.target)
+        for index in () if op.lookup else op.weight_operands:
             operand = node.args[index]
-            if isinstance(operand, torch.fx.Node) and operand.target == TO_COPY:
-                name = weight_name(operand.args[0])
-                if name is not None and operand.args[0].meta["val"].dtype == torch.float16:
+            source = operand.args[0] if isinstance(operand, torch.fx.Node) and operand.target == TO_COPY else None
+            if isinstance(source, torch.fx.Node):
+                name = weight_name(source)
+                if name is not None and source.meta["val"].dtype == torch.float16:
                     reads.append(WeightRead(node, index, name))
     return reads
+
+
+#: a weight's encoder: its fp16 values → one tensor per stored part
+Encoder = Callable[[torch.Tensor], Sequence[torch.Tensor]]
+#: the selected weights' names per scheme
+Names = dict[WeightScheme, list[str]]
+
+
+def exclude_option() -> Any:
+    """The `exclude` option every weight lowering has (mixed precision)."""
+    return option("", "'|'-separated glob patterns of weight names kept fp16, e.g. lm_head|*.blocks.0.*")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExcludeOptions:
+    exclude: str = exclude_option()
+
+
+class WeightLowering(Pass):
+    """Store the matmul weights a program reads in a quantized scheme (see the module docstring). Subclasses
+    declare `schemes` and may refine `scheme_for`, `scheme_options`, `encoders`, `stored_as` and `notes_for`."""
+
+    Options: ClassVar[type] = ExcludeOptions
+    requires: ClassVar[frozenset[str]] = frozenset({"fp16-activations"})
+    #: the schemes the pass stores weights in, in the order their parts are derived; the first is the default
+    schemes: ClassVar[tuple[WeightScheme, ...]]
+
+    def scheme_for(self, read: WeightRead) -> WeightScheme:
+        """The first of `schemes` that can hold the weight one read reads: a scheme without a dequantize op only
+        serves bias-free linears (its `linear_op` replaces them whole)."""
+        return next(s for s in self.schemes if s.dequantize_op is not None or is_plain_linear(read))
+
+    def scheme_options(self) -> dict[str, Any]:
+        """Keyword options of the schemes' encoders and `dequantize_args` (e.g. the FP6 element format)."""
+        return {}
+
+    def encoders(self, program: Program, names: Names, every_read: Sequence[WeightRead]) -> tuple[dict[str, Encoder], list[str]]:
+        """Each selected weight's encoder, and notes about how they were made."""
+        options = self.scheme_options()
+        return {name: functools.partial(s.encode, **options) for s, group in names.items() for name in group}, []
+
+    def stored_as(self, scheme: WeightScheme) -> str:
+        """How the notes say weights of `scheme` were stored."""
+        return f"stored as {scheme.name}"
+
+    def notes_for(self, program: Program, names: Names) -> list[str]:
+        """What a user should know about the lowering (one line per scheme, by default)."""
+        return [
+            f"{len(group)} weights ({program.weights.distinct_numel(group):,} values) {self.stored_as(scheme)}"
+            for scheme, group in names.items()
+        ]
+
+    def transform(self, program: Program) -> PassResult:
+        graph_module = program.copy_graph()
+        graph = graph_module.graph
+        every_read = matmul_weight_reads(graph)
+        reads = select_reads(self.name, every_read, self.options.exclude)
+        schemes = {read: self.scheme_for(read) for read in reads}
+        names = {s: sorted({r.name for r in reads if schemes[r] is s}) for s in self.schemes}
+        encoders, notes = self.encoders(program, names, every_read)
+        derivations = [
+            Derivation(s.part_names(name), s.part_specs(program.weights[name].shape), (name,), encoders[name])
+            for s, group in names.items()
+            for name in group
+        ]
+        store = program.weights.derive(derivations)
+        placeholders = PartPlaceholders(graph, {d.sources[0]: d.outputs for d in derivations})
+        fused = [read for read in reads if schemes[read].linear_op is not None and is_plain_linear(read)]
+        for read in fused:
+            _fuse_linear(graph, read, schemes[read].linear_op, placeholders(read.name))
+        others = [read for read in reads if read not in fused]
+        options = self.scheme_options()
+        shapes = program.weights
+
+        def constant_args(name: str, scheme: WeightScheme) -> tuple[Any, ...]:
+            return scheme.dequantize_args(shapes[name].shape[1], **options)
+
+        _rewire_to_dequantized(graph, others, schemes, placeholders, constant_args)
+        remove_dead_weights(graph)
+        graph_module.recompile()
+        lowered = program.evolve(graph_module=graph_module, weights=drop_unread(program, store, graph))
+        return PassResult(lowered, (*notes, *self.notes_for(program, names)))
 
 
 class PartPlaceholders:
@@ -90,28 +174,40 @@ class PartPlaceholders:
         return self._nodes[name]
 
 
-def rewire_to_dequantized(
+def is_plain_linear(read: WeightRead) -> bool:
+    """An `aten.linear` without bias (MPT has none), which a scheme's `linear_op` replaces whole."""
+    consumer = read.consumer
+    bias = consumer.args[2] if len(consumer.args) > 2 else consumer.kwargs.get("bias")
+    return consumer.target == aten.linear.default and bias is None
+
+
+def _fuse_linear(graph: torch.fx.Graph, read: WeightRead, linear_op: Any, parts: Sequence[torch.fx.Node]) -> None:
+    """Replace the linear of `read` by `linear_op(x, *parts)`."""
+    linear = read.consumer
+    with graph.inserting_before(linear):
+        replacement = graph.call_function(linear_op, (linear.args[0], *parts))
+    replacement.meta["nn_module_stack"] = linear.meta.get("nn_module_stack", {})
+    linear.replace_all_uses_with(replacement)
+    graph.erase_node(linear)
+
+
+def _rewire_to_dequantized(
     graph: torch.fx.Graph,
     reads: Sequence[WeightRead],
+    schemes: dict[WeightRead, WeightScheme],
     placeholders: PartPlaceholders,
-    dequantize: Callable[[str, Sequence[torch.fx.Node]], tuple[object, tuple, dict]],
-    *,
-    round_to_fp16: bool,
+    constant_args: Callable[[str, WeightScheme], tuple[Any, ...]],
 ) -> None:
-    """Point each read at `dequantize(name, part placeholders)`, optionally rounded to fp16 (and upcast again).
-
-    `dequantize` returns the (target, args, kwargs) of the node that rebuilds the weight in fp32. One chain per
-    weight, shared by its reads.
-    """
+    """Point each read at its scheme's `dequantize_op(*parts, *constant_args)`, rounded to fp16 (and upcast
+    again) where the scheme says. One chain per weight, shared by its reads, placed after the placeholders."""
     chains: dict[str, torch.fx.Node] = {}
     for read in reads:
         if read.name not in chains:
-            nodes = placeholders(read.name)
+            scheme, nodes = schemes[read], placeholders(read.name)
             first_op = graph.find_nodes(op="placeholder")[-1].next
             with graph.inserting_before(first_op):
-                target, args, kwargs = dequantize(read.name, nodes)
-                chain = graph.call_function(target, args, kwargs)
-                if round_to_fp16:
+                chain = graph.call_function(scheme.dequantize_op, (*nodes, *constant_args(read.name, scheme)), {})
+                if scheme.round_to_fp16:
                     chain = graph.call_function(TO_COPY, (chain,), {"dtype": torch.float16})
                     chain = graph.call_function(TO_COPY, (chain,), {"dtype": torch.float32})
             chains[read.name] = chain
@@ -130,29 +226,6 @@ def drop_unread(program: Program, store: WeightStore, graph: torch.fx.Graph) -> 
     """`store` without the weights the program read before and `graph` no longer reads (replaced by quantized parts)."""
     read_now = {n.meta[BINDING][1] for n in graph.find_nodes(op="placeholder") if n.meta[BINDING][0] == "weight"}
     return store.without(set(program.weight_placeholders().values()) - read_now)
-
-
-# int8 weights (lower-int8, and the fused-attention weights of lower-w8a8) -----------------------------------
-
-
-def is_plain_linear(read: WeightRead) -> bool:
-    """An `aten.linear` without bias (MPT has none), which `linear_w8a16` replaces whole."""
-    consumer = read.consumer
-    bias = consumer.args[2] if len(consumer.args) > 2 else consumer.kwargs.get("bias")
-    return consumer.target == aten.linear.default and bias is None
-
-
-def int8_derivation(program: Program, name: str) -> Derivation:
-    """Weight `name` as int8 codes `<name>.int8` [out, in] and fp32 scales `<name>.scale` [out], as a recipe."""
-    rows, cols = program.weights[name].shape
-    specs = (WeightSpec((rows, cols), torch.int8), WeightSpec((rows,), torch.float32))
-    return Derivation((f"{name}.int8", f"{name}.scale"), specs, (name,), quantize_weight_per_channel)
-
-
-def dequantize_int8_call(name: str, parts: Sequence[torch.fx.Node]) -> tuple[object, tuple, dict]:
-    """The `rewire_to_dequantized` node of an int8 weight: codes · scales in fp32."""
-    codes, scales = parts
-    return DEQUANTIZE_INT8, (codes, scales), {}
 
 
 def _placeholder_name(weight: str) -> str:

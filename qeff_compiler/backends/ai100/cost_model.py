@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from qeff_compiler.backends.ai100.devices import DeviceSpec
-from qeff_compiler.backends.ai100.partition import PartitionPlan, Transfer
+from qeff_compiler.backends.ai100.plan import PartitionPlan, Transfer
 from qeff_compiler.backends.ai100.workload import OpWork
 
 #: fitted: sustained share of the DDR bandwidth (GPT-J-6B fp16 decode, 8.08 tok/s on ai100-standard)

@@ -28,10 +28,12 @@ import torch
 from transformers import MptConfig
 
 from qeff_compiler.backends.ai100.devices import MAX_DEVICES, DeviceSpec, get_device
-from qeff_compiler.backends.ai100.partition import WEIGHTED_OPS, PartitionPlan, logical_weights
+from qeff_compiler.backends.ai100.layouts import logical_weights, reads_matmul_weight, reads_table
+from qeff_compiler.backends.ai100.plan import PartitionPlan
 from qeff_compiler.backends.ai100.workload import program_workload
 from qeff_compiler.errors import InvalidArgumentError, ModelDoesNotFitError
 from qeff_compiler.ir.graph_utils import weight_only_nodes
+from qeff_compiler.ir.ops import SCHEMES
 from qeff_compiler.ir.program import BINDING, Program
 from qeff_compiler.numerics.mx import mx_storage_bits_per_element
 
@@ -303,9 +305,9 @@ def _float_numel(value: object) -> int:
 def _precision(program: Program) -> str:
     """The weight precision of a program, from its stored parts (the most compressed format present)."""
     names = list(program.weight_placeholders().values())
-    for suffix, precision in ((".mxfp6", "mxfp6"), (".w8a8", "w8a8"), (".int8", "int8")):
-        if any(name.endswith(suffix) for name in names):
-            return precision
+    for scheme in SCHEMES:  # the most compressed first: a w8a8 program holds int8 parts too
+        if any(name.endswith(f".{scheme.values_part.suffix}") for name in names):
+            return scheme.name
     dtypes = {program.weights[name].dtype for name in names}
     return "fp32" if torch.float32 in dtypes and torch.float16 not in dtypes else "fp16"
 
@@ -316,9 +318,9 @@ def _model_size(program: Program, plan: PartitionPlan, scale: float) -> ModelSiz
     tables: dict[str, int] = {}
     parts: set[str] = set()
     for node in program.graph.nodes:
-        if node.op != "call_function" or node.target not in WEIGHTED_OPS:
+        if node.op != "call_function" or not reads_matmul_weight(node.target):
             continue
-        target = tables if node.target == torch.ops.aten.embedding.default else matmuls
+        target = tables if reads_table(node.target) else matmuls
         for weight in logical_weights(node):
             target[weight.main.name] = weight.shape[0] * weight.shape[1]
             parts.update(part.name for part in weight.parts)

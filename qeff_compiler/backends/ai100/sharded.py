@@ -28,21 +28,13 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
-from qeff_compiler.backends.ai100.partition import (
-    Box,
-    LogicalWeight,
-    PartitionPlan,
-    Shard,
-    logical_box,
-    logical_weights,
-    project,
-)
+from qeff_compiler.backends.ai100.layouts import LogicalWeight, logical_box, logical_weights, project, reads_table
+from qeff_compiler.backends.ai100.plan import Box, PartitionPlan, Shard
 from qeff_compiler.errors import ProgramInputError, VerificationError
 from qeff_compiler.ir.graph_utils import weight_only_nodes
-from qeff_compiler.ir.ops import _attend, _cache_values, _merge_heads, _project_qkv, round_fp16, write_cache
+from qeff_compiler.ir.ops import DEQUANTIZE_MXFP6, traits
+from qeff_compiler.ir.ops.attention import _attend, _cache_values, _merge_heads, _project_qkv, round_fp16, write_cache
 from qeff_compiler.ir.program import BINDING, Program
-from qeff_compiler.ir.quant_ops import DEQUANTIZE_MXFP6, LINEARS
-from qeff_compiler.passes.patch_attention import ATTENTION, ATTENTION_KV
 
 aten = torch.ops.aten
 #: per (SoC, core): the logical boxes of one weight with the consumer's weight operands computed from the slices
@@ -79,11 +71,12 @@ class ShardedExecutor:
         return {spec.name: value for spec, value in zip(self.program.outputs, results, strict=True)}
 
     def _run(self, node: torch.fx.Node, env: dict[torch.fx.Node, object]) -> object:
-        if node.target in LINEARS:
+        op = traits(node.target)
+        if op.linear:
             return self._matmul(node, env)
-        if node.target in (ATTENTION, ATTENTION_KV):
+        if op.attention:
             return self._attention(node, env)
-        if node.target == aten.embedding.default:
+        if reads_table(node.target):
             return self._embedding(node, env)
         args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda n: self._value(n, env))
         return node.target(*args, **kwargs)
@@ -116,7 +109,7 @@ class ShardedExecutor:
         return out
 
     def _attention(self, node: torch.fx.Node, env: dict[torch.fx.Node, object]) -> object:
-        stateful = node.target == ATTENTION_KV
+        stateful = traits(node.target).stateful
         hidden, slopes = env[node.args[0]], self._value(node.args[3], env)
         options = node.kwargs
         fp16 = options.get("fp16_activations", False)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from qeff_compiler.atomic import atomic_write_text
 from qeff_compiler.backends.ai100.cost_model import StepTiming
-from qeff_compiler.backends.ai100.partition import PartitionPlan
+from qeff_compiler.backends.ai100.plan import PartitionPlan
 
 #: thread id of a SoC's PCIe link track (cores use their index)
 _LINK_TRACK = 1000

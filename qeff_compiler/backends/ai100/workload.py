@@ -19,8 +19,6 @@ consumer's weight read (MXFP6 decompression is counted there).
 from __future__ import annotations
 
 import math
-import operator
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -28,34 +26,10 @@ import torch
 import torch.fx
 
 from qeff_compiler.ir.graph_utils import weight_only_nodes
+from qeff_compiler.ir.layers import layer_of
+from qeff_compiler.ir.ops import is_alibi_slopes, traits
 from qeff_compiler.ir.program import BINDING, Program
-from qeff_compiler.ir.quant_ops import DEQUANTIZE_MXFP6, LINEAR_W8A8, LINEAR_W8A16
 from qeff_compiler.numerics.mx import mx_storage_bits_per_element
-from qeff_compiler.passes.patch_attention import ATTENTION, ATTENTION_KV, LAYER, is_alibi_slopes
-
-aten = torch.ops.aten
-_LINEARS = (aten.linear.default, LINEAR_W8A16, LINEAR_W8A8)
-#: ops that only move, view or cast data: no device work of their own
-_NO_WORK = frozenset(
-    {
-        operator.getitem,
-        aten._to_copy.default,
-        aten.view.default,
-        aten.reshape.default,
-        aten._unsafe_view.default,
-        aten.unsqueeze.default,
-        aten.expand.default,
-        aten.argmax.default,
-        aten.t.default,
-        aten.transpose.int,
-        aten.permute.default,
-        aten.contiguous.default,
-        aten.clone.default,
-        aten.slice.Tensor,
-        aten.select.int,
-    }
-)
-_LAYER_PATH = re.compile(r"transformer\.blocks\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -93,11 +67,12 @@ def program_workload(program: Program) -> list[OpWork]:
     weight_only = weight_only_nodes(program.graph)
     work = []
     for node in program.graph.nodes:
-        if node.op != "call_function" or node.target in _NO_WORK or node in weight_only:
-            continue
-        if node.target in _LINEARS:
+        op = traits(node.target)
+        if node.op != "call_function" or op.data_moving or op.cast or node in weight_only:
+            continue  # views, selections and casts do no device work of their own
+        if op.linear:
             work.append(_matmul(node, program, weight_only))
-        elif node.target in (ATTENTION, ATTENTION_KV):
+        elif op.attention:
             work.append(_attention(node, program, weight_only))
         elif isinstance(node.meta.get("val"), torch.Tensor) and node.meta["val"].is_floating_point():
             work.append(_vector(node))
@@ -119,9 +94,9 @@ def _matmul(node: torch.fx.Node, program: Program, weight_only: set[torch.fx.Nod
     return OpWork(
         node=node.name,
         kind="matmul",
-        layer=_layer(node),
+        layer=layer_of(node),
         flops=2.0 * rows * in_features * out_features,
-        compute="int8" if node.target == LINEAR_W8A8 else "fp16",
+        compute=traits(node.target).compute,
         weight_bytes=_bytes(weights, program),
         weights=weights,
         decompress_elements=_mxfp6_elements(node.args[1:], weight_only),
@@ -139,7 +114,7 @@ def _attention(node: torch.fx.Node, program: Program, weight_only: set[torch.fx.
     n_heads = node.kwargs.get("n_heads", node.args[7] if len(node.args) > 7 else None)
     wqkv, out_proj = node.args[1], node.args[2]
     inner = wqkv.meta["val"].shape[0] // 3  # n_heads · head_dim: below d_model once `prune` removed heads
-    stateful = node.target == ATTENTION_KV
+    stateful = traits(node.target).stateful
     keys = node.args[5].meta["val"].shape[2] if stateful else seq  # attends over every cache slot
     rows = batch * seq
     projection_flops = 2.0 * rows * d_model * (3 * inner) + 2.0 * rows * inner * d_model
@@ -153,7 +128,7 @@ def _attention(node: torch.fx.Node, program: Program, weight_only: set[torch.fx.
     return OpWork(
         node=node.name,
         kind="attention",
-        layer=_layer(node),
+        layer=layer_of(node),
         flops=projection_flops + attention_flops,
         compute="fp16",
         weight_bytes=_bytes(weights, program),
@@ -174,7 +149,7 @@ def _vector(node: torch.fx.Node) -> OpWork:
     return OpWork(
         node=node.name,
         kind="vector",
-        layer=_layer(node),
+        layer=layer_of(node),
         flops=0.0,
         compute="fp16",
         weight_bytes=0,
@@ -211,7 +186,8 @@ def _weight_parts(operands: Iterable[object], weight_only: set[torch.fx.Node]) -
 
 def _mxfp6_elements(operands: Iterable[object], weight_only: set[torch.fx.Node]) -> int:
     """Elements of the MXFP6 weights feeding `operands`."""
-    return sum(n.meta["val"].numel() for n in _weight_feeders(operands, weight_only) if n.target == DEQUANTIZE_MXFP6)
+    feeders = _weight_feeders(operands, weight_only)
+    return sum(n.meta["val"].numel() for n in feeders if traits(n.target).vector_decompress)
 
 
 def _bytes(names: Iterable[str], program: Program) -> int:
@@ -227,13 +203,3 @@ def _cache_element_bytes(node: torch.fx.Node) -> float:
     if node.kwargs.get("kv_cache_format") == "mxint8":
         return mx_storage_bits_per_element("int8") / 8
     return node.args[5].meta["val"].element_size()
-
-
-def _layer(node: torch.fx.Node) -> int | None:
-    if LAYER in node.meta:
-        return node.meta[LAYER]
-    for path, _ in node.meta.get("nn_module_stack", {}).values():
-        match = _LAYER_PATH.search(path + ".")
-        if match:
-            return int(match.group(1))
-    return None

@@ -6,7 +6,7 @@ float32 (`dequantize_int8` rounds each product q · scale once, as ONNX `Dequant
 insert them round the result to fp16 after, the dtype the device decompresses to.
 
 The host executor folds ops whose inputs are all weights once, when it binds the weights (see
-`backends.host`), so dequantizing costs nothing per call on the host; the ONNX file keeps the codes and scales plus
+the host executor), so dequantizing costs nothing per call on the host; the ONNX file keeps the codes and scales plus
 the dequantize nodes.
 
 `linear_w8a8` (appended for the `w8a8` precision) is a whole linear rather than a weight dequantize: int8
@@ -30,7 +30,7 @@ def dequantize_int8(qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor
 
 
 @dequantize_int8.register_fake
-def _dequantize_int8_fake(qweight, scales):  # noqa: ANN001, ANN202
+def _dequantize_int8_fake(qweight, scales):
     return qweight.new_empty(qweight.shape, dtype=torch.float32)
 
 
@@ -43,7 +43,7 @@ def dequantize_mxfp6(packed: torch.Tensor, scales: torch.Tensor, cols: int, fmt:
 
 
 @dequantize_mxfp6.register_fake
-def _dequantize_mxfp6_fake(packed, scales, cols, fmt):  # noqa: ANN001, ANN202
+def _dequantize_mxfp6_fake(packed, scales, cols, fmt):
     return packed.new_empty((packed.shape[0], cols), dtype=torch.float32)
 
 
@@ -68,7 +68,7 @@ def linear_w8a8(
 
 
 @linear_w8a8.register_fake
-def _linear_w8a8_fake(x, smooth, act_scale, qweight, w_scale):  # noqa: ANN001, ANN202
+def _linear_w8a8_fake(x, smooth, act_scale, qweight, w_scale):
     return x.new_empty((*x.shape[:-1], qweight.shape[0]), dtype=torch.float32)
 
 
@@ -80,16 +80,13 @@ def linear_w8a16(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -
     """W8A16 linear: fp32 x [..., in] (holding fp16 values) → fp32 [..., out] = (x · qweightᵀ) · scales, the
     per-output-channel scale applied after the accumulation, as int8-weight kernels do, and the result within
     fp32 rounding of the exact value (`numerics.int8`). This reference packs the weight on every call; the host
-    executor packs it once (`backends.host`)."""
+    executor packs it once (the host executor)."""
     return int8_linear_w8a16(x, qweight, scales)
 
 
 @linear_w8a16.register_fake
-def _linear_w8a16_fake(x, qweight, scales):  # noqa: ANN001, ANN202
+def _linear_w8a16_fake(x, qweight, scales):
     return x.new_empty((*x.shape[:-1], qweight.shape[0]), dtype=torch.float32)
 
 
 LINEAR_W8A16 = torch.ops.qeff.linear_w8a16.default
-
-#: ops that compute a linear layer with the activation as first argument (plain, and the quantized forms)
-LINEARS = frozenset({torch.ops.aten.linear.default, LINEAR_W8A8, LINEAR_W8A16})

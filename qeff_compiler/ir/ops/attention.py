@@ -30,12 +30,20 @@ import torch
 import torch.nn.functional as F
 
 from qeff_compiler.errors import InvalidArgumentError
+from qeff_compiler.ir.ops.traits import OpTraits, register_traits
 from qeff_compiler.numerics.mx import fake_quantize_mx
 
 #: replaces masked attention scores; finfo(float16).min, so the mask is finite in fp16 as well as fp32
 MASK_VALUE = -65504.0
 #: values of `mpt_attention_kv`'s `kv_cache_format`: None stores the values as they are (in the cache dtype)
 KV_CACHE_FORMATS = (None, "mxint8")
+#: name of the shared ALiBi slopes constant (the attention ops' operand 3) in the weight store
+ALIBI_SLOPES = "alibi_slopes"
+
+
+def is_alibi_slopes(name: str) -> bool:
+    """The shared slopes constant, or a layer's own `alibi_slopes.{i}` (`prune` removed some of its heads)."""
+    return name == ALIBI_SLOPES or name.startswith(f"{ALIBI_SLOPES}.")
 
 
 def round_fp16(tensor: torch.Tensor, enabled: bool = True) -> torch.Tensor:
@@ -52,7 +60,8 @@ def _project_qkv(
         qkv = qkv.clamp(min=-clip_qkv, max=clip_qkv)
     qkv = round_fp16(qkv, fp16)
     batch, seq, _ = hidden.shape
-    return tuple(t.reshape(batch, seq, n_heads, -1).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+    query, key, value = (t.reshape(batch, seq, n_heads, -1).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+    return query, key, value
 
 
 def _attend(
@@ -124,8 +133,8 @@ def mpt_attention(
 
 
 @mpt_attention.register_fake
-def _mpt_attention_fake(  # noqa: ANN202
-    hidden, wqkv, out_proj, alibi_slopes, n_heads, softmax_scale, clip_qkv, fp16_activations=False  # noqa: ANN001
+def _mpt_attention_fake(
+    hidden, wqkv, out_proj, alibi_slopes, n_heads, softmax_scale, clip_qkv, fp16_activations=False
 ):
     return hidden.new_empty(hidden.shape)
 
@@ -158,8 +167,14 @@ def mpt_attention_kv(
 
 
 @mpt_attention_kv.register_fake
-def _mpt_attention_kv_fake(  # noqa: ANN202
-    hidden, wqkv, out_proj, alibi_slopes, position_ids, past_key, past_value,  # noqa: ANN001
-    n_heads, softmax_scale, clip_qkv, fp16_activations=False, kv_cache_format=None,  # noqa: ANN001
+def _mpt_attention_kv_fake(
+    hidden, wqkv, out_proj, alibi_slopes, position_ids, past_key, past_value,
+    n_heads, softmax_scale, clip_qkv, fp16_activations=False, kv_cache_format=None,
 ):
     return hidden.new_empty(hidden.shape), past_key.new_empty(past_key.shape), past_value.new_empty(past_value.shape)
+
+
+ATTENTION = torch.ops.qeff.mpt_attention.default
+ATTENTION_KV = torch.ops.qeff.mpt_attention_kv.default
+register_traits(ATTENTION, OpTraits(attention=True, weight_operands=(1, 2)))
+register_traits(ATTENTION_KV, OpTraits(attention=True, stateful=True, weight_operands=(1, 2)))
