@@ -27,10 +27,12 @@ from qeff_compiler.facade import CloudAI100ExecInfo, PerfMetrics
 from tests.conftest import random_model, tiny_config
 
 BANDED = [p.name for p in calibration.POINTS if p.band is not None]
-#: each fitted or assumed constant, perturbed: at least one published point must leave its band
+#: each calibrated or validated constant, perturbed: at least one published point must leave its band.
+#: COMPUTE_EFFICIENCY is bound from below only (the BERT bands fail under ~0.55; up to 2.0 they still hold, since
+#: vector work and per-op overhead then dominate), so only its downward perturbation is here.
 PERTURBATIONS = [
     ("DDR_EFFICIENCY", 5.0), ("DDR_EFFICIENCY", 0.7), ("OP_OVERHEAD_S", 10.0), ("OP_OVERHEAD_S", 0.0),
-    ("COMPUTE_EFFICIENCY", 2.0), ("COMPUTE_EFFICIENCY", 0.5), ("MXFP6_DECOMPRESS_VECTOR_OPS_PER_ELEMENT", 0.5),
+    ("COMPUTE_EFFICIENCY", 0.8), ("COMPUTE_EFFICIENCY", 0.5), ("MXFP6_DECOMPRESS_VECTOR_OPS_PER_ELEMENT", 0.5),
     ("MXFP6_DECOMPRESS_VECTOR_OPS_PER_ELEMENT", 1.5), ("VECTOR_FP16_LANES", 0.5),
 ]
 #: assumed constants no published figure we found binds (documented as "assumed" in the constants table)

@@ -34,7 +34,8 @@ CONSTANTS: tuple[Constant, ...] = (
     Constant(cost_model, "DDR_EFFICIENCY", "calibrated", f"solved with OP_OVERHEAD_S by {FIT}; sets bandwidth-bound decode"),
     Constant(cost_model, "OP_OVERHEAD_S", "calibrated", f"solved with DDR_EFFICIENCY by {FIT}; adds per op per call"),
     Constant(cost_model, "COMPUTE_EFFICIENCY", "validated",
-             "assumed 0.6; MLPerf v1.0 BERT-99 int8 throughput (1 card and per card of 16) within ±30 %; sets prefill"),
+             "assumed 0.6; MLPerf v1.0 BERT-99 int8 throughput (1 card and per card of 16) within ±30 % (-24 %); "
+             "the band binds it from below only (fails under ~0.55); sets compute-bound prefill"),
     Constant(cost_model, "VECTOR_FP16_LANES", "validated",
              "assumed: one 1024-bit vector register of fp16 lanes (no AI 100 document gives the vector width); "
              "with the derived clock: 61 G elements/s per Standard core; validated through the MXFP6 points"),
