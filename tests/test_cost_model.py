@@ -76,6 +76,14 @@ def test_perturbing_a_constant_moves_a_point_out_of_its_band(constant: str, fact
     assert calibration.band_failures(calibration.run(compiled)), f"{constant} x {factor} left every band intact"
 
 
+def test_the_fit_on_the_calibration_set_reproduces_the_committed_constants(monkeypatch: pytest.MonkeyPatch) -> None:
+    committed = {name: getattr(cost_model, name) for name in ("DDR_EFFICIENCY", "OP_OVERHEAD_S")}
+    for name in committed:  # the fit assigns the module's constants; the monkeypatch restores them afterwards
+        monkeypatch.setattr(cost_model, name, committed[name] * 1.5)
+    fitted = calibration.fit(_points())
+    assert fitted == pytest.approx(committed, rel=0.01)
+
+
 def test_every_cost_model_constant_is_documented_and_perturbed_or_declared_unbound() -> None:
     tree = ast.parse(inspect.getsource(cost_model))
     defined = {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if t.id.isupper()}
