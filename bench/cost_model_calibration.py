@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import MptConfig
 
 import qeff_compiler as qc
 from qeff_compiler.atomic import atomic_write_text
@@ -92,7 +93,7 @@ POINTS: tuple[Point, ...] = (
 BY_NAME = {p.name: p for p in POINTS}
 
 
-def model_config(model: str) -> object:
+def model_config(model: str) -> MptConfig:
     if model in SHAPES:
         base, fields = SHAPES[model]
         config = preset_config(base)
@@ -226,11 +227,14 @@ def fit(compiled: Compiled) -> dict[str, float]:
     fp16, mxfp6 = (BY_NAME[f"GPT-J-6B {p} decode"] for p in ("fp16", "MXFP6"))
 
     def rate_with(point: Point, constant: str) -> Callable[[float], float]:
+        result = compiled[point.name]
+        assert not isinstance(result, str), result  # both calibration models fit on one Standard SoC
         def rate(value: float) -> float:
             setattr(cost_model, constant, value)
-            return simulate(point, compiled[point.name])
+            return simulate(point, result)
         return rate
 
+    assert fp16.published is not None and mxfp6.published is not None
     for _ in range(12):  # each pass moves both; they settle in a few passes
         cost_model.DDR_EFFICIENCY = bisect(rate_with(fp16, "DDR_EFFICIENCY"), 0.2, 1.0, fp16.published)
         cost_model.OP_OVERHEAD_S = bisect(rate_with(mxfp6, "OP_OVERHEAD_S"), 0.0, 1e-4, mxfp6.published, increasing=False)

@@ -78,8 +78,8 @@ def test_perturbing_a_constant_moves_a_point_out_of_its_band(constant: str, fact
 
 def test_the_fit_on_the_calibration_set_reproduces_the_committed_constants(monkeypatch: pytest.MonkeyPatch) -> None:
     committed = {name: getattr(cost_model, name) for name in ("DDR_EFFICIENCY", "OP_OVERHEAD_S")}
-    for name in committed:  # the fit assigns the module's constants; the monkeypatch restores them afterwards
-        monkeypatch.setattr(cost_model, name, committed[name] * 1.5)
+    for name, value in committed.items():  # the fit assigns the module's constants; monkeypatch restores them
+        monkeypatch.setattr(cost_model, name, value * 1.5)
     fitted = calibration.fit(_points())
     assert fitted == pytest.approx(committed, rel=0.01)
 
