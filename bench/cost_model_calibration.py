@@ -9,7 +9,8 @@ Standard ones. Models are MPTs of the published models' shapes, compiled from th
     python -m bench.cost_model_calibration [--fit]
 
 Each point's source, settings and band are in POINTS; `tests/test_cost_model.py` asserts every band and that
-perturbing any fitted or assumed constant makes at least one band fail.
+perturbing any calibrated or validated constant makes at least one band fail (NOCS_PER_SOC and P2P_LATENCY_S are
+assumed: no published point binds them).
 """
 
 from __future__ import annotations
