@@ -34,7 +34,7 @@ from qeff_compiler.atomic import atomic_write_text
 
 ROOT = Path(__file__).parent
 #: the quick mode's simulated point: a 2.7B-parameter shape compiles from its config in a few seconds
-QUICK_SIMULATED = (("opt-2.7b-shape", "mxfp6"),)
+QUICK_SIMULATED = ("OPT-2.7B MXFP6 decode",)
 ACCURACY_PRECISIONS = ("fp32", "fp16", "int8", "mxfp6", "w8a8")
 
 

@@ -80,15 +80,15 @@ def _compile_layers(axes, section: dict) -> None:  # noqa: ANN001
 
 
 def _simulated(axes, rows: list[dict]) -> None:  # noqa: ANN001
-    rows = [r for r in rows if r["simulated"] is not None]
-    groups = [f"{r['model']}\n{r['precision']}" for r in rows]
+    rows = [r for r in rows if r["simulated"] is not None and r["metric"] == "decode tok/s"]
+    groups = [f"{r['model']}\n{r['precision']}, {r['device'].removeprefix('ai100-')}" for r in rows]
     series = {
         "published": [r["published"] or 0.0 for r in rows],
         "simulated": [r["simulated"] for r in rows],
         "bandwidth roofline": [r["roofline"] for r in rows],
     }
     _grouped_bars(axes, groups, series)
-    axes.set(title="AI 100 Standard decode tok/s: published vs simulated vs roofline", ylabel="tokens/s")
+    axes.set(title="AI 100 decode tok/s: published vs simulated vs roofline", ylabel="tokens/s")
 
 
 def _accuracy(axes, rows: list[dict]) -> None:  # noqa: ANN001

@@ -107,18 +107,34 @@ def compile_passes(results: dict) -> str:
 
 
 def simulated(results: dict) -> str:
+    """Calibration rows, then validation rows, each with its residual and band; residuals per set below."""
+    rows = results["sections"]["simulated_vs_published"]
     lines = [
-        "| model | precision | published decode tok/s | simulated | error | bandwidth roofline | role |",
-        "|---|---|---|---|---|---|---|",
+        "| set | point | device | published | simulated | residual | band | bound |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in results["sections"]["simulated_vs_published"]:
-        published = "does not fit" if r["published"] is None else f"{r['published']:g}"
-        if r["simulated"] is None:
-            lines.append(f"| {r['model']} | {r['precision']} | {published} | refused | | | {r['role']} |")
-            continue
-        error = "" if r["simulated_vs_published"] is None else f"{100 * (r['simulated_vs_published'] - 1):+.1f} %"
-        lines.append(f"| {r['model']} | {r['precision']} | {published} | {r['simulated']:.2f} | {error} "
-                     f"| {r['roofline']:.1f} | {r['role']} |")
+    for role in ("calibration", "validation"):
+        for r in (r for r in rows if r["role"] == role):
+            published = "not found" if r["published"] is None else f"{r['published']:.4g}"
+            if r["simulated"] is None:
+                lines.append(f"| {role} | {r['name']} | {r['device']} | does not fit | refused | | | |")
+                continue
+            residual = "" if r["simulated_vs_published"] is None else f"{100 * (r['simulated_vs_published'] - 1):+.1f} %"
+            band = "explained below" if r["band"] is None and r["published"] else (
+                "" if r["band"] is None else f"±{100 * r['band']:.0f} %")
+            lines.append(f"| {role} | {r['name']} ({r['metric']}) | {r['device']} | {published} | {r['simulated']:.4g} "
+                         f"| {residual} | {band} | {r['bound']} |")
+    lines.append("")
+    for role in ("calibration", "validation"):
+        values = [r["simulated_vs_published"] - 1 for r in rows if r["role"] == role and r["band"] is not None
+                  and r["simulated_vs_published"] is not None]
+        if values:
+            lines.append(f"{role.capitalize()} set: {len(values)} banded points, largest |residual| "
+                         f"{100 * max(abs(v) for v in values):.1f} %.")
+    for r in (r for r in rows if r["metric"] == "prefill s" and r["simulated"]):
+        chunks = r["published"] / r["simulated"]
+        lines.append(f"{r['name']}: one 128-token chunk is {r['simulated']:.3f} s simulated, so the published "
+                     f"{r['published']:g} s is {chunks:.1f} chunks, a prompt of ~{128 * round(chunks)} tokens.")
     return "\n".join(lines) + "\n"
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +73,8 @@ class CloudAI100ExecInfo:
     perf_metrics: PerfMetrics
     #: the simulated device the figures are for
     device: str = ""
+    #: per figure ("decode", "prefill"): calibrated, validated or assumed, and why (`SimulatedDevice.provenance`)
+    provenance: dict[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         m, b = self.perf_metrics, self.batch_size
@@ -82,7 +84,7 @@ class CloudAI100ExecInfo:
             f"Decode is= {m.decode_perf * b:.2f} tokens/sec\n"
             f"Total is= {m.total_perf * b:.2f} tokens/sec\n"
             f"Total (E2E) inference time is= {m.total_time:.6f} sec"
-        )
+        ) + "".join(f"\nsimulated {figure}: {text}" for figure, text in self.provenance.items())
 
 
 class QEFFAutoModelForCausalLM:
@@ -189,7 +191,8 @@ class QEFFAutoModelForCausalLM:
             total_perf=tokens / total_s,
             total_time=total_s,
         )
-        return CloudAI100ExecInfo(shapes.batch_size, texts, generated, metrics, self.compiled.simulation.device)
+        simulation = self.compiled.simulation
+        return CloudAI100ExecInfo(shapes.batch_size, texts, generated, metrics, simulation.device, simulation.provenance)
 
     def _tokenizer(self) -> PreTrainedTokenizerBase:
         if not isinstance(self.model, Path):

@@ -263,6 +263,8 @@ def estimate_command(
     for label, value in stats.rows():
         table.add_row(label, value)
     console.print(table)
+    for figure, provenance in compiled.simulation.provenance.items():
+        console.print(f"simulated {figure}: {provenance}", soft_wrap=True)
 
 
 def _print_memory(compiled: CompiledModel) -> None:

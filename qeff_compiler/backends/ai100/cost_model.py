@@ -4,8 +4,8 @@ Per op, on each SoC, the busiest core decides (the partition plan says what shar
 
     memory     = bytes the SoC streams (its weight shards as stored + KV cache read/written) / (tier bandwidth x eff)
     compute    = tensor-unit FLOPs of the busiest core / (its peak for the datatype x COMPUTE_EFFICIENCY)
-    decompress = MXFP6 elements of the busiest core / MXFP6_DECOMPRESS_ELEMENTS_PER_S_PER_CORE
-    vector     = vector-unit elements of the busiest core / VECTOR_ELEMENTS_PER_S_PER_CORE
+    decompress = MXFP6 elements of the busiest core / the core's MXFP6 decompression rate (vector unit, below)
+    vector     = vector-unit elements of the busiest core / the core's vector rate (below)
     op time    = max(memory, compute + decompress + vector) + OP_OVERHEAD_S + transfers
 
 Memory streaming overlaps the cores' work (the DMA engines fetch the next tile while the cores run), so an op is
@@ -14,22 +14,18 @@ bandwidth-bound; prefill multiplies the FLOPs by the chunk length and comes out 
 the bytes by 2.56x versus fp16, but their decompression on the vector unit then bounds decode. Transfers: NoC
 traffic between cores at the NoC bandwidth, PCIe P2P all-reduces between SoCs at the P2P bandwidth plus a latency.
 
+The vector unit is derived, not fitted: VECTOR_FP16_LANES lanes per clock at the clock the card's FP16 peak implies
+(`DeviceSpec.core_clock_hz`); decompressing one MXFP6 element costs MXFP6_DECOMPRESS_VECTOR_OPS_PER_ELEMENT vector
+operations (an instruction count, see its comment). On ai100-standard that is 64 x 0.96 GHz / 8 = 7.7e9 elements/s
+per core.
+
 The tier is where the plan keeps the weights: DDR, or on-chip VTCM when a SoC's shards and cache fit there.
 
-Constants. Two are fitted, each to one published figure, on one model only (DESIGN.md: Qualcomm's MX blog,
-AI 100 Standard, GPT-J-6B, batch 1, prompt 1024, generate 1024, ctx 2048):
-- DDR_EFFICIENCY: fp16 decode 8.08 tok/s. Fitted 0.7475: 102 GB/s sustained of the 137 GB/s peak.
-- MXFP6_DECOMPRESS_ELEMENTS_PER_S_PER_CORE: MXFP6 decode 13.9 tok/s. Fitted 7.28e9 elements/s per core, about
-  7 elements per cycle at a ~1 GHz clock: MXFP6 decode is decompression-bound, which is why MXFP6 gains 1.7x over
-  fp16 on GPT-J while it moves 2.56x fewer weight bytes.
-`python -m bench.cost_model_calibration --fit` redoes the fit (bisection on each constant in turn).
-OPT-2.7B (fp16 15.44, MXFP6 27.72 tok/s) and OPT-13B (MXFP6 6.98; fp16 does not fit) are validation points the
-constants were not fitted to; `tests/test_cost_model.py` checks all of them, and `qeffc estimate` prints them.
-The others are stated assumptions, not fitted (no published figure isolates them); they barely move decode:
-- COMPUTE_EFFICIENCY 0.6: share of the tensor unit's peak a large matmul sustains (sets prefill / TTFT);
-- VECTOR_ELEMENTS_PER_S_PER_CORE 64e9: 1024-bit vector unit, 64 fp16 lanes, ~1 GHz;
-- NOCS_PER_SOC 3: the on-chip tier's bandwidth is the SoC's three NoCs together (3 x 186 GB/s);
-- OP_OVERHEAD_S 2 us per op (launch and core synchronisation); P2P_LATENCY_S 5 us per PCIe transfer.
+Every constant is listed with its status (calibrated, validated or assumed), source and derivation in
+`constants.py` (rendered into docs/backend.md). Two are calibrated, on GPT-J-6B on ai100-standard only (batch 1,
+prompt 1024, generate 1024, ctx 2048: 8.08 tok/s fp16, 13.9 MXFP6): DDR_EFFICIENCY and OP_OVERHEAD_S, solved together
+by `python -m bench.cost_model_calibration --fit`. Every other published point is validation; that command prints
+the residuals of both sets, and `tests/test_cost_model.py` asserts each point's band.
 """
 
 from __future__ import annotations
@@ -41,20 +37,31 @@ from qeff_compiler.backends.ai100.devices import DeviceSpec
 from qeff_compiler.backends.ai100.plan import PartitionPlan, Transfer
 from qeff_compiler.backends.ai100.workload import OpWork
 
-#: fitted: sustained share of the DDR bandwidth (GPT-J-6B fp16 decode, 8.08 tok/s on ai100-standard)
-DDR_EFFICIENCY = 0.7475
-#: fitted: MXFP6 → fp16 elements one core's vector unit decompresses per second (GPT-J-6B MXFP6 decode, 13.9 tok/s)
-MXFP6_DECOMPRESS_ELEMENTS_PER_S_PER_CORE = 7.28e9
-#: assumed: share of the tensor unit's peak sustained by large matmuls
+#: calibrated: sustained share of the DDR bandwidth (fitted with OP_OVERHEAD_S to GPT-J-6B fp16 and MXFP6 decode)
+DDR_EFFICIENCY = 0.7705
+#: calibrated: fixed cost per op per program call, launch and core synchronisation (fitted with DDR_EFFICIENCY)
+OP_OVERHEAD_S = 1.81e-5
+#: assumed: share of the tensor unit's peak sustained by large matmuls (validated by MLPerf BERT throughput)
 COMPUTE_EFFICIENCY = 0.6
-#: assumed: vector-unit elements per second per core (64 fp16 lanes at ~1 GHz)
-VECTOR_ELEMENTS_PER_S_PER_CORE = 64e9
+#: assumed: fp16 lanes of one core's vector unit per clock (a 1024-bit vector register holds 64 fp16 values)
+VECTOR_FP16_LANES = 64
+#: assumed: vector operations to turn one packed MXFP6 element into fp16 (per 64-lane vector: widen the packed bytes,
+#: shift, mask, two table lookups E2M3 -> fp16, broadcast the block scale, multiply, store: 8)
+MXFP6_DECOMPRESS_VECTOR_OPS_PER_ELEMENT = 8
 #: NoCs per SoC [arch]; the on-chip tier streams over all of them (3 x 186 GB/s), an assumption
 NOCS_PER_SOC = 3
-#: assumed: fixed cost per op per step (launch, core synchronisation)
-OP_OVERHEAD_S = 2e-6
 #: assumed: latency of one PCIe P2P transfer
 P2P_LATENCY_S = 5e-6
+
+
+def vector_elements_per_s_per_core(device: DeviceSpec) -> float:
+    """fp16 elements one core's vector unit processes per second: lanes x the clock the FP16 peak implies."""
+    return VECTOR_FP16_LANES * device.core_clock_hz
+
+
+def mxfp6_decompress_elements_per_s_per_core(device: DeviceSpec) -> float:
+    """MXFP6 elements one core decompresses to fp16 per second: its vector rate / operations per element."""
+    return vector_elements_per_s_per_core(device) / MXFP6_DECOMPRESS_VECTOR_OPS_PER_ELEMENT
 
 
 @dataclass(frozen=True)
@@ -106,8 +113,8 @@ def _time_op(op: OpWork, plan: PartitionPlan, device: DeviceSpec, bandwidth: flo
     peak = device.peak_int8_ops_per_core if op.compute == "int8" else device.peak_fp16_flops_per_core
     memory = (op.weight_bytes + op.kv_read_bytes + op.kv_write_bytes) * soc / bandwidth
     compute = op.flops * core / (peak * COMPUTE_EFFICIENCY)
-    decompress = op.decompress_elements * core / MXFP6_DECOMPRESS_ELEMENTS_PER_S_PER_CORE
-    vector = op.vector_elements * core / VECTOR_ELEMENTS_PER_S_PER_CORE
+    decompress = op.decompress_elements * core / mxfp6_decompress_elements_per_s_per_core(device)
+    vector = op.vector_elements * core / vector_elements_per_s_per_core(device)
     transfer = sum(_transfer_seconds(t, device) for t in plan.transfers_for(op.node))
     core_time = compute + decompress + vector
     return OpTiming(

@@ -27,6 +27,8 @@ MIB = 1 << 20
 TERA = 1e12
 #: PCIe Gen4 usable bandwidth per lane and direction: 16 GT/s with 128b/130b coding
 PCIE_GEN4_BYTES_PER_S_PER_LANE = 16e9 * 128 / 130 / 8
+#: FP16 multiply-accumulates per clock of one core's tensor unit [arch]; with the card's FP16 peak it gives the clock
+FP16_MACS_PER_CYCLE_PER_CORE = 4096
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,12 @@ class DeviceSpec:
     @property
     def peak_int8_ops_per_core(self) -> float:
         return self.peak_int8_ops_per_card / self.cores_per_card
+
+    @property
+    def core_clock_hz(self) -> float:
+        """The clock the FP16 peak implies: peak per core / (2 x FP16 MACs per cycle). Derived, not published:
+        Standard 0.96 GHz, Pro 0.95 GHz, Ultra 0.55 GHz (its SoCs run at a lower clock inside the 150 W card)."""
+        return self.peak_fp16_flops_per_core / (2 * FP16_MACS_PER_CYCLE_PER_CORE)
 
     @property
     def vtcm_bytes_per_soc(self) -> int:

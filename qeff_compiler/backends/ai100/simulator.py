@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from qeff_compiler.backends.ai100.constants import figure_provenance
 from qeff_compiler.backends.ai100.cost_model import StepTiming, time_step
 from qeff_compiler.backends.ai100.devices import MAX_DEVICES, DeviceSpec, get_device
 from qeff_compiler.backends.ai100.memory import MemoryPlan, check_fits, plan_memory
@@ -88,6 +89,11 @@ class SimulatedDevice:
     @property
     def decode_step_s(self) -> float:
         return self.steps["decode"].seconds
+
+    @property
+    def provenance(self) -> dict[str, str]:
+        """Whether this target's simulated decode and prefill/TTFT figures are calibrated, validated or assumed."""
+        return figure_provenance(self.target.device, self.memory.tier, self.target.num_devices)
 
     def estimate(self, prompt_len: int, generation_len: int) -> LatencyStats:
         """The simulated figures of generating `generation_len` tokens after a `prompt_len` prompt, for every row
