@@ -5,74 +5,44 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from transformers import MptConfig
 
-from qeff_compiler.artifact import ONNX_FILES, load_artifact, save_artifact
+from qeff_compiler.artifact import CALIBRATION_TABLE, ONNX_FILES, PLAN, load_artifact, save_artifact
 from qeff_compiler.backends.ai100.memory import check_kv_cache_fits
-from qeff_compiler.backends.ai100.partition import check_p2p_format
-from qeff_compiler.backends.ai100.simulator import SimulatedDevice, Target
-from qeff_compiler.backends.host import HostExecutor
+from qeff_compiler.backends.ai100.partition import PartitionPlan
+from qeff_compiler.backends.ai100.simulator import SimulatedDevice
 from qeff_compiler.calibration import calibration_file, load_calibration
 from qeff_compiler.capture import ModelSource, capture_resolved, resolve_model
-from qeff_compiler.errors import ArtifactIntegrityError, InvalidArgumentError, PipelineError
+from qeff_compiler.errors import ArtifactIntegrityError, InvalidArgumentError, PipelineError, VerificationError
+from qeff_compiler.ir.interpret import HostExecutor
 from qeff_compiler.ir.program import Program
 from qeff_compiler.ir.weights import should_stream
+from qeff_compiler.options import CompileOptions
 from qeff_compiler.passes import PassManager
 from qeff_compiler.passes.base import Pass
-from qeff_compiler.passes.lower_fp16 import LowerFp16
-from qeff_compiler.passes.pipeline import build_passes
-from qeff_compiler.precision import check_precision, check_pruning, kv_cache_bits, kv_cache_pass, lowering_passes, prune_passes
+from qeff_compiler.passes.pipeline import build_passes, configure, pipeline_text
+from qeff_compiler.pipelines import compile_pipeline
+from qeff_compiler.precision import kv_cache_bits
 from qeff_compiler.progress import Progress, make_progress
-from qeff_compiler.runtime.generate import Executor, GenerationOutput, StaticShapes, Streamer, generate, normalize_prompts
+from qeff_compiler.runtime.generate import (
+    Executor,
+    GenerationOutput,
+    StaticShapes,
+    Streamer,
+    generate,
+    normalize_prompts,
+)
 from qeff_compiler.runtime.sampling import SamplingConfig
 from qeff_compiler.runtime.stats import LatencyStats
 
-#: where a compiled artifact keeps the calibration table of a w8a8 compile or an activation-scored pruning (the
-#: recorded pipeline names it)
-CALIBRATION_TABLE = "calibration.safetensors"
+__all__ = ["ENGINES", "CompileOptions", "CompiledModel", "check_engine", "compile", "load_compiled"]
+
 #: what can run a compiled model's numerics on this machine: the reference executor, or ONNX Runtime over the ONNX emit
 ENGINES = ("host", "onnxruntime")
-
-
-@dataclass(frozen=True)
-class CompileOptions:
-    """The static choices a compiled model is specialised for."""
-
-    precision: str = "fp32"
-    ctx_len: int = 128
-    prefill_len: int = 32
-    batch_size: int = 1
-    kv_cache_dtype: str | None = None
-    device: str = "ai100-standard"
-    #: AI cores per SoC; None = all the device has
-    num_cores: int | None = None
-    num_devices: int = 1
-    p2p_format: str = "fp16"
-    #: shares of each layer's FFN channels and attention heads the `prune` pass removes, and its score
-    prune_ffn: float = 0.0
-    prune_heads: float = 0.0
-    prune_score: str = "magnitude"
-
-    @property
-    def needs_calibration(self) -> bool:
-        """w8a8 and activation-scored FFN pruning read a calibration table."""
-        return self.precision == "w8a8" or (self.prune_score == "activation" and bool(self.prune_ffn))
-
-    @property
-    def target(self) -> Target:
-        return Target(self.device, self.num_cores, self.num_devices, self.p2p_format)
-
-    def pipeline(self, calibration: Path | None = None) -> str:
-        """The default pass pipeline for these options: capture clean-up, attention, pruning, precision, cache.
-        `calibration` is the table file of a w8a8 compile or of activation-scored pruning."""
-        pruning = prune_passes(self.prune_ffn, self.prune_heads, self.prune_score, calibration)
-        passes = ["strip-export-noise", "patch-attention", *pruning, *lowering_passes(self.precision, calibration)]
-        return ",".join([*passes, kv_cache_pass(self.ctx_len, self.kv_cache_dtype), "dce"])
 
 
 def compile(  # noqa: A001 (the public API name in DESIGN.md)
@@ -88,7 +58,7 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     num_devices: int = 1,
     p2p_format: str = "fp16",
     calibration: str | Path | None = None,
-    passes: str | None = None,
+    passes: str | Sequence[Pass] | None = None,
     verify: bool = True,
     prune_ffn: float = 0.0,
     prune_heads: float = 0.0,
@@ -99,7 +69,8 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
 ) -> CompiledModel:
     """Capture `model` at the prefill and decode shapes and run the pass pipeline on both.
 
-    `passes` replaces the default pipeline (`CompileOptions.pipeline`); it must produce a stateful program.
+    `passes` replaces the default pipeline (`pipelines.compile_pipeline`): pipeline text or configured passes
+    (`passes.pipeline.configure`); it must produce a stateful program.
     `calibration` is the w8a8 calibration table file (`qc.calibrate`); by default a w8a8 compile calibrates on
     the model directory's calibration.txt. The artifact keeps the table, and its recorded pipeline names it.
     The programs are then partitioned over `num_cores` cores (default: all) of `num_devices` SoCs of `device`,
@@ -118,10 +89,11 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     that read weights.
     """
     options = CompileOptions(
-        precision, ctx_len, prefill_len, batch_size, kv_cache_dtype, device, num_cores, num_devices, p2p_format,
-        prune_ffn, prune_heads, prune_score,
+        precision=precision, ctx_len=ctx_len, prefill_len=prefill_len, batch_size=batch_size,
+        kv_cache_dtype=kv_cache_dtype, device=device, num_cores=num_cores, num_devices=num_devices,
+        p2p_format=p2p_format, prune_ffn=prune_ffn, prune_heads=prune_heads, prune_score=prune_score,
     )
-    _check_options(options)
+    options.check()
     resolved = resolve_model(model, allow_pickle=allow_pickle)
     max_seq_len = resolved.config.max_seq_len
     if prefill_len > max_seq_len:
@@ -138,19 +110,19 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     resolved = dataclasses.replace(resolved, weights=weights)
     table = None
     with contextlib.ExitStack() as stack:
+        table_file = None
         if options.needs_calibration and passes is None:
             table_file = stack.enter_context(calibration_file(resolved.directory, calibration))
             table = load_calibration(table_file)
-            pipeline, recorded = options.pipeline(table_file), options.pipeline(Path(CALIBRATION_TABLE))
-        else:
-            pipeline = recorded = passes if passes is not None else options.pipeline()
+        recorded = _recorded_pipeline(options, passes, table_file is not None)
         programs, reports = {}, {}
         for name, seq_len in (("prefill", prefill_len), ("decode", 1)):
-            manager = PassManager(_passes(pipeline, once_checked=streaming and name == "decode"), verify=verify)
+            once_checked = streaming and name == "decode"
+            manager = PassManager(_pipeline(options, passes, table_file, once_checked), verify=verify)
             with reporter.stage(f"compile {name}", weights.nbytes() if streaming else None) as meter.advance:
                 program = manager.run(capture_resolved(resolved, batch_size=batch_size, seq_len=seq_len))
             if "kv-cache" not in program.properties:
-                raise PipelineError(f"pipeline {pipeline!r} does not make the program stateful: add kv-cache{{ctx_len=N}}")
+                raise PipelineError(f"pipeline {recorded!r} does not make the program stateful: add kv-cache{{ctx_len=N}}")
             programs[name], reports[name] = program, manager.timing_report()
         meter.advance = ReadMeter().advance  # saving reports its own progress
     compiled = CompiledModel(options, recorded, programs["prefill"], programs["decode"], resolved.origin, resolved.directory)
@@ -159,15 +131,24 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     return compiled
 
 
-def _passes(pipeline: str, once_checked: bool) -> list[Pass]:
-    """The pipeline's passes. With `once_checked` (a streamed decode specialization) lower-fp16 skips its overflow
-    check: it reads the whole checkpoint, and the prefill specialization checked the same weights on more tokens."""
-    passes = build_passes(pipeline)
+def _pipeline(options: CompileOptions, passes: str | Sequence[Pass] | None, table: Path | None, once_checked: bool) -> list[Pass]:
+    """The passes one specialization runs. With `once_checked` (a streamed decode specialization) lower-fp16 skips
+    its overflow check: it reads the whole checkpoint, and the prefill specialization checked the same weights on
+    more tokens."""
+    if passes is None:
+        return compile_pipeline(options, table, check_overflow=not once_checked)
+    given = build_passes(passes) if isinstance(passes, str) else list(passes)
     if not once_checked:
-        return passes
-    return [
-        LowerFp16(dataclasses.replace(p.options, check_overflow=False)) if isinstance(p, LowerFp16) else p for p in passes
-    ]
+        return given
+    unchecked = {"check_overflow": False}
+    return [configure(p.name, **{**vars(p.options), **unchecked}) if p.name == "lower-fp16" else p for p in given]
+
+
+def _recorded_pipeline(options: CompileOptions, passes: str | Sequence[Pass] | None, calibrated: bool) -> str:
+    """The pipeline text the artifact records: a calibration table is named as the artifact stores it."""
+    if passes is not None:
+        return passes if isinstance(passes, str) else pipeline_text(passes)
+    return pipeline_text(compile_pipeline(options, Path(CALIBRATION_TABLE) if calibrated else None))
 
 
 class ReadMeter:
@@ -175,19 +156,6 @@ class ReadMeter:
 
     def __init__(self) -> None:
         self.advance: Callable[[int], None] = lambda _bytes: None
-
-
-def _check_options(options: CompileOptions) -> None:
-    check_precision(options.precision, options.kv_cache_dtype)
-    check_pruning(options.prune_ffn, options.prune_heads, options.prune_score, options.precision)
-    options.target.cores()  # device, num_cores and num_devices
-    check_p2p_format(options.p2p_format)  # before tracing; the partitioner would find it only after
-    for name in ("ctx_len", "prefill_len", "batch_size"):
-        value = getattr(options, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
-    if options.ctx_len < options.prefill_len:
-        raise InvalidArgumentError(f"ctx_len={options.ctx_len} is smaller than prefill_len={options.prefill_len}")
 
 
 class CompiledModel:
@@ -201,7 +169,9 @@ class CompiledModel:
         decode: Program,
         origin: str,
         source_directory: Path | None = None,
+        plans: Mapping[str, PartitionPlan] | None = None,
     ) -> None:
+        """`plans` are a loaded artifact's partition plans; a fresh compile (None) partitions the programs."""
         self.options = options
         self.pipeline = pipeline
         self.prefill = prefill
@@ -218,7 +188,7 @@ class CompiledModel:
         self._executors: dict[str, tuple[Executor, Executor]] = {}
         self._onnx_directory: tempfile.TemporaryDirectory | None = None
         #: the programs partitioned, placed and timed on the target device (raises if they do not fit)
-        self.simulation = SimulatedDevice(prefill, decode, options.target)
+        self.simulation = SimulatedDevice(prefill, decode, options.target, plans)
 
     @property
     def config(self) -> MptConfig:
@@ -330,5 +300,15 @@ def check_engine(engine: str) -> None:
 
 def load_compiled(path: str | Path, *, stream: bool | None = None) -> CompiledModel:
     """Load a compiled-model directory; refuses tampered, truncated or wrong-version artifacts. `stream` keeps
-    the weights in the file, read as ops need them (None: when they exceed `STREAM_ABOVE_BYTES`)."""
-    return load_artifact(Path(path), stream=stream)
+    the weights in the file, read as ops need them (None: when they exceed `STREAM_ABOVE_BYTES`). Nothing is
+    compiled again: the saved programs and partition plans are read."""
+    contents = load_artifact(Path(path), stream=stream)
+    try:
+        compiled = CompiledModel(
+            contents.options, contents.pipeline, contents.prefill, contents.decode, str(contents.directory),
+            contents.tokenizer_directory, contents.plans,
+        )
+    except VerificationError as exc:
+        raise ArtifactIntegrityError(f"{contents.directory / PLAN} does not fit the saved programs: {exc}") from exc
+    compiled.artifact_directory = contents.directory
+    return compiled

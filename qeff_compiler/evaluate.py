@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,13 +31,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
-from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.calibration import calibration_file
 from qeff_compiler.capture import capture_resolved, resolve_model
 from qeff_compiler.errors import InvalidArgumentError, ModelSourceError
+from qeff_compiler.ir.interpret import HostExecutor
 from qeff_compiler.ir.program import Program
 from qeff_compiler.passes import PassManager
-from qeff_compiler.precision import check_precision, check_pruning, kv_cache_pass, lowering_passes, prune_passes, pruning_options
+from qeff_compiler.pipelines import evaluation_pipeline, prune_passes
+from qeff_compiler.precision import check_precision, check_pruning, pruning_options
 
 #: precision → (largest perplexity increase over fp32, least top-1 agreement or None)
 ACCURACY_GATES: dict[str, tuple[float, float | None]] = {
@@ -50,20 +50,6 @@ ACCURACY_GATES: dict[str, tuple[float, float | None]] = {
 }
 #: the largest perplexity increase an MXINT8 KV cache may add over the same precision without it
 MXINT8_CACHE_GATE = 0.01
-
-
-def evaluation_pipeline(
-    precision: str,
-    kv_cache_dtype: str | None,
-    window: int,
-    calibration: Path | None = None,
-    pruning: Sequence[str] = (),
-) -> str:
-    """The pipeline that scores every position of a window: stateless, or through a cache of `kv_cache_dtype`;
-    `pruning` is the `prune` pass (if any), which runs before the lowering."""
-    cache = [] if kv_cache_dtype is None else [kv_cache_pass(window, kv_cache_dtype, all_logits=True)]
-    lowering = lowering_passes(precision, calibration)
-    return ",".join(["strip-export-noise", "patch-attention", *pruning, *lowering, *cache, "dce"])
 
 
 @dataclass(frozen=True)

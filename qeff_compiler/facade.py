@@ -39,8 +39,7 @@ from pathlib import Path
 import numpy as np
 from transformers import AutoTokenizer, MptForCausalLM, PreTrainedTokenizerBase
 
-from qeff_compiler.compiler import CompiledModel
-from qeff_compiler.compiler import compile as compile_model
+from qeff_compiler.compiler import CompiledModel, compile as compile_model
 from qeff_compiler.errors import InvalidArgumentError
 
 #: `compile(**compiler_options)` keys this compiler understands

@@ -24,12 +24,13 @@ from pathlib import Path
 from qeff_compiler.backends.ai100.simulator import SimulatedDevice, Target
 from qeff_compiler.capture import ResolvedModel, capture_resolved, resolve_model
 from qeff_compiler.capture.sources import meta_weights
-from qeff_compiler.compiler import CompiledModel, CompileOptions
-from qeff_compiler.compiler import compile as compile_model
+from qeff_compiler.compiler import CompiledModel, compile as compile_model
 from qeff_compiler.errors import InvalidArgumentError, ModelDoesNotFitError, PartitionError
 from qeff_compiler.evaluate import EvaluationReport, Evaluator
 from qeff_compiler.ir.program import Program
+from qeff_compiler.options import CompileOptions
 from qeff_compiler.passes import PassManager
+from qeff_compiler.pipelines import compile_pipeline
 from qeff_compiler.precision import check_precision, check_pruning
 
 #: tokens of the text each accuracy setting is scored on by default (8 windows of the shipped model)
@@ -192,7 +193,7 @@ def _program(captured: Program, setting: Setting, ctx_len: int) -> Program:
     options = CompileOptions(
         precision=setting.precision, ctx_len=ctx_len, kv_cache_dtype=setting.kv_cache_dtype, prune_ffn=setting.prune_ffn
     )
-    return PassManager(options.pipeline(), verify=False).run(captured)
+    return PassManager(compile_pipeline(options), verify=False).run(captured)
 
 
 def _compile_options(candidate: Candidate, device: str, ctx_len: int) -> dict[str, object]:

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 import qeff_compiler as qc
-from qeff_compiler.backends.host import run_program
 from qeff_compiler.errors import (
     InvalidArgumentError,
     MetaWeightError,
@@ -23,6 +22,7 @@ from qeff_compiler.errors import (
     UnsupportedConfigError,
     WeightError,
 )
+from qeff_compiler.ir.interpret import run_program
 from tests.conftest import random_model, tiny_config
 from tests.strategies import mpt_configs
 

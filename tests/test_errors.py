@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from typer._click import exceptions as click_errors
 from transformers import MptConfig
+from typer._click import exceptions as click_errors
 
 import qeff_compiler as qc
-from qeff_compiler import errors
+from qeff_compiler import artifact, errors
 from qeff_compiler.backends.ai100.devices import MAX_DEVICES
 from qeff_compiler.calibration import calibrate, save_calibration
 from qeff_compiler.capture.presets import preset_config
@@ -568,6 +568,20 @@ def _(env: Env) -> object:
     return qc.load_compiled(directory)
 
 
+@trigger("artifact-plan-invalid")
+def _(env: Env) -> object:
+    """A plan file that is consistent with its checksum (a buggy writer, or an edit re-checksummed) but malformed."""
+    directory = env.artifact_copy("bad-plan")
+    plans = json.loads((directory / "partition_plan.json").read_text())
+    plans["decode"]["num_cores"] = "fourteen"
+    (directory / "partition_plan.json").write_text(json.dumps(plans))
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["files"]["partition_plan.json"] = artifact._fingerprint(directory / "partition_plan.json")
+    manifest.pop(artifact.MANIFEST_CHECKSUM)
+    (directory / "manifest.json").write_text(artifact._manifest_text(manifest))
+    return qc.load_compiled(directory)
+
+
 #: the offending value each row's message must name (defaults: none beyond the documented message)
 OFFENDING: dict[str, str] = {
     "model-type": "int",
@@ -668,6 +682,7 @@ OFFENDING: dict[str, str] = {
     "artifact-file-missing": "decode.onnx",
     "artifact-file-truncated": "weights.safetensors",
     "artifact-file-modified": "program.onnx",
+    "artifact-plan-invalid": "fourteen",
 }
 
 

@@ -30,8 +30,8 @@ import qeff_compiler as qc
 from qeff_compiler import artifact as artifact_module
 from qeff_compiler.capture import resolve_model
 from qeff_compiler.cli import main as cli
-from qeff_compiler.compiler import CompileOptions, _check_options
 from qeff_compiler.errors import ArtifactError, QeffError
+from qeff_compiler.options import CompileOptions
 from qeff_compiler.passes import PassManager, registered_passes
 from qeff_compiler.passes.pipeline import parse_pipeline
 from tests.conftest import TinyArtifact, random_model, tiny_config
@@ -146,7 +146,7 @@ def stubbed_cli(cli_files: dict[str, Path], tiny_artifact: TinyArtifact, monkeyp
         source: object, *, passes: str | None = None, calibration: object = None, verify: bool = True,
         stream: bool | None = None, allow_pickle: bool = False, progress: object = False, **options: object,
     ) -> None:
-        _check_options(CompileOptions(**options))
+        CompileOptions(**options).check()
         resolve_model(source, allow_pickle=allow_pickle)
         if passes is not None:
             PassManager(passes)
@@ -280,10 +280,11 @@ def test_artifact_corruptions_are_refused_before_any_capture(
 ) -> None:
     path, files = saved_artifact
 
-    def capture_reached(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a corrupted artifact got past the checks to capture")
+    def decoding_reached(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a corrupted artifact got past the checks to decoding its programs")
 
-    monkeypatch.setattr(artifact_module, "capture_resolved", capture_reached)
+    # loading no longer captures: the first costly step after the checks is decoding the saved programs
+    monkeypatch.setattr(artifact_module, "program_from_dict", decoding_reached)
 
     refused: list[str] = []
 

@@ -6,8 +6,8 @@ Exit codes: 0 success; 2 a wrong request (usage, unknown pass, bad option, unsup
 
 from __future__ import annotations
 
-import functools
 import contextlib
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,28 +15,37 @@ from typing import Annotated
 
 import torch
 import typer
-from transformers import MptConfig
 from rich.console import Console
 from rich.table import Table
-from typer._click.exceptions import BadParameter, ClickException, NoArgsIsHelpError, UsageError  # typer vendors click; these are its errors
+from transformers import MptConfig
+from typer._click.exceptions import (  # typer vendors click; these are its errors
+    BadParameter,
+    ClickException,
+    NoArgsIsHelpError,
+    UsageError,
+)
 
 from qeff_compiler.artifact import check_output
 from qeff_compiler.atomic import check_writable
 from qeff_compiler.calibration import calibrate, save_calibration
 from qeff_compiler.capture import capture, resolve_model
 from qeff_compiler.capture.presets import preset_config, preset_names
-from qeff_compiler.compiler import CompiledModel, check_engine, load_compiled
-from qeff_compiler.compiler import compile as compile_model
+from qeff_compiler.compiler import CompiledModel, check_engine, compile as compile_model, load_compiled
 from qeff_compiler.data import TINY_MPT
-from qeff_compiler.evaluate import MXINT8_CACHE_GATE, EvaluationReport, Evaluator, mxint8_cache_increase
 from qeff_compiler.errors import ArtifactExistsError, InvalidArgumentError, ModelSourceError, QeffError
+from qeff_compiler.evaluate import MXINT8_CACHE_GATE, EvaluationReport, Evaluator, mxint8_cache_increase
 from qeff_compiler.ir.printer import format_program
 from qeff_compiler.ir.program import Program
 from qeff_compiler.passes import PassManager, registered_passes
 from qeff_compiler.passes.base import NoOptions
-from qeff_compiler.tune import DEFAULT_KV_CACHE_DTYPES, DEFAULT_PRECISIONS, DEFAULT_PRUNE_LEVELS, tune
-from qeff_compiler.tune import DEFAULT_MAX_TOKENS as DEFAULT_TUNE_TOKENS
 from qeff_compiler.progress import NO_PROGRESS, Progress, make_progress
+from qeff_compiler.tune import (
+    DEFAULT_KV_CACHE_DTYPES,
+    DEFAULT_MAX_TOKENS as DEFAULT_TUNE_TOKENS,
+    DEFAULT_PRECISIONS,
+    DEFAULT_PRUNE_LEVELS,
+    tune,
+)
 
 app = typer.Typer(
     name="qeffc",

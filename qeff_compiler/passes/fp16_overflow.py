@@ -18,9 +18,9 @@ from typing import Any
 import torch
 import torch.fx
 
-from qeff_compiler.backends.streaming import StreamingInterpreter
 from qeff_compiler.ir.program import Program, op_short_name
 from qeff_compiler.ir.samples import sample_inputs
+from qeff_compiler.ir.streaming import StreamingInterpreter
 
 #: largest finite fp16 magnitude
 FP16_MAX = float(torch.finfo(torch.float16).max)

@@ -45,7 +45,7 @@ from typing import ClassVar
 
 import torch
 
-from qeff_compiler import calibration  # the module, not its names: it imports the pass manager, which imports us
+from qeff_compiler.calibration.table import load_calibration
 from qeff_compiler.errors import PassOptionError
 from qeff_compiler.ir.program import Program
 from qeff_compiler.ir.quant_ops import LINEAR_W8A8
@@ -56,9 +56,9 @@ from qeff_compiler.passes.registry import register_pass
 from qeff_compiler.passes.weight_quantization import (
     PartPlaceholders,
     dequantize_int8_call,
+    drop_unread,
     int8_derivation,
     is_plain_linear,
-    drop_unread,
     matmul_weight_reads,
     remove_dead_weights,
     rewire_to_dequantized,
@@ -150,7 +150,7 @@ class LowerW8A8(Pass):
                 "table = qc.calibrate(model_dir), save it with qeff_compiler.calibration.save_calibration(table, "
                 f"PATH) and pass {self.name}{{calibration=PATH}}"
             )
-        table = calibration.load_calibration(path)
+        table = load_calibration(path)
         unknown = sorted(set(table) - known)
         if unknown:
             raise PassOptionError(

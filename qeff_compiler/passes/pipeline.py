@@ -12,6 +12,7 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,16 +95,29 @@ def build_passes(text: str) -> list[Pass]:
 def instantiate(invocation: PassInvocation) -> Pass:
     """Create the named pass, converting raw option texts by the Options field types."""
     cls = get_pass(invocation.name)
-    fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+    _check_option_names(cls, invocation.options)
     hints = typing.get_type_hints(cls.Options)
-    values: dict[str, Any] = {}
-    for key, raw in invocation.options.items():
+    return cls(cls.Options(**{key: _convert(cls.name, key, raw, hints[key]) for key, raw in invocation.options.items()}))
+
+
+def configure(name: str, **options: Any) -> Pass:
+    """The pass registered as `name` with typed `options` (no text in between, so a value may hold any
+    character, e.g. a file path with commas or spaces)."""
+    cls = get_pass(name)
+    _check_option_names(cls, options)
+    return cls(cls.Options(**options))
+
+
+def pipeline_text(passes: Sequence[Pass]) -> str:
+    """The pipeline as text (for printing and the artifact manifest): each pass with its non-default options."""
+    return ",".join(p.describe() for p in passes)
+
+
+def _check_option_names(cls: type[Pass], options: Mapping[str, object]) -> None:
+    fields = [f.name for f in dataclasses.fields(cls.Options)]
+    for key in options:
         if key not in fields:
-            allowed = ", ".join(fields) or "none"
-            raise PassOptionError(f"pass {cls.name} has no option {key!r} (its options: {allowed})")
-        values[key] = _convert(cls.name, key, raw, hints[key])
-    options = cls.Options(**values)
-    return cls(options)
+            raise PassOptionError(f"pass {cls.name} has no option {key!r} (its options: {', '.join(fields) or 'none'})")
 
 
 def _convert(pass_name: str, key: str, raw: str, annotation: Any) -> Any:

@@ -54,6 +54,7 @@ from typing import ClassVar
 import torch
 import torch.fx
 
+from qeff_compiler.calibration.table import load_calibration
 from qeff_compiler.errors import InvalidArgumentError, PassOptionError, PassOrderError, VerificationError
 from qeff_compiler.ir.graph_utils import add_placeholder, weight_name
 from qeff_compiler.ir.program import Program
@@ -136,8 +137,6 @@ class Prune(Pass):
     def _activation_maxima(self) -> dict[str, torch.Tensor] | None:
         if self.options.score != "activation" or not self.options.ffn:
             return None
-        from qeff_compiler.calibration import load_calibration  # imports the pass manager, which imports us
-
         return load_calibration(Path(self.options.calibration))
 
     def _prune_heads(

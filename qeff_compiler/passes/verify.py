@@ -16,8 +16,8 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
-from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.errors import VerificationError
+from qeff_compiler.ir.interpret import HostExecutor
 from qeff_compiler.ir.program import BINDING, Program
 from qeff_compiler.ir.samples import sample_inputs
 

@@ -20,11 +20,11 @@ from collections.abc import Mapping
 import torch
 import torch.fx
 
-from qeff_compiler.backends.streaming import StreamingInterpreter
 from qeff_compiler.errors import ProgramInputError
 from qeff_compiler.ir.graph_utils import erase_dead_code, weight_only_nodes
 from qeff_compiler.ir.program import BINDING, Program
 from qeff_compiler.ir.quant_ops import LINEAR_W8A16
+from qeff_compiler.ir.streaming import StreamingInterpreter
 from qeff_compiler.numerics.int8 import PreparedW8A16, prepare_w8a16
 
 #: binding kind of a placeholder that reads a value folded from weights
