@@ -1,6 +1,6 @@
 """The cost model against Qualcomm's published AI 100 Standard decode rates, and the fit of its two constants.
 
-Published (DESIGN.md; Qualcomm MX blog, batch 1, prompt 1024, generate 1024, ctx 2048): GPT-J-6B 8.08 tok/s fp16
+Published (Qualcomm MX blog, batch 1, prompt 1024, generate 1024, ctx 2048): GPT-J-6B 8.08 tok/s fp16
 and 13.9 MXFP6 (the calibration points), OPT-2.7B 15.44 fp16 and 27.72 MXFP6, OPT-13B 6.98 MXFP6 with fp16 not
 fitting (validation points). Models are MPTs of those sizes (`*-shape` presets), compiled from their configs.
 

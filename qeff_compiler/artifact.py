@@ -36,9 +36,9 @@ from transformers import MptConfig
 
 from qeff_compiler._version import __version__
 from qeff_compiler.atomic import atomic_directory
+from qeff_compiler.backends import onnx_export
 from qeff_compiler.backends.ai100.partition import PartitionPlan
 from qeff_compiler.backends.ai100.simulator import SimulatedDevice
-from qeff_compiler.backends import onnx_export
 from qeff_compiler.calibration.table import save_calibration
 from qeff_compiler.capture.sources import QUANTIZED_SAFETENSORS_DTYPES, read_safetensors_header
 from qeff_compiler.errors import (
@@ -107,7 +107,9 @@ class ArtifactContents:
     tokenizer_directory: Path | None
 
 
-def save_artifact(model: SavableModel, path: Path, *, overwrite: bool = False, progress: Progress = NO_PROGRESS) -> None:
+def save_artifact(
+    model: SavableModel, path: Path, *, overwrite: bool = False, progress: Progress = NO_PROGRESS
+) -> None:
     """Write the compiled model to `path`; the directory appears complete or not at all. Weights are written
     one at a time (a streamed compile computes each from the checkpoint now), and both ONNX files read them
     from weights.safetensors, so each is stored once."""
@@ -122,7 +124,9 @@ def save_artifact(model: SavableModel, path: Path, *, overwrite: bool = False, p
                 onnx_export.export_onnx(program, staging / ONNX_FILES[name], weights)
         plans = {name: plan.to_dict() for name, plan in model.simulation.plans.items()}
         (staging / PLAN).write_text(json.dumps(plans))
-        programs = {name: _program_entry(program) for name, program in (("prefill", model.prefill), ("decode", model.decode))}
+        programs = {
+            name: _program_entry(program) for name, program in (("prefill", model.prefill), ("decode", model.decode))
+        }
         (staging / PROGRAMS).write_text(json.dumps(programs))
         if model.calibration_table is not None:
             save_calibration(model.calibration_table, staging / CALIBRATION_TABLE)
@@ -164,7 +168,9 @@ def load_artifact(path: Path, *, stream: bool | None = None) -> ArtifactContents
     programs = {name: _load_program(stored, name, weights, config, path) for name in SPECIALIZATIONS}
     plans = plans_from_json(_read_json(path / PLAN), SPECIALIZATIONS, PLAN)
     tokenizer_dir = path if (path / "tokenizer.json").is_file() else None
-    return ArtifactContents(options, manifest["pipeline"], programs["prefill"], programs["decode"], plans, path, tokenizer_dir)
+    return ArtifactContents(
+        options, manifest["pipeline"], programs["prefill"], programs["decode"], plans, path, tokenizer_dir
+    )
 
 
 # writing ---------------------------------------------------------------------------------------------------------
@@ -208,7 +214,10 @@ def _sha256_text(text: str) -> str:
 def _program_entry(program: Program) -> dict[str, Any]:
     """The program without weight data, plus the shape and dtype of each weight it reads (checked on load)."""
     read = sorted(set(program.weight_placeholders().values()))
-    weights = {name: {"shape": list(program.weights[name].shape), "dtype": _dtype(program.weights[name].dtype)} for name in read}
+    weights = {
+        name: {"shape": list(program.weights[name].shape), "dtype": _dtype(program.weights[name].dtype)}
+        for name in read
+    }
     return {**program_to_dict(program), "weights": weights}
 
 
@@ -252,11 +261,14 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if version != FORMAT_VERSION:
         raise ArtifactVersionError(
             f"{path} has artifact format version {version!r} (written by qeff-compiler "
-            f"{manifest.get('qeff_compiler_version', '?')}); this qeff-compiler reads version {FORMAT_VERSION}: recompile"
+            f"{manifest.get('qeff_compiler_version', '?')}); this qeff-compiler reads version {FORMAT_VERSION}: "
+            "recompile"
         )
     content = {key: value for key, value in manifest.items() if key != MANIFEST_CHECKSUM}
     if text != _canonical(manifest) or manifest.get(MANIFEST_CHECKSUM) != _sha256_text(_canonical(content)):
-        raise ArtifactIntegrityError(f"{path / MANIFEST} does not match its own SHA-256 ({MANIFEST_CHECKSUM}): modified")
+        raise ArtifactIntegrityError(
+            f"{path / MANIFEST} does not match its own SHA-256 ({MANIFEST_CHECKSUM}): modified"
+        )
     return manifest
 
 
@@ -265,7 +277,9 @@ def _verify_size(file: Path, expected: dict[str, Any]) -> None:
         raise ArtifactIntegrityError(f"artifact file {file.name} is missing from {file.parent}")
     size = file.stat().st_size
     if size != expected["bytes"]:
-        raise ArtifactIntegrityError(f"artifact file {file.name} has {size} bytes, the manifest records {expected['bytes']} (truncated?)")
+        raise ArtifactIntegrityError(
+            f"artifact file {file.name} has {size} bytes, the manifest records {expected['bytes']} (truncated?)"
+        )
 
 
 def _verify_checksum(file: Path, expected: dict[str, Any]) -> None:
@@ -305,7 +319,9 @@ def _load_program(stored: Any, name: str, weights: WeightStore, config: MptConfi
         expected = entry["weights"].get(weight)
         actual = {"shape": list(weights[weight].shape), "dtype": _dtype(weights[weight].dtype)}
         if actual != expected:
-            raise ArtifactIntegrityError(f"weight {weight!r} in {path / WEIGHTS} is {actual}, the program expects {expected}")
+            raise ArtifactIntegrityError(
+                f"weight {weight!r} in {path / WEIGHTS} is {actual}, the program expects {expected}"
+            )
     try:
         propagate_shapes(program, after=f"loading {where}")
     except VerificationError as exc:

@@ -45,7 +45,7 @@ __all__ = ["ENGINES", "CompileOptions", "CompiledModel", "check_engine", "compil
 ENGINES = ("host", "onnxruntime")
 
 
-def compile(  # noqa: A001 (the public API name in DESIGN.md)
+def compile(  # noqa: A001 (the public API's name)
     model: ModelSource,
     *,
     precision: str = "fp32",
@@ -83,15 +83,24 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     `stream` keeps the weights on disk: lowering records recipes (cast, clip, quantize, pack) that run one
     weight at a time when the artifact is saved, and host runs read each weight as an op needs it, so a 7B
     checkpoint compiles in a few GB. The pass manager's numeric comparisons are skipped (they would run the
-    model many times); lower-fp16's overflow check still runs, streaming, on the prefill specialization. None (default) streams when the fp32
-    weights exceed `ir.weights.STREAM_ABOVE_BYTES`. `allow_pickle` accepts `pytorch_model*.bin` checkpoints (pickles can run
-    code: only for trusted files). `progress` shows rich progress bars (True, or a `Progress`) for the stages
-    that read weights.
+    model many times); lower-fp16's overflow check still runs, streaming, on the prefill specialization. None
+    (default) streams when the fp32 weights exceed `ir.weights.STREAM_ABOVE_BYTES`. `allow_pickle` accepts
+    `pytorch_model*.bin` checkpoints (pickles can run code: only for trusted files). `progress` shows rich
+    progress bars (True, or a `Progress`) for the stages that read weights.
     """
     options = CompileOptions(
-        precision=precision, ctx_len=ctx_len, prefill_len=prefill_len, batch_size=batch_size,
-        kv_cache_dtype=kv_cache_dtype, device=device, num_cores=num_cores, num_devices=num_devices,
-        p2p_format=p2p_format, prune_ffn=prune_ffn, prune_heads=prune_heads, prune_score=prune_score,
+        precision=precision,
+        ctx_len=ctx_len,
+        prefill_len=prefill_len,
+        batch_size=batch_size,
+        kv_cache_dtype=kv_cache_dtype,
+        device=device,
+        num_cores=num_cores,
+        num_devices=num_devices,
+        p2p_format=p2p_format,
+        prune_ffn=prune_ffn,
+        prune_heads=prune_heads,
+        prune_score=prune_score,
     )
     options.check()
     resolved = resolve_model(model, allow_pickle=allow_pickle)
@@ -101,7 +110,12 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     if passes is None and ctx_len > max_seq_len:
         raise InvalidArgumentError(f"ctx_len={ctx_len} exceeds the model's max_seq_len={max_seq_len}")
     check_kv_cache_fits(
-        resolved.config, batch_size, ctx_len, kv_cache_bits(precision, kv_cache_dtype), options.target.spec(), num_devices
+        resolved.config,
+        batch_size,
+        ctx_len,
+        kv_cache_bits(precision, kv_cache_dtype),
+        options.target.spec(),
+        num_devices,
     )
     reporter = progress if not isinstance(progress, bool) else make_progress(progress)
     streaming = should_stream(stream, resolved.weights)
@@ -122,16 +136,22 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
             with reporter.stage(f"compile {name}", weights.nbytes() if streaming else None) as meter.advance:
                 program = manager.run(capture_resolved(resolved, batch_size=batch_size, seq_len=seq_len))
             if "kv-cache" not in program.properties:
-                raise PipelineError(f"pipeline {recorded!r} does not make the program stateful: add kv-cache{{ctx_len=N}}")
+                raise PipelineError(
+                    f"pipeline {recorded!r} does not make the program stateful: add kv-cache{{ctx_len=N}}"
+                )
             programs[name], reports[name] = program, manager.timing_report()
         meter.advance = ReadMeter().advance  # saving reports its own progress
-    compiled = CompiledModel(options, recorded, programs["prefill"], programs["decode"], resolved.origin, resolved.directory)
+    compiled = CompiledModel(
+        options, recorded, programs["prefill"], programs["decode"], resolved.origin, resolved.directory
+    )
     compiled.pass_reports = reports
     compiled.calibration_table = table
     return compiled
 
 
-def _pipeline(options: CompileOptions, passes: str | Sequence[Pass] | None, table: Path | None, once_checked: bool) -> list[Pass]:
+def _pipeline(
+    options: CompileOptions, passes: str | Sequence[Pass] | None, table: Path | None, once_checked: bool
+) -> list[Pass]:
     """The passes one specialization runs. With `once_checked` (a streamed decode specialization) lower-fp16 skips
     its overflow check: it reads the whole checkpoint, and the prefill specialization checked the same weights on
     more tokens."""
@@ -230,7 +250,17 @@ class CompiledModel:
         prefill, decode = self.executors(engine)
         cache_specs = {s.name: (s.shape, s.dtype) for s in self.prefill.inputs if s.role in ("past_key", "past_value")}
         output = generate(
-            prefill, decode, shapes, cache_specs, prompts, max_new_tokens, sampling, eos_ids, pad, self.simulation, streamer
+            prefill,
+            decode,
+            shapes,
+            cache_specs,
+            prompts,
+            max_new_tokens,
+            sampling,
+            eos_ids,
+            pad,
+            self.simulation,
+            streamer,
         )
         if trace is not None:
             self.simulation.write_trace(trace, output.stats)
@@ -241,7 +271,8 @@ class CompiledModel:
         config-only compile). The batch is the compiled one: static shapes run every row slot anyway."""
         if batch_size is not None and batch_size != self.options.batch_size:
             raise InvalidArgumentError(
-                f"this model was compiled for batch_size={self.options.batch_size}; recompile to estimate batch_size={batch_size}"
+                f"this model was compiled for batch_size={self.options.batch_size}; "
+                f"recompile to estimate batch_size={batch_size}"
             )
         return self.simulation.estimate(prompt_len, generation_len)
 
@@ -281,7 +312,9 @@ class CompiledModel:
         if self.artifact_directory is not None:
             for name in ONNX_FILES.values():
                 if not (self.artifact_directory / name).is_file():
-                    raise ArtifactIntegrityError(f"{self.artifact_directory / name} is missing: the artifact is incomplete")
+                    raise ArtifactIntegrityError(
+                        f"{self.artifact_directory / name} is missing: the artifact is incomplete"
+                    )
             return self.artifact_directory
         if self._onnx_directory is None:
             from qeff_compiler.backends.onnx_export import export_onnx
@@ -305,8 +338,13 @@ def load_compiled(path: str | Path, *, stream: bool | None = None) -> CompiledMo
     contents = load_artifact(Path(path), stream=stream)
     try:
         compiled = CompiledModel(
-            contents.options, contents.pipeline, contents.prefill, contents.decode, str(contents.directory),
-            contents.tokenizer_directory, contents.plans,
+            contents.options,
+            contents.pipeline,
+            contents.prefill,
+            contents.decode,
+            str(contents.directory),
+            contents.tokenizer_directory,
+            contents.plans,
         )
     except VerificationError as exc:
         raise ArtifactIntegrityError(f"{contents.directory / PLAN} does not fit the saved programs: {exc}") from exc

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +85,8 @@ class EvaluationReport:
         if self.kv_cache_dtype is not None:
             fp16_increase, fp16_agreement = ACCURACY_GATES["fp16"]
             max_increase += fp16_increase if self.kv_cache_dtype == "fp16" else MXINT8_CACHE_GATE
-            min_agreement = None if min_agreement is None else min(min_agreement, fp16_agreement)
+            if min_agreement is not None and fp16_agreement is not None:
+                min_agreement = min(min_agreement, fp16_agreement)
         failures = []
         if self.perplexity_increase > max_increase:
             failures.append(f"perplexity +{100 * self.perplexity_increase:.3f}% exceeds +{100 * max_increase:g}%")
@@ -96,6 +98,34 @@ class EvaluationReport:
 def mxint8_cache_increase(with_cache: EvaluationReport, without: EvaluationReport) -> float:
     """The perplexity increase an MXINT8 cache adds over the same precision without it (gate: MXINT8_CACHE_GATE)."""
     return with_cache.perplexity / without.perplexity - 1
+
+
+class AccuracyGates:
+    """The gates of a sweep of reports: each report's own, and for an MXINT8-cache row the cache gate against the
+    same precision without a cache (so evaluate the no-cache rows first: `sweep_cache_dtypes` orders them so)."""
+
+    def __init__(self) -> None:
+        self._without_cache: dict[str, EvaluationReport] = {}
+
+    def failures(self, report: EvaluationReport) -> list[str]:
+        """What `report` misses (empty when every gate holds); pruned rows have no cache gate."""
+        if not report.pruning and report.kv_cache_dtype is None:
+            self._without_cache[report.precision] = report
+        failures = report.gate_failures()
+        baseline = self._without_cache.get(report.precision)
+        if report.kv_cache_dtype == "mxint8" and not report.pruning and baseline is not None:
+            extra = mxint8_cache_increase(report, baseline)
+            if extra > MXINT8_CACHE_GATE:
+                failures.append(
+                    f"the MXINT8 cache adds +{100 * extra:.3f}% perplexity (gate +{100 * MXINT8_CACHE_GATE:g}%)"
+                )
+        return failures
+
+
+def sweep_cache_dtypes(names: Sequence[str]) -> list[str | None]:
+    """KV-cache dtypes as given on a command line ("none" = the activations' dtype), distinct, without a cache
+    first so each MXINT8 row has its precision's row to be compared with."""
+    return sorted({None if d.lower() == "none" else d for d in names or ["none"]}, key=lambda d: d or "")
 
 
 def evaluate(
@@ -123,10 +153,16 @@ class Evaluator:
     further setting costs only the program's own run."""
 
     def __init__(
-        self, model_dir: str | Path, text: str | Path | None = None, *, max_tokens: int | None = None,
+        self,
+        model_dir: str | Path,
+        text: str | Path | None = None,
+        *,
+        max_tokens: int | None = None,
         keep_reference: bool = True,
     ) -> None:
-        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+        ):
             raise InvalidArgumentError(f"max_tokens must be a positive integer or None, got {max_tokens!r}")
         self.model_dir = Path(model_dir)
         self.resolved = resolve_model(self.model_dir)

@@ -54,3 +54,9 @@ class CompileOptions:
                 raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
         if self.ctx_len < self.prefill_len:
             raise InvalidArgumentError(f"ctx_len={self.ctx_len} is smaller than prefill_len={self.prefill_len}")
+
+
+def check_config_only(precision: str) -> None:
+    """Refuse what a compile from a config alone (no weights, no text) cannot do: w8a8 needs calibration data."""
+    if precision == "w8a8":
+        raise InvalidArgumentError("estimate runs on the config alone; w8a8 needs calibration: compile, then estimate")

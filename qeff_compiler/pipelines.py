@@ -24,7 +24,14 @@ from qeff_compiler.passes import Pass
 from qeff_compiler.passes.pipeline import configure, pipeline_text
 from qeff_compiler.precision import check_precision, check_pruning
 
-__all__ = ["compile_pipeline", "evaluation_pipeline", "kv_cache_pass", "lowering_passes", "pipeline_text", "prune_passes"]
+__all__ = [
+    "compile_pipeline",
+    "evaluation_pipeline",
+    "kv_cache_pass",
+    "lowering_passes",
+    "pipeline_text",
+    "prune_passes",
+]
 
 #: the lowering passes after lower-fp16, per precision (w8a8 needs its calibration table: see `lowering_passes`)
 _QUANTIZATION = {"int8": "lower-int8", "mxfp6": "lower-mxfp6"}
@@ -39,12 +46,16 @@ def lowering_passes(precision: str, calibration: Path | None = None, *, check_ov
     fp16 = configure("lower-fp16", check_overflow=check_overflow)
     if precision == "w8a8":
         if calibration is None:
-            raise InvalidArgumentError("precision w8a8 needs a calibration table (qc.calibrate) for its activation scales")
+            raise InvalidArgumentError(
+                "precision w8a8 needs a calibration table (qc.calibrate) for its activation scales"
+            )
         return [fp16, configure("lower-w8a8", calibration=str(calibration))]
     return [fp16, *([configure(_QUANTIZATION[precision])] if precision in _QUANTIZATION else [])]
 
 
-def prune_passes(ffn: float = 0.0, heads: float = 0.0, score: str = "magnitude", calibration: Path | None = None) -> list[Pass]:
+def prune_passes(
+    ffn: float = 0.0, heads: float = 0.0, score: str = "magnitude", calibration: Path | None = None
+) -> list[Pass]:
     """The `prune` pass for these shares (none when nothing is removed). It goes after `patch-attention` and
     before the lowering passes (pruning runs on the fp graph); `calibration` is the table score=activation reads."""
     check_pruning(ffn, heads, score)
@@ -65,7 +76,9 @@ def kv_cache_pass(ctx_len: int, kv_cache_dtype: str | None, *, all_logits: bool 
     )
 
 
-def compile_pipeline(options: CompileOptions, calibration: Path | None = None, *, check_overflow: bool = True) -> list[Pass]:
+def compile_pipeline(
+    options: CompileOptions, calibration: Path | None = None, *, check_overflow: bool = True
+) -> list[Pass]:
     """The default pipeline of a compile: capture clean-up, attention, pruning, precision, cache. `calibration` is
     the table file of a w8a8 compile or of activation-scored pruning. `check_overflow=False` skips lower-fp16's
     overflow check: a streamed decode specialization reads the same weights the prefill one already checked."""
@@ -76,10 +89,21 @@ def compile_pipeline(options: CompileOptions, calibration: Path | None = None, *
 
 
 def evaluation_pipeline(
-    precision: str, kv_cache_dtype: str | None, window: int, calibration: Path | None = None, pruning: list[Pass] | None = None
+    precision: str,
+    kv_cache_dtype: str | None,
+    window: int,
+    calibration: Path | None = None,
+    pruning: list[Pass] | None = None,
 ) -> list[Pass]:
     """The pipeline that scores every position of a window: stateless, or through a cache of `kv_cache_dtype`;
     `pruning` is the `prune` pass (if any), which runs before the lowering."""
     cache = [] if kv_cache_dtype is None else [kv_cache_pass(window, kv_cache_dtype, all_logits=True)]
     lowering = lowering_passes(precision, calibration)
-    return [configure("strip-export-noise"), configure("patch-attention"), *(pruning or []), *lowering, *cache, configure("dce")]
+    return [
+        configure("strip-export-noise"),
+        configure("patch-attention"),
+        *(pruning or []),
+        *lowering,
+        *cache,
+        configure("dce"),
+    ]

@@ -31,6 +31,8 @@ import json, sys
 import qeff_compiler as qc
 from bench.rss import AnonPeak, status_kb
 
+pytestmark = pytest.mark.e2e
+
 baseline = status_kb("RssAnon") / 1024
 with AnonPeak() as peak:
     compiled = qc.compile(sys.argv[1], precision="fp16", ctx_len=128, prefill_len=32, stream=sys.argv[3] == "stream")

@@ -1,4 +1,4 @@
-"""Measuring calibration for the `w8a8` precision: per-input-channel activation maxima of every linear, from sample text.
+"""Measuring calibration for `w8a8`: per-input-channel activation maxima of every linear, from sample text.
 
 `lower-w8a8` needs, for each matmul weight a linear reads, the largest |activation| that reaches each of its input
 channels: SmoothQuant's smoothing factors and the per-tensor activation scale are computed from it. `calibrate`
@@ -126,7 +126,9 @@ class _MaximaInterpreter(torch.fx.Interpreter):
     def run_node(self, n: torch.fx.Node) -> object:
         name = self.linears.get(n)
         if name is not None:
-            x = self.env[n.args[0]]  # read before running n: the interpreter frees values after their last use
+            activation = n.args[0]
+            assert isinstance(activation, torch.fx.Node)  # linear(x, w, b): x is a node
+            x = self.env[activation]  # read before running n: the interpreter frees values after their last use
             channel_max = x.detach().abs().reshape(-1, x.shape[-1]).amax(dim=0).float()
             previous = self.maxima.get(name)
             self.maxima[name] = channel_max if previous is None else torch.maximum(previous, channel_max)

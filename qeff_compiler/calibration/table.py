@@ -21,10 +21,13 @@ _FORMAT_KEY, _FORMAT = "qeff_calibration", "activation-absmax-per-input-channel/
 
 
 def save_calibration(table: Mapping[str, torch.Tensor], path: str | Path) -> None:
-    """Write `table` (weight name → fp32 [in] maxima) to `path` (atomically) as safetensors, tagged as a calibration table."""
+    """Write `table` (weight name → fp32 [in] maxima) to `path` (atomically) as safetensors, tagged as a
+    calibration table."""
     _check_table(table, str(path))
     with atomic_file(path) as temp:
-        save_file({name: value.contiguous() for name, value in table.items()}, str(temp), metadata={_FORMAT_KEY: _FORMAT})
+        save_file(
+            {name: value.contiguous() for name, value in table.items()}, str(temp), metadata={_FORMAT_KEY: _FORMAT}
+        )
 
 
 def load_calibration(path: str | Path) -> dict[str, torch.Tensor]:

@@ -83,7 +83,9 @@ def _fold_weight_computations(program: Program) -> tuple[torch.fx.GraphModule, d
     graph = graph_module.graph
     values: dict[torch.fx.Node, torch.Tensor] = {}
     constants: dict[str, torch.Tensor] = {}
-    weight_names = [name for kind, name in (n.meta[BINDING] for n in graph.find_nodes(op="placeholder")) if kind == "weight"]
+    weight_names = [
+        name for kind, name in (n.meta[BINDING] for n in graph.find_nodes(op="placeholder")) if kind == "weight"
+    ]
     tensors = program.weights.materialize(weight_names)
     weight_only = weight_only_nodes(graph)
     for node in graph.nodes:
@@ -135,7 +137,9 @@ def _use_prepared_int8_linears(graph_module: torch.fx.GraphModule, constants: Ma
         key = (qweight.meta[BINDING][1], scales.meta[BINDING][1])
         if key not in modules:
             modules[key] = f"w8a16_linear_{len(modules)}"
-            graph_module.add_submodule(modules[key], _PreparedLinear(prepare_w8a16(constants[key[0]], constants[key[1]])))
+            graph_module.add_submodule(
+                modules[key], _PreparedLinear(prepare_w8a16(constants[key[0]], constants[key[1]]))
+            )
         with graph.inserting_before(node):
             call = graph.call_module(modules[key], (x,))
         node.replace_all_uses_with(call)

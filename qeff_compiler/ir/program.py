@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.fx
@@ -65,7 +65,7 @@ class Program:
         """A private deep copy of the graph for a pass to edit without touching this Program."""
         return copy.deepcopy(self.graph_module)
 
-    def evolve(self, **changes: object) -> Program:
+    def evolve(self, **changes: Any) -> Program:
         """A new Program with the given fields replaced (dataclasses.replace with a name that reads well)."""
         return replace(self, **changes)
 

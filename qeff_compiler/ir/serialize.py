@@ -124,7 +124,12 @@ def _jsonable(value: Any) -> bool:
 
 
 def _spec_to_dict(spec: TensorSpec) -> dict[str, Any]:
-    return {"name": spec.name, "shape": list(spec.shape), "dtype": str(spec.dtype).removeprefix("torch."), "role": spec.role}
+    return {
+        "name": spec.name,
+        "shape": list(spec.shape),
+        "dtype": str(spec.dtype).removeprefix("torch."),
+        "role": spec.role,
+    }
 
 
 # decoding --------------------------------------------------------------------------------------------------------
@@ -158,7 +163,7 @@ def _decode(value: Any, nodes: Mapping[str, torch.fx.Node], where: str) -> Any:
         return value
     if len(value) != 1:
         raise GraphFormatError(f"{where}: a tagged value has keys {sorted(value)}, expected one tag")
-    (tag, inner), = value.items()
+    ((tag, inner),) = value.items()
     if tag == "node":
         if inner not in nodes:
             raise GraphFormatError(f"{where}: argument refers to node {inner!r}, which no earlier node defines")

@@ -16,8 +16,8 @@ The fused attention ops' weights (Wqkv, out_proj) cannot get int8 activations: t
 `<name>.int8` / `<name>.scale`, its code), and the pass notes say so. `exclude` keeps matching weights fp16.
 
 A program captured from a config alone (meta weights) gets meta tensors of the right shapes and dtypes and the
-calibration file is not read: compiled artifacts are re-loaded by re-running the pipeline on a meta capture and
-binding the saved weights by name, which must work where the table file no longer exists.
+calibration file is not read: the cost model's what-if compiles (`qeffc estimate`, `qc.tune`) run the pipeline on
+config-only captures, where no table exists.
 
 Either order with `kv-cache` builds the same graph; the default pipelines lower first
 (`...,lower-fp16,lower-w8a8{...},kv-cache{ctx_len=N},dce`). kv-cache's numeric check then sees its attention's

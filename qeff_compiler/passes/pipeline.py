@@ -1,9 +1,12 @@
 """Pipeline strings in mlir-opt style: `"patch-attention,kv-cache{ctx_len=128},lower-fp16"`.
 
-Grammar: passes separated by commas (spaces around them are ignored); each pass is a name (`[a-z0-9][a-z0-9-]*`) with an optional `{...}` block of
-`key=value` options separated by commas or spaces. Values may not contain braces, commas or spaces. Option
-values are converted by the type of the pass's `Options` dataclass field (int, float, bool, str, or `X | None`
-where the literal `none` gives None).
+Grammar: passes separated by commas (spaces around them are ignored); each pass is a name (`[a-z0-9][a-z0-9-]*`)
+with an optional `{...}` block of `key=value` options separated by commas or spaces. Values may not contain
+braces, commas or spaces. Option values are converted by the type of the pass's `Options` dataclass field (int,
+float, bool, str, or `X | None` where the literal `none` gives None).
+
+Text is for people, the artifact manifest and `qeffc opt --passes`; code builds pipelines from configured pass
+objects (`configure`), whose option values may hold any character.
 """
 
 from __future__ import annotations
@@ -97,7 +100,8 @@ def instantiate(invocation: PassInvocation) -> Pass:
     cls = get_pass(invocation.name)
     _check_option_names(cls, invocation.options)
     hints = typing.get_type_hints(cls.Options)
-    return cls(cls.Options(**{key: _convert(cls.name, key, raw, hints[key]) for key, raw in invocation.options.items()}))
+    values = {key: _convert(cls.name, key, raw, hints[key]) for key, raw in invocation.options.items()}
+    return cls(cls.Options(**values))
 
 
 def configure(name: str, **options: Any) -> Pass:

@@ -16,7 +16,7 @@ traffic between cores at the NoC bandwidth, PCIe P2P all-reduces between SoCs at
 
 The tier is where the plan keeps the weights: DDR, or on-chip VTCM when a SoC's shards and cache fit there.
 
-Constants. Two are fitted, each to one published figure, on one model only (DESIGN.md: Qualcomm's MX blog,
+Constants. Two are fitted, each to one published figure, on one model only (Qualcomm's MX blog,
 AI 100 Standard, GPT-J-6B, batch 1, prompt 1024, generate 1024, ctx 2048):
 - DDR_EFFICIENCY: fp16 decode 8.08 tok/s. Fitted 0.7475: 102 GB/s sustained of the 137 GB/s peak.
 - MXFP6_DECOMPRESS_ELEMENTS_PER_S_PER_CORE: MXFP6 decode 13.9 tok/s. Fitted 7.28e9 elements/s per core, about

@@ -45,7 +45,9 @@ class Target:
         if not _positive_int(cores) or cores > available:
             raise InvalidArgumentError(f"num_cores must be 1..{available} on {self.device}, got {self.num_cores!r}")
         if not _positive_int(self.num_devices) or self.num_devices > MAX_DEVICES:
-            raise InvalidArgumentError(f"num_devices must be a positive integer up to {MAX_DEVICES}, got {self.num_devices!r}")
+            raise InvalidArgumentError(
+                f"num_devices must be a positive integer up to {MAX_DEVICES}, got {self.num_devices!r}"
+            )
         return cores
 
     def describe(self) -> str:
@@ -122,7 +124,8 @@ class SimulatedDevice:
         """A Chrome/Perfetto trace of the calls a generation made (its prefill chunks, then its decode steps)."""
         chunks = round(stats.prefill_s / self.prefill_chunk_s) if self.prefill_chunk_s else 0
         calls = [(f"prefill chunk {i}", self.steps["prefill"], self.plans["prefill"]) for i in range(chunks)]
-        calls += [(f"decode step {i}", self.steps["decode"], self.plans["decode"]) for i in range(len(stats.token_latencies_s))]
+        steps = len(stats.token_latencies_s)
+        calls += [(f"decode step {i}", self.steps["decode"], self.plans["decode"]) for i in range(steps)]
         write_trace(path, calls)
 
 
