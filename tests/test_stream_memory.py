@@ -31,8 +31,6 @@ import json, sys
 import qeff_compiler as qc
 from bench.rss import AnonPeak, status_kb
 
-pytestmark = pytest.mark.e2e
-
 baseline = status_kb("RssAnon") / 1024
 with AnonPeak() as peak:
     compiled = qc.compile(sys.argv[1], precision="fp16", ctx_len=128, prefill_len=32, stream=sys.argv[3] == "stream")
@@ -58,6 +56,7 @@ def measure(checkpoint: Path, out: Path, mode: str) -> dict[str, float]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="RssAnon is read from Linux's /proc")
 def test_streamed_compile_peak_memory_is_checkpoint_size_plus_fixed_overhead(tmp_path: Path) -> None:
     checkpoint_mb = _write_checkpoint(tmp_path / "checkpoint") / 2**20
