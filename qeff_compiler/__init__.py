@@ -7,7 +7,7 @@ Public API (see README): `capture`, `PassManager`, `compile`, `load_compiled`, `
 
 from qeff_compiler.calibration import calibrate
 from qeff_compiler.capture import capture
-from qeff_compiler.compiler import CompiledModel, compile, load_compiled  # noqa: A004 (DESIGN.md's API name)
+from qeff_compiler.compiler import CompiledModel, compile, load_compiled  # noqa: A004 (the public API's name)
 from qeff_compiler.errors import QeffError
 from qeff_compiler.evaluate import EvaluationReport, evaluate
 from qeff_compiler.facade import QEFFAutoModelForCausalLM

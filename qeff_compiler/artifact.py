@@ -12,9 +12,12 @@
     DIR/partition_plan.json    the partition plan of each specialization over the target's cores and SoCs
                                (the manifest holds the target, the memory plan per SoC and the cost model's
                                step times; shard lists of a 7B model run to hundreds of KB, so they get a file)
+    DIR/programs.json          both lowered programs without their weights (`ir.serialize`): graph, I/O specs,
+                               properties, and the shape and dtype of every weight each reads
 
-Loading re-traces the model from its config on the meta device, re-runs the recorded pipeline, and binds the
-saved weights by name; every name, shape and dtype must match.
+Loading compiles nothing: it reads the programs, binds the saved weights by name (every name, shape and dtype
+must match), re-derives the graphs' shapes, and reads the saved plans (checked field by field, then validated
+against the programs). `load_artifact` returns the contents; `qc.load_compiled` makes a `CompiledModel` of them.
 """
 
 from __future__ import annotations
@@ -25,34 +28,42 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+import torch
 from transformers import MptConfig
 
+from qeff_compiler._version import __version__
 from qeff_compiler.atomic import atomic_directory
-from qeff_compiler.capture import ResolvedModel, capture_resolved
-from qeff_compiler.capture.sources import QUANTIZED_SAFETENSORS_DTYPES, meta_weights, read_safetensors_header
+from qeff_compiler.backends import onnx_export
+from qeff_compiler.backends.ai100.partition import PartitionPlan
+from qeff_compiler.backends.ai100.simulator import SimulatedDevice
+from qeff_compiler.calibration.table import save_calibration
+from qeff_compiler.capture.sources import QUANTIZED_SAFETENSORS_DTYPES, read_safetensors_header
 from qeff_compiler.errors import (
     ArtifactError,
     ArtifactExistsError,
     ArtifactIntegrityError,
     ArtifactVersionError,
+    VerificationError,
 )
 from qeff_compiler.ir.program import Program, TensorSpec
+from qeff_compiler.ir.serialize import GraphFormatError, program_from_dict, program_to_dict
+from qeff_compiler.ir.validate import propagate_shapes
 from qeff_compiler.ir.weights import WeightStore, should_stream
-from qeff_compiler.passes import PassManager
+from qeff_compiler.options import CompileOptions
+from qeff_compiler.plan_schema import plans_from_json
 from qeff_compiler.precision import weight_precisions
 from qeff_compiler.progress import NO_PROGRESS, Progress
 from qeff_compiler.weights_file import write_weights
 
-if TYPE_CHECKING:
-    from qeff_compiler.compiler import CompiledModel
-
 FORMAT = "qeff-compiled-model"
-#: 2: the manifest carries the SHA-256 of its own canonical content (`manifest_sha256`)
-FORMAT_VERSION = 2
+#: 2: the manifest carries the SHA-256 of its own canonical content (`manifest_sha256`);
+#: 3: the lowered programs are stored (programs.json) and loading reads them and the saved plans, compiling nothing
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 #: a manifest larger than this is not one of ours (a 7B artifact's is a few hundred KB)
 MAX_MANIFEST_BYTES = 64 << 20
@@ -60,18 +71,54 @@ MAX_MANIFEST_BYTES = 64 << 20
 MANIFEST_CHECKSUM = "manifest_sha256"
 WEIGHTS = "weights.safetensors"
 PLAN = "partition_plan.json"
+PROGRAMS = "programs.json"
+#: where an artifact keeps the calibration table of a w8a8 compile or an activation-scored pruning (the recorded
+#: pipeline names it)
+CALIBRATION_TABLE = "calibration.safetensors"
+SPECIALIZATIONS = ("prefill", "decode")
 ONNX_FILES = {"prefill": "program.onnx", "decode": "decode.onnx"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def save_artifact(model: CompiledModel, path: Path, *, overwrite: bool = False, progress: Progress = NO_PROGRESS) -> None:
+class SavableModel(Protocol):
+    """What `save_artifact` reads of a compiled model (`CompiledModel` has it all)."""
+
+    options: CompileOptions
+    pipeline: str
+    prefill: Program
+    decode: Program
+    origin: str
+    source_directory: Path | None
+    calibration_table: dict[str, torch.Tensor] | None
+    simulation: SimulatedDevice
+
+    @property
+    def config(self) -> MptConfig: ...
+
+
+@dataclass(frozen=True)
+class ArtifactContents:
+    """A verified artifact's contents, ready to run: what `qc.load_compiled` turns into a `CompiledModel`."""
+
+    options: CompileOptions
+    pipeline: str
+    prefill: Program
+    decode: Program
+    #: the partition plan of each specialization, as saved
+    plans: Mapping[str, PartitionPlan]
+    directory: Path
+    #: the artifact directory when it holds a tokenizer, else None
+    tokenizer_directory: Path | None
+    #: size and SHA-256 of every file, as verified (files read later are checked against them)
+    files: Mapping[str, Mapping[str, Any]]
+
+
+def save_artifact(
+    model: SavableModel, path: Path, *, overwrite: bool = False, progress: Progress = NO_PROGRESS
+) -> None:
     """Write the compiled model to `path`; the directory appears complete or not at all. Weights are written
     one at a time (a streamed compile computes each from the checkpoint now), and both ONNX files read them
     from weights.safetensors, so each is stored once."""
-    from qeff_compiler.backends.onnx_export import export_onnx
-    from qeff_compiler.calibration import save_calibration
-    from qeff_compiler.compiler import CALIBRATION_TABLE
-
     path = Path(path)
     with atomic_directory(path, functools.partial(check_output, overwrite=overwrite)) as staging:
         with progress.stage("write weights", model.prefill.weights.nbytes()) as advance:
@@ -79,9 +126,13 @@ def save_artifact(model: CompiledModel, path: Path, *, overwrite: bool = False, 
         tied = weights.aliases
         for name, program in (("prefill", model.prefill), ("decode", model.decode)):
             with progress.stage(f"export {ONNX_FILES[name]}", None):
-                export_onnx(program, staging / ONNX_FILES[name], weights)
+                onnx_export.export_onnx(program, staging / ONNX_FILES[name], weights)
         plans = {name: plan.to_dict() for name, plan in model.simulation.plans.items()}
         (staging / PLAN).write_text(json.dumps(plans))
+        programs = {
+            name: _program_entry(program) for name, program in (("prefill", model.prefill), ("decode", model.decode))
+        }
+        (staging / PROGRAMS).write_text(json.dumps(programs))
         if model.calibration_table is not None:
             save_calibration(model.calibration_table, staging / CALIBRATION_TABLE)
         if model.source_directory is not None:
@@ -138,11 +189,9 @@ def _listed_files(path: Path) -> set[str]:
     return {MANIFEST, *files} if isinstance(files, dict) else set()
 
 
-def load_artifact(path: Path, *, stream: bool | None = None) -> CompiledModel:
+def load_artifact(path: Path, *, stream: bool | None = None) -> ArtifactContents:
     """Read and verify a compiled-model directory written by `save_artifact`; `stream` (None: by size) leaves
     the weights in the file, read as ops need them."""
-    from qeff_compiler.compiler import CompileOptions, CompiledModel
-
     path = Path(path)
     manifest = _read_manifest(path)
     for name, expected in manifest["files"].items():  # sizes first: cheap, and they catch truncation
@@ -152,23 +201,18 @@ def load_artifact(path: Path, *, stream: bool | None = None) -> CompiledModel:
     config = MptConfig.from_dict(manifest["model_config"])
     options = CompileOptions(**manifest["options"])
     weights = _load_weights(path / WEIGHTS, manifest["tied_weights"], stream)
-    programs = {}
-    for spec in manifest["specializations"]:
-        seq_len = options.prefill_len if spec["name"] == "prefill" else 1
-        meta = capture_resolved(ResolvedModel(config, meta_weights(config), "artifact"), batch_size=options.batch_size, seq_len=seq_len)
-        program = PassManager(manifest["pipeline"], verify=False).run(meta)
-        programs[spec["name"]] = _bind_weights(program, weights, path)
+    stored = _read_json(path / PROGRAMS)
+    programs = {name: _load_program(stored, name, weights, config, path) for name in SPECIALIZATIONS}
+    plans = plans_from_json(_read_json(path / PLAN), SPECIALIZATIONS, PLAN)
     tokenizer_dir = path if (path / "tokenizer.json").is_file() else None
-    compiled = CompiledModel(options, manifest["pipeline"], programs["prefill"], programs["decode"], str(path), tokenizer_dir)
-    compiled.artifact_directory = path
-    compiled.artifact_files = manifest["files"]
-    return compiled
+    return ArtifactContents(
+        options, manifest["pipeline"], programs["prefill"], programs["decode"], plans, path, tokenizer_dir,
+        manifest["files"],
+    )
 
 
 # writing ---------------------------------------------------------------------------------------------------------
-def _manifest(model: CompiledModel, tied: dict[str, str], staging: Path, progress: Progress) -> dict[str, Any]:
-    from qeff_compiler import __version__
-
+def _manifest(model: SavableModel, tied: dict[str, str], staging: Path, progress: Progress) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -176,7 +220,7 @@ def _manifest(model: CompiledModel, tied: dict[str, str], staging: Path, progres
         "created_unix": int(time.time()),
         "source": model.origin,
         "model_config": model.config.to_dict(),
-        "options": vars(model.options),
+        "options": asdict(model.options),
         "pipeline": model.pipeline,
         "specializations": [
             {"name": name, "onnx": ONNX_FILES[name], "inputs": _specs(p.inputs), "outputs": _specs(p.outputs)}
@@ -205,8 +249,22 @@ def _sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _program_entry(program: Program) -> dict[str, Any]:
+    """The program without weight data, plus the shape and dtype of each weight it reads (checked on load)."""
+    read = sorted(set(program.weight_placeholders().values()))
+    weights = {
+        name: {"shape": list(program.weights[name].shape), "dtype": _dtype(program.weights[name].dtype)}
+        for name in read
+    }
+    return {**program_to_dict(program), "weights": weights}
+
+
+def _dtype(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def _specs(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
-    return [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype).removeprefix("torch.")} for s in specs]
+    return [{"name": s.name, "shape": list(s.shape), "dtype": _dtype(s.dtype)} for s in specs]
 
 
 def _fingerprints(files: list[Path], progress: Progress) -> dict[str, dict[str, Any]]:
@@ -241,11 +299,14 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if version != FORMAT_VERSION:
         raise ArtifactVersionError(
             f"{path} has artifact format version {version!r} (written by qeff-compiler "
-            f"{manifest.get('qeff_compiler_version', '?')}); this qeff-compiler reads version {FORMAT_VERSION}: recompile"
+            f"{manifest.get('qeff_compiler_version', '?')}); this qeff-compiler reads version {FORMAT_VERSION}: "
+            "recompile"
         )
     content = {key: value for key, value in manifest.items() if key != MANIFEST_CHECKSUM}
     if text != _canonical(manifest) or manifest.get(MANIFEST_CHECKSUM) != _sha256_text(_canonical(content)):
-        raise ArtifactIntegrityError(f"{path / MANIFEST} does not match its own SHA-256 ({MANIFEST_CHECKSUM}): modified")
+        raise ArtifactIntegrityError(
+            f"{path / MANIFEST} does not match its own SHA-256 ({MANIFEST_CHECKSUM}): modified"
+        )
     return manifest
 
 
@@ -254,7 +315,9 @@ def _verify_size(file: Path, expected: dict[str, Any]) -> None:
         raise ArtifactIntegrityError(f"artifact file {file.name} is missing from {file.parent}")
     size = file.stat().st_size
     if size != expected["bytes"]:
-        raise ArtifactIntegrityError(f"artifact file {file.name} has {size} bytes, the manifest records {expected['bytes']} (truncated?)")
+        raise ArtifactIntegrityError(
+            f"artifact file {file.name} has {size} bytes, the manifest records {expected['bytes']} (truncated?)"
+        )
 
 
 def _verify_checksum(file: Path, expected: dict[str, Any]) -> None:
@@ -269,11 +332,36 @@ def _load_weights(file: Path, tied: dict[str, str], stream: bool | None) -> Weig
     return store.streamed() if should_stream(stream, store) else store.materialized()
 
 
-def _bind_weights(program: Program, weights: WeightStore, path: Path) -> Program:
-    for name in program.weight_placeholders().values():
-        if name not in weights:
-            raise ArtifactIntegrityError(f"{path / WEIGHTS} lacks weight {name!r} that the compiled program reads")
-        if weights[name] != program.weights[name]:
-            raise ArtifactIntegrityError(f"weight {name!r} in {path / WEIGHTS} is {weights[name]}, expected {program.weights[name]}")
-    return program.evolve(weights=weights)
+def _read_json(file: Path) -> Any:
+    try:
+        return json.loads(file.read_text())
+    except FileNotFoundError:
+        raise ArtifactIntegrityError(f"artifact file {file.name} is missing from {file.parent}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactIntegrityError(f"{file} is not valid JSON: {exc}") from exc
 
+
+def _load_program(stored: Any, name: str, weights: WeightStore, config: MptConfig, path: Path) -> Program:
+    """The saved `name` specialization bound to `weights`, its shapes derived again."""
+    where = f"{path / PROGRAMS} ({name})"
+    entry = stored.get(name) if isinstance(stored, dict) else None
+    if not isinstance(entry, dict) or not isinstance(entry.get("weights"), dict):
+        raise ArtifactIntegrityError(f"{where}: field {name!r} with its 'weights' is missing")
+    try:
+        program = program_from_dict(entry, weights, config)
+    except GraphFormatError as exc:
+        raise ArtifactIntegrityError(f"{where}: {exc}") from exc
+    for weight in program.weight_placeholders().values():
+        if weight not in weights:
+            raise ArtifactIntegrityError(f"{path / WEIGHTS} lacks weight {weight!r} that the compiled program reads")
+        expected = entry["weights"].get(weight)
+        actual = {"shape": list(weights[weight].shape), "dtype": _dtype(weights[weight].dtype)}
+        if actual != expected:
+            raise ArtifactIntegrityError(
+                f"weight {weight!r} in {path / WEIGHTS} is {actual}, the program expects {expected}"
+            )
+    try:
+        propagate_shapes(program, after=f"loading {where}")
+    except VerificationError as exc:
+        raise ArtifactIntegrityError(str(exc)) from exc
+    return program

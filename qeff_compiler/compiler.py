@@ -6,75 +6,49 @@ import contextlib
 import dataclasses
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import MptConfig
 
-from qeff_compiler.artifact import ONNX_FILES, WEIGHTS, load_artifact, save_artifact
+from qeff_compiler.artifact import CALIBRATION_TABLE, ONNX_FILES, PLAN, WEIGHTS, load_artifact, save_artifact
 from qeff_compiler.backends.ai100.memory import check_kv_cache_fits
-from qeff_compiler.backends.ai100.partition import check_p2p_format
-from qeff_compiler.backends.ai100.simulator import SimulatedDevice, Target
-from qeff_compiler.backends.host import HostExecutor
+from qeff_compiler.backends.ai100.partition import PartitionPlan
+from qeff_compiler.backends.ai100.simulator import SimulatedDevice
 from qeff_compiler.calibration import calibration_file, load_calibration
 from qeff_compiler.capture import ModelSource, capture_resolved, resolve_model
-from qeff_compiler.errors import InvalidArgumentError, PipelineError
+from qeff_compiler.errors import ArtifactIntegrityError, InvalidArgumentError, PipelineError, VerificationError
+from qeff_compiler.ir.interpret import HostExecutor
 from qeff_compiler.ir.program import Program
 from qeff_compiler.ir.weights import should_stream
+from qeff_compiler.options import CompileOptions
 from qeff_compiler.passes import PassManager
+from qeff_compiler.passes.base import Pass
 from qeff_compiler.passes.fp16_overflow import CheckFp16Range
-from qeff_compiler.precision import check_precision, check_pruning, kv_cache_bits, kv_cache_pass, lowering_passes, prune_passes
+from qeff_compiler.passes.pipeline import build_passes, pipeline_text
+from qeff_compiler.pipelines import compile_pipeline
+from qeff_compiler.precision import kv_cache_bits
 from qeff_compiler.progress import Progress, make_progress
-from qeff_compiler.runtime.generate import Executor, GenerationOutput, StaticShapes, Streamer, generate, normalize_prompts
-from qeff_compiler.runtime.generate import eos_token_ids
+from qeff_compiler.runtime.generate import (
+    Executor,
+    GenerationOutput,
+    StaticShapes,
+    Streamer,
+    eos_token_ids,
+    generate,
+    normalize_prompts,
+)
 from qeff_compiler.runtime.sampling import SamplingConfig
 from qeff_compiler.runtime.stats import LatencyStats
 
-#: where a compiled artifact keeps the calibration table of a w8a8 compile or an activation-scored pruning (the
-#: recorded pipeline names it)
-CALIBRATION_TABLE = "calibration.safetensors"
+__all__ = ["ENGINES", "CompileOptions", "CompiledModel", "check_engine", "compile", "load_compiled"]
+
 #: what can run a compiled model's numerics on this machine: the reference executor, or ONNX Runtime over the ONNX emit
 ENGINES = ("host", "onnxruntime")
 
 
-@dataclass(frozen=True)
-class CompileOptions:
-    """The static choices a compiled model is specialised for."""
-
-    precision: str = "fp32"
-    ctx_len: int = 128
-    prefill_len: int = 32
-    batch_size: int = 1
-    kv_cache_dtype: str | None = None
-    device: str = "ai100-standard"
-    #: AI cores per SoC; None = all the device has
-    num_cores: int | None = None
-    num_devices: int = 1
-    p2p_format: str = "fp16"
-    #: shares of each layer's FFN channels and attention heads the `prune` pass removes, and its score
-    prune_ffn: float = 0.0
-    prune_heads: float = 0.0
-    prune_score: str = "magnitude"
-
-    @property
-    def needs_calibration(self) -> bool:
-        """w8a8 and activation-scored FFN pruning read a calibration table."""
-        return self.precision == "w8a8" or (self.prune_score == "activation" and bool(self.prune_ffn))
-
-    @property
-    def target(self) -> Target:
-        return Target(self.device, self.num_cores, self.num_devices, self.p2p_format)
-
-    def pipeline(self, calibration: Path | None = None) -> str:
-        """The default pass pipeline for these options: capture clean-up, attention, pruning, precision, cache.
-        `calibration` is the table file of a w8a8 compile or of activation-scored pruning."""
-        pruning = prune_passes(self.prune_ffn, self.prune_heads, self.prune_score, calibration)
-        passes = ["strip-export-noise", "patch-attention", *pruning, *lowering_passes(self.precision, calibration)]
-        return ",".join([*passes, kv_cache_pass(self.ctx_len, self.kv_cache_dtype), "dce"])
-
-
-def compile(  # noqa: A001 (the public API name in DESIGN.md)
+def compile(  # noqa: A001 (the public API's name)
     model: ModelSource,
     *,
     precision: str = "fp32",
@@ -87,7 +61,7 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     num_devices: int = 1,
     p2p_format: str = "fp16",
     calibration: str | Path | None = None,
-    passes: str | None = None,
+    passes: str | Sequence[Pass] | None = None,
     verify: bool = True,
     prune_ffn: float = 0.0,
     prune_heads: float = 0.0,
@@ -98,7 +72,8 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
 ) -> CompiledModel:
     """Capture `model` at the prefill and decode shapes and run the pass pipeline on both.
 
-    `passes` replaces the default pipeline (`CompileOptions.pipeline`); it must produce a stateful program.
+    `passes` replaces the default pipeline (`pipelines.compile_pipeline`): pipeline text or configured passes
+    (`passes.pipeline.configure`); it must produce a stateful program.
     `calibration` is the w8a8 calibration table file (`qc.calibrate`); by default a w8a8 compile calibrates on
     the model directory's calibration.txt. The artifact keeps the table, and its recorded pipeline names it.
     The programs are then partitioned over `num_cores` cores (default: all) of `num_devices` SoCs of `device`,
@@ -111,16 +86,26 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     `stream` keeps the weights on disk: lowering records recipes (cast, clip, quantize, pack) that run one
     weight at a time when the artifact is saved, and host runs read each weight as an op needs it, so a 7B
     checkpoint compiles in a few GB. The pass manager's numeric comparisons are skipped (they would run the
-    model many times); lower-fp16's overflow check still runs, streaming, on the prefill specialization. None (default) streams when the fp32
-    weights exceed `ir.weights.STREAM_ABOVE_BYTES`. `allow_pickle` accepts `pytorch_model*.bin` checkpoints (pickles can run
-    code: only for trusted files). `progress` shows rich progress bars (True, or a `Progress`) for the stages
-    that read weights.
+    model many times); lower-fp16's overflow check still runs, streaming, on the prefill specialization. None
+    (default) streams when the fp32 weights exceed `ir.weights.STREAM_ABOVE_BYTES`. `allow_pickle` accepts
+    `pytorch_model*.bin` checkpoints (pickles can run code: only for trusted files). `progress` shows rich
+    progress bars (True, or a `Progress`) for the stages that read weights.
     """
     options = CompileOptions(
-        precision, ctx_len, prefill_len, batch_size, kv_cache_dtype, device, num_cores, num_devices, p2p_format,
-        prune_ffn, prune_heads, prune_score,
+        precision=precision,
+        ctx_len=ctx_len,
+        prefill_len=prefill_len,
+        batch_size=batch_size,
+        kv_cache_dtype=kv_cache_dtype,
+        device=device,
+        num_cores=num_cores,
+        num_devices=num_devices,
+        p2p_format=p2p_format,
+        prune_ffn=prune_ffn,
+        prune_heads=prune_heads,
+        prune_score=prune_score,
     )
-    _check_options(options)
+    options.check()
     resolved = resolve_model(model, allow_pickle=allow_pickle)
     max_seq_len = resolved.config.max_seq_len
     if prefill_len > max_seq_len:
@@ -128,7 +113,12 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     if passes is None and ctx_len > max_seq_len:
         raise InvalidArgumentError(f"ctx_len={ctx_len} exceeds the model's max_seq_len={max_seq_len}")
     check_kv_cache_fits(
-        resolved.config, batch_size, ctx_len, kv_cache_bits(precision, kv_cache_dtype), options.target.spec(), num_devices
+        resolved.config,
+        batch_size,
+        ctx_len,
+        kv_cache_bits(precision, kv_cache_dtype),
+        options.target.spec(),
+        num_devices,
     )
     reporter = progress if not isinstance(progress, bool) else make_progress(progress)
     streaming = should_stream(stream, resolved.weights)
@@ -137,28 +127,45 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     resolved = dataclasses.replace(resolved, weights=weights)
     table = None
     with contextlib.ExitStack() as stack:
+        table_file = None
         if options.needs_calibration and passes is None:
             table_file = stack.enter_context(calibration_file(resolved.directory, calibration))
             table = load_calibration(table_file)
-            pipeline, recorded = options.pipeline(table_file), options.pipeline(Path(CALIBRATION_TABLE))
-        else:
-            pipeline = recorded = passes if passes is not None else options.pipeline()
+        recorded = _recorded_pipeline(options, passes, table_file is not None)
         programs, reports = {}, {}
         for name, seq_len in (("prefill", prefill_len), ("decode", 1)):
-            manager = PassManager(pipeline, verify=verify)
+            manager = PassManager(_pipeline(options, passes, table_file), verify=verify)
             with reporter.stage(f"compile {name}", weights.nbytes() if streaming else None) as meter.advance:
                 captured = capture_resolved(resolved, batch_size=batch_size, seq_len=seq_len)
                 if streaming and name == "decode":  # checking reads the whole checkpoint; prefill checked more tokens
                     captured = captured.evolve(properties=captured.properties | CheckFp16Range.ensures)
                 program = manager.run(captured)
             if "kv-cache" not in program.properties:
-                raise PipelineError(f"pipeline {pipeline!r} does not make the program stateful: add kv-cache{{ctx_len=N}}")
+                raise PipelineError(
+                    f"pipeline {recorded!r} does not make the program stateful: add kv-cache{{ctx_len=N}}"
+                )
             programs[name], reports[name] = program, manager.timing_report()
         meter.advance = ReadMeter().advance  # saving reports its own progress
-    compiled = CompiledModel(options, recorded, programs["prefill"], programs["decode"], resolved.origin, resolved.directory)
+    compiled = CompiledModel(
+        options, recorded, programs["prefill"], programs["decode"], resolved.origin, resolved.directory
+    )
     compiled.pass_reports = reports
     compiled.calibration_table = table
     return compiled
+
+
+def _pipeline(options: CompileOptions, passes: str | Sequence[Pass] | None, table: Path | None) -> list[Pass]:
+    """The passes one specialization runs: the default pipeline for `options`, or the ones the caller gave."""
+    if passes is None:
+        return compile_pipeline(options, table)
+    return build_passes(passes) if isinstance(passes, str) else list(passes)
+
+
+def _recorded_pipeline(options: CompileOptions, passes: str | Sequence[Pass] | None, calibrated: bool) -> str:
+    """The pipeline text the artifact records: a calibration table is named as the artifact stores it."""
+    if passes is not None:
+        return passes if isinstance(passes, str) else pipeline_text(passes)
+    return pipeline_text(compile_pipeline(options, Path(CALIBRATION_TABLE) if calibrated else None))
 
 
 class ReadMeter:
@@ -166,19 +173,6 @@ class ReadMeter:
 
     def __init__(self) -> None:
         self.advance: Callable[[int], None] = lambda _bytes: None
-
-
-def _check_options(options: CompileOptions) -> None:
-    check_precision(options.precision, options.kv_cache_dtype)
-    check_pruning(options.prune_ffn, options.prune_heads, options.prune_score, options.precision)
-    options.target.cores()  # device, num_cores and num_devices
-    check_p2p_format(options.p2p_format)  # before tracing; the partitioner would find it only after
-    for name in ("ctx_len", "prefill_len", "batch_size"):
-        value = getattr(options, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
-    if options.ctx_len < options.prefill_len:
-        raise InvalidArgumentError(f"ctx_len={options.ctx_len} is smaller than prefill_len={options.prefill_len}")
 
 
 class CompiledModel:
@@ -192,7 +186,9 @@ class CompiledModel:
         decode: Program,
         origin: str,
         source_directory: Path | None = None,
+        plans: Mapping[str, PartitionPlan] | None = None,
     ) -> None:
+        """`plans` are a loaded artifact's partition plans; a fresh compile (None) partitions the programs."""
         self.options = options
         self.pipeline = pipeline
         self.prefill = prefill
@@ -207,11 +203,11 @@ class CompiledModel:
         #: set by `load_compiled`: the artifact directory whose ONNX files the onnxruntime engine runs
         self.artifact_directory: Path | None = None
         #: set by `load_compiled`: the manifest's size and SHA-256 per file, which the onnxruntime engine re-checks
-        self.artifact_files: dict[str, dict] | None = None
+        self.artifact_files: Mapping[str, Mapping[str, Any]] | None = None
         self._executors: dict[str, tuple[Executor, Executor]] = {}
         self._onnx_directory: tempfile.TemporaryDirectory | None = None
         #: the programs partitioned, placed and timed on the target device (raises if they do not fit)
-        self.simulation = SimulatedDevice(prefill, decode, options.target)
+        self.simulation = SimulatedDevice(prefill, decode, options.target, plans)
 
     @property
     def config(self) -> MptConfig:
@@ -253,7 +249,17 @@ class CompiledModel:
         prefill, decode = self.executors(engine)
         cache_specs = {s.name: (s.shape, s.dtype) for s in self.prefill.inputs if s.role in ("past_key", "past_value")}
         output = generate(
-            prefill, decode, shapes, cache_specs, prompts, max_new_tokens, sampling, eos_ids, pad, self.simulation, streamer
+            prefill,
+            decode,
+            shapes,
+            cache_specs,
+            prompts,
+            max_new_tokens,
+            sampling,
+            eos_ids,
+            pad,
+            self.simulation,
+            streamer,
         )
         if trace is not None:
             self.simulation.write_trace(trace, output.stats)
@@ -264,7 +270,8 @@ class CompiledModel:
         config-only compile). The batch is the compiled one: static shapes run every row slot anyway."""
         if batch_size is not None and batch_size != self.options.batch_size:
             raise InvalidArgumentError(
-                f"this model was compiled for batch_size={self.options.batch_size}; recompile to estimate batch_size={batch_size}"
+                f"this model was compiled for batch_size={self.options.batch_size}; "
+                f"recompile to estimate batch_size={batch_size}"
             )
         return self.simulation.estimate(prompt_len, generation_len)
 
@@ -323,5 +330,21 @@ def check_engine(engine: str) -> None:
 
 def load_compiled(path: str | Path, *, stream: bool | None = None) -> CompiledModel:
     """Load a compiled-model directory; refuses tampered, truncated or wrong-version artifacts. `stream` keeps
-    the weights in the file, read as ops need them (None: when they exceed `STREAM_ABOVE_BYTES`)."""
-    return load_artifact(Path(path), stream=stream)
+    the weights in the file, read as ops need them (None: when they exceed `STREAM_ABOVE_BYTES`). Nothing is
+    compiled again: the saved programs and partition plans are read."""
+    contents = load_artifact(Path(path), stream=stream)
+    try:
+        compiled = CompiledModel(
+            contents.options,
+            contents.pipeline,
+            contents.prefill,
+            contents.decode,
+            str(contents.directory),
+            contents.tokenizer_directory,
+            contents.plans,
+        )
+    except VerificationError as exc:
+        raise ArtifactIntegrityError(f"{contents.directory / PLAN} does not fit the saved programs: {exc}") from exc
+    compiled.artifact_directory = contents.directory
+    compiled.artifact_files = contents.files
+    return compiled

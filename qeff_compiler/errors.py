@@ -86,7 +86,8 @@ class InvalidArgumentError(QeffError):
 
 
 class ArtifactError(QeffError):
-    """A result (artifact directory, calibration table, trace, plot) cannot be written, or an artifact cannot be read."""
+    """A result (artifact directory, calibration table, trace, plot) cannot be written, or an artifact cannot be
+    read."""
 
 
 class ArtifactExistsError(ArtifactError):

@@ -32,13 +32,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
-from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.calibration import calibration_file
 from qeff_compiler.capture import capture_resolved, resolve_model
 from qeff_compiler.errors import InvalidArgumentError, ModelSourceError
+from qeff_compiler.ir.interpret import HostExecutor
 from qeff_compiler.ir.program import Program
 from qeff_compiler.passes import PassManager
-from qeff_compiler.precision import check_precision, check_pruning, kv_cache_pass, lowering_passes, prune_passes, pruning_options
+from qeff_compiler.pipelines import evaluation_pipeline, prune_passes
+from qeff_compiler.precision import check_precision, check_pruning, pruning_options
 
 #: precision → (largest perplexity increase over fp32, least top-1 agreement or None)
 ACCURACY_GATES: dict[str, tuple[float, float | None]] = {
@@ -50,20 +51,6 @@ ACCURACY_GATES: dict[str, tuple[float, float | None]] = {
 }
 #: the largest perplexity increase an MXINT8 KV cache may add over the same precision without it
 MXINT8_CACHE_GATE = 0.01
-
-
-def evaluation_pipeline(
-    precision: str,
-    kv_cache_dtype: str | None,
-    window: int,
-    calibration: Path | None = None,
-    pruning: Sequence[str] = (),
-) -> str:
-    """The pipeline that scores every position of a window: stateless, or through a cache of `kv_cache_dtype`;
-    `pruning` is the `prune` pass (if any), which runs before the lowering."""
-    cache = [] if kv_cache_dtype is None else [kv_cache_pass(window, kv_cache_dtype, all_logits=True)]
-    lowering = lowering_passes(precision, calibration)
-    return ",".join(["strip-export-noise", "patch-attention", *pruning, *lowering, *cache, "dce"])
 
 
 @dataclass(frozen=True)
@@ -98,7 +85,8 @@ class EvaluationReport:
         if self.kv_cache_dtype is not None:
             fp16_increase, fp16_agreement = ACCURACY_GATES["fp16"]
             max_increase += fp16_increase if self.kv_cache_dtype == "fp16" else MXINT8_CACHE_GATE
-            min_agreement = None if min_agreement is None else min(min_agreement, fp16_agreement)
+            if min_agreement is not None and fp16_agreement is not None:
+                min_agreement = min(min_agreement, fp16_agreement)
         failures = []
         if self.perplexity_increase > max_increase:
             failures.append(f"perplexity +{100 * self.perplexity_increase:.3f}% exceeds +{100 * max_increase:g}%")
@@ -110,6 +98,34 @@ class EvaluationReport:
 def mxint8_cache_increase(with_cache: EvaluationReport, without: EvaluationReport) -> float:
     """The perplexity increase an MXINT8 cache adds over the same precision without it (gate: MXINT8_CACHE_GATE)."""
     return with_cache.perplexity / without.perplexity - 1
+
+
+class AccuracyGates:
+    """The gates of a sweep of reports: each report's own, and for an MXINT8-cache row the cache gate against the
+    same precision without a cache (so evaluate the no-cache rows first: `sweep_cache_dtypes` orders them so)."""
+
+    def __init__(self) -> None:
+        self._without_cache: dict[str, EvaluationReport] = {}
+
+    def failures(self, report: EvaluationReport) -> list[str]:
+        """What `report` misses (empty when every gate holds); pruned rows have no cache gate."""
+        if not report.pruning and report.kv_cache_dtype is None:
+            self._without_cache[report.precision] = report
+        failures = report.gate_failures()
+        baseline = self._without_cache.get(report.precision)
+        if report.kv_cache_dtype == "mxint8" and not report.pruning and baseline is not None:
+            extra = mxint8_cache_increase(report, baseline)
+            if extra > MXINT8_CACHE_GATE:
+                failures.append(
+                    f"the MXINT8 cache adds +{100 * extra:.3f}% perplexity (gate +{100 * MXINT8_CACHE_GATE:g}%)"
+                )
+        return failures
+
+
+def sweep_cache_dtypes(names: Sequence[str]) -> list[str | None]:
+    """KV-cache dtypes as given on a command line ("none" = the activations' dtype), distinct, without a cache
+    first so each MXINT8 row has its precision's row to be compared with."""
+    return sorted({None if d.lower() == "none" else d for d in names or ["none"]}, key=lambda d: d or "")
 
 
 def evaluate(
@@ -137,10 +153,16 @@ class Evaluator:
     further setting costs only the program's own run."""
 
     def __init__(
-        self, model_dir: str | Path, text: str | Path | None = None, *, max_tokens: int | None = None,
+        self,
+        model_dir: str | Path,
+        text: str | Path | None = None,
+        *,
+        max_tokens: int | None = None,
         keep_reference: bool = True,
     ) -> None:
-        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+        ):
             raise InvalidArgumentError(f"max_tokens must be a positive integer or None, got {max_tokens!r}")
         self.model_dir = Path(model_dir)
         self.resolved = resolve_model(self.model_dir)

@@ -35,12 +35,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from transformers import AutoTokenizer, MptForCausalLM, PreTrainedTokenizerBase
 
-from qeff_compiler.compiler import CompiledModel
-from qeff_compiler.compiler import compile as compile_model
+from qeff_compiler.compiler import CompiledModel, compile as compile_model
 from qeff_compiler.errors import InvalidArgumentError
 
 #: `compile(**compiler_options)` keys this compiler understands
@@ -98,7 +98,9 @@ class QEFFAutoModelForCausalLM:
         self.onnx_path: str | None = None
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path | MptForCausalLM, **kwargs: object) -> QEFFAutoModelForCausalLM:
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | Path | MptForCausalLM, **kwargs: object
+    ) -> QEFFAutoModelForCausalLM:
         """Wrap a local MPT directory or an `MptForCausalLM` object (no hub: give a directory)."""
         if kwargs:
             raise InvalidArgumentError(f"from_pretrained takes no Hugging Face options here, got {sorted(kwargs)}")
@@ -143,9 +145,16 @@ class QEFFAutoModelForCausalLM:
         `mxfp6_matmul`, and `device_group` (card ids) is ignored like `generate`'s `device_id`."""
         del device_group
         options = compile_options(
-            onnx_path, prefill_seq_len=prefill_seq_len, ctx_len=ctx_len, batch_size=batch_size,
-            full_batch_size=full_batch_size, num_devices=num_devices, num_cores=num_cores,
-            mxfp6_matmul=mxfp6_matmul or mxfp6, mxint8_kv_cache=mxint8_kv_cache, **compiler_options,
+            onnx_path,
+            prefill_seq_len=prefill_seq_len,
+            ctx_len=ctx_len,
+            batch_size=batch_size,
+            full_batch_size=full_batch_size,
+            num_devices=num_devices,
+            num_cores=num_cores,
+            mxfp6_matmul=mxfp6_matmul or mxfp6,
+            mxint8_kv_cache=mxint8_kv_cache,
+            **compiler_options,
         )
         self.compiled = compile_model(self.model, **options)
         directory = Path(compile_dir) if compile_dir is not None else DEFAULT_COMPILE_ROOT / self.model_name
@@ -184,7 +193,7 @@ class QEFFAutoModelForCausalLM:
             decode_s += stats.decode_s
             total_s += stats.ttft_s + stats.decode_s
             generated += [np.asarray(row, dtype=np.int64) for row in output.new_tokens]
-            texts += [tokenizer.decode(row, skip_special_tokens=True) for row in output.new_tokens]
+            texts += [str(tokenizer.decode(list(row), skip_special_tokens=True)) for row in output.new_tokens]
         metrics = PerfMetrics(
             prefill_time=sum(ttfts) / len(ttfts),
             decode_perf=steps / decode_s if decode_s > 0 else float("nan"),
@@ -212,7 +221,7 @@ def compile_options(
     mxfp6_matmul: bool,
     mxint8_kv_cache: bool,
     **compiler_options: object,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """QEfficient's compile arguments as `qc.compile` keyword arguments; refuses what has no counterpart here."""
     if onnx_path is not None:
         raise InvalidArgumentError(f"onnx_path={onnx_path!r}: this compiler compiles from the model, not from ONNX")
@@ -237,4 +246,3 @@ def compile_options(
 def _options_hash(options: dict[str, object]) -> str:
     """A short stable name for a compile's options (QEfficient suffixes its QPC directories the same way)."""
     return hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:12]
-

@@ -1,22 +1,10 @@
-"""Precisions and KV-cache dtypes: which lowering passes each one means, and what precision every weight ends in.
+"""Precisions and KV-cache dtypes: which ones exist, and what precision every weight ends in.
 
-`compile` and `evaluate` build their pipelines from here, so a precision means the same passes everywhere:
-
-    fp32   no lowering
-    fp16   lower-fp16                      weights, activations and KV cache fp16 (fp32 accumulation)
-    int8   lower-fp16,lower-int8           W8A16: matmul weights int8 per output channel
-    w8a8   lower-fp16,lower-w8a8{...}      int8 activations (calibrated per tensor, SmoothQuant) and weights in the
-                                           linears; the fused attention's weights int8 with fp16 activations
-    mxfp6  lower-fp16,lower-mxfp6          matmul weights MXFP6 E2M3, decompressed to fp16
-
-Pruning (`prune_passes`) runs before the lowering: `strip-export-noise,patch-attention,prune{...},<lowering>,...`.
-
-KV-cache dtype (the `kv-cache` pass's `dtype`): None = the activations' dtype, "fp16", or "mxint8".
+The passes each precision means are built in `pipelines`. KV-cache dtype (the `kv-cache` pass's `dtype`): None =
+the activations' dtype, "fp16", or "mxint8".
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 
@@ -29,12 +17,6 @@ PRECISIONS = ("fp32", "fp16", "int8", "w8a8", "mxfp6")
 KV_CACHE_DTYPES = ("fp16", "mxint8")
 #: importance scores of the `prune` pass
 PRUNE_SCORES = ("magnitude", "activation")
-_LOWERING = {
-    "fp32": [],
-    "fp16": ["lower-fp16"],
-    "int8": ["lower-fp16", "lower-int8"],
-    "mxfp6": ["lower-fp16", "lower-mxfp6"],
-}
 
 
 def check_precision(precision: str, kv_cache_dtype: str | None = None) -> None:
@@ -43,19 +25,9 @@ def check_precision(precision: str, kv_cache_dtype: str | None = None) -> None:
         raise InvalidArgumentError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if kv_cache_dtype is not None and kv_cache_dtype not in KV_CACHE_DTYPES:
         raise InvalidArgumentError(
-            f"kv_cache_dtype {kv_cache_dtype!r} is not one of {', '.join(KV_CACHE_DTYPES)} (or None: the activations' dtype)"
+            f"kv_cache_dtype {kv_cache_dtype!r} is not one of {', '.join(KV_CACHE_DTYPES)} "
+            "(or None: the activations' dtype)"
         )
-
-
-def lowering_passes(precision: str, calibration: Path | None = None) -> list[str]:
-    """The lowering passes of `precision`, in pipeline-string form; w8a8 needs a calibration table file
-    (`calibration.calibration_file`), whose path may not hold commas, spaces, braces or '='."""
-    check_precision(precision)
-    if precision == "w8a8":
-        if calibration is None:
-            raise InvalidArgumentError("precision w8a8 needs a calibration table (qc.calibrate) for its activation scales")
-        return ["lower-fp16", f"lower-w8a8{{calibration={_pipeline_path(calibration)}}}"]
-    return list(_LOWERING[precision])
 
 
 def kv_cache_bits(precision: str, kv_cache_dtype: str | None) -> float:
@@ -64,13 +36,6 @@ def kv_cache_bits(precision: str, kv_cache_dtype: str | None) -> float:
     if kv_cache_dtype == "mxint8":
         return mx_storage_bits_per_element("int8")
     return 32.0 if kv_cache_dtype is None and precision == "fp32" else 16.0
-
-
-def _pipeline_path(calibration: Path) -> str:
-    if any(ch in str(calibration) for ch in ",{}= \t"):
-        raise InvalidArgumentError(f"calibration table path {str(calibration)!r} cannot go in a pipeline string: "
-                                   "it holds a comma, space, brace or '='")
-    return str(calibration)
 
 
 def check_pruning(ffn: float, heads: float, score: str, precision: str | None = None) -> None:
@@ -92,31 +57,6 @@ def pruning_options(ffn: float = 0.0, heads: float = 0.0, score: str = "magnitud
     """The `prune` pass's options for these shares, e.g. "ffn=0.25,heads=0,score=magnitude"; "" for none."""
     check_pruning(ffn, heads, score)
     return f"ffn={ffn:g},heads={heads:g},score={score}" if ffn or heads else ""
-
-
-def prune_passes(
-    ffn: float = 0.0, heads: float = 0.0, score: str = "magnitude", calibration: Path | None = None
-) -> list[str]:
-    """The `prune` pass for these shares (none when nothing is removed). It goes after `patch-attention` and
-    before the lowering passes (pruning runs on the fp graph); `calibration` is the table score=activation reads."""
-    options = pruning_options(ffn, heads, score)
-    if not options:
-        return []
-    if score == "activation" and ffn:
-        if calibration is None:
-            raise InvalidArgumentError("prune_score='activation' needs a calibration table (qc.calibrate)")
-        options += f",calibration={_pipeline_path(calibration)}"
-    return [f"prune{{{options}}}"]
-
-
-def kv_cache_pass(ctx_len: int, kv_cache_dtype: str | None, *, all_logits: bool = False) -> str:
-    """The `kv-cache` pass with its options (`all_logits`: logits for every position, to score a text)."""
-    options = [f"ctx_len={ctx_len}"]
-    if kv_cache_dtype is not None:
-        options.append(f"dtype={kv_cache_dtype}")
-    if all_logits:
-        options.append("logits=all")
-    return f"kv-cache{{{','.join(options)}}}"
 
 
 def weight_precisions(program: Program) -> dict[str, dict[str, object]]:

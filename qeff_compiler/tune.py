@@ -20,16 +20,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from qeff_compiler.backends.ai100.simulator import SimulatedDevice, Target
 from qeff_compiler.capture import ResolvedModel, capture_resolved, resolve_model
 from qeff_compiler.capture.sources import meta_weights
-from qeff_compiler.compiler import CompiledModel, CompileOptions
-from qeff_compiler.compiler import compile as compile_model
+from qeff_compiler.compiler import CompiledModel, compile as compile_model
 from qeff_compiler.errors import InvalidArgumentError, ModelDoesNotFitError, PartitionError
 from qeff_compiler.evaluate import EvaluationReport, Evaluator
 from qeff_compiler.ir.program import Program
+from qeff_compiler.options import CompileOptions
 from qeff_compiler.passes import PassManager
+from qeff_compiler.pipelines import compile_pipeline
 from qeff_compiler.precision import check_precision, check_pruning
 
 #: tokens of the text each accuracy setting is scored on by default (8 windows of the shipped model)
@@ -89,7 +91,7 @@ class TuneResult:
     evaluations: int
     seconds: float
 
-    def compile(self, model: str | Path, **overrides: object) -> CompiledModel:
+    def compile(self, model: str | Path, **overrides: Any) -> CompiledModel:
         """Compile the chosen configuration from `model` (real weights)."""
         if self.chosen is None:
             raise InvalidArgumentError(
@@ -119,19 +121,29 @@ def tune(
     half and all of the device's cores per SoC."""
     start = time.perf_counter()
     if isinstance(max_ppl_increase, bool) or not isinstance(max_ppl_increase, int | float) or max_ppl_increase < 0:
-        raise InvalidArgumentError(f"max_ppl_increase must be a non-negative share (0.02 = 2 %), got {max_ppl_increase!r}")
+        raise InvalidArgumentError(
+            f"max_ppl_increase must be a non-negative share (0.02 = 2 %), got {max_ppl_increase!r}"
+        )
     settings = [Setting(p, k, f) for p, k, f in itertools.product(precisions, kv_cache_dtypes, prune_levels)]
     if not settings:
-        raise InvalidArgumentError("the search space is empty: give at least one precision, KV-cache dtype and pruning level")
+        raise InvalidArgumentError(
+            "the search space is empty: give at least one precision, KV-cache dtype and pruning level"
+        )
     for setting in settings:
         check_precision(setting.precision, setting.kv_cache_dtype)
         check_pruning(setting.prune_ffn, 0.0, "magnitude")
         if setting.precision == "w8a8":
             raise InvalidArgumentError("tune searches fp32, fp16, int8 and mxfp6: w8a8 needs a calibration per model")
     if prompt_len + generation_len > ctx_len:
-        raise InvalidArgumentError(f"prompt_len ({prompt_len}) + generation_len ({generation_len}) exceeds ctx_len={ctx_len}")
+        raise InvalidArgumentError(
+            f"prompt_len ({prompt_len}) + generation_len ({generation_len}) exceeds ctx_len={ctx_len}"
+        )
     cores_per_soc = Target(device).cores()
-    cores = list(num_cores) if num_cores is not None else sorted({max(1, cores_per_soc // 4), cores_per_soc // 2, cores_per_soc})
+    cores = (
+        list(num_cores)
+        if num_cores is not None
+        else sorted({max(1, cores_per_soc // 4), cores_per_soc // 2, cores_per_soc})
+    )
     resolved = resolve_model(model_dir)
     meta = ResolvedModel(resolved.config, meta_weights(resolved.config), "tune")
     captures = {n: capture_resolved(meta, batch_size=1, seq_len=n) for n in {1, *prefill_lens}}  # shared by settings
@@ -151,7 +163,10 @@ def tune(
                 stats = simulation.estimate(prompt_len, generation_len)
                 candidates.append(
                     Candidate(
-                        setting, core_count, soc_count, prefill_len,
+                        setting,
+                        core_count,
+                        soc_count,
+                        prefill_len,
                         tokens_per_s=generation_len / (stats.ttft_s + stats.decode_s),
                         decode_tokens_per_s=stats.decode_tokens_per_s,
                         ttft_s=stats.ttft_s,
@@ -192,10 +207,10 @@ def _program(captured: Program, setting: Setting, ctx_len: int) -> Program:
     options = CompileOptions(
         precision=setting.precision, ctx_len=ctx_len, kv_cache_dtype=setting.kv_cache_dtype, prune_ffn=setting.prune_ffn
     )
-    return PassManager(options.pipeline(), verify=False).run(captured)
+    return PassManager(compile_pipeline(options), verify=False).run(captured)
 
 
-def _compile_options(candidate: Candidate, device: str, ctx_len: int) -> dict[str, object]:
+def _compile_options(candidate: Candidate, device: str, ctx_len: int) -> dict[str, Any]:
     setting = candidate.setting
     return {
         "precision": setting.precision,
@@ -207,4 +222,3 @@ def _compile_options(candidate: Candidate, device: str, ctx_len: int) -> dict[st
         "prefill_len": candidate.prefill_len,
         "ctx_len": ctx_len,
     }
-

@@ -79,7 +79,8 @@ def write_weights(
         spec = store[name]
         if spec.dtype not in _DTYPE_NAMES:
             raise WeightError(f"weight {name!r} has dtype {spec.dtype}, which safetensors cannot store here")
-        header[name] = {"dtype": _DTYPE_NAMES[spec.dtype], "shape": list(spec.shape), "data_offsets": [start, start + spec.nbytes]}
+        offsets = [start, start + spec.nbytes]
+        header[name] = {"dtype": _DTYPE_NAMES[spec.dtype], "shape": list(spec.shape), "data_offsets": offsets}
         start += spec.nbytes
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-(8 + len(encoded)) % _ALIGNMENT)

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 import qeff_compiler as qc
-from qeff_compiler.errors import ArtifactExistsError, ArtifactIntegrityError, ArtifactVersionError
+from qeff_compiler import artifact
+from qeff_compiler.backends.ai100 import simulator
+from qeff_compiler.errors import ArtifactError, ArtifactExistsError, ArtifactIntegrityError, ArtifactVersionError
 from qeff_compiler.ir.samples import sample_inputs
 from tests.conftest import random_model, tiny_config
 
@@ -49,7 +51,9 @@ def test_saved_onnx_runs_in_onnx_runtime_like_the_host(saved) -> None:
 def test_manifest_records_files_pipeline_and_specializations(saved) -> None:
     compiled, path = saved
     manifest = json.loads((path / "manifest.json").read_text())
-    assert set(manifest["files"]) == {"weights.safetensors", "program.onnx", "decode.onnx", "partition_plan.json"}
+    assert set(manifest["files"]) == {
+        "weights.safetensors", "program.onnx", "decode.onnx", "partition_plan.json", "programs.json"
+    }
     assert [s["name"] for s in manifest["specializations"]] == ["prefill", "decode"]
     assert manifest["pipeline"].startswith("strip-export-noise,patch-attention,kv-cache{ctx_len=24}")
     # dce dropped the tied input embedding's own name: the embedding is stored once, as lm_head.weight
@@ -123,6 +127,58 @@ def test_other_format_version_is_refused(saved, tmp_path: Path) -> None:
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactVersionError, match="format version 99"):
         qc.load_compiled(copy)
+
+
+def test_version_2_artifact_is_refused_with_a_recompile_hint(saved, tmp_path: Path) -> None:
+    copy = _copy(saved[1], tmp_path)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format_version"] = 2  # written before programs.json existed: loading recompiled it
+    _write_manifest(copy, manifest)
+    with pytest.raises(ArtifactVersionError, match=r"format version 2 .*reads version 3: recompile"):
+        qc.load_compiled(copy)
+
+
+def test_loading_reads_the_saved_programs_and_plans_without_tracing(saved, monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled, path = saved
+
+    def no_trace(*args: object, **kwargs: object) -> None:
+        raise AssertionError("loading an artifact must not trace or partition")
+
+    monkeypatch.setattr(torch.export, "export", no_trace)
+    monkeypatch.setattr(simulator, "partition_program", no_trace)
+    loaded = qc.load_compiled(path)
+    assert loaded.simulation.plans == compiled.simulation.plans
+    assert loaded.simulation.steps == compiled.simulation.steps
+    for mine, theirs in ((loaded.prefill, compiled.prefill), (loaded.decode, compiled.decode)):
+        assert mine.graph_module.code == theirs.graph_module.code
+        assert (mine.inputs, mine.outputs, mine.properties) == (theirs.inputs, theirs.outputs, theirs.properties)
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda plans: plans["decode"].pop("ops"), r"partition_plan.json: decode: field 'ops' is missing"),
+        (lambda plans: plans["prefill"]["shards"][0].__setitem__(1, "soc0"), r"prefill.shards\[0\]\[1\] must be a non"),
+        (lambda plans: plans["decode"].__setitem__("num_cores", 3), r"partition_plan.json does not fit .*num_cores"),
+        (lambda plans: plans.pop("prefill"), r"field 'prefill' is missing"),
+    ],
+    ids=["missing-field", "wrong-type", "wrong-target", "missing-specialization"],
+)
+def test_garbage_partition_plan_is_refused_naming_the_field(saved, tmp_path: Path, edit, field: str) -> None:
+    copy = _copy(saved[1], tmp_path)
+    plans = json.loads((copy / "partition_plan.json").read_text())
+    edit(plans)
+    (copy / "partition_plan.json").write_text(json.dumps(plans))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"]["partition_plan.json"] = artifact._fingerprint(copy / "partition_plan.json")  # re-checksummed
+    _write_manifest(copy, manifest)
+    with pytest.raises(ArtifactError, match=field):
+        qc.load_compiled(copy)
+
+
+def _write_manifest(directory: Path, manifest: dict) -> None:
+    manifest = {k: v for k, v in manifest.items() if k != artifact.MANIFEST_CHECKSUM}
+    (directory / "manifest.json").write_text(artifact._manifest_text(manifest))
 
 
 def test_existing_output_needs_overwrite(saved) -> None:

@@ -13,6 +13,8 @@ import pytest
 
 from bench.__main__ import SECTIONS, non_finite_ratios
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:

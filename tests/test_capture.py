@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 import qeff_compiler as qc
-from qeff_compiler.backends.host import run_program
 from qeff_compiler.errors import (
     InvalidArgumentError,
     MetaWeightError,
@@ -23,6 +22,7 @@ from qeff_compiler.errors import (
     UnsupportedConfigError,
     WeightError,
 )
+from qeff_compiler.ir.interpret import run_program
 from tests.conftest import random_model, tiny_config
 from tests.strategies import mpt_configs
 
@@ -71,6 +71,7 @@ def test_config_only_capture_has_meta_weights_and_refuses_numerics() -> None:
         run_program(program, {"input_ids": torch.zeros(1, 8, dtype=torch.int64)})
 
 
+@pytest.mark.e2e
 def test_mpt_7b_config_capture_allocates_no_weights() -> None:
     """A 6.6B-parameter capture must stay far below the 26 GB its fp32 weights would need."""
     script = (

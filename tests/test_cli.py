@@ -28,6 +28,7 @@ def test_console_script_is_installed() -> None:
     assert QEFFC.is_file(), "install the package (pip install -e .) so the qeffc console script exists"
 
 
+@pytest.mark.e2e
 def test_help_lists_commands() -> None:
     result = qeffc("--help")
     assert result.returncode == 0
@@ -35,18 +36,21 @@ def test_help_lists_commands() -> None:
         assert command in result.stdout
 
 
+@pytest.mark.e2e
 def test_passes_lists_registered_passes() -> None:
     result = qeffc("passes")
     assert result.returncode == 0
     assert "dce" in result.stdout and "strip-export" in result.stdout
 
 
+@pytest.mark.e2e
 def test_capture_prints_a_summary(model_dir: Path) -> None:
     result = qeffc("capture", str(model_dir))
     assert result.returncode == 0, result.stderr
     assert "aten.linear" in result.stdout and "parameters" in result.stdout
 
 
+@pytest.mark.e2e
 def test_opt_with_time_passes_and_print_ir(model_dir: Path) -> None:
     result = qeffc("opt", str(model_dir), "--passes", "strip-export-noise,dce", "--time-passes", "--print-ir-after", "dce")
     assert result.returncode == 0, result.stderr
@@ -55,6 +59,7 @@ def test_opt_with_time_passes_and_print_ir(model_dir: Path) -> None:
     assert len(timing_lines) == 2
 
 
+@pytest.mark.e2e
 def test_opt_on_a_preset_runs_on_meta_weights() -> None:
     result = qeffc("opt", "mpt-125m", "--passes", "strip-export-noise,dce", "--time-passes")
     assert result.returncode == 0, result.stderr
@@ -72,6 +77,7 @@ def test_opt_on_a_preset_runs_on_meta_weights() -> None:
         (("frobnicate",), 2, "No such command"),
     ],
 )
+@pytest.mark.e2e
 def test_user_errors_exit_with_one_line_and_no_traceback(model_dir: Path, args: tuple, code: int, message: str) -> None:
     result = qeffc(*(str(model_dir) if a == "MODEL" else a for a in args))
     assert result.returncode == code
@@ -79,6 +85,7 @@ def test_user_errors_exit_with_one_line_and_no_traceback(model_dir: Path, args: 
     assert "Traceback" not in result.stderr + result.stdout
 
 
+@pytest.mark.e2e
 def test_failures_exit_1(tmp_path: Path) -> None:
     tiny_config().save_pretrained(tmp_path)  # a config without weights
     result = qeffc("capture", str(tmp_path))
@@ -86,6 +93,7 @@ def test_failures_exit_1(tmp_path: Path) -> None:
     assert result.stderr.strip().count("\n") == 0 and "no model.safetensors" in result.stderr
 
 
+@pytest.mark.e2e
 def test_compile_then_run_streams_tokens_and_prints_statistics(model_dir: Path, tmp_path: Path) -> None:
     artifact = tmp_path / "artifact"
     result = qeffc("compile", str(model_dir), "-o", str(artifact), "--ctx-len", "32", "--prefill-len", "8")
@@ -102,6 +110,7 @@ def test_compile_then_run_streams_tokens_and_prints_statistics(model_dir: Path, 
     assert no_tokenizer.returncode == 2 and "has no tokenizer" in no_tokenizer.stderr
 
 
+@pytest.mark.e2e
 def test_shipped_model_is_the_default_and_its_tokenizer_travels(tmp_path: Path) -> None:
     summary = qeffc("capture")
     assert summary.returncode == 0, summary.stderr
@@ -113,6 +122,7 @@ def test_shipped_model_is_the_default_and_its_tokenizer_travels(tmp_path: Path) 
     assert run.stdout.startswith("    def __init__(self")
 
 
+@pytest.mark.e2e
 def test_eval_prints_the_accuracy_table(tmp_path: Path) -> None:
     from qeff_compiler.data import TINY_MPT_VALIDATION_TEXT
 
@@ -126,6 +136,7 @@ def test_eval_prints_the_accuracy_table(tmp_path: Path) -> None:
     assert preset.returncode == 2 and "needs a model directory" in preset.stderr
 
 
+@pytest.mark.e2e
 def test_compile_streams_a_pickled_checkpoint_when_allowed_with_progress_bars(tmp_path: Path) -> None:
     import torch
 

@@ -22,15 +22,15 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from typer._click import exceptions as click_errors
 from transformers import MptConfig
+from typer._click import exceptions as click_errors
 
 import qeff_compiler as qc
-from qeff_compiler import errors
+from qeff_compiler import artifact, errors
 from qeff_compiler.backends.ai100.devices import MAX_DEVICES
 from qeff_compiler.calibration import calibrate, save_calibration
 from qeff_compiler.capture.presets import preset_config
-from qeff_compiler.cli import main as cli
+from qeff_compiler.cli import build as cli_build, main as cli
 from qeff_compiler.data import TINY_MPT
 from qeff_compiler.errors import QeffError
 from qeff_compiler.passes import PassManager
@@ -494,7 +494,7 @@ def _signalled_compile(env: Env, name: str, signal_exception: type[BaseException
     def interrupt(program: qc.Program, path: Path, *args: object, **kwargs: object) -> None:
         raise signal_exception
 
-    env.monkeypatch.setattr(cli, "compile_model", lambda *args, **kwargs: env.compiled)
+    env.monkeypatch.setattr(cli_build, "compile_model", lambda *args, **kwargs: env.compiled)
     env.monkeypatch.setattr(onnx_export, "export_onnx", interrupt)
     output = env.fresh(name)
     env.capsys.readouterr()
@@ -745,6 +745,18 @@ def _(env: Env) -> object:
     (directory / "program.onnx").write_bytes(bytes(data))
     return loaded.generate([[1, 2]], 2, engine="onnxruntime")
 
+@trigger("artifact-plan-invalid")
+def _(env: Env) -> object:
+    """A plan file that is consistent with its checksum (a buggy writer, or an edit re-checksummed) but malformed."""
+    directory = env.artifact_copy("bad-plan")
+    plans = json.loads((directory / "partition_plan.json").read_text())
+    plans["decode"]["num_cores"] = "fourteen"
+    (directory / "partition_plan.json").write_text(json.dumps(plans))
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["files"]["partition_plan.json"] = artifact._fingerprint(directory / "partition_plan.json")
+    manifest.pop(artifact.MANIFEST_CHECKSUM)
+    (directory / "manifest.json").write_text(artifact._manifest_text(manifest))
+    return qc.load_compiled(directory)
 
 
 #: the offending value each row's message must name (defaults: none beyond the documented message)
@@ -850,6 +862,7 @@ OFFENDING: dict[str, str] = {
     "artifact-file-missing": "decode.onnx",
     "artifact-file-truncated": "weights.safetensors",
     "artifact-file-modified": "program.onnx",
+    "artifact-plan-invalid": "fourteen",
 }
 
 

@@ -29,9 +29,10 @@ from typer._click.core import Context
 import qeff_compiler as qc
 from qeff_compiler import artifact as artifact_module
 from qeff_compiler.capture import resolve_model
-from qeff_compiler.cli import main as cli
-from qeff_compiler.compiler import CompileOptions, _check_options
+from qeff_compiler.cli import accuracy as cli_accuracy, app as cli_app, build as cli_build, device as cli_device
+from qeff_compiler.cli import generate as cli_generate, main as cli
 from qeff_compiler.errors import ArtifactError, QeffError
+from qeff_compiler.options import CompileOptions
 from qeff_compiler.passes import PassManager, registered_passes
 from qeff_compiler.passes.pipeline import parse_pipeline
 from tests.conftest import TinyArtifact, random_model, tiny_config
@@ -146,7 +147,7 @@ def stubbed_cli(cli_files: dict[str, Path], tiny_artifact: TinyArtifact, monkeyp
         source: object, *, passes: str | None = None, calibration: object = None, verify: bool = True,
         stream: bool | None = None, allow_pickle: bool = False, progress: object = False, **options: object,
     ) -> None:
-        _check_options(CompileOptions(**options))
+        CompileOptions(**options).check()
         resolve_model(source, allow_pickle=allow_pickle)
         if passes is not None:
             PassManager(passes)
@@ -164,15 +165,15 @@ def stubbed_cli(cli_files: dict[str, Path], tiny_artifact: TinyArtifact, monkeyp
 
         atomic_write_text(path, "png")
 
-    from qeff_compiler.backends.ai100 import plot
-
-    monkeypatch.setattr(cli, "compile_model", compile_stub)
-    monkeypatch.setattr(cli, "capture", capture_stub)
-    monkeypatch.setattr(cli, "load_compiled", load_stub)
-    monkeypatch.setattr(cli, "calibrate", lambda *args, **kwargs: (_ for _ in ()).throw(Reached("calibrate")))
-    monkeypatch.setattr(cli, "Evaluator", lambda *args, **kwargs: (_ for _ in ()).throw(Reached("eval")))
-    monkeypatch.setattr(cli, "tune", lambda *args, **kwargs: (_ for _ in ()).throw(Reached("tune")))
-    monkeypatch.setattr(plot, "plot_simulation", plot_stub)
+    for module in (cli_build, cli_device):
+        monkeypatch.setattr(module, "compile_model", compile_stub)
+    monkeypatch.setattr(cli_app, "capture", capture_stub)
+    for module in (cli_device, cli_generate):
+        monkeypatch.setattr(module, "load_compiled", load_stub)
+    monkeypatch.setattr(cli_build, "calibrate", lambda *args, **kwargs: (_ for _ in ()).throw(Reached("calibrate")))
+    monkeypatch.setattr(cli_accuracy, "Evaluator", lambda *args, **kwargs: (_ for _ in ()).throw(Reached("eval")))
+    monkeypatch.setattr(cli_accuracy, "tune", lambda *args, **kwargs: (_ for _ in ()).throw(Reached("tune")))
+    monkeypatch.setattr(cli_device, "plot_simulation", plot_stub)
 
 
 def _command_params() -> dict[str, list[object]]:
@@ -280,10 +281,11 @@ def test_artifact_corruptions_are_refused_before_any_capture(
 ) -> None:
     path, files = saved_artifact
 
-    def capture_reached(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a corrupted artifact got past the checks to capture")
+    def decoding_reached(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a corrupted artifact got past the checks to decoding its programs")
 
-    monkeypatch.setattr(artifact_module, "capture_resolved", capture_reached)
+    # loading no longer captures: the first costly step after the checks is decoding the saved programs
+    monkeypatch.setattr(artifact_module, "program_from_dict", decoding_reached)
 
     refused: list[str] = []
 

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import qeff_compiler as qc
 
 QEFFC = Path(sys.executable).with_name("qeffc")
@@ -16,6 +18,7 @@ QEFFC = Path(sys.executable).with_name("qeffc")
 STAGING_TIMEOUT = 240
 
 
+@pytest.mark.e2e
 def test_sigint_while_writing_leaves_no_partial_artifact(tmp_path: Path) -> None:
     output = tmp_path / "shipped"
     process = subprocess.Popen(

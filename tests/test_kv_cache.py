@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import qeff_compiler as qc
-from qeff_compiler.backends.host import run_program
 from qeff_compiler.errors import InvalidArgumentError, PassOptionError, PassOrderError
+from qeff_compiler.ir.interpret import run_program
 from qeff_compiler.ir.ops import write_cache
 from qeff_compiler.passes import PassManager
 from tests.conftest import random_model, tiny_config

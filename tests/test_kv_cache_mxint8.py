@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import qeff_compiler as qc
-from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.backends.onnx_export import export_onnx
 from qeff_compiler.data import TINY_MPT
 from qeff_compiler.errors import PassOptionError
+from qeff_compiler.ir.interpret import HostExecutor
 from qeff_compiler.ir.ops import ATTENTION_KV, mpt_attention_kv
 from qeff_compiler.ir.program import Program, TensorSpec
 from qeff_compiler.numerics.mx import fake_quantize_mx

@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 
 import qeff_compiler as qc
 from qeff_compiler.backends.ai100.simulator import SimulatedDevice, Target
-from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.cli.main import app
 from qeff_compiler.data import TINY_MPT
 from qeff_compiler.errors import Fp16OverflowError
 from qeff_compiler.ir.ops import ATTENTION, ATTENTION_KV
+from qeff_compiler.ir.interpret import HostExecutor
 from qeff_compiler.ir.program import BINDING, Program
 from qeff_compiler.ir.samples import sample_inputs
 from qeff_compiler.passes.fp16_overflow import find_fp16_overflow

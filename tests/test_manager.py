@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import qeff_compiler as qc
-from qeff_compiler.backends.host import run_program
 from qeff_compiler.errors import PassOrderError, PipelineError, VerificationError
+from qeff_compiler.ir.interpret import run_program
 from qeff_compiler.ir.program import BINDING, Program, op_short_name
 from qeff_compiler.passes import Pass, PassManager
 from tests.conftest import random_model, tiny_config

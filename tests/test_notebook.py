@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "mpt_walkthrough.ipynb"
@@ -17,6 +18,7 @@ def _token_ids(notebook: nbformat.NotebookNode) -> list[str]:
     return [match for text in texts for match in _TOKEN_IDS.findall(text)]
 
 
+@pytest.mark.e2e
 def test_walkthrough_runs_and_reproduces_its_stored_token_ids(tmp_path: Path) -> None:
     stored = nbformat.read(NOTEBOOK, as_version=4)
     expected = _token_ids(stored)

@@ -13,9 +13,9 @@ import torch
 from transformers import MptConfig
 
 import qeff_compiler as qc
-from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.backends.onnx_export import QEFF_DOMAIN, export_onnx
 from qeff_compiler.errors import MetaWeightError
+from qeff_compiler.ir.interpret import HostExecutor
 from qeff_compiler.ir.program import Program
 from tests.conftest import random_model, tiny_config
 

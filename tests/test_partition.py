@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 import qeff_compiler as qc
 from qeff_compiler.backends.ai100.partition import PartitionPlan, partition_program, validate_plan
 from qeff_compiler.backends.ai100.sharded import ShardedExecutor
-from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.errors import VerificationError
+from qeff_compiler.ir.interpret import HostExecutor
 from qeff_compiler.ir.program import Program
 from qeff_compiler.passes import PassManager
 from tests.conftest import random_model, tiny_config

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 import qeff_compiler as qc
 from qeff_compiler.backends.ai100.sharded import run_sharded
 from qeff_compiler.backends.ai100.workload import program_workload
-from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.backends.onnx_export import export_onnx
 from qeff_compiler.data import TINY_MPT
 from qeff_compiler.errors import InvalidArgumentError, PassOptionError, PassOrderError
+from qeff_compiler.ir.interpret import HostExecutor
 from qeff_compiler.ir.samples import sample_inputs
 from qeff_compiler.passes.prune import Prune, PruneOptions
 from tests.conftest import random_model, tiny_config

@@ -15,10 +15,10 @@ import torch
 from safetensors import safe_open
 
 import qeff_compiler as qc
-from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.backends.onnx_export import export_onnx
 from qeff_compiler.errors import InvalidArgumentError, PassOptionError
 from qeff_compiler.ir.ops import DEQUANTIZE_INT8, DEQUANTIZE_MXFP6
+from qeff_compiler.ir.interpret import HostExecutor
 from qeff_compiler.ir.program import BINDING
 from qeff_compiler.ir.samples import sample_inputs
 from qeff_compiler.numerics.int8 import quantize_weight_per_channel

@@ -54,6 +54,7 @@ def test_trace_has_a_track_per_core_and_link_and_spans_for_every_call(artifact, 
     assert any(e["tid"] == 1000 for e in events if e["ph"] == "X")  # all-reduces between the two SoCs
 
 
+@pytest.mark.e2e
 def test_inspect_prints_the_plan_and_draws_it(artifact, tmp_path: Path) -> None:
     _, path = artifact
     result = qeffc("inspect", str(path), "--plot", str(tmp_path / "plan.png"))
@@ -62,6 +63,7 @@ def test_inspect_prints_the_plan_and_draws_it(artifact, tmp_path: Path) -> None:
     assert (tmp_path / "plan.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.e2e
 def test_estimate_from_a_preset_config_and_its_refusal_when_too_big() -> None:
     result = qeffc("estimate", "opt-2.7b-shape", "--precision", "mxfp6", "--prompt-len", "512", "--generation-len", "256")
     assert result.returncode == 0, result.stderr

@@ -56,6 +56,7 @@ def measure(checkpoint: Path, out: Path, mode: str) -> dict[str, float]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="RssAnon is read from Linux's /proc")
 def test_streamed_compile_peak_memory_is_checkpoint_size_plus_fixed_overhead(tmp_path: Path) -> None:
     checkpoint_mb = _write_checkpoint(tmp_path / "checkpoint") / 2**20

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +19,18 @@ from safetensors.torch import save_file
 from transformers import MptForCausalLM
 
 import qeff_compiler as qc
-from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.backends.onnx_export import export_onnx
 from qeff_compiler.backends.onnx_quant import dequantize_call
 from qeff_compiler.calibration import activation_maxima, load_calibration, save_calibration
 from qeff_compiler.data import TINY_MPT
 from qeff_compiler.errors import InvalidArgumentError, PassOptionError
+from qeff_compiler.ir.interpret import HostExecutor
 from qeff_compiler.ir.ops import DEQUANTIZE_INT8, LINEAR_W8A8
 from qeff_compiler.ir.samples import sample_inputs
 from qeff_compiler.numerics import int8
 from qeff_compiler.numerics.int8 import QMAX, quantize_weight_per_channel, smoothing_factors
 from qeff_compiler.passes.lower_w8a8 import LowerW8A8
+from qeff_compiler.passes.pipeline import build_passes, pipeline_text
 from tests.conftest import random_model, tiny_config
 
 FRONT = "strip-export-noise,patch-attention,lower-fp16"
@@ -347,3 +349,16 @@ def test_w8a8_compile_of_a_model_object_needs_a_table(table_path: Path) -> None:
         qc.compile(random_model(CONFIG), precision="w8a8", ctx_len=16, prefill_len=4)
     compiled = qc.compile(random_model(CONFIG), precision="w8a8", ctx_len=16, prefill_len=4, calibration=table_path)
     assert compiled.decode.op_histogram()["qeff.linear_w8a8"] == LINEARS
+
+
+def test_calibration_table_path_with_a_comma_and_a_space_compiles(table_path: Path, tmp_path: Path) -> None:
+    """Options reach the passes as values, not through pipeline text: any file name works, and the recorded
+    pipeline names the table as the artifact stores it, so its text parses back to the same pipeline."""
+    odd = tmp_path / "calib, v2 {final}=1.safetensors"
+    shutil.copyfile(table_path, odd)
+    compiled = qc.compile(random_model(CONFIG), precision="w8a8", ctx_len=16, prefill_len=4, calibration=odd)
+    reference = qc.compile(random_model(CONFIG), precision="w8a8", ctx_len=16, prefill_len=4, calibration=table_path)
+    assert compiled.decode.op_histogram()["qeff.linear_w8a8"] == LINEARS
+    assert torch.equal(compiled.generate([[3, 4, 5]], 4).sequences, reference.generate([[3, 4, 5]], 4).sequences)
+    assert "lower-w8a8{calibration=calibration.safetensors}" in compiled.pipeline
+    assert pipeline_text(build_passes(compiled.pipeline)) == compiled.pipeline

@@ -293,8 +293,9 @@ def render_rejected_fields() -> str:
 
 
 def render_precisions() -> str:
-    from qeff_compiler.compiler import CompileOptions
-    from qeff_compiler.precision import PRECISIONS, lowering_passes
+    from qeff_compiler.options import CompileOptions
+    from qeff_compiler.pipelines import compile_pipeline, lowering_passes, pipeline_text
+    from qeff_compiler.precision import PRECISIONS
 
     table = Path("FILE")
     out = [
@@ -302,9 +303,9 @@ def render_precisions() -> str:
         "|---|---|---|",
     ]
     for precision in PRECISIONS:
-        lowering = lowering_passes(precision, table if precision == "w8a8" else None)
-        pipeline = CompileOptions(precision=precision).pipeline(table if precision == "w8a8" else None)
-        out.append(f"| {code(precision)} | {code(','.join(lowering)) if lowering else 'none'} | {code(pipeline)} |")
+        lowering = pipeline_text(lowering_passes(precision, table if precision == "w8a8" else None))
+        pipeline = pipeline_text(compile_pipeline(CompileOptions(precision=precision), table if precision == "w8a8" else None))
+        out.append(f"| {code(precision)} | {code(lowering) if lowering else 'none'} | {code(pipeline)} |")
     return "\n".join(out)
 
 

@@ -35,8 +35,7 @@ import torch.fx
 
 from qeff_compiler.backends.onnx_quant import DequantizeCall, dequantize_call, qeff_weight_node
 from qeff_compiler.errors import MetaWeightError, VerificationError
-from qeff_compiler.ir.ops import ATTENTION, ATTENTION_KV, KV_CACHE_FORMATS, MASK_VALUE
-from qeff_compiler.ir.ops import NAMESPACE as QEFF_DOMAIN
+from qeff_compiler.ir.ops import ATTENTION, ATTENTION_KV, KV_CACHE_FORMATS, MASK_VALUE, NAMESPACE as QEFF_DOMAIN
 from qeff_compiler.ir.program import BINDING, Program
 from qeff_compiler.numerics.mx_onnx import fake_quantize_mxint8
 from qeff_compiler.weights_file import WeightsFile, write_weights

@@ -25,8 +25,7 @@ import onnxscript
 import torch
 import torch.fx
 
-from qeff_compiler.ir.ops import MXFP6_ELEMENT_FORMATS, traits
-from qeff_compiler.ir.ops import NAMESPACE as DOMAIN
+from qeff_compiler.ir.ops import MXFP6_ELEMENT_FORMATS, NAMESPACE as DOMAIN, traits
 from qeff_compiler.numerics.int8 import QMAX
 from qeff_compiler.numerics.mx_onnx import dequantize_function_name, dequantize_mxfp6_function
 

@@ -1,6 +1,6 @@
 """ONNX Runtime host engine: run a Program's ONNX emit (the artifact's files) with ONNX Runtime on this CPU.
 
-The reference executor (`backends.host`) dispatches every graph node from Python, which costs a few microseconds
+The reference executor (`ir.interpret`) dispatches every graph node from Python, which costs a few microseconds
 per op: on small models a decode step is mostly dispatch. A CPU user who wants throughput runs the same program
 through ONNX Runtime instead: the ONNX files the artifact ships (`backends.onnx_export`, custom ops as ONNX
 functions) on its CPU execution provider. The numerics are the lowered program's, computed by another engine:
@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from qeff_compiler.backends.host import check_inputs
+from qeff_compiler.ir.interpret import check_inputs
 from qeff_compiler.ir.program import Program
 
 

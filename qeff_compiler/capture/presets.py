@@ -2,7 +2,7 @@
 
 Shapes follow the published MosaicML checkpoints' config.json files (mosaicml/mpt-7b, mpt-30b); `mpt-125m` is the
 small shape of the MPT family used by benchmarks as a mid-size random model. The `*-shape` presets are MPTs of the
-sizes of the models Qualcomm published AI 100 decode rates for (DESIGN.md), the cost model's calibration and
+sizes of the models Qualcomm published AI 100 decode rates for (docs/backend.md), the cost model's calibration and
 validation points: GPT-J-6B (d_model 4096, 16 heads, 28 layers, vocab 50400), OPT-2.7B (2560, 32, 32, 50272) and
 OPT-13B (5120, 40, 40, 50272), all at max_seq_len 2048.
 """

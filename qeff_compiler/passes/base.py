@@ -27,7 +27,7 @@ class NoOptions:
     """Options of a pass that takes none."""
 
 
-def option(default: Any, help: str) -> Any:
+def option(default: Any, help: str) -> Any:  # noqa: A002 (the keyword reads as argparse and typer spell it)
     """Declare a pass option: a dataclass field with a default and one line of help for `qeffc passes`."""
     return dataclasses.field(default=default, metadata={"help": help})
 

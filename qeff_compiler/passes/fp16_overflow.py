@@ -27,10 +27,10 @@ from typing import Any, ClassVar
 import torch
 import torch.fx
 
-from qeff_compiler.backends.streaming import StreamingInterpreter
 from qeff_compiler.errors import Fp16OverflowError
 from qeff_compiler.ir.program import Program, op_short_name
 from qeff_compiler.ir.samples import sample_inputs
+from qeff_compiler.ir.streaming import StreamingInterpreter
 from qeff_compiler.passes.base import Pass
 from qeff_compiler.passes.registry import register_pass
 

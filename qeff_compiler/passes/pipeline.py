@@ -1,9 +1,12 @@
 """Pipeline strings in mlir-opt style: `"patch-attention,kv-cache{ctx_len=128},lower-fp16"`.
 
-Grammar: passes separated by commas (spaces around them are ignored); each pass is a name (`[a-z0-9][a-z0-9-]*`) with an optional `{...}` block of
-`key=value` options separated by commas or spaces. Values may not contain braces, commas or spaces. Option
-values are converted by the type of the pass's `Options` dataclass field (int, float, bool, str, or `X | None`
-where the literal `none` gives None).
+Grammar: passes separated by commas (spaces around them are ignored); each pass is a name (`[a-z0-9][a-z0-9-]*`)
+with an optional `{...}` block of `key=value` options separated by commas or spaces. Values may not contain
+braces, commas or spaces. Option values are converted by the type of the pass's `Options` dataclass field (int,
+float, bool, str, or `X | None` where the literal `none` gives None).
+
+Text is for people, the artifact manifest and `qeffc opt --passes`; code builds pipelines from configured pass
+objects (`configure`), whose option values may hold any character.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,16 +98,30 @@ def build_passes(text: str) -> list[Pass]:
 def instantiate(invocation: PassInvocation) -> Pass:
     """Create the named pass, converting raw option texts by the Options field types."""
     cls = get_pass(invocation.name)
-    fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+    _check_option_names(cls, invocation.options)
     hints = typing.get_type_hints(cls.Options)
-    values: dict[str, Any] = {}
-    for key, raw in invocation.options.items():
+    values = {key: _convert(cls.name, key, raw, hints[key]) for key, raw in invocation.options.items()}
+    return cls(cls.Options(**values))
+
+
+def configure(name: str, **options: Any) -> Pass:
+    """The pass registered as `name` with typed `options` (no text in between, so a value may hold any
+    character, e.g. a file path with commas or spaces)."""
+    cls = get_pass(name)
+    _check_option_names(cls, options)
+    return cls(cls.Options(**options))
+
+
+def pipeline_text(passes: Sequence[Pass]) -> str:
+    """The pipeline as text (for printing and the artifact manifest): each pass with its non-default options."""
+    return ",".join(p.describe() for p in passes)
+
+
+def _check_option_names(cls: type[Pass], options: Mapping[str, object]) -> None:
+    fields = [f.name for f in dataclasses.fields(cls.Options)]
+    for key in options:
         if key not in fields:
-            allowed = ", ".join(fields) or "none"
-            raise PassOptionError(f"pass {cls.name} has no option {key!r} (its options: {allowed})")
-        values[key] = _convert(cls.name, key, raw, hints[key])
-    options = cls.Options(**values)
-    return cls(options)
+            raise PassOptionError(f"pass {cls.name} has no option {key!r} (its options: {', '.join(fields) or 'none'})")
 
 
 def _convert(pass_name: str, key: str, raw: str, annotation: Any) -> Any:

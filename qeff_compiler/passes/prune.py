@@ -1,8 +1,8 @@
 """`prune`: structured pruning that really shrinks the program — FFN channels and whole attention heads.
 
-Runs on the fp graph after `patch-attention` and before any lowering (DESIGN.md amendment: prune before
-lowering), so quantizers see the pruned weights. Every layer loses the same share: `ffn=0.25` removes
-round(0.25 · 4·d_model) FFN channels of each layer, `heads=0.25` round(0.25 · n_heads) heads of each layer.
+Runs on the fp graph after `patch-attention` and before any lowering, so quantizers see the
+pruned weights. Every layer loses the same share: `ffn=0.25` removes round(0.25 · 4·d_model) FFN channels of
+each layer, `heads=0.25` round(0.25 · n_heads) heads of each layer.
 The counts depend on the options alone, so the pipeline string fixes every shape of the pruned program; which
 channels and heads go is decided by the weights, which the artifact stores (a pruned model's shapes live in the
 Program and its weight store, not in the HF config).
@@ -54,6 +54,7 @@ from typing import ClassVar
 import torch
 import torch.fx
 
+from qeff_compiler.calibration.table import load_calibration
 from qeff_compiler.errors import InvalidArgumentError, PassOptionError, VerificationError
 from qeff_compiler.ir.graph_utils import add_placeholder, weight_name
 from qeff_compiler.ir.layers import LAYER
@@ -139,8 +140,6 @@ class Prune(Pass):
     def _activation_maxima(self) -> dict[str, torch.Tensor] | None:
         if self.options.score != "activation" or not self.options.ffn:
             return None
-        from qeff_compiler.calibration import load_calibration  # imports the pass manager, which imports us
-
         return load_calibration(Path(self.options.calibration))
 
     def _prune_heads(

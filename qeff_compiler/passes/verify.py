@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from qeff_compiler.backends.host import HostExecutor
 from qeff_compiler.errors import VerificationError
+from qeff_compiler.ir.interpret import HostExecutor
 from qeff_compiler.ir.program import Program
 from qeff_compiler.ir.samples import sample_inputs
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from qeff_compiler import calibration  # the module, not its names: it imports the pass manager, which imports us
+from qeff_compiler.calibration.table import load_calibration
 from qeff_compiler.errors import PassOptionError
 from qeff_compiler.ir.ops import W8A8
 from qeff_compiler.ir.program import Program
@@ -46,7 +46,7 @@ def checked_calibration_table(
             "table = qc.calibrate(model_dir), save it with qeff_compiler.calibration.save_calibration(table, "
             f"PATH) and pass {pass_name}{{calibration=PATH}}"
         )
-    table = calibration.load_calibration(path)
+    table = load_calibration(path)
     unknown = sorted(set(table) - set(known))
     if unknown:
         raise PassOptionError(

@@ -31,9 +31,14 @@ Streamer = Callable[[int, torch.Tensor], None]
 class DeviceClock(Protocol):
     """Simulated device seconds per program call (static shapes: every call of a specialization costs the same)."""
 
-    device: str
-    prefill_chunk_s: float
-    decode_step_s: float
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def prefill_chunk_s(self) -> float: ...
+
+    @property
+    def decode_step_s(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -67,18 +72,24 @@ def normalize_prompts(input_ids: torch.Tensor | Sequence[Sequence[int]], shapes:
         if input_ids.dim() == 1:
             input_ids = input_ids.unsqueeze(0)
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
-            raise InvalidArgumentError(f"input_ids must be an integer tensor [batch, len], got {input_ids.dtype} {list(input_ids.shape)}")
+            raise InvalidArgumentError(
+                f"input_ids must be an integer tensor [batch, len], got {input_ids.dtype} {list(input_ids.shape)}"
+            )
         prompts = [row.tolist() for row in input_ids]
     else:
         prompts = _token_lists(input_ids)
     if not prompts or len(prompts) > shapes.batch_size:
-        raise InvalidArgumentError(f"got {len(prompts)} prompts; this model was compiled for 1..{shapes.batch_size} per call")
+        raise InvalidArgumentError(
+            f"got {len(prompts)} prompts; this model was compiled for 1..{shapes.batch_size} per call"
+        )
     for row, prompt in enumerate(prompts):
         if not prompt:
             raise InvalidArgumentError(f"prompt {row} is empty")
         bad = [t for t in prompt if not 0 <= t < shapes.vocab_size]
         if bad:
-            raise InvalidArgumentError(f"prompt {row} has token ids outside the vocabulary [0, {shapes.vocab_size}): {bad[:5]}")
+            raise InvalidArgumentError(
+                f"prompt {row} has token ids outside the vocabulary [0, {shapes.vocab_size}): {bad[:5]}"
+            )
     return prompts
 
 
@@ -87,13 +98,15 @@ def eos_token_ids(eos: object) -> frozenset[int]:
     ids = [] if eos is None else [eos] if not isinstance(eos, (list, tuple, set, frozenset)) else list(eos)
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise InvalidArgumentError(f"eos_token_id must be None, an integer or a list of integers, got {reprlib.repr(eos)}")
-    return frozenset(ids)
+    return frozenset(i for i in ids if isinstance(i, int))  # all are: checked above (the filter narrows the type)
 
 
 def _token_lists(input_ids: object) -> list[list[int]]:
     """Ragged prompts as lists of ints; anything else (strings, floats, a flat list) is refused, naming it."""
     if not isinstance(input_ids, Iterable) or isinstance(input_ids, (str, bytes)):
-        raise InvalidArgumentError(f"input_ids must be a [batch, len] tensor or a list of token-id lists, got {reprlib.repr(input_ids)}")
+        raise InvalidArgumentError(
+            f"input_ids must be a [batch, len] tensor or a list of token-id lists, got {reprlib.repr(input_ids)}"
+        )
     prompts = []
     for row, ids in enumerate(input_ids):
         try:
@@ -101,7 +114,9 @@ def _token_lists(input_ids: object) -> list[list[int]]:
                 raise TypeError
             prompts.append([operator.index(t) for t in ids])
         except TypeError:
-            raise InvalidArgumentError(f"prompt {row} must be a list of integer token ids, got {reprlib.repr(ids)}") from None
+            raise InvalidArgumentError(
+                f"prompt {row} must be a list of integer token ids, got {reprlib.repr(ids)}"
+            ) from None
     return prompts
 
 
@@ -160,7 +175,9 @@ def generate(
     return GenerationOutput(_pad_sequences(prompts, new_tokens, pad_token_id), tuple(map(tuple, new_tokens)), stats)
 
 
-def _prefill(prefill: Executor, shapes: StaticShapes, prompts: list[list[int]], cache: dict[str, torch.Tensor]) -> torch.Tensor:
+def _prefill(
+    prefill: Executor, shapes: StaticShapes, prompts: list[list[int]], cache: dict[str, torch.Tensor]
+) -> torch.Tensor:
     """Run every prompt chunk; returns each row's logits at its last prompt token [rows, vocab]."""
     chunk_len = shapes.prefill_len
     last_logits = torch.empty(len(prompts), shapes.vocab_size)
@@ -200,7 +217,9 @@ def _decode_step(
     return _run(decode, ids, positions, cache)["logits"][: len(prompts), 0]
 
 
-def _run(executor: Executor, ids: torch.Tensor, positions: torch.Tensor, cache: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _run(
+    executor: Executor, ids: torch.Tensor, positions: torch.Tensor, cache: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """One program call; the RetainedState outputs replace the cache in place (the dict, not the tensors)."""
     outputs = executor({"input_ids": ids, "position_ids": positions, **cache})
     for name in cache:

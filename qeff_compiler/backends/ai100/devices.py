@@ -1,13 +1,13 @@
 """Cloud AI 100 device specifications, as data, with the source of every figure.
 
-Sources (see ../shared/DESIGN.md "Device facts"):
+Sources:
 - [arch] Qualcomm Cloud AI 100 SDK documentation, "Architecture" page (cloud-ai-sdk docs): SoCs per card, AI cores
   per SoC, 8 MB VTCM + 1 MB L2 per core, LPDDR4x size and bandwidth per SoC, three NoCs at 186 GB/s, 8192 INT8 /
   4096 FP16 MACs per clock per core, cards and SoCs talk over PCIe P2P, host link and TDP per card.
 - [card] the product pages / SDK card table: peak FP16 / INT8 per card (Standard 110 TFLOPS / 325 TOPS, Pro 125 /
   375, Ultra 290 / 870).
 
-Peak rates per core are the card's published peak divided by its cores (DESIGN.md amendment): the per-core MAC
+Peak rates per core are the card's published peak divided by its cores: the per-core MAC
 counts and the card peaks are not mutually consistent (4096 FP16 MACs x 2 x 14 cores would need a 0.96 GHz clock
 for 110 TFLOPS, 8192 INT8 MACs a 1.42 GHz clock for 325 TOPS) and no clock is published, so the card peaks are the
 authority. PCIe P2P bandwidth is the link's: PCIe Gen4 moves 1.97 GB/s per lane per direction (16 GT/s, 128b/130b

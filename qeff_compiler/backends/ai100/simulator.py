@@ -9,6 +9,7 @@ prompt and a generation length imply. Nothing here reads weight data: it works o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from qeff_compiler.backends.ai100.memory import MemoryPlan, check_fits, plan_mem
 from qeff_compiler.backends.ai100.partition import PartitionPlan, partition_program, validate_plan
 from qeff_compiler.backends.ai100.trace import write_trace
 from qeff_compiler.backends.ai100.workload import program_workload
-from qeff_compiler.errors import InvalidArgumentError
+from qeff_compiler.errors import InvalidArgumentError, VerificationError
 from qeff_compiler.ir.program import Program
 from qeff_compiler.runtime.stats import LatencyStats
 
@@ -45,7 +46,9 @@ class Target:
         if not _positive_int(cores) or cores > available:
             raise InvalidArgumentError(f"num_cores must be 1..{available} on {self.device}, got {self.num_cores!r}")
         if not _positive_int(self.num_devices) or self.num_devices > MAX_DEVICES:
-            raise InvalidArgumentError(f"num_devices must be a positive integer up to {MAX_DEVICES}, got {self.num_devices!r}")
+            raise InvalidArgumentError(
+                f"num_devices must be a positive integer up to {MAX_DEVICES}, got {self.num_devices!r}"
+            )
         return cores
 
     def describe(self) -> str:
@@ -59,13 +62,20 @@ class Target:
 class SimulatedDevice:
     """A compiled model's prefill and decode programs on a target; a `DeviceClock` for `generate`."""
 
-    def __init__(self, prefill: Program, decode: Program, target: Target) -> None:
+    def __init__(
+        self, prefill: Program, decode: Program, target: Target, plans: Mapping[str, PartitionPlan] | None = None
+    ) -> None:
+        """`plans` (a loaded artifact's) are checked against the target and the programs instead of computed."""
         self.target = target
         self.spec = target.spec()
         cores = target.cores()
         self.plans: dict[str, PartitionPlan] = {}
         for name, program in (("prefill", prefill), ("decode", decode)):
-            self.plans[name] = partition_program(program, cores, target.num_devices, target.p2p_format)
+            if plans is None:
+                self.plans[name] = partition_program(program, cores, target.num_devices, target.p2p_format)
+            else:
+                self.plans[name] = plans[name]
+                _check_plan_target(name, plans[name], cores, target)
             validate_plan(self.plans[name], program)
         self.memory: MemoryPlan = plan_memory(prefill, decode, self.plans["decode"], self.spec, _batch(decode))
         check_fits(self.memory)
@@ -116,13 +126,22 @@ class SimulatedDevice:
             token_latencies_s=(self.decode_step_s,) * (generation_len - 1),
         )
 
-
     def write_trace(self, path: str | Path, stats: LatencyStats) -> None:
         """A Chrome/Perfetto trace of the calls a generation made (its prefill chunks, then its decode steps)."""
         chunks = round(stats.prefill_s / self.prefill_chunk_s) if self.prefill_chunk_s else 0
         calls = [(f"prefill chunk {i}", self.steps["prefill"], self.plans["prefill"]) for i in range(chunks)]
-        calls += [(f"decode step {i}", self.steps["decode"], self.plans["decode"]) for i in range(len(stats.token_latencies_s))]
+        steps = len(stats.token_latencies_s)
+        calls += [(f"decode step {i}", self.steps["decode"], self.plans["decode"]) for i in range(steps)]
         write_trace(path, calls)
+
+
+def _check_plan_target(name: str, plan: PartitionPlan, cores: int, target: Target) -> None:
+    planned = (plan.num_devices, plan.num_cores, plan.p2p_format)
+    if planned != (target.num_devices, cores, target.p2p_format):
+        raise VerificationError(
+            f"the {name} partition plan is for (num_devices, num_cores, p2p_format) {planned}, the target is "
+            f"{(target.num_devices, cores, target.p2p_format)}"
+        )
 
 
 def _positive_int(value: object) -> bool:

@@ -6,7 +6,7 @@ float32 (`dequantize_int8` rounds each product q · scale once, as ONNX `Dequant
 insert them round the result to fp16 after, the dtype the device decompresses to.
 
 The host executor folds ops whose inputs are all weights once, when it binds the weights (see
-the host executor), so dequantizing costs nothing per call on the host; the ONNX file keeps the codes and scales plus
+`ir.interpret`), so dequantizing costs nothing per call on the host; the ONNX file keeps the codes and scales plus
 the dequantize nodes.
 
 `linear_w8a8` (appended for the `w8a8` precision) is a whole linear rather than a weight dequantize: int8
@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import torch
 
-from qeff_compiler.numerics.int8 import linear_w8a8 as int8_linear_w8a8
-from qeff_compiler.numerics.int8 import linear_w8a16 as int8_linear_w8a16
-from qeff_compiler.numerics.int8 import quantize_activation_per_tensor
+from qeff_compiler.numerics.int8 import (
+    linear_w8a8 as int8_linear_w8a8,
+    linear_w8a16 as int8_linear_w8a16,
+    quantize_activation_per_tensor,
+)
 from qeff_compiler.numerics.mx import MXTensor, dequantize_mx, unpack_fp6
 
 
@@ -80,7 +82,7 @@ def linear_w8a16(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -
     """W8A16 linear: fp32 x [..., in] (holding fp16 values) → fp32 [..., out] = (x · qweightᵀ) · scales, the
     per-output-channel scale applied after the accumulation, as int8-weight kernels do, and the result within
     fp32 rounding of the exact value (`numerics.int8`). This reference packs the weight on every call; the host
-    executor packs it once (the host executor)."""
+    executor packs it once (`ir.interpret`)."""
     return int8_linear_w8a16(x, qweight, scales)
 
 

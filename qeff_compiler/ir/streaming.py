@@ -9,7 +9,7 @@ size. The pass manager's fp16 overflow check and host runs of streaming stores u
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -60,7 +60,8 @@ class StreamingInterpreter(torch.fx.Interpreter):
         if node.op == "placeholder":
             return self.program.weights.tensor(node.meta[BINDING][1])
         args, kwargs = map_aggregate((node.args, node.kwargs), self._resolve_node)
-        return node.target(*args, **kwargs)
+        target: Callable[..., Any] = node.target  # type: ignore[assignment]  # call_function: an operator
+        return target(*args, **kwargs)
 
     def _resolve_node(self, value: Any) -> Any:
         return self._resolve(_Deferred(value)) if isinstance(value, torch.fx.Node) else value

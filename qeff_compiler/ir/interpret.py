@@ -20,11 +20,11 @@ from collections.abc import Mapping
 import torch
 import torch.fx
 
-from qeff_compiler.backends.streaming import StreamingInterpreter
 from qeff_compiler.errors import ProgramInputError
 from qeff_compiler.ir.graph_utils import erase_dead_code, weight_only_nodes
 from qeff_compiler.ir.ops import LINEAR_W8A16
 from qeff_compiler.ir.program import BINDING, Program
+from qeff_compiler.ir.streaming import StreamingInterpreter
 from qeff_compiler.numerics.int8 import PreparedW8A16, prepare_w8a16
 
 #: binding kind of a placeholder that reads a value folded from weights
@@ -83,7 +83,9 @@ def _fold_weight_computations(program: Program) -> tuple[torch.fx.GraphModule, d
     graph = graph_module.graph
     values: dict[torch.fx.Node, torch.Tensor] = {}
     constants: dict[str, torch.Tensor] = {}
-    weight_names = [name for kind, name in (n.meta[BINDING] for n in graph.find_nodes(op="placeholder")) if kind == "weight"]
+    weight_names = [
+        name for kind, name in (n.meta[BINDING] for n in graph.find_nodes(op="placeholder")) if kind == "weight"
+    ]
     tensors = program.weights.materialize(weight_names)
     weight_only = weight_only_nodes(graph)
     for node in graph.nodes:
@@ -135,7 +137,9 @@ def _use_prepared_int8_linears(graph_module: torch.fx.GraphModule, constants: Ma
         key = (qweight.meta[BINDING][1], scales.meta[BINDING][1])
         if key not in modules:
             modules[key] = f"w8a16_linear_{len(modules)}"
-            graph_module.add_submodule(modules[key], _PreparedLinear(prepare_w8a16(constants[key[0]], constants[key[1]])))
+            graph_module.add_submodule(
+                modules[key], _PreparedLinear(prepare_w8a16(constants[key[0]], constants[key[1]]))
+            )
         with graph.inserting_before(node):
             call = graph.call_module(modules[key], (x,))
         node.replace_all_uses_with(call)

@@ -1,4 +1,4 @@
-"""Calibration for the `w8a8` precision: per-input-channel activation maxima of every linear, from sample text.
+"""Measuring calibration for `w8a8`: per-input-channel activation maxima of every linear, from sample text.
 
 `lower-w8a8` needs, for each matmul weight a linear reads, the largest |activation| that reaches each of its input
 channels: SmoothQuant's smoothing factors and the per-tensor activation scale are computed from it. `calibrate`
@@ -10,7 +10,8 @@ a `torch.fx.Interpreter` runs each window and keeps the running maximum at every
     save_calibration(table, "calib.safetensors")       # then: lower-w8a8{calibration=calib.safetensors}
 
 The table maps weight names (`transformer.blocks.0.ffn.up_proj.weight`, `lm_head.weight`) to fp32 [in] tensors;
-its file is safetensors with a metadata tag, so `load_calibration` can tell it from other safetensors files.
+its file format (safetensors with a metadata tag, so `load_calibration` can tell it from other safetensors files)
+is `calibration.table`.
 """
 
 from __future__ import annotations
@@ -22,11 +23,9 @@ from pathlib import Path
 
 import torch
 import torch.fx
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
-from qeff_compiler.atomic import atomic_file
+from qeff_compiler.calibration.table import load_calibration, save_calibration
 from qeff_compiler.capture import capture_resolved, resolve_model
 from qeff_compiler.errors import InvalidArgumentError, ModelSourceError
 from qeff_compiler.ir.program import BINDING, Program
@@ -39,8 +38,6 @@ CALIBRATION_TEXT = "calibration.txt"
 CALIBRATION_PIPELINE = "strip-export-noise,patch-attention,lower-fp16"
 #: default cap on calibration tokens (16 windows of MPT-7B's 2048, 128 of the shipped model's 256)
 DEFAULT_MAX_TOKENS = 32768
-#: metadata key and value marking a safetensors file as a calibration table
-_FORMAT_KEY, _FORMAT = "qeff_calibration", "activation-absmax-per-input-channel/v1"
 _LINEAR = torch.ops.aten.linear.default
 
 
@@ -118,36 +115,6 @@ def calibration_file(model_dir: Path | None, table: str | Path | None = None) ->
         yield path
 
 
-def save_calibration(table: Mapping[str, torch.Tensor], path: str | Path) -> None:
-    """Write `table` (weight name → fp32 [in] maxima) to `path` (atomically) as safetensors, tagged as a calibration table."""
-    _check_table(table, str(path))
-    with atomic_file(path) as temp:
-        save_file({name: value.contiguous() for name, value in table.items()}, str(temp), metadata={_FORMAT_KEY: _FORMAT})
-
-
-def load_calibration(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a table written by `save_calibration`; a missing, foreign or damaged file raises InvalidArgumentError."""
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidArgumentError(
-            f"calibration table {path} does not exist; make one with qc.calibrate(model_dir) and "
-            "qeff_compiler.calibration.save_calibration(table, path)"
-        )
-    try:
-        with safe_open(str(path), framework="pt") as file:
-            metadata = file.metadata() or {}
-            table = {name: file.get_tensor(name) for name in file.keys()}
-    except SafetensorError as exc:
-        raise InvalidArgumentError(f"calibration table {path} is not a readable safetensors file: {exc}") from exc
-    if metadata.get(_FORMAT_KEY) != _FORMAT:
-        raise InvalidArgumentError(
-            f"{path} is a safetensors file but not a calibration table (metadata {_FORMAT_KEY}="
-            f"{metadata.get(_FORMAT_KEY)!r}, expected {_FORMAT!r}); make one with save_calibration"
-        )
-    _check_table(table, str(path))
-    return table
-
-
 class _MaximaInterpreter(torch.fx.Interpreter):
     """Runs the graph node by node and keeps, per weight, the running per-channel max |x| of its linears' x."""
 
@@ -159,7 +126,9 @@ class _MaximaInterpreter(torch.fx.Interpreter):
     def run_node(self, n: torch.fx.Node) -> object:
         name = self.linears.get(n)
         if name is not None:
-            x = self.env[n.args[0]]  # read before running n: the interpreter frees values after their last use
+            activation = n.args[0]
+            assert isinstance(activation, torch.fx.Node)  # linear(x, w, b): x is a node
+            x = self.env[activation]  # read before running n: the interpreter frees values after their last use
             channel_max = x.detach().abs().reshape(-1, x.shape[-1]).amax(dim=0).float()
             previous = self.maxima.get(name)
             self.maxima[name] = channel_max if previous is None else torch.maximum(previous, channel_max)
@@ -190,19 +159,3 @@ def _tokenize(model_dir: Path, text: str) -> list[int]:
     if not (model_dir / "tokenizer.json").is_file():
         raise ModelSourceError(f"{model_dir} has no tokenizer.json; calibration needs the model's tokenizer")
     return AutoTokenizer.from_pretrained(model_dir)(text, verbose=False)["input_ids"]
-
-
-def _check_table(table: Mapping[str, torch.Tensor], where: str) -> None:
-    """Every entry a non-empty 1-D fp32 tensor of finite, non-negative maxima."""
-    if not table:
-        raise InvalidArgumentError(f"calibration table {where} is empty")
-    for name, value in table.items():
-        if not isinstance(value, torch.Tensor):
-            raise InvalidArgumentError(f"calibration table {where}: {name!r} is a {type(value).__name__}, not a tensor")
-        if value.dtype != torch.float32 or value.dim() != 1 or value.numel() == 0:
-            raise InvalidArgumentError(
-                f"calibration table {where}: {name!r} must be a non-empty fp32 [in] tensor, "
-                f"got {value.dtype} {list(value.shape)}"
-            )
-        if not bool((torch.isfinite(value) & (value >= 0)).all()):
-            raise InvalidArgumentError(f"calibration table {where}: {name!r} has negative or non-finite maxima")

@@ -1,0 +1,112 @@
+"""The `qeffc` typer app and what its commands share: the console, option types, model lookup, printing.
+
+Commands live in one module per group (graph, build, device, generate, accuracy); `cli.main` assembles them and
+turns every failure into one line on stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from transformers import MptConfig
+
+from qeff_compiler.capture import capture
+from qeff_compiler.capture.presets import preset_config, preset_names
+from qeff_compiler.compiler import CompiledModel
+from qeff_compiler.data import TINY_MPT
+from qeff_compiler.errors import ModelSourceError
+from qeff_compiler.ir.program import Program
+from qeff_compiler.progress import NO_PROGRESS, Progress
+
+app = typer.Typer(
+    name="qeffc",
+    help="Compile MosaicML MPT models for a Qualcomm Cloud AI 100-class accelerator.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+#: tables are not cut to 80 columns when the output is a pipe or a file (rich's default width there)
+console = Console(width=None if sys.stdout is not None and sys.stdout.isatty() else 160)  # None: fd 1 closed
+
+#: the model used when none is given: the small MPT shipped with the package
+SHIPPED_MODEL = "tiny-mpt-pystdlib"
+ModelArgument = Annotated[
+    str,
+    typer.Argument(
+        help=f"model directory (config.json + safetensors), {SHIPPED_MODEL} (shipped), "
+        f"or a config-only preset ({', '.join(preset_names())})"
+    ),
+]
+SeqLenOption = Annotated[int | None, typer.Option("--seq-len", help="example sequence length of the capture")]
+DeviceOption = Annotated[str, typer.Option("--device", help="ai100-standard, ai100-pro or ai100-ultra")]
+NumCoresOption = Annotated[int | None, typer.Option("--num-cores", help="AI cores per SoC (default: all)")]
+NumDevicesOption = Annotated[int, typer.Option("--num-devices", help="SoCs, tensor parallel")]
+P2PFormatOption = Annotated[str, typer.Option("--p2p-format", help="SoC-to-SoC traffic: fp16 or mxint8")]
+PrecisionOption = Annotated[str, typer.Option("--precision", help="fp32, fp16, int8, w8a8 or mxfp6")]
+KVCacheDtypeOption = Annotated[
+    str | None, typer.Option("--kv-cache-dtype", help="fp16 or mxint8 (default: the activations' dtype)")
+]
+PruneFfnOption = Annotated[float, typer.Option("--prune-ffn", help="share of each layer's FFN channels pruned, [0, 1)")]
+PruneHeadsOption = Annotated[
+    float, typer.Option("--prune-heads", help="share of each layer's attention heads pruned, [0, 1)")
+]
+PruneScoreOption = Annotated[
+    str, typer.Option("--prune-score", help="pruning importance: magnitude, or activation (calibration text)")
+]
+
+
+def model_source(model: str) -> Path | MptConfig:
+    if Path(model).exists():
+        return Path(model)
+    if model == SHIPPED_MODEL:
+        return TINY_MPT
+    if "/" in model or model.startswith("."):
+        raise ModelSourceError(f"model directory {model!r} does not exist")
+    return preset_config(model)
+
+
+def load_program(model: str, seq_len: int | None) -> Program:
+    return capture(model_source(model), seq_len=seq_len)
+
+
+def status(message: str, bars: Progress) -> contextlib.AbstractContextManager[object]:
+    """A spinner, unless progress bars show instead (two live displays cannot share the terminal)."""
+    return console.status(message) if bars is NO_PROGRESS else contextlib.nullcontext()
+
+
+def print_memory(compiled: CompiledModel) -> None:
+    """The memory plan per SoC as a table."""
+    memory = compiled.simulation.memory
+    table = Table(title=f"memory per SoC ({compiled.simulation.device}; weights in {memory.tier.upper()})")
+    for column in ("SoC", "weights", "KV cache", "activations", "total", "capacity"):
+        table.add_column(column, justify="right")
+    for soc in memory.socs:
+        table.add_row(
+            str(soc.device),
+            gb(soc.weight_bytes),
+            gb(soc.kv_cache_bytes),
+            gb(soc.activation_bytes),
+            gb(soc.total_bytes),
+            gb(soc.capacity_bytes),
+        )
+    console.print(table)
+
+
+def gb(size: float) -> str:
+    return f"{size / 1e9:.3f} GB"
+
+
+def print_plain_inline(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def print_plain(text: str) -> None:
+    """IR contains brackets that rich would read as markup; print it verbatim."""
+    sys.stdout.write(text + "\n")

@@ -1,0 +1,121 @@
+"""`qeffc compile` and `calibrate`: write an artifact, or the calibration table a w8a8 compile reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from qeff_compiler.artifact import check_output
+from qeff_compiler.atomic import check_writable
+from qeff_compiler.calibration import calibrate, save_calibration
+from qeff_compiler.cli.app import (
+    SHIPPED_MODEL,
+    DeviceOption,
+    KVCacheDtypeOption,
+    ModelArgument,
+    NumCoresOption,
+    NumDevicesOption,
+    P2PFormatOption,
+    PrecisionOption,
+    PruneFfnOption,
+    PruneHeadsOption,
+    PruneScoreOption,
+    app,
+    console,
+    model_source,
+    print_plain,
+    status,
+)
+from qeff_compiler.compiler import compile as compile_model
+from qeff_compiler.errors import InvalidArgumentError
+from qeff_compiler.progress import make_progress
+
+
+@app.command("compile")
+def compile_command(
+    output: Annotated[Path, typer.Option("--output", "-o", help="artifact directory to write")],
+    model: ModelArgument = SHIPPED_MODEL,
+    ctx_len: Annotated[int, typer.Option("--ctx-len", help="KV cache length in tokens")] = 128,
+    prefill_len: Annotated[int, typer.Option("--prefill-len", help="prompt chunk length of the prefill graph")] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="sequences per call")] = 1,
+    precision: PrecisionOption = "fp32",
+    kv_cache_dtype: KVCacheDtypeOption = None,
+    device: DeviceOption = "ai100-standard",
+    num_cores: NumCoresOption = None,
+    num_devices: NumDevicesOption = 1,
+    p2p_format: P2PFormatOption = "fp16",
+    calibration: Annotated[
+        Path | None,
+        typer.Option("--calibration", help="w8a8 calibration table (default: calibrate on MODEL's calibration.txt)"),
+    ] = None,
+    passes: Annotated[str | None, typer.Option("--passes", help="replace the default pipeline")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace OUTPUT if it exists")] = False,
+    time_passes: Annotated[bool, typer.Option("--time-passes", help="print time per pass")] = False,
+    prune_ffn: PruneFfnOption = 0.0,
+    prune_heads: PruneHeadsOption = 0.0,
+    prune_score: PruneScoreOption = "magnitude",
+    stream: Annotated[
+        bool | None,
+        typer.Option("--stream/--no-stream", help="keep weights on disk, lowered one at a time (default: above 4 GiB)"),
+    ] = None,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option("--allow-pickle", help="read pytorch_model*.bin (pickle: runs code from the file; trusted only)"),
+    ] = False,
+    progress: Annotated[
+        bool | None,
+        typer.Option("--progress/--no-progress", help="progress bars with bytes and ETA (default: on a terminal)"),
+    ] = None,
+) -> None:
+    """Compile MODEL into a prefill and a decode program and write the artifact directory."""
+    check_writable(output)  # before the compile's work, which a refusal would waste
+    check_output(output, overwrite=force)
+    source = model_source(model)
+    bars = make_progress(progress)
+    with status(f"compiling {model}", bars):
+        compiled = compile_model(
+            source,
+            precision=precision,
+            ctx_len=ctx_len,
+            prefill_len=prefill_len,
+            batch_size=batch_size,
+            kv_cache_dtype=kv_cache_dtype,
+            device=device,
+            num_cores=num_cores,
+            num_devices=num_devices,
+            p2p_format=p2p_format,
+            calibration=calibration,
+            passes=passes,
+            stream=stream,
+            allow_pickle=allow_pickle,
+            progress=bars,
+            prune_ffn=prune_ffn,
+            prune_heads=prune_heads,
+            prune_score=prune_score,
+        )
+    if time_passes:
+        print_plain(compiled.timing_report())
+    with status(f"writing {output}", bars):
+        compiled.save(output, overwrite=force, progress=bars)
+    print_plain(f"compiled {model} → {output} (pipeline: {compiled.pipeline})")
+
+
+@app.command("calibrate")
+def calibrate_command(
+    output: Annotated[Path, typer.Option("--output", "-o", help="calibration table file to write (safetensors)")],
+    model: ModelArgument = SHIPPED_MODEL,
+    text: Annotated[Path | None, typer.Option("--text", help="text file (default: MODEL's calibration.txt)")] = None,
+) -> None:
+    """Measure the activation maxima of every linear on a text: the table w8a8 compiles from (--calibration)."""
+    check_writable(output)
+    source = model_source(model)
+    if not isinstance(source, Path):
+        raise InvalidArgumentError(
+            f"calibrate needs a model directory with weights and a tokenizer, got preset {model!r}"
+        )
+    with console.status(f"calibrating {model}"):
+        table = calibrate(source, text)
+    save_calibration(table, output)
+    print_plain(f"calibrated {len(table)} linears of {model} → {output}")

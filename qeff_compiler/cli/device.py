@@ -1,0 +1,127 @@
+"""`qeffc estimate` and `inspect`: the simulated device's memory plan, partition plan and latency figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from qeff_compiler.atomic import check_writable
+from qeff_compiler.backends.ai100.plot import plot_simulation
+from qeff_compiler.capture import resolve_model
+from qeff_compiler.cli.app import (
+    SHIPPED_MODEL,
+    DeviceOption,
+    KVCacheDtypeOption,
+    ModelArgument,
+    NumCoresOption,
+    NumDevicesOption,
+    P2PFormatOption,
+    PrecisionOption,
+    PruneFfnOption,
+    PruneHeadsOption,
+    app,
+    console,
+    model_source,
+    print_memory,
+    print_plain,
+)
+from qeff_compiler.compiler import compile as compile_model, load_compiled
+from qeff_compiler.options import check_config_only
+
+
+@app.command("estimate")
+def estimate_command(
+    model: ModelArgument = SHIPPED_MODEL,
+    precision: PrecisionOption = "fp16",
+    kv_cache_dtype: KVCacheDtypeOption = None,
+    device: DeviceOption = "ai100-standard",
+    num_cores: NumCoresOption = None,
+    num_devices: NumDevicesOption = 1,
+    p2p_format: P2PFormatOption = "fp16",
+    ctx_len: Annotated[int, typer.Option("--ctx-len", help="KV cache length in tokens")] = 2048,
+    prefill_len: Annotated[int, typer.Option("--prefill-len", help="prompt chunk length of the prefill graph")] = 128,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="sequences per call")] = 1,
+    prompt_len: Annotated[int, typer.Option("--prompt-len", help="prompt tokens")] = 1024,
+    generation_len: Annotated[int, typer.Option("--generation-len", help="generated tokens")] = 1024,
+    prune_ffn: PruneFfnOption = 0.0,
+    prune_heads: PruneHeadsOption = 0.0,
+) -> None:
+    """What-if from MODEL's config alone (no weights read): the simulated device's memory plan and latency.
+    With --prune-ffn / --prune-heads the program has the pruned shapes (which channels go needs weights)."""
+    source = model_source(model)
+    config = resolve_model(source).config if isinstance(source, Path) else source
+    check_config_only(precision)
+    with console.status(f"compiling {model} for {device} (config only)"):
+        compiled = compile_model(
+            config,
+            precision=precision,
+            kv_cache_dtype=kv_cache_dtype,
+            ctx_len=min(ctx_len, config.max_seq_len),
+            prefill_len=prefill_len,
+            batch_size=batch_size,
+            device=device,
+            num_cores=num_cores,
+            num_devices=num_devices,
+            p2p_format=p2p_format,
+            verify=False,
+            prune_ffn=prune_ffn,
+            prune_heads=prune_heads,
+        )
+    print_memory(compiled)
+    stats = compiled.estimate(prompt_len, generation_len)
+    table = Table(
+        title=f"estimate: {model} {precision}, prompt {prompt_len}, generate {generation_len}", show_header=False
+    )
+    for label, value in stats.rows():
+        table.add_row(label, value)
+    console.print(table)
+    for figure, provenance in compiled.simulation.provenance.items():
+        console.print(f"simulated {figure}: {provenance}", soft_wrap=True)
+
+
+@app.command("inspect")
+def inspect_command(
+    artifact: Annotated[Path, typer.Argument(help="compiled artifact directory")],
+    prompt_len: Annotated[
+        int | None, typer.Option("--prompt-len", help="for the estimate (default: prefill_len)")
+    ] = None,
+    generation_len: Annotated[
+        int | None, typer.Option("--generation-len", help="for the estimate (default: the rest of ctx_len)")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="draw per-core utilisation and the memory plan (PNG)")
+    ] = None,
+) -> None:
+    """Print a compiled artifact's target, partition plan per SoC and core, memory plan and estimated figures."""
+    if plot is not None:
+        check_writable(plot)
+    compiled = load_compiled(artifact)
+    simulation, options = compiled.simulation, compiled.options
+    print_plain(
+        f"{artifact}: {options.precision}, ctx_len {options.ctx_len}, prefill_len {options.prefill_len}, "
+        f"batch {options.batch_size} on {simulation.device}; pipeline {compiled.pipeline}"
+    )
+    plan = simulation.plans["decode"]
+    table = Table(title="partition plan: weight bytes per core (decode)")
+    table.add_column("SoC", justify="right")
+    for core in range(plan.num_cores):
+        table.add_column(f"core {core}", justify="right")
+    table.add_column("shared", justify="right")
+    for device in range(plan.num_devices):
+        per_core = [plan.weight_bytes(device, core) for core in range(plan.num_cores)]
+        shared = plan.weight_bytes(device) - sum(per_core)
+        table.add_row(str(device), *(f"{b / 1e6:.2f} MB" for b in per_core), f"{shared / 1e6:.2f} MB")
+    console.print(table)
+    print_memory(compiled)
+    prompt = prompt_len or options.prefill_len
+    stats = compiled.estimate(prompt, generation_len or options.ctx_len - prompt)
+    estimate = Table(title=f"estimate: prompt {prompt}, generate {stats.generated_tokens[0]}", show_header=False)
+    for label, value in stats.rows():
+        estimate.add_row(label, value)
+    console.print(estimate)
+    if plot is not None:
+        plot_simulation(simulation, plot)
+        print_plain(f"wrote {plot}")

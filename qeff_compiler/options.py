@@ -1,0 +1,62 @@
+"""`CompileOptions`: the static choices a compiled model is specialised for, as one checked value.
+
+The compile driver, the artifact (which stores them in its manifest) and `tune` share this one object, so the
+artifact never needs the driver to describe what it holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qeff_compiler.backends.ai100.partition import check_p2p_format
+from qeff_compiler.backends.ai100.simulator import Target
+from qeff_compiler.errors import InvalidArgumentError
+from qeff_compiler.precision import check_precision, check_pruning
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """The static choices a compiled model is specialised for."""
+
+    precision: str = "fp32"
+    ctx_len: int = 128
+    prefill_len: int = 32
+    batch_size: int = 1
+    kv_cache_dtype: str | None = None
+    device: str = "ai100-standard"
+    #: AI cores per SoC; None = all the device has
+    num_cores: int | None = None
+    num_devices: int = 1
+    p2p_format: str = "fp16"
+    #: shares of each layer's FFN channels and attention heads the `prune` pass removes, and its score
+    prune_ffn: float = 0.0
+    prune_heads: float = 0.0
+    prune_score: str = "magnitude"
+
+    @property
+    def needs_calibration(self) -> bool:
+        """w8a8 and activation-scored FFN pruning read a calibration table."""
+        return self.precision == "w8a8" or (self.prune_score == "activation" and bool(self.prune_ffn))
+
+    @property
+    def target(self) -> Target:
+        return Target(self.device, self.num_cores, self.num_devices, self.p2p_format)
+
+    def check(self) -> None:
+        """Refuse a bad value before any tracing, naming the option (an `InvalidArgumentError` subclass)."""
+        check_precision(self.precision, self.kv_cache_dtype)
+        check_pruning(self.prune_ffn, self.prune_heads, self.prune_score, self.precision)
+        self.target.cores()  # device, num_cores and num_devices
+        check_p2p_format(self.p2p_format)  # before tracing; the partitioner would find it only after
+        for name in ("ctx_len", "prefill_len", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
+        if self.ctx_len < self.prefill_len:
+            raise InvalidArgumentError(f"ctx_len={self.ctx_len} is smaller than prefill_len={self.prefill_len}")
+
+
+def check_config_only(precision: str) -> None:
+    """Refuse what a compile from a config alone (no weights, no text) cannot do: w8a8 needs calibration data."""
+    if precision == "w8a8":
+        raise InvalidArgumentError("estimate runs on the config alone; w8a8 needs calibration: compile, then estimate")

@@ -1,0 +1,1 @@
+"""Running compiled programs: the generation loop (chunked prefill, decode, sampling) and latency statistics."""
