@@ -21,7 +21,7 @@ from qeff_compiler.calibration import calibration_file, load_calibration
 from qeff_compiler.capture import ModelSource, capture_resolved, resolve_model
 from qeff_compiler.errors import ArtifactIntegrityError, InvalidArgumentError, PipelineError
 from qeff_compiler.ir.program import Program
-from qeff_compiler.ir.weights import should_stream
+from qeff_compiler.ir.weights import WeightStore, should_stream
 from qeff_compiler.passes import PassManager
 from qeff_compiler.passes.base import Pass
 from qeff_compiler.passes.lower_fp16 import LowerFp16
@@ -123,6 +123,7 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     )
     _check_options(options)
     resolved = resolve_model(model, allow_pickle=allow_pickle)
+    source_weights = resolved.weights  # lazy (checkpoint or the model's own tensors): the qaic hand-off reads them
     max_seq_len = resolved.config.max_seq_len
     if prefill_len > max_seq_len:
         raise InvalidArgumentError(f"prefill_len={prefill_len} exceeds the model's max_seq_len={max_seq_len}")
@@ -156,6 +157,7 @@ def compile(  # noqa: A001 (the public API name in DESIGN.md)
     compiled = CompiledModel(options, recorded, programs["prefill"], programs["decode"], resolved.origin, resolved.directory)
     compiled.pass_reports = reports
     compiled.calibration_table = table
+    compiled.source_weights = source_weights
     return compiled
 
 
@@ -213,6 +215,8 @@ class CompiledModel:
         self.pass_reports: dict[str, str] = {}
         #: the calibration table the compile used (w8a8, activation-scored pruning), saved as CALIBRATION_TABLE
         self.calibration_table: dict[str, torch.Tensor] | None = None
+        #: the full-precision weights the model was compiled from (None for a loaded artifact); see `export_qaic`
+        self.source_weights: WeightStore | None = None
         #: set by `load_compiled`: the artifact directory whose ONNX files the onnxruntime engine runs
         self.artifact_directory: Path | None = None
         self._executors: dict[str, tuple[Executor, Executor]] = {}
@@ -284,6 +288,13 @@ class CompiledModel:
         `progress` shows rich progress bars (True, or a `Progress`): at 7B, writing takes minutes."""
         reporter = progress if not isinstance(progress, bool) else make_progress(progress)
         save_artifact(self, Path(path), overwrite=overwrite, progress=reporter)
+
+    def export_qaic(self, path: str | Path, *, named_specializations: bool = True, weight_dtype: str = "fp32") -> list[Path]:
+        """Write the Cloud AI 100 hand-off into directory `path`: one ONNX for prefill and decode, its weights,
+        specializations.json, custom_io.yaml (mdp_ts_<N>.json) and compile.sh; returns the files written."""
+        from qeff_compiler.backends.qaic.handoff import QaicOptions, export_qaic
+
+        return export_qaic(self, path, QaicOptions(named_specializations, weight_dtype))
 
     def host_executors(self) -> tuple[Executor, Executor]:
         """The (prefill, decode) reference executors, created once; they share the weight tensors."""
