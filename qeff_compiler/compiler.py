@@ -308,12 +308,16 @@ class CompiledModel:
                 self._executors[engine] = (HostExecutor(self.prefill), HostExecutor(self.decode))
             else:
                 from qeff_compiler.backends.onnxruntime_host import OnnxRuntimeExecutor
+                from qeff_compiler.backends.qaic.engine import handoff_executors, runs_handoff_graph
 
-                directory = self._onnx_files()
-                self._executors[engine] = tuple(  # type: ignore[assignment]
-                    OnnxRuntimeExecutor(program, directory / ONNX_FILES[name])
-                    for name, program in (("prefill", self.prefill), ("decode", self.decode))
-                )
+                if runs_handoff_graph(self):  # fp32: the hand-off graph, one session, cache written by scatter
+                    self._executors[engine] = handoff_executors(self)  # type: ignore[assignment]
+                else:  # the emulation files: the lowered precision's exact numerics
+                    directory = self._onnx_files()
+                    self._executors[engine] = tuple(  # type: ignore[assignment]
+                        OnnxRuntimeExecutor(program, directory / ONNX_FILES[name])
+                        for name, program in (("prefill", self.prefill), ("decode", self.decode))
+                    )
         return self._executors[engine]
 
     def _onnx_files(self) -> Path:

@@ -24,13 +24,18 @@ from qeff_compiler.ir.program import Program
 class OnnxRuntimeExecutor:
     """An ONNX Runtime session over `onnx_file` (the emit of `program`), called like `HostExecutor`."""
 
-    def __init__(self, program: Program, onnx_file: Path, threads: int | None = None) -> None:
+    def __init__(
+        self, program: Program, onnx_file: Path | None, threads: int | None = None, *, session: ort.InferenceSession | None = None
+    ) -> None:
+        """Open a session over `onnx_file`, or use `session` (one session serving both specializations)."""
         self.program = program
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self._session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+        if session is None:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads or torch.get_num_threads()
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+        self._session = session
         self._output_names = [spec.name for spec in program.outputs]
 
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

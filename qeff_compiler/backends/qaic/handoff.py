@@ -61,7 +61,7 @@ def export_qaic(model: CompiledModel, directory: str | Path, options: QaicOption
         raise HandoffError(f"weight_dtype {options.weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
     directory = Path(directory)
     compiled = model.options
-    weights, embedding = _weights(model)
+    weights, embedding = handoff_weights(model)
     handoff = HandoffModel(
         model.config, weights, layer_attention(model), embedding, WEIGHT_DTYPES[options.weight_dtype]
     )
@@ -118,7 +118,7 @@ def layer_attention(model: CompiledModel) -> list[LayerAttention]:
     return [LayerAttention(n.kwargs["n_heads"], n.kwargs["softmax_scale"], n.kwargs["clip_qkv"]) for n in nodes]
 
 
-def _weights(model: CompiledModel) -> tuple[WeightStore, str]:
+def handoff_weights(model: CompiledModel) -> tuple[WeightStore, str]:
     """The full-precision weights and the embedding's name: the compile's source, else the program's own."""
     store = model.source_weights if model.source_weights is not None else model.prefill.weights
     embedding = "transformer.wte.weight" if "transformer.wte.weight" in store else "lm_head.weight"
