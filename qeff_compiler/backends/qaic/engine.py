@@ -16,8 +16,8 @@ import onnxruntime as ort
 import torch
 
 from qeff_compiler.backends.onnxruntime_host import OnnxRuntimeExecutor
-from qeff_compiler.backends.qaic.graph import HandoffModel, emit_handoff
-from qeff_compiler.backends.qaic.handoff import ONNX, check_handoff, handoff_weights, layer_attention
+from qeff_compiler.backends.qaic.graph import emit_handoff
+from qeff_compiler.backends.qaic.handoff import ONNX, check_handoff, handoff_model
 from qeff_compiler.errors import HandoffError
 from qeff_compiler.ir.program import Program
 
@@ -45,8 +45,7 @@ class HandoffSession:
     def __init__(self, model: CompiledModel, threads: int | None = None) -> None:
         self._directory = tempfile.TemporaryDirectory(prefix="qeff-handoff-")
         path = Path(self._directory.name) / ONNX
-        weights, embedding = handoff_weights(model)
-        emit_handoff(HandoffModel(model.config, weights, layer_attention(model), embedding), path)
+        emit_handoff(handoff_model(model), path)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or torch.get_num_threads()

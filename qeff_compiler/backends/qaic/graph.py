@@ -65,8 +65,9 @@ class HandoffModel:
     config: MptConfig
     weights: WeightStore
     layers: Sequence[LayerAttention]
-    #: name of the embedding matrix (also the lm_head: MPT ties them)
+    #: names of the embedding matrix and of the lm_head's (the same name when they are tied)
     embedding: str
+    lm_head: str
     #: dtype of the initializers: float32, or float16 (cast to float in the graph; halves a 7B file)
     weight_dtype: torch.dtype = torch.float32
 
@@ -124,7 +125,7 @@ class _Builder:
         last = op.Unsqueeze(op.ArgMax(position_ids, axis=1, keepdims=1), [2])  # [b, 1, 1]
         last = op.Expand(last, op.Concat(op.Shape(hidden, start=0, end=1), [1, config.d_model], axis=0))
         final = self._norm(op.GatherElements(hidden, last, axis=1), "transformer.norm_f")  # [b, 1, d]
-        logits = op.Unsqueeze(op.Gemm(op.Squeeze(final, [1]), self._weight(self.model.embedding), transB=1), [1])
+        logits = op.Unsqueeze(op.Gemm(op.Squeeze(final, [1]), self._weight(self.model.lm_head), transB=1), [1])
         self.graph.outputs.extend([logits, *outputs])
         _, names = io_names(config.n_layers)
         for value, name in zip(self.graph.outputs, names, strict=True):

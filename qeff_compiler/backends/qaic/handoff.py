@@ -61,11 +61,7 @@ def export_qaic(model: CompiledModel, directory: str | Path, options: QaicOption
         raise HandoffError(f"weight_dtype {options.weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
     directory = Path(directory)
     compiled = model.options
-    weights, embedding = handoff_weights(model)
-    handoff = HandoffModel(
-        model.config, weights, layer_attention(model), embedding, WEIGHT_DTYPES[options.weight_dtype]
-    )
-    emit_handoff(handoff, directory / ONNX)
+    emit_handoff(handoff_model(model, WEIGHT_DTYPES[options.weight_dtype]), directory / ONNX)
     written = [directory / ONNX, directory / f"{ONNX}.data"]
     shapes = specializations(
         compiled.batch_size, compiled.prefill_len, compiled.ctx_len, named=options.named_specializations
@@ -110,6 +106,12 @@ def check_handoff(model: CompiledModel) -> None:
         )
 
 
+def handoff_model(model: CompiledModel, weight_dtype: torch.dtype = torch.float32) -> HandoffModel:
+    """What the hand-off graph of `model` is built from."""
+    weights, embedding, lm_head = handoff_weights(model)
+    return HandoffModel(model.config, weights, layer_attention(model), embedding, lm_head, weight_dtype)
+
+
 def layer_attention(model: CompiledModel) -> list[LayerAttention]:
     """Every layer's attention settings, from the compiled program's fused cached-attention ops."""
     nodes = sorted(model.prefill.graph.find_nodes(op="call_function", target=ATTENTION_KV), key=lambda n: n.meta[LAYER])
@@ -118,18 +120,21 @@ def layer_attention(model: CompiledModel) -> list[LayerAttention]:
     return [LayerAttention(n.kwargs["n_heads"], n.kwargs["softmax_scale"], n.kwargs["clip_qkv"]) for n in nodes]
 
 
-def handoff_weights(model: CompiledModel) -> tuple[WeightStore, str]:
-    """The full-precision weights and the embedding's name: the compile's source, else the program's own."""
+def handoff_weights(model: CompiledModel) -> tuple[WeightStore, str, str]:
+    """The full-precision weights (the compile's source, else the program's own) and the names of the embedding
+    and the lm_head (one name when tied: a program keeps a tied pair under the lm_head's name only)."""
     store = model.source_weights if model.source_weights is not None else model.prefill.weights
     embedding = "transformer.wte.weight" if "transformer.wte.weight" in store else "lm_head.weight"
-    for name in (embedding, "transformer.norm_f.weight", "transformer.blocks.0.attn.Wqkv.weight"):
+    tied = any({embedding, "lm_head.weight"} <= set(group) for group in store.tied_groups())
+    lm_head = "lm_head.weight" if "lm_head.weight" in store and not tied else embedding
+    for name in (embedding, lm_head, "transformer.norm_f.weight", "transformer.blocks.0.attn.Wqkv.weight"):
         if name not in store or not store[name].dtype.is_floating_point:
             found = store[name].dtype if name in store else "nothing"
             raise HandoffError(
                 f"the hand-off needs full-precision weights; this model holds {found} for {name!r} "
                 f"(a loaded {model.options.precision} artifact): compile from the model source to hand off"
             )
-    return store, embedding
+    return store, embedding, lm_head
 
 
 def _write_json(path: Path, content: object) -> Path:
