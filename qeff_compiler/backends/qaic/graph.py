@@ -44,8 +44,8 @@ from qeff_compiler.ir.weights import WeightStore, release_evaluated
 OPSET = 17
 #: symbolic dimension names, as QEfficient names them
 BATCH, SEQ, CTX = "batch_size", "seq_len", "ctx_len"
-#: external data offsets are aligned to this (page size: ONNX Runtime can memory-map aligned tensors)
-_ALIGNMENT = 4096
+#: external data offsets of tensors from 1 MiB on are aligned to a page (ONNX Runtime can memory-map them), others to 64
+_PAGE, _MIN_ALIGNMENT = 4096, 64
 _ONNX_DTYPES = {torch.float32: ir.DataType.FLOAT, torch.float16: ir.DataType.FLOAT16}
 
 
@@ -198,8 +198,9 @@ class _Builder:
     def _write_tensor(self, name: str) -> ir.ExternalTensor:
         """Append weight `name` to the data file (aligned) and return the external tensor pointing at it."""
         spec, dtype = self.model.weights[name], self.model.weight_dtype
-        offset = -(-self._offset // _ALIGNMENT) * _ALIGNMENT
         length = spec.numel * dtype.itemsize
+        alignment = _PAGE if length >= 2**20 else _MIN_ALIGNMENT
+        offset = -(-self._offset // alignment) * alignment
         with self.data_file.open("r+b") as handle:
             if self.model.weights.has_data:
                 handle.seek(offset)
