@@ -21,6 +21,8 @@ from rich.table import Table
 from typer._click.exceptions import BadParameter, ClickException, NoArgsIsHelpError, UsageError  # typer vendors click; these are its errors
 
 from qeff_compiler.artifact import check_output
+from qeff_compiler.backends.qaic.handoff import check_handoff
+from qeff_compiler.cli.qaic import handoff_listing, write_handoff
 from qeff_compiler.atomic import check_writable
 from qeff_compiler.calibration import calibrate, save_calibration
 from qeff_compiler.capture import capture, resolve_model
@@ -199,6 +201,9 @@ def compile_command(
     progress: Annotated[
         bool | None, typer.Option("--progress/--no-progress", help="progress bars with bytes and ETA (default: on a terminal)")
     ] = None,
+    qaic: Annotated[
+        bool, typer.Option("--qaic", help="also write OUTPUT/qaic: the ONNX, specializations and compile.sh for qaic-compile")
+    ] = False,
 ) -> None:
     """Compile MODEL into a prefill and a decode program and write the artifact directory."""
     check_output(output, overwrite=force)  # before the compile's work, which the refusal would waste
@@ -215,9 +220,14 @@ def compile_command(
         )
     if time_passes:
         _print_plain(compiled.timing_report())
-    with _status(f"writing {output}", bars):
-        compiled.save(output, overwrite=force, progress=bars)
-    _print_plain(f"compiled {model} → {output} (pipeline: {compiled.pipeline})")
+    if qaic:
+        check_handoff(compiled)  # before anything is written
+    if compiled.prefill.has_weight_data or not qaic:  # a config-only compile hands off without an artifact
+        with _status(f"writing {output}", bars):
+            compiled.save(output, overwrite=force, progress=bars)
+        _print_plain(f"compiled {model} → {output} (pipeline: {compiled.pipeline})")
+    if qaic:
+        _print_plain(write_handoff(compiled, output))
 
 
 def _status(message: str, bars: Progress) -> contextlib.AbstractContextManager[object]:
@@ -312,6 +322,8 @@ def inspect_command(
     for label, value in stats.rows():
         estimate.add_row(label, value)
     console.print(estimate)
+    for line in handoff_listing(artifact):
+        _print_plain(line)
     if plot is not None:
         from qeff_compiler.backends.ai100.plot import plot_simulation
 
