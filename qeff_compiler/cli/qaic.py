@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from qeff_compiler.backends.qaic.command import sdk_compiler
+from qeff_compiler.backends.qaic.handoff import QAIC_DIRECTORY
 from qeff_compiler.compiler import CompiledModel
-
-#: the hand-off's subdirectory of a compile output
-QAIC_DIRECTORY = "qaic"
 
 
 def write_handoff(compiled: CompiledModel, output: Path) -> str:

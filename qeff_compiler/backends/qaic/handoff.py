@@ -35,6 +35,8 @@ from qeff_compiler.passes.patch_attention import ATTENTION_KV, LAYER
 if TYPE_CHECKING:
     from qeff_compiler.compiler import CompiledModel
 
+#: the hand-off's subdirectory of a compile output (`qeffc compile --qaic`, the facade's compile)
+QAIC_DIRECTORY = "qaic"
 ONNX = "model.onnx"
 SPECIALIZATIONS = "specializations.json"
 CUSTOM_IO = "custom_io.yaml"
