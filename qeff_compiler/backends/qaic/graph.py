@@ -8,8 +8,8 @@ QEfficient's I/O contract, so a Cloud AI 100 user runs it through `qaic-compile`
              past_key.{i}_RetainedState, past_value.{i}_RetainedState (the updated cache, shaped like the inputs)
 
 Only standard ONNX ops (opset 17) and `com.qualcomm.cloud::CtxScatter` (an ONNX function, `ctx_ops`), so ONNX
-Runtime runs the file as it is. Linears are `Gemm(transB=1)` on the weights as HF stores them ([out, in]); the
-embedding and the tied lm_head read one initializer. Attention is written out: clip_qkv clamps the fused QKV
+Runtime runs the file as it is. Linears are `MatMul` on their weights stored transposed (`<name>.T`, [in, out]),
+as torch.onnx exports them; the embedding and a tied lm_head (`Gemm(transB=1)`) read one initializer. Attention is written out: clip_qkv clamps the fused QKV
 (QEfficient's MPT drops it; a model trained with it then runs wrong), the softmax scale and ALiBi slopes are the
 program's, and slots after a query's position are masked with a finite value.
 
@@ -173,11 +173,8 @@ class _Builder:
         return op.call(self.scatter, cache, writes.positions, updates)
 
     def _linear(self, x: ir.Value, name: str) -> ir.Value:
-        """x [b, s, in] · Wᵀ with W [out, in] as stored: Gemm on the flattened rows."""
-        op = self.op
-        out_features = self.model.weights[name].shape[0]
-        flat = op.Gemm(op.Reshape(x, [-1, self.model.weights[name].shape[1]]), self._weight(name), transB=1)
-        return op.Reshape(flat, op.Concat(op.Shape(x, start=0, end=2), [out_features], axis=0))
+        """x [b, s, in] · Wᵀ: MatMul with the weight stored transposed ([in, out]), which ONNX Runtime pre-packs."""
+        return self.op.MatMul(x, self._weight(name, transposed=True))
 
     def _norm(self, x: ir.Value, prefix: str) -> ir.Value:
         """LayerNorm over the last axis (MPT's norms have no bias unless the checkpoint stores one)."""
@@ -185,26 +182,30 @@ class _Builder:
         inputs = [x, self._weight(f"{prefix}.weight")] + ([self._weight(bias)] if bias in self.model.weights else [])
         return self.op.LayerNormalization(*inputs, axis=-1, epsilon=self.model.config.layer_norm_epsilon)
 
-    def _weight(self, name: str) -> ir.Value:
-        """The initializer of weight `name` (written to the data file the first time), as float."""
-        if name not in self._weights:
-            value = ir.Value(name=name, const_value=self._write_tensor(name))
+    def _weight(self, name: str, transposed: bool = False) -> ir.Value:
+        """The initializer of weight `name` (written to the data file the first time), as float; a `transposed`
+        2-D weight is stored [in, out] under the name `<name>.T`."""
+        stored = f"{name}.T" if transposed else name
+        if stored not in self._weights:
+            value = ir.Value(name=stored, const_value=self._write_tensor(name, transposed))
             self.graph.register_initializer(value)
-            self._weights[name] = (
+            self._weights[stored] = (
                 value if self.model.weight_dtype == torch.float32 else self.op.Cast(value, to=ir.DataType.FLOAT)
             )
-        return self._weights[name]
+        return self._weights[stored]
 
-    def _write_tensor(self, name: str) -> ir.ExternalTensor:
-        """Append weight `name` to the data file (aligned) and return the external tensor pointing at it."""
+    def _write_tensor(self, name: str, transposed: bool) -> ir.ExternalTensor:
+        """Append weight `name` (transposed if asked) to the data file, aligned; the external tensor points at it."""
         spec, dtype = self.model.weights[name], self.model.weight_dtype
+        shape = spec.shape[::-1] if transposed else spec.shape
         length = spec.numel * dtype.itemsize
         alignment = _PAGE if length >= 2**20 else _MIN_ALIGNMENT
         offset = -(-self._offset // alignment) * alignment
         with self.data_file.open("r+b") as handle:
             if self.model.weights.has_data:
                 handle.seek(offset)
-                tensor = self.model.weights.tensor(name).to(dtype).contiguous()
+                tensor = self.model.weights.tensor(name).to(dtype)
+                tensor = (tensor.t() if transposed else tensor).contiguous()
                 handle.write(tensor.reshape(-1).view(torch.uint8).numpy().data)
                 del tensor
             else:
@@ -215,8 +216,8 @@ class _Builder:
             offset,
             length,
             _ONNX_DTYPES[dtype],
-            shape=ir.Shape(spec.shape),
-            name=name,
+            shape=ir.Shape(shape),
+            name=f"{name}.T" if transposed else name,
             base_dir=self.data_file.parent,
         )
 
