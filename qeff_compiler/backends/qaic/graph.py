@@ -130,8 +130,10 @@ class _Builder:
         _, names = io_names(config.n_layers)
         for value, name in zip(self.graph.outputs, names, strict=True):
             value.name, value.type = name, ir.TensorType(ir.DataType.FLOAT)
-            state = self.inputs.get(name.removesuffix("_RetainedState"))
-            value.shape = ir.Shape([BATCH, 1, config.vocab_size]) if state is None else ir.Shape(list(state.shape))
+            state = name != "logits"
+            value.shape = ir.Shape(
+                [BATCH, config.n_heads, CTX, self.head_dim] if state else [BATCH, 1, config.vocab_size]
+            )
         release_evaluated()
         for node in self.graph.all_nodes():
             node.metadata_props.clear()
