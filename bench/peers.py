@@ -9,6 +9,10 @@ one run, the host prefill and decode throughput (tokens/s, summed over the batch
   artifact ships it, on ONNX Runtime). Prefill is `out.stats.host_prefill_s`
   (the one prefill chunk); decode is the N − 1 `out.stats.host_token_latencies_s` (each step: program call + greedy
   pick), i.e. B × `host_decode_tokens_per_s`, which is per sequence.
+- `qaic-ort`: the Cloud AI 100 hand-off graph of the fp32 compile (`backends.qaic`: one symbolic ONNX for prefill
+  and decode, cache written by `CtxScatter`) on ONNX Runtime, driven by the same plain greedy loop as
+  `onnxruntime` below: one prefill call over the prompt, then one call per token feeding back the retained state.
+  (`qeff-ort-fp32` runs this graph too, through `compiled.generate`.)
 - `hf-eager`: `MptForCausalLM.generate(ids, attention_mask=ones, max_new_tokens=N, min_new_tokens=N,
   do_sample=False, use_cache=True)` with its own `DynamicCache` (`use_cache=True` because the shipped config says
   false). A streamer timestamps every `put`: generate puts the prompt just before its prefill, then each new token,
@@ -60,7 +64,7 @@ from qeff_compiler.atomic import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results" / "peers.json"
 #: qeff-P: the reference host executor; qeff-ort-P: the same compiled program's ONNX emit on ONNX Runtime
-SYSTEMS = ("qeff-fp32", "qeff-int8", "qeff-ort-fp32", "qeff-ort-int8", "hf-eager", "onnxruntime")
+SYSTEMS = ("qeff-fp32", "qeff-int8", "qeff-ort-fp32", "qeff-ort-int8", "qaic-ort", "hf-eager", "onnxruntime")
 SHIPPED = "tiny-mpt-pystdlib (shipped)"
 RANDOM_125M = "mpt-125m shape (random weights)"
 
@@ -145,6 +149,9 @@ def interleaved_runs(
         compiled = compile_for(model, precision, ids.shape, new_tokens)
         generators[f"qeff-{precision}"] = qeff_generator(compiled, "host", new_tokens)
         generators[f"qeff-ort-{precision}"] = qeff_generator(compiled, "onnxruntime", new_tokens)
+        if precision == "fp32":
+            handoff = HandoffGreedy(compiled, torch.get_num_threads())
+            generators["qaic-ort"] = lambda prompt: handoff(prompt, new_tokens)
     generators.update({
         "onnxruntime": lambda prompt: ort_greedy(prompt, new_tokens),
     })
@@ -321,6 +328,43 @@ class OrtGreedy:
             token = logits.argmax(-1)
             steps.append(time.perf_counter() - start)
             tokens.append(token)
+        return Run(torch.from_numpy(np.stack(tokens, axis=1)), prefill_s, tuple(steps))
+
+
+class HandoffGreedy:
+    """ONNX Runtime over the qaic hand-off graph of an fp32 compile, driven by a plain greedy loop: the prompt in one
+    prefill call (the compile's prefill_len is the prompt length), then one call per token."""
+
+    def __init__(self, compiled: qc.CompiledModel, threads: int) -> None:
+        from qeff_compiler.backends.qaic.engine import HandoffSession
+
+        self.handoff = HandoffSession(compiled, threads)  # keeps the exported graph alive
+        self.ctx_len = compiled.options.ctx_len
+
+    def __call__(self, ids: torch.Tensor, new_tokens: int) -> Run:
+        session = self.handoff.session
+        prompt = ids.numpy()
+        batch, length = prompt.shape
+        feed = {
+            value.name: np.zeros((batch, value.shape[1], self.ctx_len, value.shape[3]), np.float32)
+            for value in session.get_inputs()
+            if value.name.startswith("past_")
+        }
+        names = [value.name for value in session.get_outputs()]
+        positions = np.broadcast_to(np.arange(length), prompt.shape)
+        tokens, steps, prefill_s = [], [], 0.0
+        for step in range(new_tokens):
+            start = time.perf_counter()
+            logits, *cache = session.run(None, {**feed, "input_ids": prompt, "position_ids": positions})
+            token = logits[:, 0].argmax(-1)
+            elapsed = time.perf_counter() - start
+            if step == 0:
+                prefill_s = elapsed
+            else:
+                steps.append(elapsed)
+            tokens.append(token)
+            feed.update(zip((name.removesuffix("_RetainedState") for name in names[1:]), cache, strict=True))
+            prompt, positions = token[:, None], np.full((batch, 1), length + step, np.int64)
         return Run(torch.from_numpy(np.stack(tokens, axis=1)), prefill_s, tuple(steps))
 
 

@@ -41,6 +41,7 @@ from qeff_compiler.atomic import atomic_directory
 from qeff_compiler.backends import onnx_export
 from qeff_compiler.backends.ai100.partition import PartitionPlan
 from qeff_compiler.backends.ai100.simulator import SimulatedDevice
+from qeff_compiler.backends.qaic.handoff import QAIC_DIRECTORY, is_handoff_file
 from qeff_compiler.calibration.table import save_calibration
 from qeff_compiler.capture.sources import QUANTIZED_SAFETENSORS_DTYPES, read_safetensors_header
 from qeff_compiler.errors import (
@@ -172,8 +173,17 @@ def _foreign_entries(path: Path) -> list[str]:
         for name in folders:
             if (Path(root) / name).is_symlink() or not any((Path(root) / name).iterdir()):
                 foreign.append(f"{here / name}/")
-        foreign.extend(str(here / name) for name in files if str(here / name) not in listed or (Path(root) / name).is_symlink())
+        foreign.extend(
+            str(here / name) for name in files if not _ours(here / name, listed) or (Path(root) / name).is_symlink()
+        )
     return sorted(foreign)
+
+
+def _ours(relative: Path, listed: set[str]) -> bool:
+    """A file the manifest lists, or a file of the Cloud AI 100 hand-off folder `qaic/` (written beside it)."""
+    if str(relative) in listed:
+        return True
+    return relative.parent == Path(QAIC_DIRECTORY) and is_handoff_file(relative.name)
 
 
 def _listed_files(path: Path) -> set[str]:

@@ -130,16 +130,17 @@ Replaceable = Callable[[Path], None]
 def atomic_directory(path: str | Path, replaceable: Replaceable) -> Iterator[Path]:
     """Yield an empty staging directory beside `path`; when the block finishes without error it becomes `path`.
 
-    `replaceable(path)` decides whether an existing `path` may be replaced: it is asked before the work and again at
-    the final step. The final step also refuses a `path` that appeared, vanished or was replaced by another directory
+    `replaceable(path)` decides whether an existing `path` may be replaced (it raises when not): it is asked, when
+    `path` exists, before the work and again at the final step. The final step also refuses a `path` that appeared, vanished or was replaced by another directory
     while the block ran (another writer won), so nothing that appeared meanwhile is deleted."""
     path = Path(path)
     check_writable(path)
     with write_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_staging(path)
-        replaceable(path)
         expected = _identity(path)
+        if expected is not None:
+            replaceable(path)
         staging = partial_path(path)
         staging.mkdir()
         try:

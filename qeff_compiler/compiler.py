@@ -21,7 +21,7 @@ from qeff_compiler.capture import ModelSource, capture_resolved, resolve_model
 from qeff_compiler.errors import ArtifactIntegrityError, InvalidArgumentError, PipelineError, VerificationError
 from qeff_compiler.ir.interpret import HostExecutor
 from qeff_compiler.ir.program import Program
-from qeff_compiler.ir.weights import should_stream
+from qeff_compiler.ir.weights import WeightStore, should_stream
 from qeff_compiler.options import CompileOptions
 from qeff_compiler.passes import PassManager
 from qeff_compiler.passes.base import Pass
@@ -107,6 +107,7 @@ def compile(  # noqa: A001 (the public API's name)
     )
     options.check()
     resolved = resolve_model(model, allow_pickle=allow_pickle)
+    source_weights = resolved.weights  # lazy (checkpoint or the model's own tensors): the qaic hand-off reads them
     max_seq_len = resolved.config.max_seq_len
     if prefill_len > max_seq_len:
         raise InvalidArgumentError(f"prefill_len={prefill_len} exceeds the model's max_seq_len={max_seq_len}")
@@ -151,6 +152,7 @@ def compile(  # noqa: A001 (the public API's name)
     )
     compiled.pass_reports = reports
     compiled.calibration_table = table
+    compiled.source_weights = source_weights
     return compiled
 
 
@@ -200,6 +202,8 @@ class CompiledModel:
         self.pass_reports: dict[str, str] = {}
         #: the calibration table the compile used (w8a8, activation-scored pruning), saved as CALIBRATION_TABLE
         self.calibration_table: dict[str, torch.Tensor] | None = None
+        #: the full-precision weights the model was compiled from (None for a loaded artifact); see `export_qaic`
+        self.source_weights: WeightStore | None = None
         #: set by `load_compiled`: the artifact directory whose ONNX files the onnxruntime engine runs
         self.artifact_directory: Path | None = None
         #: set by `load_compiled`: the manifest's size and SHA-256 per file, which the onnxruntime engine re-checks
@@ -285,6 +289,21 @@ class CompiledModel:
         reporter = progress if not isinstance(progress, bool) else make_progress(progress)
         save_artifact(self, Path(path), overwrite=overwrite, progress=reporter)
 
+    @property
+    def has_default_pipeline(self) -> bool:
+        """Whether the recorded pipeline is the default one of the options: the only kind the device compiler's
+        flags (precision, KV-cache dtype) can express in a hand-off."""
+        return self.pipeline == _recorded_pipeline(self.options, None, self.options.needs_calibration)
+
+    def export_qaic(
+        self, path: str | Path, *, named_specializations: bool = True, weight_dtype: str = "fp32"
+    ) -> list[Path]:
+        """Write the Cloud AI 100 hand-off into directory `path`: one ONNX for prefill and decode, its weights,
+        specializations.json, custom_io.yaml (mdp_ts_<N>.json) and compile.sh; returns the files written."""
+        from qeff_compiler.backends.qaic.handoff import QaicOptions, export_qaic
+
+        return export_qaic(self, path, QaicOptions(named_specializations, weight_dtype))
+
     def host_executors(self) -> tuple[Executor, Executor]:
         """The (prefill, decode) reference executors, created once; they share the weight tensors."""
         return self.executors("host")
@@ -297,12 +316,16 @@ class CompiledModel:
                 self._executors[engine] = (HostExecutor(self.prefill), HostExecutor(self.decode))
             else:
                 from qeff_compiler.backends.onnxruntime_host import OnnxRuntimeExecutor
+                from qeff_compiler.backends.qaic.engine import handoff_executors, runs_handoff_graph
 
-                sources = self._onnx_sources()
-                self._executors[engine] = tuple(  # type: ignore[assignment]
-                    OnnxRuntimeExecutor(program, sources[name][0], initializers=sources[name][1])
-                    for name, program in (("prefill", self.prefill), ("decode", self.decode))
-                )
+                if runs_handoff_graph(self):  # fp32: the hand-off graph, one session, cache written by scatter
+                    self._executors[engine] = handoff_executors(self)  # type: ignore[assignment]
+                else:  # the emulation files: the lowered precision's exact numerics
+                    sources = self._onnx_sources()
+                    self._executors[engine] = tuple(  # type: ignore[assignment]
+                        OnnxRuntimeExecutor(program, sources[name][0], initializers=sources[name][1])
+                        for name, program in (("prefill", self.prefill), ("decode", self.decode))
+                    )
         return self._executors[engine]
 
     def _onnx_sources(self) -> Mapping[str, tuple[Path | bytes, Mapping | None]]:

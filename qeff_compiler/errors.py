@@ -120,3 +120,10 @@ class ModelDoesNotFitError(QeffError):
     """A model's weights, KV cache and activations exceed a SoC's memory on the chosen device and SoC count."""
 
     exit_code = 2
+
+
+class HandoffError(QeffError):
+    """A compiled model cannot be handed off to Qualcomm's compiler as asked (a precision or pipeline the device's
+    compiler flags cannot express), or that compiler failed."""
+
+    exit_code = 2

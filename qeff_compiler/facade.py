@@ -4,7 +4,7 @@ A notebook written for QEfficient's MPT example runs with one import changed:
 
     from qeff_compiler import QEFFAutoModelForCausalLM as AutoModelForCausalLM
     qeff_model = AutoModelForCausalLM.from_pretrained(model_dir)
-    qeff_model.export()                                         # ONNX of the default fp16 compile
+    qeff_model.export()                                         # hand-off ONNX of the default fp16 compile
     qpc_path = qeff_model.compile(prefill_seq_len=32, ctx_len=128, num_cores=16, mxfp6_matmul=True)
     exec_info = qeff_model.generate(tokenizer, prompts=["My name is"])
     print(exec_info)                                            # TTFT, decode / total tok/s, E2E time
@@ -17,7 +17,9 @@ QEfficient's fields (`batch_size`, `generated_texts`, `generated_ids`, `perf_met
 total_perf, total_time). Where this deviates:
 
 - every figure is *simulated* (the cost model of `backends.ai100`; nothing runs on a card) and says so when printed;
-- `compile` writes this compiler's artifact directory (manifest, ONNX, weights), not a QPC, and returns its path;
+- `compile` writes this compiler's artifact directory (manifest, ONNX, weights) and returns its path; its `qaic/`
+  holds the hand-off files (`backends.qaic`), and where the Cloud AI 100 SDK is installed `compile.sh` builds the
+  QPC into `qaic/qpc/` (else only the simulated device runs the model, and a warning says so);
   QEfficient's fp16 compile maps to precision "fp16", `mxfp6_matmul` to "mxfp6", `mxint8_kv_cache` to the MXINT8
   cache. `compiler_options` takes this compiler's options (`device`, default "ai100-pro", which has the 16 cores
   QEfficient's default `num_cores` asks for; `precision`, `p2p_format`, `prune_ffn`, `prune_heads`,
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +43,12 @@ from typing import Any
 import numpy as np
 from transformers import AutoTokenizer, MptForCausalLM, PreTrainedTokenizerBase
 
+from qeff_compiler.backends.qaic.command import run_compile, sdk_compiler
+from qeff_compiler.backends.qaic.handoff import ONNX, QAIC_DIRECTORY, check_handoff
 from qeff_compiler.compiler import CompiledModel, compile as compile_model
-from qeff_compiler.errors import InvalidArgumentError
+from qeff_compiler.errors import HandoffError, InvalidArgumentError
 
+logger = logging.getLogger(__name__)
 #: `compile(**compiler_options)` keys this compiler understands
 COMPILER_OPTIONS = ("device", "precision", "p2p_format", "prune_ffn", "prune_heads", "prune_score", "verify")
 #: where `compile` writes artifacts when given no compile_dir (QEfficient's QEFF_HOME cache plays this role)
@@ -117,11 +123,12 @@ class QEFFAutoModelForCausalLM:
         state = f"compiled to {self.qpc_path}" if self.qpc_path else "not compiled"
         return f"QEFFAutoModelForCausalLM({self.model_name}, {state})"
 
-    def export(self, export_dir: str | Path | None = None) -> str:
-        """Compile at the defaults (fp16, prefill 32, ctx 128) and return the prefill ONNX file's path."""
+    def export(self, export_dir: str | Path | None = None) -> Path:
+        """Compile at the defaults (fp16, prefill 32, ctx 128) and return the path of the hand-off ONNX (one graph
+        for prefill and decode, QEfficient's I/O), which `qaic-compile` takes."""
         path = Path(self.compile(compile_dir=export_dir))
-        self.onnx_path = str(path / "program.onnx")
-        return self.onnx_path
+        self.onnx_path = str(path / QAIC_DIRECTORY / ONNX)
+        return Path(self.onnx_path)
 
     def compile(
         self,
@@ -160,6 +167,7 @@ class QEFFAutoModelForCausalLM:
         directory = Path(compile_dir) if compile_dir is not None else DEFAULT_COMPILE_ROOT / self.model_name
         path = directory / f"qpc-{_options_hash(options)}"
         self.compiled.save(path, overwrite=True)
+        hand_off(self.compiled, path / QAIC_DIRECTORY)
         self.qpc_path = str(path)
         return self.qpc_path
 
@@ -241,6 +249,21 @@ def compile_options(
         "num_devices": num_devices,
         **compiler_options,
     }
+
+
+def hand_off(compiled: CompiledModel, directory: Path) -> None:
+    """Write the qaic hand-off files and build the device binary with them when the SDK is installed; otherwise
+    (or for a precision the device has no flag for) say that only the simulated device runs the model."""
+    try:
+        check_handoff(compiled)
+    except HandoffError as error:
+        logger.warning("no qaic hand-off written: %s", error)
+        return
+    compiled.export_qaic(directory)
+    if sdk_compiler() is None:
+        logger.warning("qaic-compile not found: wrote the hand-off to %s; figures come from the simulated device", directory)
+    else:
+        logger.info("built the Cloud AI 100 binary %s", run_compile(directory))
 
 
 def _options_hash(options: dict[str, object]) -> str:

@@ -757,6 +757,50 @@ def _(env: Env) -> object:
     manifest.pop(artifact.MANIFEST_CHECKSUM)
     (directory / "manifest.json").write_text(artifact._manifest_text(manifest))
     return qc.load_compiled(directory)
+# the Cloud AI 100 hand-off (qaic)
+def _handoff(env: Env, **options: object) -> object:
+    weight_dtype = options.pop("weight_dtype", "fp32")
+    compiled = qc.compile(tiny_config(), **{"ctx_len": 24, "prefill_len": 8, **options})
+    return compiled.export_qaic(env.fresh("qaic"), weight_dtype=weight_dtype)
+
+
+TRIGGERS["qaic-precision"] = lambda env: _handoff(env, precision="int8")
+TRIGGERS["qaic-pipeline"] = lambda env: _handoff(env, passes="strip-export-noise,patch-attention,lower-fp16,kv-cache{ctx_len=24},dce")
+TRIGGERS["qaic-p2p-format"] = lambda env: _handoff(env, precision="fp16", num_devices=2, p2p_format="mxint8")
+TRIGGERS["qaic-weight-dtype"] = lambda env: _handoff(env, weight_dtype="bf16")
+
+
+@trigger("qaic-pruned")
+def _(env: Env) -> object:
+    compiled = qc.compile(env.model_dir, ctx_len=24, prefill_len=8, prune_ffn=0.25, verify=False)
+    return compiled.export_qaic(env.fresh("qaic"))
+
+
+@trigger("qaic-packed-weights")
+def _(env: Env) -> object:
+    qc.compile(env.model_dir, ctx_len=24, prefill_len=8, precision="mxfp6", verify=False).save(env.fresh("mxfp6"))
+    return qc.load_compiled(env.root / "mxfp6").export_qaic(env.fresh("qaic"))
+
+
+@trigger("qaic-compiler-missing")
+def _(env: Env) -> object:
+    from qeff_compiler.backends.qaic.command import run_compile
+
+    env.monkeypatch.setenv("QAIC_SDK", str(env.root / "no-sdk"))
+    return run_compile(env.root)
+
+
+@trigger("qaic-compiler-failed")
+def _(env: Env) -> object:
+    from qeff_compiler.backends.qaic.command import run_compile
+
+    sdk = env.fresh("sdk")
+    (sdk / "exec").mkdir(parents=True)
+    (sdk / "exec" / "qaic-compile").write_text("#!/bin/sh\necho 'error: unsupported op' >&2\nexit 3\n")
+    (sdk / "exec" / "qaic-compile").chmod(0o755)
+    env.monkeypatch.setenv("QAIC_SDK", str(sdk))
+    env.meta.export_qaic(env.fresh("qaic"))
+    return run_compile(env.root / "qaic")
 
 
 #: the offending value each row's message must name (defaults: none beyond the documented message)
@@ -863,6 +907,14 @@ OFFENDING: dict[str, str] = {
     "artifact-file-truncated": "weights.safetensors",
     "artifact-file-modified": "program.onnx",
     "artifact-plan-invalid": "fourteen",
+    "qaic-precision": "'int8'",
+    "qaic-pruned": "prune_ffn=0.25",
+    "qaic-pipeline": "lower-fp16",
+    "qaic-p2p-format": "p2p_format='mxint8'",
+    "qaic-weight-dtype": "'bf16'",
+    "qaic-packed-weights": "mxfp6",
+    "qaic-compiler-missing": "/tmp/x/no-sdk",
+    "qaic-compiler-failed": "unsupported op",
 }
 
 

@@ -27,23 +27,29 @@ class OnnxRuntimeExecutor:
     def __init__(
         self,
         program: Program,
-        onnx_file: Path | bytes,
+        onnx_file: Path | bytes | None,
         threads: int | None = None,
         initializers: Mapping[str, np.ndarray] | None = None,
+        *,
+        session: ort.InferenceSession | None = None,
     ) -> None:
         """`onnx_file` is a path, or the graph's bytes with its external `initializers` given as arrays (the
-        session then reads no file: `backends.verified_onnx`)."""
+        session then reads no file: `backends.verified_onnx`); or `session` is given (one session serving both
+        specializations of the hand-off graph)."""
         self.program = program
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self._initializers = dict(initializers or {})  # ONNX Runtime uses these arrays' memory: keep them alive
-        if self._initializers:
-            values = [ort.OrtValue.ortvalue_from_numpy(array) for array in self._initializers.values()]
-            options.add_external_initializers(list(self._initializers), values)
-        source = onnx_file if isinstance(onnx_file, bytes) else str(onnx_file)
-        self._session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        if session is None:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads or torch.get_num_threads()
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            if self._initializers:
+                values = [ort.OrtValue.ortvalue_from_numpy(array) for array in self._initializers.values()]
+                options.add_external_initializers(list(self._initializers), values)
+            assert onnx_file is not None, "an ONNX file or a session"
+            source = onnx_file if isinstance(onnx_file, bytes) else str(onnx_file)
+            session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        self._session = session
         self._output_names = [spec.name for spec in program.outputs]
 
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ import typer
 
 from qeff_compiler.artifact import check_output
 from qeff_compiler.atomic import check_writable
+from qeff_compiler.backends.qaic.handoff import check_handoff
 from qeff_compiler.calibration import calibrate, save_calibration
 from qeff_compiler.cli.app import (
     SHIPPED_MODEL,
@@ -28,6 +29,7 @@ from qeff_compiler.cli.app import (
     print_plain,
     status,
 )
+from qeff_compiler.cli.qaic import write_handoff
 from qeff_compiler.compiler import compile as compile_model
 from qeff_compiler.errors import InvalidArgumentError
 from qeff_compiler.progress import make_progress
@@ -68,6 +70,12 @@ def compile_command(
         bool | None,
         typer.Option("--progress/--no-progress", help="progress bars with bytes and ETA (default: on a terminal)"),
     ] = None,
+    qaic: Annotated[
+        bool,
+        typer.Option(
+            "--qaic", help="also write OUTPUT/qaic: the ONNX, specializations and compile.sh for qaic-compile"
+        ),
+    ] = False,
 ) -> None:
     """Compile MODEL into a prefill and a decode program and write the artifact directory."""
     check_writable(output)  # before the compile's work, which a refusal would waste
@@ -97,9 +105,14 @@ def compile_command(
         )
     if time_passes:
         print_plain(compiled.timing_report())
-    with status(f"writing {output}", bars):
-        compiled.save(output, overwrite=force, progress=bars)
-    print_plain(f"compiled {model} → {output} (pipeline: {compiled.pipeline})")
+    if qaic:
+        check_handoff(compiled)  # before anything is written
+    if compiled.prefill.has_weight_data or not qaic:  # a config-only compile hands off without an artifact
+        with status(f"writing {output}", bars):
+            compiled.save(output, overwrite=force, progress=bars)
+        print_plain(f"compiled {model} → {output} (pipeline: {compiled.pipeline})")
+    if qaic:
+        print_plain(write_handoff(compiled, output))
 
 
 @app.command("calibrate")

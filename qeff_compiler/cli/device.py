@@ -28,6 +28,7 @@ from qeff_compiler.cli.app import (
     print_memory,
     print_plain,
 )
+from qeff_compiler.cli.qaic import handoff_listing
 from qeff_compiler.compiler import compile as compile_model, load_compiled
 from qeff_compiler.options import check_config_only
 
@@ -122,6 +123,8 @@ def inspect_command(
     for label, value in stats.rows():
         estimate.add_row(label, value)
     console.print(estimate)
+    for line in handoff_listing(artifact):
+        print_plain(line)
     if plot is not None:
         plot_simulation(simulation, plot)
         print_plain(f"wrote {plot}")

@@ -1,0 +1,68 @@
+"""The hand-off graph as the fast CPU engine: one ONNX Runtime session runs a compiled fp32 model's prefill and decode.
+
+The graph is fp32 with the cache updated by `CtxScatter` at the written slots, so for an fp32 compile (fp32 KV
+cache) its numerics are the program's, up to float summation order. Other precisions keep the emulation files
+(`backends.onnx_export`), which reproduce the device's roundings exactly. Models compiled in this process export
+the graph once to a private temporary directory; a loaded artifact runs its own files.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import onnxruntime as ort
+import torch
+
+from qeff_compiler.backends.onnxruntime_host import OnnxRuntimeExecutor
+from qeff_compiler.backends.qaic.graph import emit_handoff
+from qeff_compiler.backends.qaic.handoff import ONNX, check_handoff, handoff_model
+from qeff_compiler.errors import HandoffError
+from qeff_compiler.ir.program import Program
+
+if TYPE_CHECKING:
+    from qeff_compiler.compiler import CompiledModel
+
+
+def runs_handoff_graph(model: CompiledModel) -> bool:
+    """Whether the onnxruntime engine runs `model` through the hand-off graph: an fp32 compile with an fp32 cache,
+    compiled in this process (a loaded artifact runs its own files), that the hand-off can express."""
+    options = model.options
+    if options.precision != "fp32" or options.kv_cache_dtype is not None or model.artifact_directory is not None:
+        return False
+    try:
+        check_handoff(model)
+    except HandoffError:
+        return False
+    return True
+
+
+class HandoffSession:
+    """The hand-off graph of `model` exported to a temporary directory (removed with this object) and one ONNX
+    Runtime session over it, tuned for speed: all graph optimizations, torch's thread count."""
+
+    def __init__(self, model: CompiledModel, threads: int | None = None) -> None:
+        self._directory = tempfile.TemporaryDirectory(prefix="qeff-handoff-")
+        path = Path(self._directory.name) / ONNX
+        emit_handoff(handoff_model(model), path)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class HandoffExecutor(OnnxRuntimeExecutor):
+    """An executor over the shared hand-off session (which it keeps alive, temporary directory included)."""
+
+    def __init__(self, program: Program, shared: HandoffSession) -> None:
+        super().__init__(program, None, session=shared.session)
+        self._shared = shared
+
+
+def handoff_executors(model: CompiledModel) -> tuple[HandoffExecutor, HandoffExecutor]:
+    """(prefill, decode) executors sharing one session over the hand-off graph."""
+    shared = HandoffSession(model)
+    return HandoffExecutor(model.prefill, shared), HandoffExecutor(model.decode, shared)
