@@ -139,7 +139,8 @@ class PartitionPlan:
         return tuple(shard for name in self.op(node).weights for shard in self.weight_shards(name))
 
     def weight_bytes(self, device: int, core: int | None = None) -> int:
-        """Stored weight bytes on SoC `device`; with `core`, only that core's own shards (not the SoC's shared copies)."""
+        """Stored weight bytes on SoC `device`; with `core`, only that core's own shards (not the SoC's shared
+        copies)."""
         return sum(
             shard.nbytes for shard in self.shards if shard.device == device and (core is None or shard.core == core)
         )

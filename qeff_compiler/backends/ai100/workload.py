@@ -134,7 +134,8 @@ def _attention(node: torch.fx.Node, program: Program, weight_only: set[torch.fx.
         weight_bytes=_bytes(weights, program),
         weights=weights,
         decompress_elements=_mxfp6_elements((wqkv, out_proj), weight_only),
-        vector_elements=rows * n_heads * keys * 3 + rows * (3 * inner + d_model),  # bias, mask, softmax; qkv/out conversions
+        # bias, mask, softmax; qkv/out conversions
+        vector_elements=rows * n_heads * keys * 3 + rows * (3 * inner + d_model),
         kv_read_bytes=kv_read,
         kv_write_bytes=kv_write,
         activation_bytes=2 * _nbytes(hidden),
