@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from qeff_compiler.errors import InvalidArgumentError
 from qeff_compiler.numerics.mx import mx_storage_bits_per_element
@@ -161,7 +162,8 @@ class PartitionPlan:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> PartitionPlan:
+    def from_dict(cls, data: Mapping[str, Any]) -> PartitionPlan:
+        """The plan of `to_dict`'s JSON (values typed Any: decoded JSON, its shape checked by `plan_schema`)."""
         return cls(
             num_devices=int(data["num_devices"]),
             num_cores=int(data["num_cores"]),
@@ -190,7 +192,7 @@ def _op_to_dict(op: OpPlan) -> dict[str, object]:
     }
 
 
-def _op_from_dict(data: Mapping[str, object]) -> OpPlan:
+def _op_from_dict(data: Mapping[str, Any]) -> OpPlan:
     return OpPlan(
         node=data["node"],
         kind=data["kind"],
