@@ -68,7 +68,9 @@ def _staging_suffix(path: Path) -> str:
 def check_name(path: Path) -> None:
     """Refuse an output name the file system cannot hold, before any work."""
     if len(os.fsencode(path.name)) > NAME_MAX:
-        raise ArtifactError(f"cannot write {path}: its name is {len(os.fsencode(path.name))} bytes, the limit is {NAME_MAX}")
+        raise ArtifactError(
+            f"cannot write {path}: its name is {len(os.fsencode(path.name))} bytes, the limit is {NAME_MAX}"
+        )
 
 
 # errors ----------------------------------------------------------------------------------------------------------
@@ -131,8 +133,9 @@ def atomic_directory(path: str | Path, replaceable: Replaceable) -> Iterator[Pat
     """Yield an empty staging directory beside `path`; when the block finishes without error it becomes `path`.
 
     `replaceable(path)` decides whether an existing `path` may be replaced (it raises when not): it is asked, when
-    `path` exists, before the work and again at the final step. The final step also refuses a `path` that appeared, vanished or was replaced by another directory
-    while the block ran (another writer won), so nothing that appeared meanwhile is deleted."""
+    `path` exists, before the work and again at the final step. The final step also refuses a `path` that appeared,
+    vanished or was replaced by another directory while the block ran (another writer won), so nothing that appeared
+    meanwhile is deleted."""
     path = Path(path)
     check_writable(path)
     with write_errors(path):
@@ -245,7 +248,9 @@ def remove_stale_staging(path: Path) -> list[Path]:
             shutil.rmtree(sibling, ignore_errors=True)
         else:
             sibling.unlink(missing_ok=True)
-        logger.warning("removed %s, left by an interrupted write to %s (process %d no longer exists)", sibling, path, pid)
+        logger.warning(
+            "removed %s, left by an interrupted write to %s (process %d no longer exists)", sibling, path, pid
+        )
         removed.append(sibling)
     return removed
 

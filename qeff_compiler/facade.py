@@ -209,7 +209,9 @@ class QEFFAutoModelForCausalLM:
             total_time=total_s,
         )
         simulation = self.compiled.simulation
-        return CloudAI100ExecInfo(shapes.batch_size, texts, generated, metrics, simulation.device, simulation.provenance)
+        return CloudAI100ExecInfo(
+            shapes.batch_size, texts, generated, metrics, simulation.device, simulation.provenance
+        )
 
     def _tokenizer(self) -> PreTrainedTokenizerBase:
         if not isinstance(self.model, Path):
@@ -261,7 +263,9 @@ def hand_off(compiled: CompiledModel, directory: Path) -> None:
         return
     compiled.export_qaic(directory)
     if sdk_compiler() is None:
-        logger.warning("qaic-compile not found: wrote the hand-off to %s; figures come from the simulated device", directory)
+        logger.warning(
+            "qaic-compile not found: wrote the hand-off to %s; figures come from the simulated device", directory
+        )
     else:
         logger.info("built the Cloud AI 100 binary %s", run_compile(directory))
 

@@ -1,8 +1,8 @@
 """ONNX emit: write a Program as an ONNX model that ONNX Runtime runs as it is (QEfficient's I/O convention).
 
 The graph is exported by `torch.onnx.export` (dynamo) from a module that holds stand-ins of the program's
-weights (shape and dtype, one element of memory); the initializers then point at the weights' bytes in a safetensors file (`weights_file.write_weights`),
-which a saved artifact shares with its weight store.
+weights (shape and dtype, one element of memory); the initializers then point at the weights' bytes in a safetensors
+file (`weights_file.write_weights`), which a saved artifact shares with its weight store.
 Each fused attention op becomes one node in the `qeff` domain (via `torch.onnx.ops.symbolic_multi_out`), and the
 model gets an ONNX function (FunctionProto) of that name with the op's semantics, built from the same math as the
 reference kernels in `qeff_compiler.ir.ops`. Every weight is an initializer named like its weight-store entry,
@@ -60,7 +60,9 @@ def export_onnx(program: Program, path: Path, weights: WeightsFile | None = None
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     if weights is None:
-        weights = write_weights(program.weights, path.parent / f"{path.name}.data", program.weight_placeholders().values())
+        weights = write_weights(
+            program.weights, path.parent / f"{path.name}.data", program.weight_placeholders().values()
+        )
     settings = _layer_settings(program)
     module = _ExportModule(program).eval()
     example = tuple(torch.zeros(spec.shape, dtype=spec.dtype) for spec in program.inputs)
@@ -74,6 +76,8 @@ def export_onnx(program: Program, path: Path, weights: WeightsFile | None = None
             optimize=False,  # the optimizer folds weight transposes into new initializers (a tied weight twice)
             verbose=False,
         )
+    if onnx_program is None:  # only the legacy exporter (dynamo=False) returns None
+        raise VerificationError("torch.onnx.export (dynamo=True) returned no ONNX program")
     model = onnx_program.model
     for value in list(model.graph.initializers.values()):
         if value.name not in module.weight_names:
@@ -95,8 +99,13 @@ def export_onnx(program: Program, path: Path, weights: WeightsFile | None = None
 
 def _external(value: ir.Value, weights: WeightsFile, base_dir: Path) -> ir.ExternalTensor:
     """The initializer's data as a range of the weights file (which must hold it, at the expected size)."""
-    stored = weights.tensors.get(value.name)
-    expected = value.const_value.nbytes
+    name, tensor = value.name, value.const_value
+    if name is None or tensor is None:
+        raise VerificationError(f"ONNX export made an initializer without a name or a value: {value!r}")
+    if not isinstance(tensor.shape, ir.Shape):
+        raise VerificationError(f"initializer {name!r} has shape {tensor.shape!r}, expected an onnx_ir Shape")
+    stored = weights.tensors.get(name)
+    expected = tensor.nbytes
     if stored is None or stored.length != expected:
         raise VerificationError(
             f"weights file {weights.path.name} holds {stored} for initializer {value.name!r}, expected {expected} bytes"
@@ -105,9 +114,9 @@ def _external(value: ir.Value, weights: WeightsFile, base_dir: Path) -> ir.Exter
         weights.path.relative_to(base_dir),
         stored.offset,
         stored.length,
-        value.const_value.dtype,
-        shape=value.const_value.shape,
-        name=value.name,
+        tensor.dtype,
+        shape=tensor.shape,
+        name=name,
         base_dir=base_dir,
     )
 
@@ -161,7 +170,12 @@ def _with_qeff_nodes(program: Program) -> torch.fx.GraphModule:
         elif (call := dequantize_call(node)) is not None:
             value = node.meta["val"]
             node.target, node.args = qeff_weight_node, tuple(a for a in node.args if isinstance(a, torch.fx.Node))
-            node.kwargs = {"function": call.function, "attributes": call.attributes, "dtype": value.dtype, "shape": tuple(value.shape)}
+            node.kwargs = {
+                "function": call.function,
+                "attributes": call.attributes,
+                "dtype": value.dtype,
+                "shape": tuple(value.shape),
+            }
     graph_module.recompile()
     return graph_module
 
@@ -207,7 +221,12 @@ def _build_function(
     kv_cache_format: str | None = None,
 ) -> ir.Function:
     """The ONNX function of one fused op, with its layer settings as constants."""
-    settings = {"n_heads": n_heads, "softmax_scale": softmax_scale, "clip_qkv": clip_qkv, "fp16": fp16_activations}
+    settings: dict[str, int | float | bool | str | None] = {
+        "n_heads": n_heads,
+        "softmax_scale": softmax_scale,
+        "clip_qkv": clip_qkv,
+        "fp16": fp16_activations,
+    }
     if kv_cache_format is not None:  # a setting of the cached op only
         settings["kv_cache_format"] = kv_cache_format
 

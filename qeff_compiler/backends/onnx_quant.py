@@ -17,7 +17,7 @@ node per op, calling an ONNX function, so the file keeps the quantized codes and
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import onnx_ir as ir
@@ -51,7 +51,10 @@ def qeff_weight_node(
     *inputs: torch.Tensor, function: str, attributes: dict[str, int], dtype: torch.dtype, shape: tuple[int, ...]
 ) -> torch.Tensor:
     """One `qeff::<function>` node with the given output dtype and shape (those of the op it stands for)."""
-    return torch.onnx.ops.symbolic(f"{DOMAIN}::{function}", inputs, attributes, dtype=dtype, shape=shape, version=1)
+    # a copy typed as torch's `attrs` dict (invariant in its value type, so a dict[str, int] does not pass)
+    attrs: dict[str, int | float | str | bool | Sequence[int] | Sequence[float] | Sequence[str] | Sequence[bool]]
+    attrs = dict(attributes)
+    return torch.onnx.ops.symbolic(f"{DOMAIN}::{function}", inputs, attrs, dtype=dtype, shape=shape, version=1)
 
 
 def _function(name: str, inputs: dict[str, ir.DataType], trace: Callable[..., ir.Value], opset: int) -> ir.Function:

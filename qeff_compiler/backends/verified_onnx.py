@@ -73,5 +73,6 @@ def _initializers(model_bytes: bytes, weights: bytes, onnx_file: str, weights_fi
                 f"{onnx_file}: initializer {tensor.name!r} points at {info.get('location')!r} bytes "
                 f"[{offset}, {offset + length}), not at its data in {weights_file}"
             )
-        arrays[tensor.name] = np.frombuffer(weights, dtype=dtype, count=count, offset=offset).reshape(tuple(tensor.dims))
+        array = np.frombuffer(weights, dtype=dtype, count=count, offset=offset)
+        arrays[tensor.name] = array.reshape(tuple(tensor.dims))
     return arrays

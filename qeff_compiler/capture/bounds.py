@@ -16,7 +16,10 @@ from qeff_compiler.errors import UnsupportedConfigError
 SIZE_BOUNDS: dict[str, tuple[int, str]] = {
     "n_layers": (1024, "each layer is built and traced; 1024 is 8x the deepest published decoder (126)"),
     "d_model": (2**17, "one d_model x d_model matrix would be 64 GiB at fp32; the widest published decoder has 18432"),
-    "n_heads": (2**12, "each head has its own ALiBi slope and score matrix; published decoders use at most a few hundred"),
+    "n_heads": (
+        2**12,
+        "each head has its own ALiBi slope and score matrix; published decoders use at most a few hundred",
+    ),
     "vocab_size": (2**24, "token ids from 2^24 on are not exact in the fp32 the logits are computed in"),
     "max_seq_len": (2**20, "KV caches and ALiBi biases are sized up to it; the longest MPT (StoryWriter) has 65536"),
 }
@@ -57,5 +60,6 @@ def check_call_size(config: MptConfig, batch_size: int, seq_len: int) -> None:
     if logits_bytes > LARGEST_TARGET_BYTES:
         raise UnsupportedConfigError(
             f"batch_size={batch_size} x seq_len={seq_len} is too large: the logits of one call alone would take "
-            f"{logits_bytes / 2**40:.3g} TiB, more than the {LARGEST_TARGET_BYTES / 2**40:g} TiB of DDR of 64 AI 100 SoCs"
+            f"{logits_bytes / 2**40:.3g} TiB, more than the {LARGEST_TARGET_BYTES / 2**40:g} TiB of DDR of "
+            "64 AI 100 SoCs"
         )

@@ -8,9 +8,10 @@ a program that disagrees with the checkpoint's training code, so each such field
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 from transformers import MptConfig
+from transformers.models.mpt.configuration_mpt import MptAttentionConfig
 
 from qeff_compiler.capture.bounds import check_sizes
 from qeff_compiler.errors import NotAnMptModelError, UnsupportedConfigError
@@ -58,7 +59,8 @@ def validate_mpt_config(config: object) -> MptConfig:
         raise UnsupportedConfigError(
             f"config.norm_type={config.norm_type!r} is not implemented by HF MPT (allowed: {_LAYER_NORM_TYPES})"
         )
-    attn = config.attn_config
+    # MptConfig.__init__ replaces a dict or None attn_config by an MptAttentionConfig
+    attn = cast(MptAttentionConfig, config.attn_config)
     for name, implemented in _FIXED_ATTENTION:
         _require_field(f"config.attn_config.{name}", getattr(attn, name), implemented)
     if attn.attn_impl not in _ATTENTION_IMPLS:
@@ -68,7 +70,9 @@ def validate_mpt_config(config: object) -> MptConfig:
     for name in ("clip_qkv", "softmax_scale"):
         value = getattr(attn, name)
         if value is not None and not (_is_real(value) and 0 < value < math.inf):
-            raise UnsupportedConfigError(f"config.attn_config.{name} must be None or a finite number > 0, got {value!r}")
+            raise UnsupportedConfigError(
+                f"config.attn_config.{name} must be None or a finite number > 0, got {value!r}"
+            )
     return config
 
 

@@ -22,7 +22,9 @@ INTEGER, NUMBER, BOOLEAN, STRING, NULL, OBJECT, INTEGERS, STRINGS = (
 _GENERIC: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("transformers_version", "problem_type", "dtype", "torch_dtype", "_name_or_path"), (STRING, NULL)),
     "architectures": (STRINGS, NULL),
-    **dict.fromkeys(("output_hidden_states", "output_attentions", "return_dict", "is_encoder_decoder"), (BOOLEAN, NULL)),
+    **dict.fromkeys(
+        ("output_hidden_states", "output_attentions", "return_dict", "is_encoder_decoder"), (BOOLEAN, NULL)
+    ),
     **dict.fromkeys(("id2label", "label2id"), (OBJECT, NULL)),
     **dict.fromkeys(("chunk_size_feed_forward", "num_labels"), (INTEGER,)),
 }
@@ -30,7 +32,9 @@ _GENERIC: dict[str, tuple[str, ...]] = {
 _MAX_LABELS = 2**16
 _TOP_LEVEL: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("d_model", "n_heads", "n_layers", "expansion_ratio", "max_seq_len", "vocab_size"), (INTEGER,)),
-    **dict.fromkeys(("resid_pdrop", "emb_pdrop", "layer_norm_epsilon", "embedding_fraction", "initializer_range"), (NUMBER,)),
+    **dict.fromkeys(
+        ("resid_pdrop", "emb_pdrop", "layer_norm_epsilon", "embedding_fraction", "initializer_range"), (NUMBER,)
+    ),
     **dict.fromkeys(("learned_pos_emb", "no_bias", "use_cache", "tie_word_embeddings"), (BOOLEAN,)),
     **dict.fromkeys(("init_device", "norm_type"), (STRING,)),
     "logit_scale": (NUMBER, STRING, NULL),

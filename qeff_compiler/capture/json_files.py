@@ -48,7 +48,9 @@ def read_weight_map(index: Path) -> dict[str, str]:
     suffix = _SHARD_SUFFIXES.get(index.name, "")
     for name, shard in weight_map.items():
         if not isinstance(shard, str):
-            raise WeightError(f"{index}: weight_map[{name!r}] must be a shard file name (a string), got {json_kind(shard)}")
+            raise WeightError(
+                f"{index}: weight_map[{name!r}] must be a shard file name (a string), got {json_kind(shard)}"
+            )
         if Path(shard).name != shard or shard in ("", ".", "..") or not shard.endswith(suffix) or "\\" in shard:
             raise WeightError(
                 f"{index}: weight_map[{name!r}] = {shard!r} is not a {suffix} file name in the index's directory"

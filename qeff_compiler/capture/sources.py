@@ -72,7 +72,8 @@ def resolve_model(source: object, *, allow_pickle: bool = False) -> ResolvedMode
 def build_meta_model(config: MptConfig) -> MptForCausalLM:
     """HF's module with every parameter on the meta device: the structure to trace, no memory used."""
     with torch.device("meta"):
-        model = MptForCausalLM(config).to(CAPTURE_DTYPE)
+        # transformers declares PreTrainedModel.to as @wraps(nn.Module.to), which mypy reads as taking a model
+        model = MptForCausalLM(config).to(CAPTURE_DTYPE)  # type: ignore[arg-type]
     return model.eval()
 
 
@@ -82,7 +83,7 @@ def meta_weights(config: MptConfig) -> WeightStore:
 
 def _named_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """All parameters and buffers by state-dict name, tied ones listed under each name (same object)."""
-    named = dict(model.named_parameters(remove_duplicate=False))
+    named: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
     named.update(model.named_buffers(remove_duplicate=False))
     return named
 
@@ -181,7 +182,9 @@ def _checkpoint_locations(directory: Path) -> dict[str, SafetensorsLocation]:
         found = read_safetensors_header(path)
         twice = sorted(set(found) & set(locations))
         if twice:
-            raise WeightError(f"weight {twice[0]!r} is stored twice: in {locations[twice[0]].path.name} and {path.name}")
+            raise WeightError(
+                f"weight {twice[0]!r} is stored twice: in {locations[twice[0]].path.name} and {path.name}"
+            )
         locations.update(found)
     return locations
 

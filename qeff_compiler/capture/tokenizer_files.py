@@ -46,7 +46,9 @@ def check_tokenizer_files(directory: Path) -> None:
     except BaseException as exc:  # narrowed below to what the library raises
         if not _is_tokenizers_refusal(exc):
             raise
-        raise ModelSourceError(f"{path} is not a valid tokenizer: {str(exc).splitlines()[0] if str(exc) else exc!r}") from exc
+        raise ModelSourceError(
+            f"{path} is not a valid tokenizer: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+        ) from exc
 
 
 def _is_tokenizers_refusal(exc: BaseException) -> bool:

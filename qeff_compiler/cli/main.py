@@ -1,7 +1,8 @@
 """`qeffc`: the compiler driver (typer + rich).
 
 Exit codes: 0 success; 2 a wrong request (usage, unknown pass, bad option, unsupported model); 1 the work failed;
-130 interrupted (Ctrl-C); 143 terminated (SIGTERM). Each is printed as one line on stderr, never as a traceback (docs/errors.md lists them).
+130 interrupted (Ctrl-C); 143 terminated (SIGTERM). Each is printed as one line on stderr, never as a traceback
+(docs/errors.md lists them).
 """
 
 from __future__ import annotations

@@ -25,7 +25,11 @@ def check_prompt_text(prompt: str, option: str = "--prompt") -> str:
     """`prompt` if it is valid Unicode text; else an `InvalidArgumentError` naming the first bad byte or code point."""
     for position, char in enumerate(prompt):
         if 0xD800 <= ord(char) <= 0xDFFF:
-            what = f"byte {ord(char) - 0xDC00:#04x}" if ord(char) in _ESCAPED_BYTES else f"lone surrogate U+{ord(char):04X}"
+            what = (
+                f"byte {ord(char) - 0xDC00:#04x}"
+                if ord(char) in _ESCAPED_BYTES
+                else f"lone surrogate U+{ord(char):04X}"
+            )
             raise InvalidArgumentError(
                 f"{option} is not valid UTF-8 text: {what} at character {position} of {prompt[:position]!r}…; "
                 "pass text in UTF-8 (or --token-ids)"

@@ -27,6 +27,14 @@ def module_regions(graph: torch.fx.Graph, class_name: str) -> dict[int, list[tor
     return regions
 
 
+def node_arg(node: torch.fx.Node, index: int) -> torch.fx.Node:
+    """`node.args[index]`, a graph value by the op's schema; a TypeError (an internal error) if it is anything else."""
+    arg = node.args[index]
+    if not isinstance(arg, torch.fx.Node):
+        raise TypeError(f"{node.name}: argument {index} of {node.target} is {arg!r}, not a graph value")
+    return arg
+
+
 def weight_name(node: object) -> str | None:
     """The weight a node reads directly, if it is a weight placeholder."""
     if isinstance(node, torch.fx.Node) and node.op == "placeholder":

@@ -282,7 +282,9 @@ class WeightStore(Mapping[str, WeightSpec]):
         wrapped: dict[int, _Entry] = {}
         for name, entry in self._entries.items():
             wrapped.setdefault(id(entry), _CheckedEntry(entry, name, check) if entry.has_data else entry)
-        return WeightStore({name: wrapped[id(entry)] for name, entry in self._entries.items()}, streaming=self.streaming)
+        return WeightStore(
+            {name: wrapped[id(entry)] for name, entry in self._entries.items()}, streaming=self.streaming
+        )
 
     def nbytes(self, names: Iterable[str] | None = None) -> int:
         """Bytes of the named weights (all by default) as stored, tied weights counted once."""

@@ -4,10 +4,10 @@ with `Fp16OverflowError` naming the first overflowing layer and op. `lower-fp16`
 was checked already (or `lower-fp16{check_overflow=false}`); a program without weight data (meta) has no values
 to check.
 
-`find_fp16_overflow` runs the program node by node (a `torch.fx.Interpreter` that streams weights) on sample inputs and reports the
-first node, in graph order, with a floating output element beyond ±65504 — the largest finite fp16 value. On an
-fp32 program that is the value the device would overflow on; on an fp16-lowered program the report lands on the
-node before its fp16 round trip (the value before rounding), since later nodes only see the resulting inf.
+`find_fp16_overflow` runs the program node by node (a `torch.fx.Interpreter` that streams weights) on sample inputs
+and reports the first node, in graph order, with a floating output element beyond ±65504 — the largest finite fp16
+value. On an fp32 program that is the value the device would overflow on; on an fp16-lowered program the report
+lands on the node before its fp16 round trip (the value before rounding), since later nodes only see the resulting inf.
 
 A fused attention op is one node: an overflow inside it (e.g. in its QKV projection) shows only through its
 outputs — directly when they are out of range, or as inf/NaN when the op runs with `fp16_activations`.
@@ -95,7 +95,10 @@ class _OverflowFinder(StreamingInterpreter):
         if self.report is None and node.op == "call_function":
             largest = _max_abs(result)
             if largest > FP16_MAX:
-                nan = any(isinstance(t, torch.Tensor) and t.is_floating_point() and bool(t.isnan().any()) for t in _tensors(result))
+                nan = any(
+                    isinstance(t, torch.Tensor) and t.is_floating_point() and bool(t.isnan().any())
+                    for t in _tensors(result)
+                )
                 self.report = OverflowReport(node.name, op_short_name(node.target), module_path(node), largest, nan)
         return result
 

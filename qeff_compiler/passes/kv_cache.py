@@ -90,7 +90,9 @@ class KVCache(Pass):
     requires: ClassVar[frozenset[str]] = frozenset({"attention-patched"})
     ensures: ClassVar[frozenset[str]] = frozenset({"kv-cache"})
     forbids: ClassVar[tuple[Forbid, ...]] = (
-        Forbid(("kv-cache",), "kv-cache runs on a program that has a KV cache already: the pipeline names kv-cache twice"),
+        Forbid(
+            ("kv-cache",), "kv-cache runs on a program that has a KV cache already: the pipeline names kv-cache twice"
+        ),
     )
     tolerance = 1e-5
     #: the tolerance with an fp16 cache or activations. On an fp16-activation program attending over ctx_len
@@ -140,7 +142,9 @@ class KVCache(Pass):
         caches: list[torch.fx.Node] = []
         attention_nodes = sorted(graph.find_nodes(op="call_function", target=ATTENTION), key=lambda n: n.meta[LAYER])
         if len(attention_nodes) != config.n_layers:
-            raise VerificationError(f"kv-cache: found {len(attention_nodes)} fused attention ops, expected {config.n_layers}")
+            raise VerificationError(
+                f"kv-cache: found {len(attention_nodes)} fused attention ops, expected {config.n_layers}"
+            )
         for node in attention_nodes:
             layer = node.meta[LAYER]
             cache_shape = (batch, node.kwargs["n_heads"], ctx_len, head_dim)  # `prune` may have removed heads
@@ -205,7 +209,9 @@ def _last_position_logits(graph: torch.fx.Graph, positions: torch.fx.Node, progr
     d_model = program.config.d_model
     with graph.inserting_before(lm_head):
         last = graph.call_function(aten.argmax.default, (positions, 1, True))
-        index = graph.call_function(aten.expand.default, (graph.call_function(aten.unsqueeze.default, (last, 2)), [batch, 1, d_model]))
+        index = graph.call_function(
+            aten.expand.default, (graph.call_function(aten.unsqueeze.default, (last, 2)), [batch, 1, d_model])
+        )
         last_hidden = graph.call_function(aten.gather.default, (hidden, 1, index))
     lm_head.replace_input_with(hidden, last_hidden)
     return TensorSpec("logits", (batch, 1, vocab), logits.dtype, "logits")

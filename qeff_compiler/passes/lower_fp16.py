@@ -80,7 +80,10 @@ class LowerFp16(Pass):
         """On a program whose KV cache is MXINT8 already, rounding keys/values to fp16 can move one across an
         MXINT8 rounding boundary, a whole step of its block (2^-4 for a block max in [4, 8)): the cache's own
         tolerance applies."""
-        mxint8 = any(n.kwargs.get("kv_cache_format") == "mxint8" for n in program.graph.find_nodes(op="call_function", target=ATTENTION_KV))
+        mxint8 = any(
+            n.kwargs.get("kv_cache_format") == "mxint8"
+            for n in program.graph.find_nodes(op="call_function", target=ATTENTION_KV)
+        )
         return max(self.tolerance, KVCache.mxint8_tolerance) if mxint8 else self.tolerance
 
     def analyses(self) -> tuple[Pass, ...]:

@@ -10,7 +10,8 @@ rounded to fp16. `format`: `e2m3` (default, more mantissa) or `e3m2` (more range
 Before (after lower-fp16):
     %linear_16 = aten.linear(%_to_copy_default_84, %_to_copy_default_26) : f32[1,8,2048]
 After:
-    %dequantize_mxfp6_default = qeff.dequantize_mxfp6(%w_lm_head_weight_mxfp6, %w_lm_head_weight_mxscale, 256, 'fp6_e2m3') : f32[2048,256]
+    %dequantize_mxfp6_default = qeff.dequantize_mxfp6(%w_lm_head_weight_mxfp6, %w_lm_head_weight_mxscale, 256,
+        'fp6_e2m3') : f32[2048,256]
     %_to_copy_default_90 = aten._to_copy(%dequantize_mxfp6_default, dtype=f16) : f16[2048,256]
     %_to_copy_default_91 = aten._to_copy(%_to_copy_default_90, dtype=f32) : f32[2048,256]
     %linear_16 = aten.linear(%_to_copy_default_84, %_to_copy_default_91) : f32[1,8,2048]
@@ -53,7 +54,9 @@ class LowerMxfp6(WeightLowering):
     def scheme_options(self) -> dict[str, Any]:
         if self.options.format not in MXFP6_ELEMENT_FORMATS:
             allowed = ", ".join(MXFP6_ELEMENT_FORMATS)
-            raise PassOptionError(f"{self.name}: format={self.options.format!r} is not an MXFP6 element type; use one of {allowed}")
+            raise PassOptionError(
+                f"{self.name}: format={self.options.format!r} is not an MXFP6 element type; use one of {allowed}"
+            )
         return {"fmt": MXFP6_ELEMENT_FORMATS[self.options.format]}
 
     def stored_as(self, scheme: WeightScheme) -> str:

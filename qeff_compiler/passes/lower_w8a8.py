@@ -7,7 +7,8 @@ The fused attention's weights take fp16 activations: they are stored as `lower-i
 Before (the shipped model after lower-fp16):
     %linear_2 = aten.linear(%_to_copy_default_32, %_to_copy_default_5) : f32[1,8,1024]
 After:
-    %linear_w8a8_default = qeff.linear_w8a8(%_to_copy_default_32, %w_..._smooth, %w_..._act_scale, %w_..._w8a8, %w_..._w8a8_scale) : f32[1,8,1024]
+    %linear_w8a8_default = qeff.linear_w8a8(%_to_copy_default_32, %w_..._smooth, %w_..._act_scale, %w_..._w8a8,
+        %w_..._w8a8_scale) : f32[1,8,1024]
 """
 
 from __future__ import annotations
@@ -50,11 +51,16 @@ class LowerW8A8(WeightLowering):
     def tolerance_for(self, program: Program) -> float:
         return self.tolerance if self.options.alpha <= 0.75 else self.high_alpha_tolerance
 
-    def encoders(self, program: Program, names: Names, every_read: Sequence[WeightRead]) -> tuple[dict[str, Encoder], list[str]]:
+    def encoders(
+        self, program: Program, names: Names, every_read: Sequence[WeightRead]
+    ) -> tuple[dict[str, Encoder], list[str]]:
         smoothquant, notes = smoothquant_encoders(self.name, self.options, program, names[W8A8], every_read)
         return {**super().encoders(program, {INT8: names[INT8]}, every_read)[0], **smoothquant}, notes
 
     def stored_as(self, scheme: WeightScheme) -> str:
         if scheme is W8A8:
-            return f"of linears → W8A8: int8 per output channel, int8 activations per tensor, SmoothQuant alpha={self.options.alpha}"
+            return (
+                "of linears → W8A8: int8 per output channel, int8 activations per tensor, "
+                f"SmoothQuant alpha={self.options.alpha}"
+            )
         return "of fused-attention weights (Wqkv, out_proj) → int8 with fp16 activations (W8A16, as lower-int8)"

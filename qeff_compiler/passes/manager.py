@@ -113,7 +113,10 @@ class PassManager:
             share = 100 * (r.seconds + r.verify_seconds) / total
             diff = "meta" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}"
             nodes = f"{r.nodes_before}→{r.nodes_after}"
-            lines.append(f"{r.pass_text:<{width}} {r.seconds:>9.4f} {r.verify_seconds:>10.4f} {share:>6.1f} {nodes:>13} {diff:>9}")
+            lines.append(
+                f"{r.pass_text:<{width}} {r.seconds:>9.4f} {r.verify_seconds:>10.4f} {share:>6.1f} "
+                f"{nodes:>13} {diff:>9}"
+            )
         return "\n".join(lines)
 
     def notes_report(self) -> str:

@@ -104,7 +104,13 @@ def _replace_region(
 ) -> None:
     where = f"transformer.blocks.{layer}.attn"
     counts = Counter(op_short_name(n.target) for n in nodes if n.op == "call_function")
-    expected = {"aten.linear": 2, "aten.chunk": 1, "aten.matmul": 2, "aten.softmax": 1, "aten.clamp": int(bool(clip_qkv))}
+    expected = {
+        "aten.linear": 2,
+        "aten.chunk": 1,
+        "aten.matmul": 2,
+        "aten.softmax": 1,
+        "aten.clamp": int(bool(clip_qkv)),
+    }
     wrong = {op: (counts.get(op, 0), want) for op, want in expected.items() if counts.get(op, 0) != want}
     if wrong:
         found = ", ".join(f"{op}: found {got}, expected {want}" for op, (got, want) in wrong.items())

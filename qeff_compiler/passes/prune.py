@@ -84,7 +84,10 @@ class Prune(Pass):
     ensures: ClassVar[frozenset[str]] = frozenset({"pruned"})
     forbids: ClassVar[tuple[Forbid, ...]] = (
         # shares are of the config's sizes: a second prune would miscount
-        Forbid(("pruned",), "prune already ran on this program; give one prune{{ffn=...,heads=...}} with the total shares"),
+        Forbid(
+            ("pruned",),
+            "prune already ran on this program; give one prune{{ffn=...,heads=...}} with the total shares",
+        ),
         Forbid(
             ("fp16-activations", "kv-cache"),
             "prune must run on the fp graph, before lowering and kv-cache; the program has {present}",
@@ -150,7 +153,9 @@ class Prune(Pass):
         node = _attention_node(graph, layer)
         wqkv, out_proj, slopes = (weight_name(a) for a in node.args[1:4])
         if wqkv is None or out_proj is None or slopes is None:
-            raise VerificationError(f"prune: layer {layer}'s attention does not read its weights directly: {node.args[1:4]}")
+            raise VerificationError(
+                f"prune: layer {layer}'s attention does not read its weights directly: {node.args[1:4]}"
+            )
         n_heads, head_dim = config.n_heads, config.d_model // config.n_heads
         data = program.has_weight_data
         wqkv_w = program.weights.tensor(wqkv) if data else None
@@ -213,7 +218,9 @@ def _ffn_scores(
     return maxima[down_name].float() * output_norm
 
 
-def _head_scores(wqkv: torch.Tensor | None, out_proj: torch.Tensor | None, n_heads: int, head_dim: int) -> torch.Tensor | None:
+def _head_scores(
+    wqkv: torch.Tensor | None, out_proj: torch.Tensor | None, n_heads: int, head_dim: int
+) -> torch.Tensor | None:
     if wqkv is None or out_proj is None:
         return None
     values = wqkv.float()[2 * n_heads * head_dim :].reshape(n_heads, head_dim, -1)

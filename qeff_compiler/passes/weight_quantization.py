@@ -51,7 +51,11 @@ def select_reads(pass_name: str, reads: Sequence[WeightRead], exclude: str) -> l
     names = sorted({read.name for read in reads})
     selected = list(reads)
     for pattern in filter(None, exclude.split("|")):
-        hit = {n for n in names if fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n.removesuffix(".weight"), pattern)}
+        hit = {
+            n
+            for n in names
+            if fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n.removesuffix(".weight"), pattern)
+        }
         if not hit:
             raise PassOptionError(
                 f"{pass_name}: exclude pattern {pattern!r} matches none of the quantizable weights "
@@ -110,7 +114,9 @@ class WeightLowering(Pass):
         """Keyword options of the schemes' encoders and `dequantize_args` (e.g. the FP6 element format)."""
         return {}
 
-    def encoders(self, program: Program, names: Names, every_read: Sequence[WeightRead]) -> tuple[dict[str, Encoder], list[str]]:
+    def encoders(
+        self, program: Program, names: Names, every_read: Sequence[WeightRead]
+    ) -> tuple[dict[str, Encoder], list[str]]:
         """Each selected weight's encoder, and notes about how they were made."""
         options = self.scheme_options()
         return {name: functools.partial(s.encode, **options) for s, group in names.items() for name in group}, []

@@ -97,7 +97,9 @@ def eos_token_ids(eos: object) -> frozenset[int]:
     """The stop tokens: None (none), one id or a sequence of ids; anything else is refused, naming it."""
     ids = [] if eos is None else [eos] if not isinstance(eos, (list, tuple, set, frozenset)) else list(eos)
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-        raise InvalidArgumentError(f"eos_token_id must be None, an integer or a list of integers, got {reprlib.repr(eos)}")
+        raise InvalidArgumentError(
+            f"eos_token_id must be None, an integer or a list of integers, got {reprlib.repr(eos)}"
+        )
     return frozenset(i for i in ids if isinstance(i, int))  # all are: checked above (the filter narrows the type)
 
 

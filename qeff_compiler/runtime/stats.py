@@ -75,6 +75,8 @@ class LatencyStats:
         ]
         if self.host_ttft_s is None:
             return rows
+        if self.host_prefill_s is None:
+            raise ValueError("LatencyStats: host_ttft_s is set but host_prefill_s is None")
         return rows + [
             ("host TTFT", f"{self.host_ttft_s * 1e3:.1f} ms"),
             ("host prefill", f"{self.host_prefill_s * 1e3:.1f} ms"),

@@ -31,7 +31,9 @@ class Constant:
 
 
 CONSTANTS: tuple[Constant, ...] = (
-    Constant(cost_model, "DDR_EFFICIENCY", "calibrated", f"solved with OP_OVERHEAD_S by {FIT}; sets bandwidth-bound decode"),
+    Constant(
+        cost_model, "DDR_EFFICIENCY", "calibrated", f"solved with OP_OVERHEAD_S by {FIT}; sets bandwidth-bound decode"
+    ),
     Constant(cost_model, "OP_OVERHEAD_S", "calibrated", f"solved with DDR_EFFICIENCY by {FIT}; adds per op per call"),
     Constant(cost_model, "COMPUTE_EFFICIENCY", "validated",
              "assumed 0.6; MLPerf v1.0 BERT-99 int8 throughput (1 card and per card of 16) within ±30 % (-24 %); "
@@ -45,7 +47,9 @@ CONSTANTS: tuple[Constant, ...] = (
     Constant(cost_model, "NOCS_PER_SOC", "assumed",
              "3 NoCs at 186 GB/s per SoC [arch]; that the on-chip tier streams over all three is assumed "
              "(no published figure of a model resident in VTCM was found)"),
-    Constant(cost_model, "P2P_LATENCY_S", "assumed", "5 us per PCIe P2P transfer; no multi-SoC published figure was found"),
+    Constant(
+        cost_model, "P2P_LATENCY_S", "assumed", "5 us per PCIe P2P transfer; no multi-SoC published figure was found"
+    ),
     Constant(devices, "FP16_MACS_PER_CYCLE_PER_CORE", "published",
              "[arch]; with the card FP16 peak it gives the core clock: Standard 0.96 GHz, Ultra 0.55 GHz (derived)"),
     Constant(devices, "PCIE_GEN4_BYTES_PER_S_PER_LANE", "published", "16 GT/s with 128b/130b coding (PCIe Gen4)"),

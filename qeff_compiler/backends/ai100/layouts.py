@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch.fx
 
@@ -88,6 +89,7 @@ def _chain_weight(operand: object, index: int, consumer: torch.fx.Node) -> Logic
         raise PartitionError(f"{consumer.name}: operand {index} is not a graph value")
     parts = []
     for placeholder in _weight_placeholders(operand):
+        layout: str | None
         if placeholder is operand:
             layout = "matrix"
         else:
@@ -150,5 +152,10 @@ def logical_box(main: WeightPart, ranges: Sequence[Range], shape: tuple[int, int
     """Inverse of `project` for a main part (plain/codes or packed MXFP6): the logical box a shard holds."""
     rows, (b0, b1) = ranges
     if main.layout == "packed":
-        return tuple(rows), (b0 // 3 * 4, min(b1 // 3 * 4, shape[1]))
-    return tuple(rows), (b0, b1)
+        return _row_range(rows), (b0 // 3 * 4, min(b1 // 3 * 4, shape[1]))
+    return _row_range(rows), (b0, b1)
+
+
+def _row_range(rows: Range) -> Range:
+    """`rows` as a tuple; it has two items by construction (it is a Range)."""
+    return cast(Range, tuple(rows))

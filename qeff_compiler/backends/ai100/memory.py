@@ -214,7 +214,9 @@ def check_fits(memory: MemoryPlan) -> None:
     )
 
 
-def check_kv_cache_fits(config: MptConfig, batch_size: int, ctx_len: int, cache_bits: float, device: DeviceSpec, num_devices: int) -> None:
+def check_kv_cache_fits(
+    config: MptConfig, batch_size: int, ctx_len: int, cache_bits: float, device: DeviceSpec, num_devices: int
+) -> None:
     """Refuse, before anything is traced, a batch_size and ctx_len whose KV cache alone exceeds the DDR of all
     SoCs: an absurd batch fails at once instead of tracing and allocating host caches of that size."""
     cache_bytes = 2 * config.n_layers * batch_size * ctx_len * config.d_model * cache_bits / 8
@@ -244,7 +246,8 @@ def _alternatives(memory: MemoryPlan, spec: DeviceSpec) -> str:
     if devices is None:
         by_devices = f"{current} does not fit on up to {MAX_DEVICES} SoCs of {spec.name}"
     else:
-        by_devices = f"num_devices={devices} would fit at {current} (~{_gb(estimate_soc_bytes(memory, current, devices))} per SoC)"
+        per_soc = _gb(estimate_soc_bytes(memory, current, devices))
+        by_devices = f"num_devices={devices} would fit at {current} (~{per_soc} per SoC)"
     return (
         "Estimated from parameter counts (fp16 2 B, int8 ~1 B, mxfp6 0.78 B per matmul parameter, plus the KV cache "
         f"split over the SoCs): {by_devices}{_by_precision(memory, capacity)}."
@@ -263,7 +266,10 @@ def _by_precision(memory: MemoryPlan, capacity: int) -> str:
     least = smaller[-1]
     devices = _smallest_devices(memory, least, capacity)
     where = f"from num_devices={devices}" if devices else f"on none up to {MAX_DEVICES} SoCs"
-    return f"; no precision fits on {memory.num_devices} SoC(s) ({least} needs ~{_gb(sizes[least])} per SoC); {least} fits {where}"
+    return (
+        f"; no precision fits on {memory.num_devices} SoC(s) ({least} needs ~{_gb(sizes[least])} per SoC); "
+        f"{least} fits {where}"
+    )
 
 
 def _smallest_devices(memory: MemoryPlan, precision: str, capacity: int) -> int | None:

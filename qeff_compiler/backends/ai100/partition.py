@@ -47,7 +47,7 @@ from qeff_compiler.backends.ai100.plan import (
 from qeff_compiler.backends.ai100.plan_check import validate_plan
 from qeff_compiler.backends.ai100.workload import OpWork, program_workload
 from qeff_compiler.errors import InvalidArgumentError, PartitionError
-from qeff_compiler.ir.graph_utils import weight_only_nodes
+from qeff_compiler.ir.graph_utils import node_arg, weight_only_nodes
 from qeff_compiler.ir.ops import PART_AXES, traits
 from qeff_compiler.ir.program import BINDING, Program
 from qeff_compiler.numerics.mx import BLOCK_SIZE
@@ -146,6 +146,7 @@ class _Planner:
         out_split, gathered = self._out_proj_split(out_proj, device_heads, core_heads, head_dim)
         self._place(out_proj, out_split)
         busiest = max(_size(r) for r in device_heads)
+        kv_heads: tuple[int, ...]
         kv_heads, kv_per_head = (), 0
         if traits(node.target).stateful:
             kv_heads, kv_per_head = tuple(_size(r) for r in device_heads), _kv_bytes_per_head(node)
@@ -278,9 +279,9 @@ class _Planner:
                 continue
             held = per_core.setdefault(None if shared else core, [])
             held.extend(r for r in (project(part.layout, box, shape) for box in boxes) if r not in held)
-        for core, held in per_core.items():
+        for owner, held in per_core.items():
             self.shards.extend(
-                Shard(part.name, device, core, ranges, self._nbytes(part.name, ranges)) for ranges in held
+                Shard(part.name, device, owner, ranges, self._nbytes(part.name, ranges)) for ranges in held
             )
 
     def _replicate(self, name: str) -> None:
@@ -390,7 +391,7 @@ def _area_share(split: _Split, shape: tuple[int, int], by_device: bool) -> float
 
 def _rows(node: torch.fx.Node) -> int:
     """Rows (batch x sequence) of an op's activation input."""
-    return math.prod(node.args[0].meta["val"].shape[:-1])
+    return math.prod(node_arg(node, 0).meta["val"].shape[:-1])
 
 
 def _qkv_boxes(heads: Range, n_heads: int, head_dim: int, cols: int) -> list[Box]:
@@ -402,7 +403,7 @@ def _qkv_boxes(heads: Range, n_heads: int, head_dim: int, cols: int) -> list[Box
 def _kv_bytes_per_head(node: torch.fx.Node) -> int:
     """Keys and values of one head over the whole cache [batch, ctx, head_dim] as the device stores them: MXINT8
     one byte per element plus one E8M0 scale per 32 along head_dim, else the cache tensor's dtype."""
-    cache = node.args[5].meta["val"]
+    cache = node_arg(node, 5).meta["val"]
     batch, _, ctx, head_dim = cache.shape
     if node.kwargs.get("kv_cache_format") == "mxint8":
         per_token = head_dim + -(-head_dim // BLOCK_SIZE)

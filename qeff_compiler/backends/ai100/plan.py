@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from qeff_compiler.errors import InvalidArgumentError
 from qeff_compiler.numerics.mx import mx_storage_bits_per_element
@@ -139,7 +140,8 @@ class PartitionPlan:
         return tuple(shard for name in self.op(node).weights for shard in self.weight_shards(name))
 
     def weight_bytes(self, device: int, core: int | None = None) -> int:
-        """Stored weight bytes on SoC `device`; with `core`, only that core's own shards (not the SoC's shared copies)."""
+        """Stored weight bytes on SoC `device`; with `core`, only that core's own shards (not the SoC's shared
+        copies)."""
         return sum(
             shard.nbytes for shard in self.shards if shard.device == device and (core is None or shard.core == core)
         )
@@ -160,7 +162,8 @@ class PartitionPlan:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> PartitionPlan:
+    def from_dict(cls, data: Mapping[str, Any]) -> PartitionPlan:
+        """The plan of `to_dict`'s JSON (values typed Any: decoded JSON, its shape checked by `plan_schema`)."""
         return cls(
             num_devices=int(data["num_devices"]),
             num_cores=int(data["num_cores"]),
@@ -189,7 +192,7 @@ def _op_to_dict(op: OpPlan) -> dict[str, object]:
     }
 
 
-def _op_from_dict(data: Mapping[str, object]) -> OpPlan:
+def _op_from_dict(data: Mapping[str, Any]) -> OpPlan:
     return OpPlan(
         node=data["node"],
         kind=data["kind"],

@@ -30,12 +30,18 @@ def plot_simulation(simulation: SimulatedDevice, path: str | Path) -> None:
     figure, (cores, memory) = pyplot.subplots(1, 2, figsize=(12, 4.5))
     labels = [f"{device}.{core}" for device, core in utilisation]
     cores.bar(labels, [100 * value for value in utilisation.values()], color="tab:blue")
-    cores.set(title=f"core utilisation, decode step (simulated, {simulation.device})", xlabel="SoC.core", ylabel="% of step")
+    cores.set(
+        title=f"core utilisation, decode step (simulated, {simulation.device})", xlabel="SoC.core", ylabel="% of step"
+    )
     cores.tick_params(axis="x", labelrotation=90)
     socs = simulation.memory.socs
     names = [f"SoC {soc.device}" for soc in socs]
     bottom = [0.0] * len(socs)
-    for field, color in (("weight_bytes", "tab:blue"), ("kv_cache_bytes", "tab:orange"), ("activation_bytes", "tab:green")):
+    for field, color in (
+        ("weight_bytes", "tab:blue"),
+        ("kv_cache_bytes", "tab:orange"),
+        ("activation_bytes", "tab:green"),
+    ):
         values = [getattr(soc, field) / 1e9 for soc in socs]
         memory.bar(names, values, bottom=bottom, color=color, label=field.removesuffix("_bytes").replace("_", " "))
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]

@@ -21,8 +21,9 @@ their own kernels on the sliced codes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cached_property
+from typing import Any
 
 import torch
 import torch.fx
@@ -31,14 +32,16 @@ import torch.nn.functional as F
 from qeff_compiler.backends.ai100.layouts import LogicalWeight, logical_box, logical_weights, project, reads_table
 from qeff_compiler.backends.ai100.plan import Box, PartitionPlan, Shard
 from qeff_compiler.errors import ProgramInputError, VerificationError
-from qeff_compiler.ir.graph_utils import weight_only_nodes
+from qeff_compiler.ir.graph_utils import node_arg, weight_only_nodes
 from qeff_compiler.ir.ops import DEQUANTIZE_MXFP6, traits
 from qeff_compiler.ir.ops.attention import _attend, _cache_values, _merge_heads, _project_qkv, round_fp16, write_cache
 from qeff_compiler.ir.program import BINDING, Program
 
 aten = torch.ops.aten
 #: per (SoC, core): the logical boxes of one weight with the consumer's weight operands computed from the slices
-Pieces = dict[tuple[int, int], list[tuple[Box, dict[int, torch.Tensor]]]]
+Pieces = dict[tuple[int, int | None], list[tuple[Box, dict[int, torch.Tensor]]]]
+#: each computed node's value: whatever its op returns (a tensor, a tuple of tensors), as in torch.fx.Interpreter
+Env = dict[torch.fx.Node, Any]
 
 
 def run_sharded(program: Program, plan: PartitionPlan, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -59,7 +62,7 @@ class ShardedExecutor:
         expected = {spec.name for spec in self.program.inputs}
         if set(inputs) != expected:
             raise ProgramInputError(f"program inputs are {sorted(expected)}, got {sorted(inputs)}")
-        env: dict[torch.fx.Node, object] = {}
+        env: Env = {}
         with torch.no_grad():
             for node in self.program.graph.nodes:
                 if node.op == "placeholder" and node.meta[BINDING][0] == "input":
@@ -70,7 +73,7 @@ class ShardedExecutor:
                     results = torch.fx.node.map_arg(node.args[0], lambda n: self._value(n, env))
         return {spec.name: value for spec, value in zip(self.program.outputs, results, strict=True)}
 
-    def _run(self, node: torch.fx.Node, env: dict[torch.fx.Node, object]) -> object:
+    def _run(self, node: torch.fx.Node, env: Env) -> Any:
         op = traits(node.target)
         if op.linear:
             return self._matmul(node, env)
@@ -79,9 +82,9 @@ class ShardedExecutor:
         if reads_table(node.target):
             return self._embedding(node, env)
         args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda n: self._value(n, env))
-        return node.target(*args, **kwargs)
+        return _function(node)(*args, **kwargs)
 
-    def _value(self, node: torch.fx.Node, env: dict[torch.fx.Node, object]) -> object:
+    def _value(self, node: torch.fx.Node, env: Env) -> Any:
         """An activation, or a weight value read whole (norm weights, alibi slopes: one copy per SoC)."""
         return env[node] if node in env else self._whole_weight(node)
 
@@ -91,13 +94,13 @@ class ShardedExecutor:
                 self._whole[node] = self.program.weights.tensor(node.meta[BINDING][1])
             else:
                 args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), self._whole_weight)
-                self._whole[node] = node.target(*args, **kwargs)
+                self._whole[node] = _function(node)(*args, **kwargs)
         return self._whole[node]
 
     # split ops -------------------------------------------------------------------------------------------------
 
-    def _matmul(self, node: torch.fx.Node, env: dict[torch.fx.Node, object]) -> torch.Tensor:
-        x = env[node.args[0]]
+    def _matmul(self, node: torch.fx.Node, env: Env) -> torch.Tensor:
+        x = env[node_arg(node, 0)]
         (weight,) = logical_weights(node)
         out = torch.zeros(node.meta["val"].shape, dtype=node.meta["val"].dtype)
         for pieces in self.pieces(node, weight).values():
@@ -105,26 +108,26 @@ class ShardedExecutor:
                 args = [x[..., c0:c1], *node.args[1:]]
                 for index, value in operands.items():
                     args[index] = value
-                out[..., r0:r1] += node.target(*args, **node.kwargs)
+                out[..., r0:r1] += _function(node)(*args, **node.kwargs)
         return out
 
-    def _attention(self, node: torch.fx.Node, env: dict[torch.fx.Node, object]) -> object:
+    def _attention(self, node: torch.fx.Node, env: Env) -> Any:
         stateful = traits(node.target).stateful
-        hidden, slopes = env[node.args[0]], self._value(node.args[3], env)
-        options = node.kwargs
+        hidden, slopes = env[node_arg(node, 0)], self._value(node_arg(node, 3), env)
+        options: Mapping[str, Any] = node.kwargs  # the fused attention op's settings (ir.ops.attention)
         fp16 = options.get("fp16_activations", False)
         wqkv, out_proj = logical_weights(node)
         n_heads = options["n_heads"]
         head_dim = wqkv.shape[0] // 3 // n_heads
         context = torch.zeros(*hidden.shape[:-1], out_proj.shape[1], dtype=hidden.dtype)
-        caches = (env[node.args[5]].clone(), env[node.args[6]].clone()) if stateful else None
+        caches = (env[node_arg(node, 5)].clone(), env[node_arg(node, 6)].clone()) if stateful else None
         for pieces in self.pieces(node, wqkv).values():
             boxes = sorted(pieces, key=lambda piece: piece[0])
             h0, h1 = (bound // head_dim for bound in boxes[0][0][0])
             rows = torch.cat([operands[1] for _, operands in boxes])
             query, key, value = _project_qkv(hidden, rows, h1 - h0, options.get("clip_qkv"), fp16)
             heads = slice(h0, h1)
-            if stateful:
+            if caches is not None:  # stateful
                 key, value, positions, slots = self._write_cache(node, env, caches, heads, key, value)
             else:
                 positions = slots = torch.arange(hidden.shape[1]).expand(hidden.shape[:2])
@@ -135,12 +138,12 @@ class ShardedExecutor:
             for ((r0, r1), (c0, c1)), operands in pieces:
                 output[..., r0:r1] += F.linear(context[..., c0:c1], operands[2])
         output = round_fp16(output, fp16)
-        return (output, *caches) if stateful else output
+        return (output, *caches) if caches is not None else output  # caches: None unless stateful
 
     def _write_cache(
         self,
         node: torch.fx.Node,
-        env: dict[torch.fx.Node, object],
+        env: Env,
         caches: tuple[torch.Tensor, torch.Tensor],
         heads: slice,
         key: torch.Tensor,
@@ -148,7 +151,9 @@ class ShardedExecutor:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Write a core's new keys and values into its heads' slice of the caches; return the keys and values it
         attends over (read back in the activations' dtype) and the query and key positions."""
-        positions, fmt = env[node.args[4]], node.kwargs.get("kv_cache_format")
+        positions, fmt = env[node_arg(node, 4)], node.kwargs.get("kv_cache_format")
+        if fmt is not None and not isinstance(fmt, str):
+            raise TypeError(f"{node.name}: kv_cache_format is {fmt!r}, not a format name")
         read = []
         for cache, new in zip(caches, (key, value), strict=True):
             cache[:, heads] = write_cache(cache[:, heads], _cache_values(new, cache.dtype, fmt), positions)
@@ -156,8 +161,8 @@ class ShardedExecutor:
         batch, ctx_len = positions.shape[0], caches[0].shape[2]
         return read[0], read[1], positions, torch.arange(ctx_len).expand(batch, ctx_len)
 
-    def _embedding(self, node: torch.fx.Node, env: dict[torch.fx.Node, object]) -> torch.Tensor:
-        ids = env[node.args[1]]
+    def _embedding(self, node: torch.fx.Node, env: Env) -> torch.Tensor:
+        ids = env[node_arg(node, 1)]
         (table,) = logical_weights(node)
         out = torch.zeros(node.meta["val"].shape, dtype=node.meta["val"].dtype)
         holders = self.plan.replicas.get(table.main.name)
@@ -210,7 +215,7 @@ class ShardedExecutor:
         return self.program.weights.materialize(self.program.weight_placeholders().values())
 
 
-def _evaluate(operand: object, slices: dict[torch.fx.Node, torch.Tensor], cols: int) -> object:
+def _evaluate(operand: object, slices: dict[torch.fx.Node, torch.Tensor], cols: int) -> Any:
     """A weight operand recomputed from part slices; a packed-MXFP6 dequantize decodes `cols` columns."""
     if not isinstance(operand, torch.fx.Node):
         return operand
@@ -219,4 +224,12 @@ def _evaluate(operand: object, slices: dict[torch.fx.Node, torch.Tensor], cols: 
     args, kwargs = torch.fx.node.map_arg((operand.args, operand.kwargs), lambda n: _evaluate(n, slices, cols))
     if operand.target == DEQUANTIZE_MXFP6:
         args = (args[0], args[1], cols, *args[3:])
-    return operand.target(*args, **kwargs)
+    return _function(operand)(*args, **kwargs)
+
+
+def _function(node: torch.fx.Node) -> Callable[..., Any]:
+    """The function a call_function node calls (its target); a TypeError (an internal error) for a module or
+    method name."""
+    if not callable(node.target):
+        raise TypeError(f"{node.name}: target {node.target!r} is not a function")
+    return node.target

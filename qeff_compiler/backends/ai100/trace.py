@@ -43,9 +43,13 @@ def trace_events(calls: Sequence[tuple[str, StepTiming, PartitionPlan]]) -> list
     if plan is not None:
         for device in range(plan.num_devices):
             events.append({"ph": "M", "name": "process_name", "pid": device, "args": {"name": f"SoC {device}"}})
-            events.append({"ph": "M", "name": "thread_name", "pid": device, "tid": _LINK_TRACK, "args": {"name": "PCIe P2P"}})
+            events.append(
+                {"ph": "M", "name": "thread_name", "pid": device, "tid": _LINK_TRACK, "args": {"name": "PCIe P2P"}}
+            )
             for core in range(plan.num_cores):
-                events.append({"ph": "M", "name": "thread_name", "pid": device, "tid": core, "args": {"name": f"core {core}"}})
+                events.append(
+                    {"ph": "M", "name": "thread_name", "pid": device, "tid": core, "args": {"name": f"core {core}"}}
+                )
     clock_us = 0.0
     for label, step, call_plan in calls:
         busy = core_busy_fractions(step, call_plan)
@@ -54,7 +58,8 @@ def trace_events(calls: Sequence[tuple[str, StepTiming, PartitionPlan]]) -> list
             args = {"call": label, "bound": op.bound, "memory_us": op.memory_s * 1e6, "core_us": op.core_s * 1e6}
             for (device, core), series in busy.items():
                 if series[index] > 0:
-                    events.append(_span(op.node, clock_us, max(op.core_s, op.memory_s) * 1e6 * series[index], device, core, args))
+                    duration_us = max(op.core_s, op.memory_s) * 1e6 * series[index]
+                    events.append(_span(op.node, clock_us, duration_us, device, core, args))
             if op.transfer_s > 0:
                 for device in range(call_plan.num_devices):
                     start = clock_us + duration_us - op.transfer_s * 1e6

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 
-from qeff_compiler.ir.graph_utils import weight_only_nodes
+from qeff_compiler.ir.graph_utils import node_arg, weight_only_nodes
 from qeff_compiler.ir.layers import layer_of
 from qeff_compiler.ir.ops import is_alibi_slopes, traits
 from qeff_compiler.ir.program import BINDING, Program
@@ -88,7 +88,7 @@ def total(work: Iterable[OpWork], field: str) -> float:
 
 
 def _matmul(node: torch.fx.Node, program: Program, weight_only: set[torch.fx.Node]) -> OpWork:
-    x, out = node.args[0].meta["val"], node.meta["val"]
+    x, out = node_arg(node, 0).meta["val"], node.meta["val"]
     rows, in_features, out_features = math.prod(x.shape[:-1]), x.shape[-1], out.shape[-1]
     weights = _weight_parts(node.args[1:], weight_only)
     return OpWork(
@@ -109,13 +109,15 @@ def _matmul(node: torch.fx.Node, program: Program, weight_only: set[torch.fx.Nod
 
 
 def _attention(node: torch.fx.Node, program: Program, weight_only: set[torch.fx.Node]) -> OpWork:
-    hidden = node.args[0].meta["val"]
+    hidden = node_arg(node, 0).meta["val"]
     batch, seq, d_model = hidden.shape
     n_heads = node.kwargs.get("n_heads", node.args[7] if len(node.args) > 7 else None)
-    wqkv, out_proj = node.args[1], node.args[2]
+    if not isinstance(n_heads, int):
+        raise TypeError(f"{node.name}: n_heads is {n_heads!r}, not an integer")
+    wqkv, out_proj = node_arg(node, 1), node_arg(node, 2)
     inner = wqkv.meta["val"].shape[0] // 3  # n_heads · head_dim: below d_model once `prune` removed heads
     stateful = traits(node.target).stateful
-    keys = node.args[5].meta["val"].shape[2] if stateful else seq  # attends over every cache slot
+    keys = node_arg(node, 5).meta["val"].shape[2] if stateful else seq  # attends over every cache slot
     rows = batch * seq
     projection_flops = 2.0 * rows * d_model * (3 * inner) + 2.0 * rows * inner * d_model
     attention_flops = 2 * (2.0 * rows * keys * inner)  # Q·Kᵀ and P·V over all heads
@@ -134,7 +136,8 @@ def _attention(node: torch.fx.Node, program: Program, weight_only: set[torch.fx.
         weight_bytes=_bytes(weights, program),
         weights=weights,
         decompress_elements=_mxfp6_elements((wqkv, out_proj), weight_only),
-        vector_elements=rows * n_heads * keys * 3 + rows * (3 * inner + d_model),  # bias, mask, softmax; qkv/out conversions
+        # bias, mask, softmax; qkv/out conversions
+        vector_elements=rows * n_heads * keys * 3 + rows * (3 * inner + d_model),
         kv_read_bytes=kv_read,
         kv_write_bytes=kv_write,
         activation_bytes=2 * _nbytes(hidden),
@@ -202,4 +205,4 @@ def _cache_element_bytes(node: torch.fx.Node) -> float:
     """Bytes a device stores per cache element: MXINT8 8.25 bits, else the cache tensor's dtype."""
     if node.kwargs.get("kv_cache_format") == "mxint8":
         return mx_storage_bits_per_element("int8") / 8
-    return node.args[5].meta["val"].element_size()
+    return node_arg(node, 5).meta["val"].element_size()
