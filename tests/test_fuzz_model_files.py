@@ -215,7 +215,7 @@ def tokenizer_mutations(draw: st.DrawFn, tokenizer: dict[str, Any], paths: list[
 
 
 def test_tokenizer_json_mutations_give_qeff_errors_only(model_dir: Path, tmp_path: Path) -> None:
-    from qeff_compiler.cli.main import _tokenizer
+    from qeff_compiler.cli.generate import _tokenizer
 
     directory = tmp_path / "tokenizer"
     shutil.copytree(model_dir, directory)
