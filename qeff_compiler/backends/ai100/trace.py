@@ -58,8 +58,8 @@ def trace_events(calls: Sequence[tuple[str, StepTiming, PartitionPlan]]) -> list
             args = {"call": label, "bound": op.bound, "memory_us": op.memory_s * 1e6, "core_us": op.core_s * 1e6}
             for (device, core), series in busy.items():
                 if series[index] > 0:
-                    duration_us = max(op.core_s, op.memory_s) * 1e6 * series[index]
-                    events.append(_span(op.node, clock_us, duration_us, device, core, args))
+                    busy_us = max(op.core_s, op.memory_s) * 1e6 * series[index]
+                    events.append(_span(op.node, clock_us, busy_us, device, core, args))
             if op.transfer_s > 0:
                 for device in range(call_plan.num_devices):
                     start = clock_us + duration_us - op.transfer_s * 1e6
