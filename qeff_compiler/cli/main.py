@@ -23,13 +23,15 @@ from typer._click.exceptions import (  # typer vendors click; these are its erro
 )
 
 # each command module registers its commands on `app` when imported
-from qeff_compiler.cli import accuracy, build, device, generate, graph  # noqa: F401
+from qeff_compiler.cli import accuracy, build, device, generate, graph, serve  # noqa: F401
 from qeff_compiler.cli.app import app
 from qeff_compiler.cli.terminal import discard_unwritable_stdout, guarded_stdout
 from qeff_compiler.errors import QeffError
 
-#: the order `qeffc --help` lists the commands in: a model's way from capture to run, then accuracy
-COMMAND_ORDER = ("capture", "passes", "opt", "compile", "estimate", "inspect", "calibrate", "run", "eval", "tune")
+#: the order `qeffc --help` lists the commands in: a model's way from capture to run and serve, then accuracy
+COMMAND_ORDER = (
+    "capture", "passes", "opt", "compile", "estimate", "inspect", "calibrate", "run", "serve", "eval", "tune"
+)
 app.registered_commands.sort(key=lambda command: COMMAND_ORDER.index(command.name or ""))
 
 __all__ = ["INTERRUPTED", "TERMINATED", "Terminated", "UsageError", "app", "main", "run"]
