@@ -221,6 +221,16 @@ class CompiledModel:
     def shapes(self) -> StaticShapes:
         return StaticShapes.of(self.prefill)
 
+    @property
+    def clock(self) -> SimulatedDevice:
+        """The simulated device timing every program call (the scheduler's `SlotClock`)."""
+        return self.simulation
+
+    @property
+    def context_buckets(self) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+        """The compute-context-length buckets of prefill and decode calls (None: the whole ctx_len)."""
+        return self.options.comp_ctx_lengths_prefill, self.options.comp_ctx_lengths_decode
+
     def generate(
         self,
         input_ids: torch.Tensor | Sequence[Sequence[int]],
