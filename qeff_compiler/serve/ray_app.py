@@ -39,7 +39,7 @@ def run_ray(settings: ServerSettings, host: str, port: int, replicas: int, addre
     load_tokenizer(settings.artifact)  # refuse a bad artifact here, not in every replica
     model = load_compiled(settings.artifact)
     cards = model.options.num_devices
-    slots = model.shapes.batch_size
+    slots = model.options.full_batch_size or model.options.batch_size
     del model
     if address is None:
         ray.init(
