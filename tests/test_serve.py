@@ -79,7 +79,11 @@ def test_completions_equal_offline_generate(served: ServedModel, server: ServerP
         assert "simulated" in extension["simulated_device"] or extension["simulated_device"].startswith("ai100")
 
         stream = client.completions.create(
-            model=model.id, prompt=text, max_tokens=max_tokens, temperature=0, stream=True,
+            model=model.id,
+            prompt=text,
+            max_tokens=max_tokens,
+            temperature=0,
+            stream=True,
             stream_options={"include_usage": True},
         )
         chunks = list(stream)
@@ -101,8 +105,9 @@ def test_stop_string_ends_the_text_before_it(served: ServedModel, server: Server
     text = served.tokenizer.decode(offline(served, prompt, 40), skip_special_tokens=True)
     stop = text[len(text) // 2 : len(text) // 2 + 3]
     assert stop.strip(), "the reference text should have a visible stop string in its middle"
-    answer = server.client().completions.create(model="artifact", prompt=prompt, max_tokens=40, temperature=0,
-                                                stop=[stop])
+    answer = server.client().completions.create(
+        model="artifact", prompt=prompt, max_tokens=40, temperature=0, stop=[stop]
+    )
     assert answer.choices[0].finish_reason == "stop"
     assert answer.choices[0].text == text[: text.index(stop)]
 
@@ -273,3 +278,27 @@ def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0(
         thread.join(120)
     assert chat_server.process.wait(60) == 0
     assert [results[index] for index in range(len(prompts))] == expected
+
+
+def test_ray_serve_two_replicas_give_the_same_outputs(served: ServedModel, tmp_path: Path) -> None:
+    """`qeffc serve --ray --replicas 2`: a local Ray instance on loopback (2 replicas, one simulated card each),
+    stopped with SIGTERM (which shuts Serve and Ray down)."""
+    pytest.importorskip("ray.serve", reason="the ray extra is not installed (pip install -e '.[ray]')")
+    server = ServerProcess(served.artifact, tmp_path / "ray.log", "--ray", "--replicas", "2")
+    try:
+        deadline = time.monotonic() + 180
+        while "Ray Serve replica(s)" not in server.log.read_text():  # printed once every replica is running
+            assert time.monotonic() < deadline and server.process.poll() is None, server.log.read_text()
+            time.sleep(0.5)
+        pids = {json.loads(server.get("/health")[1])["pid"] for _ in range(16)}
+        assert len(pids) == 2, f"Ray routed 16 health checks to {len(pids)} replica(s)"
+        client = server.client()
+        for text in ("def fibonacci(n):", "import os"):
+            expected = offline(served, encode(served, text), 16)
+            answer = client.completions.create(model="artifact", prompt=text, max_tokens=16, temperature=0)
+            assert answer.model_extra["qeff"]["choices"][0]["token_ids"] == expected
+            chunks = client.completions.create(model="artifact", prompt=text, max_tokens=16, temperature=0, stream=True)
+            assert [t for chunk in chunks for t in chunk.model_extra["qeff"]["token_ids"]] == expected
+        assert server.terminate(120) == 0
+    finally:
+        server.kill()

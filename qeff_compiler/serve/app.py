@@ -152,11 +152,17 @@ def _model_card(state: ServerState) -> dict[str, Any]:
 
 
 def _completion_prompts(state: ServerState, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
+    """One token list per prompt: a text, a list of texts, a token-id list, or a list of those (as OpenAI's)."""
     if isinstance(prompt, str):
         return [_encode(state, prompt)]
-    if all(isinstance(item, int) for item in prompt):
-        return [list(prompt)]  # type: ignore[arg-type]
-    return [_encode(state, item) if isinstance(item, str) else list(item) for item in prompt]  # type: ignore[union-attr]
+    ids: list[int] = []
+    prompts: list[list[int]] = []
+    for item in prompt:  # the schema admits only lists of one kind
+        if isinstance(item, int):
+            ids.append(item)
+        else:
+            prompts.append(_encode(state, item) if isinstance(item, str) else list(item))
+    return [ids] if ids else prompts
 
 
 def _encode(state: ServerState, text: str) -> list[int]:

@@ -73,13 +73,12 @@ def deployment(settings: ServerSettings, replicas: int, cards: int, slots: int) 
 
     ingress = serve.ingress(build_app)()
     return serve.deployment(
-        ingress,
         name="qeff-model",
         num_replicas=replicas,
         ray_actor_options={"num_cpus": 1, "resources": {CARD_RESOURCE: cards}},
         # the app answers 429 itself past --max-queue; Ray must not queue in front of it
         max_ongoing_requests=settings.max_queue + slots,
-    ).bind()
+    )(ingress).bind()
 
 
 def _wait_for_signal() -> None:
