@@ -106,8 +106,23 @@ def _pruning(axes, section: dict) -> None:  # noqa: ANN001
     axes.set(title="perplexity increase vs fp32 HF per pruning level (shipped model)", ylabel="%")
 
 
+def _serving(axes, section: dict) -> None:  # noqa: ANN001
+    points = section["points"]
+    concurrency = [p["concurrency"] for p in points]
+    axes.plot(concurrency, [p["tokens_per_s"] for p in points], "o-", label="host engine, tok/s (this machine)")
+    axes.plot(concurrency, [p["simulated_tokens_per_s"] for p in points], "s--", label="simulated AI 100, tok/s")
+    axes.set(xscale="log", yscale="log", xlabel="concurrent streaming clients", ylabel="completion tokens / s",
+             title=f"qeffc serve throughput vs concurrency ({section['slots']} slots, same run)")
+    axes.set_xticks(concurrency, [str(c) for c in concurrency])
+    latency = axes.twinx()
+    latency.plot(concurrency, [p["ttft_p50_ms"] for p in points], "^:", color="grey", label="host TTFT p50 (ms)")
+    latency.set(yscale="log", ylabel="host TTFT p50, ms")
+    handles = axes.get_legend_handles_labels()[0] + latency.get_legend_handles_labels()[0]
+    axes.legend(handles, [h.get_label() for h in handles], fontsize=8)
+
+
 #: section → how its PNG is drawn (sections without a figure worth plotting, like tune, have none)
 PLOTS = {
     "host_precision": _host_precision, "decode_cost": _decode_cost, "peers": _peers, "compile_layers": _compile_layers,
-    "simulated_vs_published": _simulated, "accuracy": _accuracy, "pruning": _pruning,
+    "simulated_vs_published": _simulated, "accuracy": _accuracy, "pruning": _pruning, "serving": _serving,
 }

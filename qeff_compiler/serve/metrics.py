@@ -57,5 +57,9 @@ class ServerMetrics:
             "qeff_engine_busy_seconds", "time spent in scheduler steps", ["clock"], registry=r
         )
 
+        for clocked in (self.ttft, self.token_latency, self.request_latency, self.engine_seconds):
+            for clock in (HOST, DEVICE):
+                clocked.labels(clock)  # both clocks exported from the start, at zero
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
