@@ -132,7 +132,8 @@ def _prompts(artifact: Path, count: int) -> list[list[int]]:
     """`count` prompts of PROMPT_TOKENS tokens, consecutive windows of the shipped validation text."""
     from transformers import AutoTokenizer
 
-    ids = AutoTokenizer.from_pretrained(artifact, model_max_length=2**31).encode(TINY_MPT_VALIDATION_TEXT.read_text()[:40_000])
+    tokenizer = AutoTokenizer.from_pretrained(artifact, model_max_length=2**31)
+    ids = tokenizer.encode(TINY_MPT_VALIDATION_TEXT.read_text()[:40_000])
     return [ids[i * PROMPT_TOKENS : (i + 1) * PROMPT_TOKENS] for i in range(count)]
 
 
