@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -445,6 +446,33 @@ cli_row("cli-usage", lambda env: ["compile", "-o", str(env.fresh("out")), "--ctx
 cli_row("cli-prompt-and-token-ids", lambda env: ["run", str(env.artifact)])
 cli_row("cli-token-ids", lambda env: ["run", str(env.artifact), "--token-ids", "1,2,x"])
 cli_row("cli-no-tokenizer", lambda env: ["run", str(without(env.artifact_copy("no-tokenizer"), "tokenizer.json")), "--prompt", "def f("])
+cli_row("cli-serve-no-tokenizer", lambda env: ["serve", str(without(env.artifact_copy("no-tokenizer-serve"), "tokenizer.json"))])
+cli_row("cli-serve-port-taken", lambda env: ["serve", str(env.artifact), "--port", str(_listening_port())])
+cli_row("cli-serve-max-queue", lambda env: ["serve", str(env.artifact), "--max-queue", "0"])
+cli_row("cli-serve-drain-timeout", lambda env: ["serve", str(env.artifact), "--drain-timeout", "-1"])
+cli_row("cli-serve-ray-options", lambda env: ["serve", str(env.artifact), "--replicas", "2"])
+cli_row("cli-serve-replicas", lambda env: ["serve", str(env.artifact), "--ray", "--replicas", "0"])
+
+
+def _without_ray(env: Env) -> list[str]:
+    env.monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as when it is absent
+    return ["serve", str(env.artifact), "--ray"]
+
+
+cli_row("cli-serve-ray-missing", _without_ray)
+_LISTENING: list[socket.socket] = []
+
+
+def _listening_port() -> int:
+    """A loopback port a socket of this process listens on (opened once, kept open)."""
+    if not _LISTENING:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        _LISTENING.append(sock)
+    return int(_LISTENING[0].getsockname()[1])
+
+
 cli_row("cli-preset-needs-directory", lambda env: ["calibrate", "mpt-7b", "-o", str(env.fresh("calib.safetensors"))])
 cli_row("cli-estimate-w8a8", lambda env: ["estimate", "mpt-125m", "--precision", "w8a8"])
 cli_row("output-exists", lambda env: ["compile", str(env.model_dir), "-o", str(env.artifact)])
@@ -886,6 +914,13 @@ OFFENDING: dict[str, str] = {
     "cli-prompt-and-token-ids": "--prompt",
     "cli-token-ids": "'1,2,x'",
     "cli-no-tokenizer": "/tmp/x/no-tokenizer",
+    "cli-serve-no-tokenizer": "/tmp/x/no-tokenizer-serve",
+    "cli-serve-port-taken": "127.0.0.1:",
+    "cli-serve-max-queue": "got 0",
+    "cli-serve-drain-timeout": "got -1.0",
+    "cli-serve-ray-options": "--replicas",
+    "cli-serve-replicas": "got 0",
+    "cli-serve-ray-missing": "--ray",
     "cli-preset-needs-directory": "'mpt-7b'",
     "cli-estimate-w8a8": "w8a8",
     "output-exists": "/tmp/x/artifact",

@@ -30,7 +30,7 @@ from qeff_compiler.serve.generation import Generation, Piece
 from qeff_compiler.serve.metrics import ServerMetrics
 from qeff_compiler.serve.openai_errors import ApiError, bad_request, queue_full, shutting_down
 from qeff_compiler.serve.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
-from qeff_compiler.serve.tokenizer import load_tokenizer
+from qeff_compiler.serve.tokenizer import load_tokenizer, require_tokenizer
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,11 @@ class ServerSettings:
     model_name: str | None = None
 
     def check(self) -> None:
+        """Refuse what is wrong with the settings before the model loads or a port is bound."""
         check_engine(self.engine)
         if not isinstance(self.max_queue, int) or self.max_queue < 1:
             raise InvalidArgumentError(f"--max-queue must be a positive integer, got {self.max_queue!r}")
+        require_tokenizer(self.artifact)
 
     @property
     def name(self) -> str:
@@ -71,8 +73,8 @@ class ServerState:
         """Load the artifact (checked against its manifest) and its tokenizer; the engine thread starts with the
         app."""
         settings.check()
-        tokenizer = load_tokenizer(settings.artifact)
         model = load_compiled(settings.artifact)
+        tokenizer = load_tokenizer(settings.artifact)
         metrics = ServerMetrics()
         engine = EngineLoop(ContinuousBatchScheduler(model, engine=settings.engine), metrics)
         return cls(settings, model, tokenizer, engine, metrics)

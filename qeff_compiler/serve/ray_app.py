@@ -36,8 +36,8 @@ def run_ray(settings: ServerSettings, host: str, port: int, replicas: int, addre
         raise InvalidArgumentError(
             "--ray needs Ray Serve, which is not installed: pip install 'qeff-compiler[ray]'"
         ) from None
-    load_tokenizer(settings.artifact)  # refuse a bad artifact here, not in every replica
-    model = load_compiled(settings.artifact)
+    model = load_compiled(settings.artifact)  # refuse a bad artifact here, not in every replica
+    load_tokenizer(settings.artifact)
     cards = model.options.num_devices
     slots = model.options.full_batch_size or model.options.batch_size
     del model
