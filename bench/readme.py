@@ -246,11 +246,38 @@ def stream_7b(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def serving(results: dict) -> str:
+    """`qeffc serve` under 1-64 concurrent streaming clients: host figures, then the same run's simulated ones."""
+    section = results["sections"]["serving"]
+    points = section["points"]
+    lines = [
+        "| clients | requests | host tok/s | host TTFT p50 / p99 | host TPOT p50 / p99 | simulated tok/s "
+        "| simulated TTFT p50 / p99 | simulated TPOT p50 / p99 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in points:
+        lines.append(
+            f"| {p['concurrency']} | {p['requests']} | {_rate(p['tokens_per_s'])} "
+            f"| {p['ttft_p50_ms']:.0f} / {p['ttft_p99_ms']:.0f} ms | {p['tpot_p50_ms']:.1f} / {p['tpot_p99_ms']:.1f} ms "
+            f"| {_rate(p['simulated_tokens_per_s'])} | {p['simulated_ttft_p50_ms']:.2f} / {p['simulated_ttft_p99_ms']:.2f} ms "
+            f"| {p['simulated_tpot_p50_ms']:.3f} / {p['simulated_tpot_p99_ms']:.3f} ms |"
+        )
+    loads = [p["load_average"] for p in points]
+    lines.append("")
+    lines.append(
+        f"{section['model']}, {section['slots']} slots, prompts of {section['prompt_tokens']} tokens, up to "
+        f"{section['max_tokens']} new tokens each, closed-loop clients on loopback; 1-minute load average "
+        f"{min(loads):.1f}–{max(loads):.1f} during the run (other work shared the machine). Host figures are what the "
+        "clients measured; simulated ones are the scheduler's device clock for the same steps."
+    )
+    return "\n".join(lines) + "\n"
+
+
 BLOCKS: dict[str, Callable[[dict], str]] = {
     "machine": machine, "peers": peers, "compile_layers": compile_layers,
     "compile_passes": compile_passes, "simulated": simulated,
     "decode_cost": decode_cost, "host_precision": host_precision, "accuracy": accuracy, "pruning": pruning,
-    "tune": tune, "stream_7b": stream_7b,
+    "tune": tune, "stream_7b": stream_7b, "serving": serving,
 }
 
 

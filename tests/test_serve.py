@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import signal
 import threading
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.serving import CTX_LEN, SLOTS, ServedModel, ServerProcess, build_served_model, error_body, metric
+from tests.serving import CTX_LEN, REPO, SLOTS, ServedModel, ServerProcess, build_served_model, error_body, metric
 
 pytestmark = pytest.mark.e2e
 
@@ -129,6 +130,7 @@ def test_chat_is_refused_without_a_chat_template(server: ServerProcess) -> None:
         ({"prompt": [1, 2, 99999]}, 400, "prompt"),
         ({"prompt": "x", "n": 2}, 400, "n"),
         ({"prompt": "x", "max_token": 3}, 400, "max_token"),
+        ({"prompt": "x", "logprobs": 2}, 400, "logprobs"),  # an OpenAI field this server does not implement
         ({"prompt": "x", "model": "gpt-4"}, 404, "model"),
         ({"prompt": [[1, 2]] * 300}, 429, None),  # more prompts than --max-queue (256) admits
     ],
@@ -146,6 +148,16 @@ def test_malformed_json_and_unknown_routes(server: ServerProcess) -> None:
     assert status == 404 and error_body(raw)["type"] == "not_found_error"
     with pytest.raises(openai.NotFoundError):
         server.client().completions.create(model="no-such-model", prompt="x")
+
+
+def test_every_documented_metric_is_exported(server: ServerProcess) -> None:
+    documented = re.findall(r"^\| `(qeff_\w+)` \|", (REPO / "docs" / "serving.md").read_text(), flags=re.M)
+    exported = "\n" + server.get("/metrics")[1].decode()
+    assert len(documented) >= 10
+    for name in documented:
+        assert f"\n# HELP {name} " in exported, f"{name} is documented but not exported"
+    clocks = {dict(labels).get("clock") for name, labels in server.metrics() if name.startswith("qeff_time_to_first")}
+    assert clocks >= {"host", "simulated_device"}
 
 
 def ragged_workload(served: ServedModel, count: int, seed: int) -> list[tuple[list[int], int, list[int]]]:
@@ -278,6 +290,16 @@ def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0(
         thread.join(120)
     assert chat_server.process.wait(60) == 0
     assert [results[index] for index in range(len(prompts))] == expected
+
+
+def test_ray_replicas_claim_one_card_resource_per_simulated_soc(served: ServedModel) -> None:
+    pytest.importorskip("ray.serve", reason="the ray extra is not installed (pip install -e '.[ray]')")
+    from qeff_compiler.serve.app import ServerSettings
+    from qeff_compiler.serve.ray_app import CARD_RESOURCE, deployment
+
+    built = deployment(ServerSettings(served.artifact), replicas=3, cards=2, slots=SLOTS)
+    assert built.num_replicas == 3
+    assert built.ray_actor_options["resources"] == {CARD_RESOURCE: 2}
 
 
 def test_ray_serve_two_replicas_give_the_same_outputs(served: ServedModel, tmp_path: Path) -> None:

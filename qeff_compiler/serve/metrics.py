@@ -60,6 +60,8 @@ class ServerMetrics:
         for clocked in (self.ttft, self.token_latency, self.request_latency, self.engine_seconds):
             for clock in (HOST, DEVICE):
                 clocked.labels(clock)  # both clocks exported from the start, at zero
+        for status in ("429", "503"):
+            self.rejected.labels(status)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -54,7 +54,7 @@ def run_ray(settings: ServerSettings, host: str, port: int, replicas: int, addre
         ray.init(address=address, log_to_driver=False)
     try:
         serve.start(http_options={"host": host, "port": port})
-        serve.run(deployment(settings, replicas, cards, slots), name=APP_NAME, route_prefix="/")
+        serve.run(deployment(settings, replicas, cards, slots).bind(), name=APP_NAME, route_prefix="/")
         print(f"serving {settings.name} on http://{host}:{port}/v1 with {replicas} Ray Serve replica(s)", flush=True)
         _wait_for_signal()
         serve.shutdown()
@@ -63,7 +63,7 @@ def run_ray(settings: ServerSettings, host: str, port: int, replicas: int, addre
 
 
 def deployment(settings: ServerSettings, replicas: int, cards: int, slots: int) -> Any:
-    """The bound Ray Serve application: the app of `serve.app`, built inside each replica."""
+    """The Ray Serve deployment: the app of `serve.app`, built inside each replica, each claiming `cards` cards."""
     from ray import serve
 
     def build_app() -> Any:
@@ -78,7 +78,7 @@ def deployment(settings: ServerSettings, replicas: int, cards: int, slots: int) 
         ray_actor_options={"num_cpus": 1, "resources": {CARD_RESOURCE: cards}},
         # the app answers 429 itself past --max-queue; Ray must not queue in front of it
         max_ongoing_requests=settings.max_queue + slots,
-    )(ingress).bind()
+    )(ingress)
 
 
 def _wait_for_signal() -> None:
