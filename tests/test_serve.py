@@ -12,6 +12,8 @@ import json
 import random
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -60,6 +62,12 @@ def offline(served: ServedModel, prompt: list[int], max_tokens: int) -> list[int
 
 def encode(served: ServedModel, text: str) -> list[int]:
     return list(served.tokenizer.encode(text, add_special_tokens=False))
+
+
+def test_the_cli_imports_no_server_library_until_serve_runs() -> None:
+    code = "import sys, qeff_compiler.cli.main; print(sorted({'fastapi', 'uvicorn', 'ray'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert loaded.stdout.strip() == "[]"
 
 
 def test_completions_equal_offline_generate(served: ServedModel, server: ServerProcess) -> None:

@@ -78,6 +78,11 @@ def serve(settings: ServerSettings, host: str, port: int, drain_timeout_s: float
             timeout_graceful_shutdown=5,
             access_log=False,
         )
+        print(
+            f"serving {settings.name!r} on http://{host}:{port}/v1 ({state.engine.scheduler.num_slots} slots, "
+            f"{settings.engine} engine); SIGTERM or Ctrl-C drains and stops",
+            flush=True,
+        )
         DrainingServer(config, state, drain_timeout_s).run(sockets=[sock])
     finally:
         sock.close()
