@@ -23,7 +23,7 @@ import torch.fx
 from qeff_compiler.errors import ProgramInputError
 from qeff_compiler.ir.graph_utils import erase_dead_code, weight_only_nodes
 from qeff_compiler.ir.ops import LINEAR_W8A16
-from qeff_compiler.ir.program import BINDING, Program
+from qeff_compiler.ir.program import BINDING, Program, TensorSpec
 from qeff_compiler.ir.streaming import StreamingInterpreter
 from qeff_compiler.numerics.int8 import PreparedW8A16, prepare_w8a16
 
@@ -67,8 +67,20 @@ def check_inputs(program: Program, inputs: Mapping[str, torch.Tensor]) -> None:
         value = inputs[name]
         if not isinstance(value, torch.Tensor):
             raise ProgramInputError(f"input {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        if spec.role == "comp_ctx_lengths":
+            _check_bucket(spec, value)
+            continue
         if tuple(value.shape) != spec.shape or value.dtype != spec.dtype:
             raise ProgramInputError(f"input {name!r} must be {spec.describe()}, got {value.dtype} {list(value.shape)}")
+
+
+def _check_bucket(spec: TensorSpec, value: torch.Tensor) -> None:
+    """`comp_ctx_lengths` is a context bucket: only its length counts, 1 up to the cache length."""
+    if value.dim() != 1 or value.dtype != spec.dtype or not 1 <= value.shape[0] <= spec.shape[0]:
+        raise ProgramInputError(
+            f"input {spec.name!r} must be int64[N] with 1 <= N <= {spec.shape[0]} (N is the context bucket), "
+            f"got {value.dtype} {list(value.shape)}"
+        )
 
 
 def run_program(program: Program, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

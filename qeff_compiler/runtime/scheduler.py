@@ -118,6 +118,21 @@ class ServableModel(Protocol):
     def executors(self, engine: str = "host") -> tuple[Executor, Executor]: ...
 
 
+@dataclass(frozen=True)
+class CallRecord:
+    """One program call the scheduler made, on the simulated clock: what a per-slot trace draws."""
+
+    #: "prefill" (one chunk of one request into its slot) or "decode" (one step of every live slot)
+    kind: str
+    #: slots the call served (prefill: one; decode: every live slot)
+    slots: tuple[int, ...]
+    request_ids: tuple[str, ...]
+    #: the context bucket the call ran at
+    bucket: int
+    start_s: float
+    seconds: float
+
+
 @dataclass
 class _Live:
     """A request in a slot, or waiting for one."""
@@ -159,6 +174,8 @@ class ContinuousBatchScheduler:
         self._last_host_s = 0.0  # host seconds from the start to the last finish
         self._decode_live: list[int] = []
         self._decode_buckets: list[int] = []
+        #: every program call made, in order (`slot_trace` draws them)
+        self.calls: list[CallRecord] = []
         self._started = time.perf_counter()
         #: the simulated device clock (seconds since the scheduler started)
         self.device_time_s = 0.0
@@ -303,8 +320,14 @@ class ContinuousBatchScheduler:
         """Write a request's prompt into `slot`; its first token comes from the last chunk's logits."""
         start = time.perf_counter()
         results = self._slots.prefill(slot, item.request.prompt_ids)
-        device_s = sum(self._clock.prefill_call_s(r.bucket) for r in results)
-        self.device_time_s += device_s
+        device_s = 0.0
+        for result in results:
+            seconds = self._clock.prefill_call_s(result.bucket)
+            self.calls.append(
+                CallRecord("prefill", (slot,), (item.request.request_id,), result.bucket, self.device_time_s, seconds)
+            )
+            self.device_time_s += seconds
+            device_s += seconds
         item.slot = slot
         self._live[slot] = item
         token = int(item.sampler(results[-1].logits)[0])
@@ -316,6 +339,9 @@ class ContinuousBatchScheduler:
         start = time.perf_counter()
         result = self._slots.decode({slot: (i.tokens[-1], i.next_position) for slot, i in self._live.items()})
         device_s = self._clock.decode_call_s(result.bucket)
+        live = tuple(self._live)
+        ids = tuple(self._live[slot].request.request_id for slot in live)
+        self.calls.append(CallRecord("decode", live, ids, result.bucket, self.device_time_s, device_s))
         self.device_time_s += device_s
         self._decode_live.append(len(self._live))
         self._decode_buckets.append(result.bucket)
