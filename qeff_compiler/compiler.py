@@ -31,6 +31,7 @@ from qeff_compiler.passes.pipeline import build_passes, pipeline_text
 from qeff_compiler.pipelines import compile_pipeline
 from qeff_compiler.precision import kv_cache_bits
 from qeff_compiler.progress import Progress, make_progress
+from qeff_compiler.runtime.batch_generate import generate_in_slots
 from qeff_compiler.runtime.generate import (
     Executor,
     GenerationOutput,
@@ -40,7 +41,6 @@ from qeff_compiler.runtime.generate import (
     generate,
     normalize_prompts,
 )
-from qeff_compiler.runtime.batch_generate import generate_in_slots
 from qeff_compiler.runtime.sampling import SamplingConfig
 from qeff_compiler.runtime.scheduler import ContinuousBatchScheduler
 from qeff_compiler.runtime.stats import LatencyStats

@@ -85,8 +85,9 @@ def compile_pipeline(
     overflow check: a streamed decode specialization reads the same weights the prefill one already checked."""
     pruning = prune_passes(options.prune_ffn, options.prune_heads, options.prune_score, calibration)
     lowering = lowering_passes(options.precision, calibration, check_overflow=check_overflow)
-    cache = [kv_cache_pass(options.ctx_len, options.kv_cache_dtype), *serving_passes(options)]
-    return [configure("strip-export-noise"), configure("patch-attention"), *pruning, *lowering, *cache, configure("dce")]
+    cache = kv_cache_pass(options.ctx_len, options.kv_cache_dtype)
+    front = [configure("strip-export-noise"), configure("patch-attention")]
+    return [*front, *pruning, *lowering, cache, *serving_passes(options), configure("dce")]
 
 
 def serving_passes(options: CompileOptions) -> list[Pass]:
