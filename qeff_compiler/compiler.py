@@ -109,8 +109,12 @@ def compile(  # noqa: A001 (the public API's name)
         prefill_len=prefill_len,
         batch_size=batch_size,
         full_batch_size=full_batch_size,
-        comp_ctx_lengths_prefill=_buckets(comp_ctx_lengths_prefill, comp_ctx_lengths_decode, ctx_len),
-        comp_ctx_lengths_decode=_buckets(comp_ctx_lengths_decode, comp_ctx_lengths_prefill, ctx_len),
+        comp_ctx_lengths_prefill=_buckets(
+            "comp_ctx_lengths_prefill", comp_ctx_lengths_prefill, comp_ctx_lengths_decode, ctx_len
+        ),
+        comp_ctx_lengths_decode=_buckets(
+            "comp_ctx_lengths_decode", comp_ctx_lengths_decode, comp_ctx_lengths_prefill, ctx_len
+        ),
         kv_cache_dtype=kv_cache_dtype,
         device=device,
         num_cores=num_cores,
@@ -171,11 +175,16 @@ def compile(  # noqa: A001 (the public API's name)
     return compiled
 
 
-def _buckets(buckets: Sequence[int] | None, other: Sequence[int] | None, ctx_len: int) -> tuple[int, ...] | None:
-    """A bucket list as a tuple; when only the other phase has buckets, this phase reads the whole cache."""
+def _buckets(
+    name: str, buckets: Sequence[int] | None, other: Sequence[int] | None, ctx_len: int
+) -> tuple[int, ...] | None:
+    """A bucket list as a tuple (`CompileOptions.check` checks its values); when only the other phase has
+    buckets, this phase reads the whole cache."""
     if buckets is None:
         return None if other is None else (ctx_len,)
-    return tuple(buckets) if isinstance(buckets, (list, tuple)) else buckets  # CompileOptions.check refuses others
+    if not isinstance(buckets, (list, tuple)):
+        raise InvalidArgumentError(f"{name} must be a list of context lengths, got {buckets!r}")
+    return tuple(buckets)
 
 
 def _pipeline(options: CompileOptions, passes: str | Sequence[Pass] | None, table: Path | None) -> list[Pass]:
