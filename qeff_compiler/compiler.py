@@ -299,7 +299,7 @@ class CompiledModel:
             if trace is not None:
                 write_slot_trace(trace, scheduler.calls, scheduler.num_slots, self.simulation.device)
             return output
-        prefill, decode = self.executors(engine)
+        prefill, decode = self.generation_executors(engine)
         cache_specs = {s.name: (s.shape, s.dtype) for s in self.prefill.inputs if s.role in ("past_key", "past_value")}
         output = generate(
             prefill,
@@ -356,6 +356,18 @@ class CompiledModel:
     def host_executors(self) -> tuple[Executor, Executor]:
         """The (prefill, decode) reference executors, created once; they share the weight tensors."""
         return self.executors("host")
+
+    def generation_executors(self, engine: str = "host") -> tuple[Executor, Executor]:
+        """The executors a generation loop uses: on the host, ones that write the KV cache in place (the loop owns
+        its cache and feeds the outputs back, so no call copies the whole cache); else `executors(engine)`."""
+        if engine != "host":
+            return self.executors(engine)
+        if "host-donating" not in self._executors:
+            self._executors["host-donating"] = (
+                HostExecutor(self.prefill, donate_caches=True),
+                HostExecutor(self.decode, donate_caches=True),
+            )
+        return self._executors["host-donating"]
 
     def executors(self, engine: str = "host") -> tuple[Executor, Executor]:
         """The (prefill, decode) executors of `engine` (one of ENGINES), created once per engine."""

@@ -115,7 +115,7 @@ class ServableModel(Protocol):
     @property
     def context_buckets(self) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]: ...
 
-    def executors(self, engine: str = "host") -> tuple[Executor, Executor]: ...
+    def generation_executors(self, engine: str = "host") -> tuple[Executor, Executor]: ...
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ class ContinuousBatchScheduler:
     def __init__(self, model: ServableModel, *, engine: str | None = None) -> None:
         prefill_buckets, decode_buckets = model.context_buckets
         self._slots = SlotCache(
-            model.prefill, model.decode, model.executors(engine or "host"), prefill_buckets, decode_buckets
+            model.prefill, model.decode, model.generation_executors(engine or "host"), prefill_buckets, decode_buckets
         )
         self._clock = model.clock
         self._vocab = model.config.vocab_size

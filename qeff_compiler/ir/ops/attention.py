@@ -98,11 +98,17 @@ def write_cache(
     Position −1 is padding and is never written: the rows and columns to write are selected explicitly instead
     of relying on index arithmetic, where −1 would silently address the last slot.
     """
-    updated = cache.clone()
+    return write_cache_in_place(cache.clone(), new, position_ids, slots)
+
+
+def write_cache_in_place(
+    cache: torch.Tensor, new: torch.Tensor, position_ids: torch.Tensor, slots: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`write_cache` into `cache` itself (returned)."""
     rows, columns = torch.nonzero(position_ids >= 0, as_tuple=True)
     cache_rows = rows if slots is None else slots[rows]
-    updated[cache_rows, :, position_ids[rows, columns], :] = new[rows, :, columns, :]
-    return updated
+    cache[cache_rows, :, position_ids[rows, columns], :] = new[rows, :, columns, :]
+    return cache
 
 
 def _cache_values(new: torch.Tensor, cache_dtype: torch.dtype, kv_cache_format: str | None) -> torch.Tensor:
@@ -166,10 +172,38 @@ def mpt_attention_kv(
     caches then hold `full_batch_size` rows and the others pass through. `comp_ctx_lengths` (a compute-context-
     length bucket: only its length N is read) makes attention read the first N cache positions only; every
     position written must be below N."""
+    return attention_kv(
+        hidden, wqkv, out_proj, alibi_slopes, position_ids, past_key, past_value, n_heads, softmax_scale, clip_qkv,
+        fp16_activations, kv_cache_format, batch_index, comp_ctx_lengths, in_place=False,
+    )
+
+
+def attention_kv(
+    hidden: torch.Tensor,
+    wqkv: torch.Tensor,
+    out_proj: torch.Tensor,
+    alibi_slopes: torch.Tensor,
+    position_ids: torch.Tensor,
+    past_key: torch.Tensor,
+    past_value: torch.Tensor,
+    n_heads: int,
+    softmax_scale: float,
+    clip_qkv: float | None,
+    fp16_activations: bool = False,
+    kv_cache_format: str | None = None,
+    batch_index: torch.Tensor | None = None,
+    comp_ctx_lengths: torch.Tensor | None = None,
+    *,
+    in_place: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`mpt_attention_kv`'s computation. `in_place` writes the new keys and values into `past_key` /
+    `past_value` themselves and returns them: for a caller that donates its cache (the host executor of a
+    generation loop), so a step costs what it reads, not a copy of the whole cache."""
     query, key, value = _project_qkv(hidden, wqkv, n_heads, clip_qkv, fp16_activations)
     rows = None if batch_index is None else batch_index[:, 0]
-    key_cache = write_cache(past_key, _cache_values(key, past_key.dtype, kv_cache_format), position_ids, rows)
-    value_cache = write_cache(past_value, _cache_values(value, past_value.dtype, kv_cache_format), position_ids, rows)
+    write = write_cache_in_place if in_place else write_cache
+    key_cache = write(past_key, _cache_values(key, past_key.dtype, kv_cache_format), position_ids, rows)
+    value_cache = write(past_value, _cache_values(value, past_value.dtype, kv_cache_format), position_ids, rows)
     context_len = past_key.shape[2] if comp_ctx_lengths is None else comp_ctx_lengths.shape[0]
     if int(position_ids.max()) >= context_len:
         raise InvalidArgumentError(
