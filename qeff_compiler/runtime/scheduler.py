@@ -8,8 +8,10 @@ of every live slot. A request leaves its slot at an EOS token, one of its stop s
 sampling settings (and seed), so it produces what it would produce alone.
 
 Two clocks run side by side: host wall time and the simulated device's (each call charged by the cost model at
-its context bucket). `Request.arrival_s` is on the simulated clock: an offline workload (`run`) replays arrival
-times, idling the device until the next request arrives.
+its context bucket). `Request.arrival_s` is on the simulated clock by default (`arrivals="device"`): an offline
+workload (`run`) replays arrival times, idling the device until the next request arrives, and the simulated
+figures measure the stream. With `arrivals="host"` the arrival times are replayed on the wall clock instead (the
+engine sleeps until the next one), so the host figures measure serving under that load on this machine.
 
 Threading: `submit` and `cancel` may be called from any thread (they only touch a locked inbox, drained at the
 start of `step`); `step` is called by one engine thread.
@@ -34,6 +36,8 @@ from qeff_compiler.runtime.serving_stats import RequestStats, ServingStats
 from qeff_compiler.runtime.slots import Executor, SlotCache, SlotClock
 
 FINISH_REASONS = ("eos", "length", "stop", "cancelled")
+#: which clock `Request.arrival_s` is replayed on
+ARRIVAL_CLOCKS = ("device", "host")
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,10 @@ class _Live:
 class ContinuousBatchScheduler:
     """Serves requests over the slots of a compiled model; see the module docstring."""
 
-    def __init__(self, model: ServableModel, *, engine: str | None = None) -> None:
+    def __init__(self, model: ServableModel, *, engine: str | None = None, arrivals: str = "device") -> None:
+        if arrivals not in ARRIVAL_CLOCKS:
+            raise InvalidArgumentError(f"arrivals must be one of {', '.join(ARRIVAL_CLOCKS)}, got {arrivals!r}")
+        self._host_arrivals = arrivals == "host"
         prefill_buckets, decode_buckets = model.context_buckets
         self._slots = SlotCache(
             model.prefill, model.decode, model.generation_executors(engine or "host"), prefill_buckets, decode_buckets
@@ -252,6 +259,8 @@ class ContinuousBatchScheduler:
         """Offline: submit every request, step until all are done; results in the order given."""
         requests = list(requests)
         first = len(self._finished)
+        if self._host_arrivals and not self.has_work:
+            self._started = time.perf_counter()  # arrival times count from the start of the replay
         for request in requests:
             self.submit(request)
         tokens: dict[str, list[int]] = {r.request_id: [] for r in requests}
@@ -290,7 +299,11 @@ class ContinuousBatchScheduler:
             inbox, self._inbox = self._inbox, []
             cancelled, self._cancelled = self._cancelled, set()
         for item in inbox:
-            item.arrival_s = max(item.arrival_s, self.device_time_s)
+            if self._host_arrivals:  # replayed on the wall clock: figures count from the arrival, not the submit
+                item.host_submit_s = max(item.host_submit_s, self._started + item.arrival_s)
+                item.arrival_s = self.device_time_s
+            else:
+                item.arrival_s = max(item.arrival_s, self.device_time_s)
         self._waiting += inbox
         events = []
         for item in [w for w in self._waiting if w.request.request_id in cancelled]:
@@ -307,9 +320,15 @@ class ContinuousBatchScheduler:
         free = [slot for slot in range(self.num_slots) if slot not in self._live]
         if not free or not self._waiting:
             return []
-        if not self._live:
-            self.device_time_s = max(self.device_time_s, min(w.arrival_s for w in self._waiting))
-        ready = sorted((w for w in self._waiting if w.arrival_s <= self.device_time_s), key=_queue_order)
+        if self._host_arrivals:
+            if not self._live:  # idle until the next request arrives
+                time.sleep(max(0.0, min(w.host_submit_s for w in self._waiting) - time.perf_counter()))
+            now = time.perf_counter()
+            ready = sorted((w for w in self._waiting if w.host_submit_s <= now), key=_host_order)
+        else:
+            if not self._live:  # the device idles until the next request arrives
+                self.device_time_s = max(self.device_time_s, min(w.arrival_s for w in self._waiting))
+            ready = sorted((w for w in self._waiting if w.arrival_s <= self.device_time_s), key=_queue_order)
         events = []
         for item, slot in zip(ready, free, strict=False):
             self._waiting.remove(item)
@@ -394,6 +413,10 @@ class ContinuousBatchScheduler:
 
 def _queue_order(item: _Live) -> tuple[float, int]:
     return item.arrival_s, item.order
+
+
+def _host_order(item: _Live) -> tuple[float, int]:
+    return item.host_submit_s, item.order
 
 
 def _sampler(request: Request) -> TokenSampler:
