@@ -9,7 +9,8 @@ Sections: host decode per precision (bench.precision_decode), host decode cost v
 host throughput vs HF eager and ONNX Runtime (bench.peers), compile time and RSS vs depth up to MPT-7B and MPT-30B
 (bench.compile_layers), simulated AI 100 vs published figures and the roofline (bench.cost_model_calibration),
 accuracy per precision and KV-cache dtype (qc.evaluate), pruning's cost and the autotuner's run (bench.pruning),
-a streamed compile of a synthetic MPT-7B checkpoint from disk (bench.stream_7b: ~32 GB of disk, ~20 min). The README's figures are rendered from the committed
+a streamed compile of a synthetic MPT-7B checkpoint from disk (bench.stream_7b: ~32 GB of disk, ~20 min),
+continuous batching under load and the context buckets' decode saving (bench.serving). The README's figures are rendered from the committed
 full-mode results by `python -m bench.readme` (tests/test_bench.py checks they agree).
 """
 
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from bench import compile_layers, cost_model_calibration, decode_cost, precision_decode, pruning, stream_7b
+from bench import compile_layers, cost_model_calibration, decode_cost, precision_decode, pruning, serving, stream_7b
 from qeff_compiler.data import TINY_MPT, TINY_MPT_VALIDATION_TEXT
 from qeff_compiler.evaluate import Evaluator
 from qeff_compiler.atomic import atomic_write_text
@@ -76,6 +77,7 @@ SECTIONS: dict[str, Callable[[bool], object]] = {
     "pruning": pruning.run,
     "tune": pruning.tune,
     "stream_7b": stream_7b.section,
+    "serving": serving.run,
 }
 
 
@@ -109,10 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="reduced set for CI (< 2 min)")
     parser.add_argument("--out", type=Path, help="results file (default: bench/results.json, quick: bench/results-quick.json)")
-    parser.add_argument("--plots", type=Path, default=ROOT / "plots")
+    parser.add_argument("--plots", type=Path, help="plot directory (default: bench/plots, quick: bench/plots-quick)")
     parser.add_argument("--only", choices=list(SECTIONS), action="append", help="run only these sections")
     args = parser.parse_args(argv)
     args.out = args.out or ROOT / ("results-quick.json" if args.quick else "results.json")
+    args.plots = args.plots or ROOT / ("plots-quick" if args.quick else "plots")  # quick never replaces committed ones
     results: dict[str, object] = {
         "machine": machine(), "quick": args.quick, "sections": {}
     }

@@ -106,8 +106,25 @@ def _pruning(axes, section: dict) -> None:  # noqa: ANN001
     axes.set(title="perplexity increase vs fp32 HF per pruning level (shipped model)", ylabel="%")
 
 
+def _serving(axes, section: dict) -> None:  # noqa: ANN001
+    """Throughput (solid) and TTFT p99 (dashed, right axis) vs offered load, per slot count and clock."""
+    twin = axes.twinx()
+    for clock, marker in (("device", "o"), ("host", "s")):
+        for slots in sorted({r["full_batch_size"] for r in section["curves"]}):
+            rows = [r for r in section["curves"] if r["clock"] == clock and r["full_batch_size"] == slots]
+            loads = [r["offered_load"] for r in rows]
+            label = f"{'simulated' if clock == 'device' else 'host'} F={slots}"
+            relative = [r["throughput_tokens_per_s"] / r["saturated_tokens_per_s"] for r in rows]
+            line = axes.plot(loads, relative, marker=marker, label=label)
+            twin.plot(loads, [r["ttft_p99_ms"] for r in rows], marker=marker, linestyle="--", color=line[0].get_color())
+    axes.set(title="continuous batching (shipped model): throughput (solid, relative) and TTFT p99 (dashed)",
+             xlabel="offered load (share of capacity)", ylabel="throughput / throughput of a saturated stream")
+    twin.set(ylabel="TTFT p99 (ms)", yscale="log")
+    axes.legend(fontsize=7)
+
+
 #: section → how its PNG is drawn (sections without a figure worth plotting, like tune, have none)
 PLOTS = {
     "host_precision": _host_precision, "decode_cost": _decode_cost, "peers": _peers, "compile_layers": _compile_layers,
-    "simulated_vs_published": _simulated, "accuracy": _accuracy, "pruning": _pruning,
+    "simulated_vs_published": _simulated, "accuracy": _accuracy, "pruning": _pruning, "serving": _serving,
 }

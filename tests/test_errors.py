@@ -37,6 +37,7 @@ from qeff_compiler.errors import QeffError
 from qeff_compiler.passes import PassManager
 from qeff_compiler.passes.base import Pass
 from qeff_compiler.runtime.scheduler import ContinuousBatchScheduler, Request
+from qeff_compiler.runtime.workload import PoissonWorkload, load_workload
 from tests.conftest import TinyArtifact, random_model, tiny_config
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
@@ -1096,6 +1097,53 @@ OFFENDING.update({
     "request-too-long": "(20 tokens)",
     "request-out-of-vocab": "[4096]",
     "request-duplicate-id": "'r0'",
+})
+
+
+# workloads ---------------------------------------------------------------------------------------------------------
+@trigger("scheduler-arrivals")
+def _(env: Env) -> object:
+    return ContinuousBatchScheduler(env.compiled, arrivals="wall")
+
+
+def workload_row(ident: str, name: str, text: str, tokenize: bool = False) -> None:
+    def provoke(env: Env) -> object:
+        path = env.fresh(name)
+        path.write_text(text)
+        return load_workload(path, 2048, str.split if tokenize else None)  # type: ignore[arg-type]
+
+    TRIGGERS[ident] = provoke
+
+
+cli_row("workload-unreadable", lambda env: ["run", str(env.artifact), "--requests", str(env.fresh("no-such-workload.json"))])
+workload_row("workload-not-json", "not-json.json", "")
+workload_row("workload-shape", "shape.json", '{"x": 1}')
+workload_row("workload-poisson-field", "poisson-field.json", '{"poisson": {"rate": 3}}')
+workload_row("workload-poisson-missing", "poisson-missing.json", '{"poisson": {"num_requests": 2, "rate_per_s": 1, "prompt_len": [1, 2]}}')
+workload_row("workload-request-fields", "request-fields.json", '{"requests": [{"prompt_text": "x"}]}')
+workload_row("workload-prompt-or-ids", "prompt-or-ids.json", '{"requests": [{"prompt": "x", "token_ids": [1]}]}')
+workload_row("workload-prompt-needs-tokenizer", "needs-tokenizer.json", '{"requests": [{"prompt": "def f("}]}')
+TRIGGERS["workload-num-requests"] = lambda env: PoissonWorkload(0, 1.0, (1, 2), (1, 2))
+TRIGGERS["workload-rate"] = lambda env: PoissonWorkload(2, -5, (1, 2), (1, 2))
+TRIGGERS["workload-range"] = lambda env: PoissonWorkload(2, 1.0, (9, 3), (1, 2))  # type: ignore[arg-type]
+cli_row("cli-requests-and-prompt", lambda env: ["run", str(env.artifact), "--requests", "w.json", "--prompt", "x"])
+cli_row("cli-ccl-list", lambda env: ["compile", "-o", str(env.fresh("out")), "--comp-ctx-lengths-decode", "8,x"])
+
+OFFENDING.update({
+    "scheduler-arrivals": "'wall'",
+    "workload-unreadable": "no-such-workload.json",
+    "workload-not-json": "not-json.json",
+    "workload-shape": "shape.json",
+    "workload-poisson-field": "['rate']",
+    "workload-poisson-missing": "'max_new_tokens'",
+    "workload-num-requests": "got 0",
+    "workload-rate": "-5",
+    "workload-range": "[9, 3]",
+    "workload-request-fields": "['prompt_text']",
+    "workload-prompt-or-ids": "request 0",
+    "workload-prompt-needs-tokenizer": "request 0",
+    "cli-requests-and-prompt": "--requests",
+    "cli-ccl-list": "'8,x'",
 })
 
 

@@ -56,7 +56,8 @@ class PoissonWorkload:
                 and all(_positive_int(v) for v in low_high)
                 and low_high[0] <= low_high[1]
             ):
-                raise InvalidArgumentError(f"{name} must be [low, high] with 1 <= low <= high, got {low_high!r}")
+                shown = list(low_high) if isinstance(low_high, (list, tuple)) else low_high
+                raise InvalidArgumentError(f"{name} must be [low, high] with 1 <= low <= high, got {shown!r}")
 
     def requests(self, vocab_size: int) -> list[Request]:
         """The stream: ids r0, r1, ... in arrival order."""
