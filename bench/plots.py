@@ -107,20 +107,22 @@ def _pruning(axes, section: dict) -> None:  # noqa: ANN001
 
 
 def _serving(axes, section: dict) -> None:  # noqa: ANN001
-    """Throughput (solid) and TTFT p99 (dashed, right axis) vs offered load, per slot count and clock."""
+    """Throughput (solid) and TTFT p50 (dotted) / p99 (dashed, right axis) vs offered request rate, per slot count
+    and clock; log scales (the simulated device and this machine differ by orders of magnitude)."""
     twin = axes.twinx()
     for clock, marker in (("device", "o"), ("host", "s")):
         for slots in sorted({r["full_batch_size"] for r in section["curves"]}):
             rows = [r for r in section["curves"] if r["clock"] == clock and r["full_batch_size"] == slots]
-            loads = [r["offered_load"] for r in rows]
+            rates = [r["rate_per_s"] for r in rows]
             label = f"{'simulated' if clock == 'device' else 'host'} F={slots}"
-            relative = [r["throughput_tokens_per_s"] / r["saturated_tokens_per_s"] for r in rows]
-            line = axes.plot(loads, relative, marker=marker, label=label)
-            twin.plot(loads, [r["ttft_p99_ms"] for r in rows], marker=marker, linestyle="--", color=line[0].get_color())
-    axes.set(title="continuous batching (shipped model): throughput (solid, relative) and TTFT p99 (dashed)",
-             xlabel="offered load (share of capacity)", ylabel="throughput / throughput of a saturated stream")
-    twin.set(ylabel="TTFT p99 (ms)", yscale="log")
-    axes.legend(fontsize=7)
+            line = axes.plot(rates, [r["throughput_tokens_per_s"] for r in rows], marker=marker, label=label)
+            color = line[0].get_color()
+            twin.plot(rates, [r["ttft_p50_ms"] for r in rows], marker=marker, linestyle=":", color=color)
+            twin.plot(rates, [r["ttft_p99_ms"] for r in rows], marker=marker, linestyle="--", color=color)
+    axes.set(title="continuous batching, shipped model: throughput (solid), TTFT p50 (dotted) / p99 (dashed)",
+             xlabel="offered load (requests/s)", ylabel="throughput (tok/s)", xscale="log", yscale="log")
+    twin.set(ylabel="TTFT (ms)", yscale="log")
+    axes.legend(fontsize=7, loc="upper left")
 
 
 #: section → how its PNG is drawn (sections without a figure worth plotting, like tune, have none)
