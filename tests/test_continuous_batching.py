@@ -18,6 +18,7 @@ from qeff_compiler.capture.presets import preset_config
 from qeff_compiler.errors import InvalidArgumentError
 from qeff_compiler.ir.interpret import HostExecutor
 from qeff_compiler.runtime.scheduler import ContinuousBatchScheduler, Request
+from qeff_compiler.runtime.workload import PoissonWorkload
 from tests.conftest import random_model, tiny_config
 
 #: HF's greedy choice is only well defined where its top-2 logit margin exceeds this (as in test_generate)
@@ -243,3 +244,30 @@ def test_slot_trace_has_a_lane_per_slot_with_buckets(served, tmp_path) -> None:
     assert [e["args"]["bucket"] for e in events if e["ph"] == "C"]
     starts = sorted({e["ts"] for e in spans})
     assert starts == sorted(starts) and spans[0]["ts"] == 0.0
+
+
+def test_generation_executors_write_the_cache_in_place_with_the_same_numerics(served) -> None:
+    """The host executors a generation loop uses write into the caches they are given (no copy of the cache per
+    call) and compute what the copying executors compute."""
+    model = served["cb+ccl"]
+    copying, donating = model.host_executors()[1], model.generation_executors("host")[1]
+    cache = _filled_cache(model.decode, torch.Generator().manual_seed(2))
+    step = {"input_ids": torch.tensor([[3], [4], [1]]), "position_ids": torch.tensor([[2], [7], [-1]]),
+            "batch_index": torch.arange(3)[:, None], "comp_ctx_lengths": torch.zeros(12, dtype=torch.int64)}
+    expected = copying({**step, **cache})
+    assert not torch.equal(expected["past_key.0_RetainedState"], cache["past_key.0"])  # the copy left the input
+    out = donating({**step, **cache})
+    assert out["past_key.0_RetainedState"] is cache["past_key.0"]
+    for name, value in expected.items():
+        torch.testing.assert_close(out[name], value, rtol=0, atol=0)
+
+
+def test_poisson_workload_is_seeded_with_the_asked_rate_and_lengths() -> None:
+    workload = PoissonWorkload(2000, 50.0, (3, 9), (2, 5), seed=4)
+    requests = workload.requests(64)
+    assert requests == workload.requests(64)
+    gaps = [b.arrival_s - a.arrival_s for a, b in zip(requests, requests[1:])]
+    assert min(gaps) >= 0 and abs(sum(gaps) / len(gaps) - 1 / 50) < 0.1 / 50  # exponential gaps of mean 1/rate
+    assert {len(r.prompt_ids) for r in requests} == set(range(3, 10))
+    assert {r.max_new_tokens for r in requests} == set(range(2, 6))
+    assert all(r.arrival_s == 0 for r in PoissonWorkload(5, None, (1, 2), (1, 2)).requests(8))
