@@ -9,8 +9,9 @@ Sections: host decode per precision (bench.precision_decode), host decode cost v
 host throughput vs HF eager and ONNX Runtime (bench.peers), compile time and RSS vs depth up to MPT-7B and MPT-30B
 (bench.compile_layers), simulated AI 100 vs published figures and the roofline (bench.cost_model_calibration),
 accuracy per precision and KV-cache dtype (qc.evaluate), pruning's cost and the autotuner's run (bench.pruning),
-a streamed compile of a synthetic MPT-7B checkpoint from disk (bench.stream_7b: ~32 GB of disk, ~20 min), `qeffc serve`
-under 1-64 concurrent streaming clients (bench.serving). The README's figures are rendered from the committed
+a streamed compile of a synthetic MPT-7B checkpoint from disk (bench.stream_7b: ~32 GB of disk, ~20 min),
+continuous batching under load and the context buckets' decode saving (bench.serving), `qeffc serve` under 1-64
+concurrent streaming clients (bench.http_serving). The README's figures are rendered from the committed
 full-mode results by `python -m bench.readme` (tests/test_bench.py checks they agree).
 """
 
@@ -28,7 +29,9 @@ from pathlib import Path
 
 import torch
 
-from bench import compile_layers, cost_model_calibration, decode_cost, precision_decode, pruning, serving, stream_7b
+from bench import (
+    compile_layers, cost_model_calibration, decode_cost, http_serving, precision_decode, pruning, serving, stream_7b,
+)
 from qeff_compiler.data import TINY_MPT, TINY_MPT_VALIDATION_TEXT
 from qeff_compiler.evaluate import Evaluator
 from qeff_compiler.atomic import atomic_write_text
@@ -78,6 +81,7 @@ SECTIONS: dict[str, Callable[[bool], object]] = {
     "tune": pruning.tune,
     "stream_7b": stream_7b.section,
     "serving": serving.run,
+    "http_serving": http_serving.run,
 }
 
 
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", choices=list(SECTIONS), action="append", help="run only these sections")
     args = parser.parse_args(argv)
     args.out = args.out or ROOT / ("results-quick.json" if args.quick else "results.json")
-    args.plots = args.plots or ROOT / ("plots-quick" if args.quick else "plots")  # quick never replaces committed plots
+    args.plots = args.plots or ROOT / ("plots-quick" if args.quick else "plots")  # quick never replaces committed ones
     results: dict[str, object] = {
         "machine": machine(), "quick": args.quick, "sections": {}
     }

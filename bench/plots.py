@@ -107,6 +107,25 @@ def _pruning(axes, section: dict) -> None:  # noqa: ANN001
 
 
 def _serving(axes, section: dict) -> None:  # noqa: ANN001
+    """Throughput (solid) and TTFT p50 (dotted) / p99 (dashed, right axis) vs offered request rate, per slot count
+    and clock; log scales (the simulated device and this machine differ by orders of magnitude)."""
+    twin = axes.twinx()
+    for clock, marker in (("device", "o"), ("host", "s")):
+        for slots in sorted({r["full_batch_size"] for r in section["curves"]}):
+            rows = [r for r in section["curves"] if r["clock"] == clock and r["full_batch_size"] == slots]
+            rates = [r["rate_per_s"] for r in rows]
+            label = f"{'simulated' if clock == 'device' else 'host'} F={slots}"
+            line = axes.plot(rates, [r["throughput_tokens_per_s"] for r in rows], marker=marker, label=label)
+            color = line[0].get_color()
+            twin.plot(rates, [r["ttft_p50_ms"] for r in rows], marker=marker, linestyle=":", color=color)
+            twin.plot(rates, [r["ttft_p99_ms"] for r in rows], marker=marker, linestyle="--", color=color)
+    axes.set(title="continuous batching, shipped model: throughput (solid), TTFT p50 (dotted) / p99 (dashed)",
+             xlabel="offered load (requests/s)", ylabel="throughput (tok/s)", xscale="log", yscale="log")
+    twin.set(ylabel="TTFT (ms)", yscale="log")
+    axes.legend(fontsize=7, loc="upper left")
+
+
+def _http_serving(axes, section: dict) -> None:  # noqa: ANN001
     points = section["points"]
     concurrency = [p["concurrency"] for p in points]
     axes.plot(concurrency, [p["tokens_per_s"] for p in points], "o-", label="host engine, tok/s (this machine)")
@@ -125,4 +144,5 @@ def _serving(axes, section: dict) -> None:  # noqa: ANN001
 PLOTS = {
     "host_precision": _host_precision, "decode_cost": _decode_cost, "peers": _peers, "compile_layers": _compile_layers,
     "simulated_vs_published": _simulated, "accuracy": _accuracy, "pruning": _pruning, "serving": _serving,
+    "http_serving": _http_serving,
 }

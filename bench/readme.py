@@ -246,9 +246,9 @@ def stream_7b(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def serving(results: dict) -> str:
+def http_serving(results: dict) -> str:
     """`qeffc serve` under 1-64 concurrent streaming clients: host figures, then the same run's simulated ones."""
-    section = results["sections"]["serving"]
+    section = results["sections"]["http_serving"]
     points = section["points"]
     lines = [
         "| clients | requests | host tok/s | host TTFT p50 / p99 | host TPOT p50 / p99 | simulated tok/s "
@@ -277,7 +277,7 @@ BLOCKS: dict[str, Callable[[dict], str]] = {
     "machine": machine, "peers": peers, "compile_layers": compile_layers,
     "compile_passes": compile_passes, "simulated": simulated,
     "decode_cost": decode_cost, "host_precision": host_precision, "accuracy": accuracy, "pruning": pruning,
-    "tune": tune, "stream_7b": stream_7b, "serving": serving,
+    "tune": tune, "stream_7b": stream_7b, "http_serving": http_serving,
 }
 
 

@@ -1,169 +1,163 @@
-"""Serving under load: `qeffc serve` on loopback, driven by the official `openai` client at several concurrencies.
+"""Serving: continuous batching under load, and what compute-context-length buckets save.
 
-The shipped model (fp32, 8 continuous-batching slots, host engine) is served from a subprocess; at each concurrency
-C, C clients stream completions back to back (closed loop) until 2·C requests (quick: C) have finished. Per point:
-throughput (completion tokens per wall second, all clients together), TTFT and TPOT (time per output token after
-the first) p50/p99 as the clients see them on this machine, and the same run's simulated-device figures: the
-`qeff` extension's simulated TTFT and latency of every request, and tokens per simulated second of device time
-(the engine's `simulated_device` busy seconds from /metrics).
+Two parts, one section (`serving` of `python -m bench`):
+
+- curves: the shipped model compiled with full_batch_size F in {1, 4, 8} (context buckets 64/128/256) serves a
+  Poisson stream of requests (prompts 8-64 tokens, 8-48 new tokens) at offered loads of 25 %-125 % of its own
+  capacity (the throughput of the same stream all arriving at once), on the simulated device (arrivals on the
+  simulated clock) and on this machine (arrivals replayed on the wall clock, host engine). Per point: throughput
+  (tok/s), TTFT p50/p99, per-token p50/p99 and slot occupancy.
+- ccl_decode: host decode tok/s of a 200-token sequence at ctx_len 2048 (MPT-125M shape, random weights) with
+  buckets [256, 512, 1024, 2048] (the step runs at bucket 256) against the same compile without buckets, for one
+  sequence and for 8 slots all at position 200; medians of interleaved timed steps. The simulated decode step of
+  both is reported too.
+
+    python -m bench.serving [--quick]
 """
 
 from __future__ import annotations
 
-import asyncio
+import argparse
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
-from pathlib import Path
+from collections.abc import Callable
 
-import openai
+import torch
+from transformers import MptForCausalLM
 
 import qeff_compiler as qc
-from qeff_compiler.data import TINY_MPT, TINY_MPT_VALIDATION_TEXT
+from bench.decode_cost import interleaved_times
+from qeff_compiler.capture.presets import preset_config
+from qeff_compiler.data import TINY_MPT
+from qeff_compiler.runtime.scheduler import ContinuousBatchScheduler
+from qeff_compiler.runtime.workload import PoissonWorkload
 
-CONCURRENCY = (1, 4, 16, 64)
-QUICK_CONCURRENCY = (1, 4)
-#: the served model: the shipped MPT, fp32 (the host engine's fastest), 8 slots
-SLOTS, CTX_LEN, PREFILL_LEN = 8, 128, 32
-PROMPT_TOKENS, MAX_TOKENS, QUICK_MAX_TOKENS = 32, 64, 8
+SHIPPED_BUCKETS = [64, 128, 256]
+LOADS = (0.25, 0.5, 0.75, 1.0, 1.25)
+CCL_BUCKETS = [256, 512, 1024, 2048]
+POSITION = 200
 
 
-def run(quick: bool) -> dict:
-    with tempfile.TemporaryDirectory(prefix="qeff-bench-serve-") as root:
-        artifact = Path(root) / "shipped"
-        qc.compile(TINY_MPT, ctx_len=CTX_LEN, prefill_len=PREFILL_LEN, batch_size=SLOTS, precision="fp32").save(
-            artifact
-        )
-        port = _free_port()
-        server = _start(artifact, port, Path(root) / "server.log")
-        try:
-            prompts = _prompts(artifact, 2 * max(CONCURRENCY))
-            asyncio.run(_point(port, prompts, 1, 1, 2))  # warm-up: the first calls of a process are slower
-            points = [
-                asyncio.run(_point(port, prompts, c, c if quick else 2 * c, QUICK_MAX_TOKENS if quick else MAX_TOKENS))
-                for c in (QUICK_CONCURRENCY if quick else CONCURRENCY)
-            ]
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(120)
+def _stream(requests: int, rate: float | None, vocab: int) -> list:
+    return PoissonWorkload(requests, rate, (8, 64), (8, 48), seed=0).requests(vocab)
+
+
+def _serve(compiled: qc.CompiledModel, clock: str, requests: int, rate: float | None) -> dict:
+    scheduler = ContinuousBatchScheduler(compiled, arrivals=clock)
+    scheduler.run(_stream(requests, rate, compiled.config.vocab_size))
+    stats = scheduler.stats()
+    host = clock == "host"
+    ttft = stats.host_ttft_percentile_s if host else stats.ttft_percentile_s
+    token = stats.host_token_percentile_s if host else stats.token_percentile_s
     return {
-        "model": "tiny-mpt-pystdlib (shipped), fp32, host engine",
-        "slots": SLOTS,
-        "prompt_tokens": PROMPT_TOKENS,
-        "max_tokens": QUICK_MAX_TOKENS if quick else MAX_TOKENS,
-        "points": points,
+        "throughput_tokens_per_s": stats.host_throughput_tokens_per_s if host else stats.throughput_tokens_per_s,
+        "ttft_p50_ms": 1e3 * ttft(50),
+        "ttft_p99_ms": 1e3 * ttft(99),
+        "token_p50_ms": 1e3 * token(50),
+        "token_p99_ms": 1e3 * token(99),
+        "slot_occupancy": stats.slot_occupancy,
+        "generated_tokens": stats.generated_tokens,
     }
 
 
-async def _point(port: int, prompts: list[list[int]], concurrency: int, requests: int, max_tokens: int) -> dict:
-    """`concurrency` closed-loop streaming clients until `requests` have finished."""
-    client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=600)
-    queue = list(range(requests))
-    samples: list[dict] = []
-
-    async def one(index: int) -> None:
-        start = time.perf_counter()
-        first = None
-        tokens = 0
-        final: dict = {}
-        stream = await client.completions.create(
-            model="shipped", prompt=prompts[index], max_tokens=max_tokens, temperature=0, stream=True
+def curves(quick: bool) -> list[dict]:
+    """Throughput and latency vs offered load per slot count and clock (see the module docstring)."""
+    slots, loads, requests = ((1, 4), (0.5, 1.0), 8) if quick else ((1, 4, 8), LOADS, 24)
+    rows = []
+    for full_batch_size in slots:
+        compiled = qc.compile(
+            TINY_MPT,
+            ctx_len=256,
+            prefill_len=32,
+            full_batch_size=full_batch_size,
+            comp_ctx_lengths_prefill=SHIPPED_BUCKETS,
+            comp_ctx_lengths_decode=SHIPPED_BUCKETS,
+            verify=False,
         )
-        async for chunk in stream:
-            ids = chunk.model_extra["qeff"]["token_ids"]
-            if ids and first is None:
-                first = time.perf_counter()
-            tokens += len(ids)
-            if chunk.choices and chunk.choices[0].finish_reason is not None:
-                final = chunk.model_extra["qeff"]
-        end = time.perf_counter()
-        assert first is not None and final, "a stream ended without tokens"
-        samples.append({
-            "tokens": tokens,
-            "ttft_s": first - start,
-            "tpot_s": (end - first) / (tokens - 1) if tokens > 1 else None,
-            "simulated_ttft_s": final["simulated_ttft_s"],
-            "simulated_tpot_s": (final["simulated_latency_s"] - final["simulated_ttft_s"]) / (tokens - 1)
-            if tokens > 1 else None,
-        })
-
-    async def worker() -> None:
-        while queue:
-            await one(queue.pop())
-
-    busy_before = _simulated_busy_s(port)
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - start
-    simulated = _simulated_busy_s(port) - busy_before
-    await client.close()
-    tokens = sum(s["tokens"] for s in samples)
-    return {
-        "concurrency": concurrency,
-        "requests": len(samples),
-        "completion_tokens": tokens,
-        "wall_s": wall,
-        "tokens_per_s": tokens / wall,
-        "simulated_device_s": simulated,
-        "simulated_tokens_per_s": tokens / simulated,
-        **_percentiles("ttft", [s["ttft_s"] for s in samples]),
-        **_percentiles("tpot", [s["tpot_s"] for s in samples if s["tpot_s"] is not None]),
-        **_percentiles("simulated_ttft", [s["simulated_ttft_s"] for s in samples]),
-        **_percentiles("simulated_tpot", [s["simulated_tpot_s"] for s in samples if s["simulated_tpot_s"] is not None]),
-        "load_average": os.getloadavg()[0],
-    }
+        for clock in ("device", "host"):
+            saturated = _serve(compiled, clock, requests, None)
+            mean_tokens = saturated["generated_tokens"] / requests
+            capacity = saturated["throughput_tokens_per_s"] / mean_tokens  # requests per second
+            for load in loads:
+                row = _serve(compiled, clock, requests, load * capacity)
+                rows.append(
+                    {"full_batch_size": full_batch_size, "clock": clock, "offered_load": load,
+                     "rate_per_s": load * capacity, "capacity_requests_per_s": capacity,
+                     "saturated_tokens_per_s": saturated["throughput_tokens_per_s"], **row}
+                )
+                print(f"F={full_batch_size} {clock:<6} load {load:.2f}: {row['throughput_tokens_per_s']:.1f} tok/s, "
+                      f"TTFT p50 {row['ttft_p50_ms']:.2f} ms p99 {row['ttft_p99_ms']:.2f} ms", flush=True)
+    return rows
 
 
-def _percentiles(name: str, values: list[float]) -> dict[str, float]:
-    if len(values) == 1:
-        return {f"{name}_p50_ms": values[0] * 1e3, f"{name}_p99_ms": values[0] * 1e3}
-    cuts = statistics.quantiles(values, n=100, method="inclusive")
-    return {f"{name}_p50_ms": cuts[49] * 1e3, f"{name}_p99_ms": cuts[98] * 1e3}
+def _decode_call(compiled: qc.CompiledModel, bucket: int | None, position: int) -> Callable[[], object]:
+    """One decode step of every slot at `position` over a random cache, through the generation (cache-donating)
+    executor the scheduler uses."""
+    decode = compiled.generation_executors("host")[1]
+    spec = {s.name: s for s in compiled.decode.inputs}
+    slots = spec["input_ids"].shape[0]
+    inputs = {name: torch.randn(s.shape).to(s.dtype) for name, s in spec.items() if s.role.startswith("past_")}
+    inputs |= {"input_ids": torch.ones(slots, 1, dtype=torch.int64), "position_ids": torch.full((slots, 1), position)}
+    if "batch_index" in spec:
+        inputs["batch_index"] = torch.arange(slots)[:, None]
+    if bucket is not None:
+        inputs["comp_ctx_lengths"] = torch.zeros(bucket, dtype=torch.int64)
+    return lambda: decode(inputs)
 
 
-def _prompts(artifact: Path, count: int) -> list[list[int]]:
-    """`count` prompts of PROMPT_TOKENS tokens, consecutive windows of the shipped validation text."""
-    from transformers import AutoTokenizer
+def ccl_decode(quick: bool) -> list[dict]:
+    """Host decode tok/s with and without context buckets (see the module docstring; quick: the shipped model at
+    its ctx_len 256, buckets 64/128/256, position 50)."""
+    model: object
+    if quick:
+        model, ctx_len, buckets, name, position, repeats = TINY_MPT, 256, SHIPPED_BUCKETS, "shipped", 50, 5
+    else:
+        torch.manual_seed(0)
+        model = MptForCausalLM(preset_config("mpt-125m")).eval()
+        ctx_len, buckets, name, position, repeats = 2048, CCL_BUCKETS, "mpt-125m shape (random weights)", POSITION, 15
+    rows = []
+    for slots in (1, 8):
+        serving = {"full_batch_size": slots} if slots > 1 else {}
+        plain = qc.compile(model, ctx_len=ctx_len, prefill_len=32, verify=False, **serving)
+        bucketed = qc.compile(
+            model, ctx_len=ctx_len, prefill_len=32, comp_ctx_lengths_decode=buckets, verify=False, **serving
+        )
+        bucket = next(b for b in buckets if b > position)
+        calls = [_decode_call(plain, None, position), _decode_call(bucketed, bucket, position)]
+        without, with_buckets = interleaved_times(calls, repeats)
+        row = {
+            "model": name, "ctx_len": ctx_len, "slots": slots, "position": position, "bucket": bucket,
+            "without_buckets_ms": 1e3 * statistics.median(without), "with_buckets_ms": 1e3 * statistics.median(with_buckets),
+            "without_min_max_ms": [1e3 * min(without), 1e3 * max(without)],
+            "with_min_max_ms": [1e3 * min(with_buckets), 1e3 * max(with_buckets)],
+            "simulated_without_ms": 1e3 * plain.simulation.decode_call_s(ctx_len),
+            "simulated_with_ms": 1e3 * bucketed.simulation.decode_call_s(bucket),
+        }
+        row["host_decode_tokens_per_s_without"] = slots / (row["without_buckets_ms"] / 1e3)
+        row["host_decode_tokens_per_s_with"] = slots / (row["with_buckets_ms"] / 1e3)
+        row["host_speedup_with_vs_without"] = row["without_buckets_ms"] / row["with_buckets_ms"]
+        row["simulated_speedup_with_vs_without"] = row["simulated_without_ms"] / row["simulated_with_ms"]
+        print(f"{name} ctx {ctx_len} slots {slots}: {row['without_buckets_ms']:.1f} ms -> {row['with_buckets_ms']:.1f} ms "
+              f"(x{row['host_speedup_with_vs_without']:.2f}; simulated x{row['simulated_speedup_with_vs_without']:.2f})",
+              flush=True)
+        rows.append(row)
+    return rows
 
-    tokenizer = AutoTokenizer.from_pretrained(artifact, model_max_length=2**31)
-    ids = tokenizer.encode(TINY_MPT_VALIDATION_TEXT.read_text()[:40_000])
-    return [ids[i * PROMPT_TOKENS : (i + 1) * PROMPT_TOKENS] for i in range(count)]
+
+def run(quick: bool = False) -> dict:
+    return {"curves": curves(quick), "ccl_decode": ccl_decode(quick)}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", choices=("curves", "ccl_decode"))
+    args = parser.parse_args()
+    parts = {"curves": curves, "ccl_decode": ccl_decode}
+    for name, part in parts.items():
+        if args.only in (None, name):
+            print(json.dumps(part(args.quick), indent=2))
 
 
-def _start(artifact: Path, port: int, log: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "qeff_compiler.cli.main", "serve", str(artifact), "--port", str(port)]
-    with log.open("w") as out:
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"qeffc serve exited with {server.returncode}: {log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-                if json.loads(response.read())["status"] == "ok":
-                    return server
-        except OSError:
-            time.sleep(0.25)
-    server.kill()
-    raise RuntimeError(f"qeffc serve did not come up: {log.read_text()}")
-
-
-def _simulated_busy_s(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith('qeff_engine_busy_seconds_total{clock="simulated_device"}'):
-                return float(line.split()[-1])
-    raise RuntimeError("/metrics has no qeff_engine_busy_seconds_total")
+if __name__ == "__main__":
+    main()

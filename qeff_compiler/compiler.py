@@ -16,6 +16,7 @@ from qeff_compiler.artifact import CALIBRATION_TABLE, ONNX_FILES, PLAN, WEIGHTS,
 from qeff_compiler.backends.ai100.memory import check_kv_cache_fits
 from qeff_compiler.backends.ai100.partition import PartitionPlan
 from qeff_compiler.backends.ai100.simulator import SimulatedDevice
+from qeff_compiler.backends.ai100.slot_trace import write_slot_trace
 from qeff_compiler.calibration import calibration_file, load_calibration
 from qeff_compiler.capture import ModelSource, capture_resolved, resolve_model
 from qeff_compiler.errors import ArtifactIntegrityError, InvalidArgumentError, PipelineError, VerificationError
@@ -30,6 +31,7 @@ from qeff_compiler.passes.pipeline import build_passes, pipeline_text
 from qeff_compiler.pipelines import compile_pipeline
 from qeff_compiler.precision import kv_cache_bits
 from qeff_compiler.progress import Progress, make_progress
+from qeff_compiler.runtime.batch_generate import generate_in_slots
 from qeff_compiler.runtime.generate import (
     Executor,
     GenerationOutput,
@@ -40,6 +42,7 @@ from qeff_compiler.runtime.generate import (
     normalize_prompts,
 )
 from qeff_compiler.runtime.sampling import SamplingConfig
+from qeff_compiler.runtime.scheduler import ContinuousBatchScheduler
 from qeff_compiler.runtime.stats import LatencyStats
 
 __all__ = ["ENGINES", "CompileOptions", "CompiledModel", "check_engine", "compile", "load_compiled"]
@@ -55,6 +58,9 @@ def compile(  # noqa: A001 (the public API's name)
     ctx_len: int = 128,
     prefill_len: int = 32,
     batch_size: int = 1,
+    full_batch_size: int | None = None,
+    comp_ctx_lengths_prefill: Sequence[int] | None = None,
+    comp_ctx_lengths_decode: Sequence[int] | None = None,
     kv_cache_dtype: str | None = None,
     device: str = "ai100-standard",
     num_cores: int | None = None,
@@ -90,12 +96,25 @@ def compile(  # noqa: A001 (the public API's name)
     (default) streams when the fp32 weights exceed `ir.weights.STREAM_ABOVE_BYTES`. `allow_pickle` accepts
     `pytorch_model*.bin` checkpoints (pickles can run code: only for trusted files). `progress` shows rich
     progress bars (True, or a `Progress`) for the stages that read weights.
+
+    `full_batch_size=F` compiles for continuous batching (QEfficient's spelling): decode runs F slots, prefill
+    one request (batch_size must be 1) into the slot its `batch_index` input names; `generate` then takes any
+    number of prompts, and `runtime.scheduler.ContinuousBatchScheduler` serves request streams.
+    `comp_ctx_lengths_prefill` / `comp_ctx_lengths_decode` are compute-context-length buckets (ascending, the
+    last = ctx_len): each call's attention reads only the smallest bucket holding its positions.
     """
     options = CompileOptions(
         precision=precision,
         ctx_len=ctx_len,
         prefill_len=prefill_len,
         batch_size=batch_size,
+        full_batch_size=full_batch_size,
+        comp_ctx_lengths_prefill=_buckets(
+            "comp_ctx_lengths_prefill", comp_ctx_lengths_prefill, comp_ctx_lengths_decode, ctx_len
+        ),
+        comp_ctx_lengths_decode=_buckets(
+            "comp_ctx_lengths_decode", comp_ctx_lengths_decode, comp_ctx_lengths_prefill, ctx_len
+        ),
         kv_cache_dtype=kv_cache_dtype,
         device=device,
         num_cores=num_cores,
@@ -115,7 +134,7 @@ def compile(  # noqa: A001 (the public API's name)
         raise InvalidArgumentError(f"ctx_len={ctx_len} exceeds the model's max_seq_len={max_seq_len}")
     check_kv_cache_fits(
         resolved.config,
-        batch_size,
+        full_batch_size or batch_size,
         ctx_len,
         kv_cache_bits(precision, kv_cache_dtype),
         options.target.spec(),
@@ -134,10 +153,10 @@ def compile(  # noqa: A001 (the public API's name)
             table = load_calibration(table_file)
         recorded = _recorded_pipeline(options, passes, table_file is not None)
         programs, reports = {}, {}
-        for name, seq_len in (("prefill", prefill_len), ("decode", 1)):
+        for name, seq_len, rows in (("prefill", prefill_len, batch_size), ("decode", 1, full_batch_size or batch_size)):
             manager = PassManager(_pipeline(options, passes, table_file), verify=verify)
             with reporter.stage(f"compile {name}", weights.nbytes() if streaming else None) as meter.advance:
-                captured = capture_resolved(resolved, batch_size=batch_size, seq_len=seq_len)
+                captured = capture_resolved(resolved, batch_size=rows, seq_len=seq_len)
                 if streaming and name == "decode":  # checking reads the whole checkpoint; prefill checked more tokens
                     captured = captured.evolve(properties=captured.properties | CheckFp16Range.ensures)
                 program = manager.run(captured)
@@ -154,6 +173,18 @@ def compile(  # noqa: A001 (the public API's name)
     compiled.calibration_table = table
     compiled.source_weights = source_weights
     return compiled
+
+
+def _buckets(
+    name: str, buckets: Sequence[int] | None, other: Sequence[int] | None, ctx_len: int
+) -> tuple[int, ...] | None:
+    """A bucket list as a tuple (`CompileOptions.check` checks its values); when only the other phase has
+    buckets, this phase reads the whole cache."""
+    if buckets is None:
+        return None if other is None else (ctx_len,)
+    if not isinstance(buckets, (list, tuple)):
+        raise InvalidArgumentError(f"{name} must be a list of context lengths, got {buckets!r}")
+    return tuple(buckets)
 
 
 def _pipeline(options: CompileOptions, passes: str | Sequence[Pass] | None, table: Path | None) -> list[Pass]:
@@ -246,7 +277,8 @@ class CompiledModel:
         trace: str | Path | None = None,
         engine: str = "host",
     ) -> GenerationOutput:
-        """Greedy (default) or sampled generation for up to `batch_size` prompts of any lengths.
+        """Greedy (default) or sampled generation for up to `batch_size` prompts of any lengths (any number of
+        prompts when compiled with `full_batch_size`: they take turns in its slots).
 
         `input_ids` is a [batch, len] tensor or a list of token-id lists (ragged). Generation stops per row at
         `eos_token_id` (default: the config's) or after `max_new_tokens`. `trace` names a Chrome/Perfetto
@@ -255,12 +287,19 @@ class CompiledModel:
         CPU, equal up to float rounding); the simulated figures are the same for both.
         """
         shapes = self.shapes
-        prompts = normalize_prompts(input_ids, shapes)
+        slots = self.options.full_batch_size
+        prompts = normalize_prompts(input_ids, shapes, any_count=slots is not None)
         sampling = SamplingConfig(do_sample, temperature, top_k, top_p, seed)
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
         eos_ids = eos_token_ids(eos)
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else min(eos_ids, default=0)
-        prefill, decode = self.executors(engine)
+        if slots is not None or self.options.comp_ctx_lengths_decode is not None:  # slots, or buckets per call
+            scheduler = ContinuousBatchScheduler(self, engine=engine)
+            output = generate_in_slots(scheduler, prompts, max_new_tokens, sampling, eos_ids, pad, streamer)
+            if trace is not None:
+                write_slot_trace(trace, scheduler.calls, scheduler.num_slots, self.simulation.device)
+            return output
+        prefill, decode = self.generation_executors(engine)
         cache_specs = {s.name: (s.shape, s.dtype) for s in self.prefill.inputs if s.role in ("past_key", "past_value")}
         output = generate(
             prefill,
@@ -317,6 +356,18 @@ class CompiledModel:
     def host_executors(self) -> tuple[Executor, Executor]:
         """The (prefill, decode) reference executors, created once; they share the weight tensors."""
         return self.executors("host")
+
+    def generation_executors(self, engine: str = "host") -> tuple[Executor, Executor]:
+        """The executors a generation loop uses: on the host, ones that write the KV cache in place (the loop owns
+        its cache and feeds the outputs back, so no call copies the whole cache); else `executors(engine)`."""
+        if engine != "host":
+            return self.executors(engine)
+        if "host-donating" not in self._executors:
+            self._executors["host-donating"] = (
+                HostExecutor(self.prefill, donate_caches=True),
+                HostExecutor(self.decode, donate_caches=True),
+            )
+        return self._executors["host-donating"]
 
     def executors(self, engine: str = "host") -> tuple[Executor, Executor]:
         """The (prefill, decode) executors of `engine` (one of ENGINES), created once per engine."""

@@ -53,7 +53,7 @@ def test_sections_have_their_fields(quick_results) -> None:
     assert streamed["median_wall_s"] > 0 and streamed["median_peak_rss_anon_mb"] > 0
     assert all(math.isfinite(r["simulated_decode_tokens_per_s"]) for r in sections["stream_7b"]["load"])
     assert {r["system"] for r in sections["peers"]} >= {"hf-eager", "onnxruntime", "qeff-ort-fp32", "qeff-ort-int8"}
-    serving = sections["serving"]["points"]
+    serving = sections["http_serving"]["points"]
     assert [p["concurrency"] for p in serving] == [1, 4] and all(p["requests"] == p["concurrency"] for p in serving)
     for point in serving:
         assert point["completion_tokens"] > 0 and point["tokens_per_s"] > 0 and point["simulated_tokens_per_s"] > 0

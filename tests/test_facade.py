@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,21 @@ def test_older_qefficient_spellings_of_the_mpt_notebook_are_understood() -> None
     model = QEFFAutoModelForCausalLM.from_pretrained(TINY_MPT)
     with pytest.raises(InvalidArgumentError, match="compile"):  # the tokenizer is optional; the compile is not
         model.generate(prompts=["My name is"])
+
+
+def test_continuous_batching_as_qefficient_spells_it(tmp_path: Path) -> None:
+    """from_pretrained(continuous_batching=True), compile(full_batch_size, comp_ctx_lengths_*): generate takes more
+    prompts than slots and returns one text per prompt, each what that prompt gets alone."""
+    model = QEFFAutoModelForCausalLM.from_pretrained(TINY_MPT, continuous_batching=True)
+    path = model.compile(compile_dir=tmp_path, prefill_seq_len=16, ctx_len=64, full_batch_size=2,
+                         comp_ctx_lengths_decode=[32, 64], verify=False)
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MPT)
+    prompts = ["def f(x):", "import os", "class A:"]
+    info = model.generate(tokenizer, prompts, generation_len=6)
+    assert info.batch_size == 2 and len(info.generated_texts) == 3
+    for prompt, text, ids in zip(prompts, info.generated_texts, info.generated_ids, strict=True):
+        alone = model.compiled.generate([tokenizer.encode(prompt)], max_new_tokens=6).new_tokens[0]
+        assert ids.tolist() == list(alone) and text == tokenizer.decode(alone, skip_special_tokens=True)
+    names = [s["name"] for s in json.loads((Path(path) / "qaic" / "specializations.json").read_text())["specializations"]]
+    assert names == ["Prefill", "Decode_0", "Decode_1"]
+    assert info.perf_metrics.decode_perf > 0 and info.perf_metrics.total_time > 0

@@ -76,6 +76,17 @@ def compile_command(
             "--qaic", help="also write OUTPUT/qaic: the ONNX, specializations and compile.sh for qaic-compile"
         ),
     ] = False,
+    full_batch_size: Annotated[
+        int | None, typer.Option("--full-batch-size", help="continuous batching: decode slots (batch size 1)")
+    ] = None,
+    ccl_prefill: Annotated[
+        str | None,
+        typer.Option("--comp-ctx-lengths-prefill", help="context buckets of prefill calls, e.g. 256,512,1024"),
+    ] = None,
+    ccl_decode: Annotated[
+        str | None,
+        typer.Option("--comp-ctx-lengths-decode", help="context buckets of decode steps, e.g. 256,512,1024"),
+    ] = None,
 ) -> None:
     """Compile MODEL into a prefill and a decode program and write the artifact directory."""
     check_writable(output)  # before the compile's work, which a refusal would waste
@@ -102,6 +113,9 @@ def compile_command(
             prune_ffn=prune_ffn,
             prune_heads=prune_heads,
             prune_score=prune_score,
+            full_batch_size=full_batch_size,
+            comp_ctx_lengths_prefill=_lengths("--comp-ctx-lengths-prefill", ccl_prefill),
+            comp_ctx_lengths_decode=_lengths("--comp-ctx-lengths-decode", ccl_decode),
         )
     if time_passes:
         print_plain(compiled.timing_report())
@@ -132,3 +146,13 @@ def calibrate_command(
         table = calibrate(source, text)
     save_calibration(table, output)
     print_plain(f"calibrated {len(table)} linears of {model} → {output}")
+
+
+def _lengths(option: str, text: str | None) -> list[int] | None:
+    """A comma-separated list of context lengths."""
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise InvalidArgumentError(f"{option} must be comma-separated integers, got {text!r}") from None

@@ -14,6 +14,7 @@ from transformers import AutoTokenizer
 from qeff_compiler.atomic import check_writable
 from qeff_compiler.capture.tokenizer_files import check_tokenizer_files
 from qeff_compiler.cli.app import app, console, print_plain_inline
+from qeff_compiler.cli.serve import serve_workload
 from qeff_compiler.cli.terminal import check_prompt_text
 from qeff_compiler.compiler import check_engine, load_compiled
 from qeff_compiler.errors import InvalidArgumentError
@@ -36,11 +37,27 @@ def run_command(
     engine: Annotated[
         str, typer.Option("--engine", help="what runs the numerics here: host (reference) or onnxruntime (faster)")
     ] = "host",
+    requests: Annotated[
+        Path | None,
+        typer.Option(
+            "--requests", help="serve a workload file (JSON: requests, or a Poisson stream) by continuous batching"
+        ),
+    ] = None,
+    arrivals: Annotated[
+        str,
+        typer.Option("--arrivals", help="with --requests: replay arrival times on the simulated device or host clock"),
+    ] = "device",
 ) -> None:
-    """Generate from a compiled artifact, printing text as it streams and then the latency statistics."""
+    """Generate from a compiled artifact, printing text as it streams and then the latency statistics; or serve a
+    workload of many requests (--requests) through the artifact's slots and print the serving figures."""
     if trace is not None:
         check_writable(trace)
     check_engine(engine)
+    if requests is not None:
+        if prompt is not None or token_ids is not None:
+            raise InvalidArgumentError("give --requests FILE or a single --prompt / --token-ids, not both")
+        serve_workload(artifact, requests, engine, arrivals, trace)
+        return
     prompt = None if prompt is None else check_prompt_text(prompt)
     ids = _token_ids(prompt, token_ids)  # the options first: loading takes a while
     if ids is None and artifact.is_dir() and not (artifact / "tokenizer.json").is_file():

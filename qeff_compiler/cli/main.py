@@ -23,7 +23,7 @@ from typer._click.exceptions import (  # typer vendors click; these are its erro
 )
 
 # each command module registers its commands on `app` when imported
-from qeff_compiler.cli import accuracy, build, device, generate, graph, serve  # noqa: F401
+from qeff_compiler.cli import accuracy, build, device, generate, graph, serve_http  # noqa: F401
 from qeff_compiler.cli.app import app
 from qeff_compiler.cli.terminal import discard_unwritable_stdout, guarded_stdout
 from qeff_compiler.errors import QeffError

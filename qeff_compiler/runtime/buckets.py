@@ -19,7 +19,8 @@ def check_buckets(name: str, buckets: Sequence[int] | None, ctx_len: int) -> Non
     if buckets is None:
         return
     if isinstance(buckets, (str, bytes)) or not isinstance(buckets, Sequence) or not buckets:
-        raise InvalidArgumentError(f"{name} must be a non-empty list of context lengths, got {buckets!r}")
+        shown = list(buckets) if isinstance(buckets, Sequence) and not isinstance(buckets, (str, bytes)) else buckets
+        raise InvalidArgumentError(f"{name} must be a non-empty list of context lengths, got {shown!r}")
     if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in buckets):
         raise InvalidArgumentError(f"{name} must hold positive integers, got {list(buckets)!r}")
     if any(a >= b for a, b in zip(buckets, buckets[1:], strict=False)):

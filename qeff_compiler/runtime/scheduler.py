@@ -8,8 +8,10 @@ of every live slot. A request leaves its slot at an EOS token, one of its stop s
 sampling settings (and seed), so it produces what it would produce alone.
 
 Two clocks run side by side: host wall time and the simulated device's (each call charged by the cost model at
-its context bucket). `Request.arrival_s` is on the simulated clock: an offline workload (`run`) replays arrival
-times, idling the device until the next request arrives.
+its context bucket). `Request.arrival_s` is on the simulated clock by default (`arrivals="device"`): an offline
+workload (`run`) replays arrival times, idling the device until the next request arrives, and the simulated
+figures measure the stream. With `arrivals="host"` the arrival times are replayed on the wall clock instead (the
+engine sleeps until the next one), so the host figures measure serving under that load on this machine.
 
 Threading: `submit` and `cancel` may be called from any thread (they only touch a locked inbox, drained at the
 start of `step`); `step` is called by one engine thread.
@@ -34,6 +36,8 @@ from qeff_compiler.runtime.serving_stats import RequestStats, ServingStats
 from qeff_compiler.runtime.slots import Executor, SlotCache, SlotClock
 
 FINISH_REASONS = ("eos", "length", "stop", "cancelled")
+#: which clock `Request.arrival_s` is replayed on
+ARRIVAL_CLOCKS = ("device", "host")
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,22 @@ class ServableModel(Protocol):
     @property
     def context_buckets(self) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]: ...
 
-    def executors(self, engine: str = "host") -> tuple[Executor, Executor]: ...
+    def generation_executors(self, engine: str = "host") -> tuple[Executor, Executor]: ...
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One program call the scheduler made, on the simulated clock: what a per-slot trace draws."""
+
+    #: "prefill" (one chunk of one request into its slot) or "decode" (one step of every live slot)
+    kind: str
+    #: slots the call served (prefill: one; decode: every live slot)
+    slots: tuple[int, ...]
+    request_ids: tuple[str, ...]
+    #: the context bucket the call ran at
+    bucket: int
+    start_s: float
+    seconds: float
 
 
 @dataclass
@@ -141,10 +160,13 @@ class _Live:
 class ContinuousBatchScheduler:
     """Serves requests over the slots of a compiled model; see the module docstring."""
 
-    def __init__(self, model: ServableModel, *, engine: str | None = None) -> None:
+    def __init__(self, model: ServableModel, *, engine: str | None = None, arrivals: str = "device") -> None:
+        if arrivals not in ARRIVAL_CLOCKS:
+            raise InvalidArgumentError(f"arrivals must be one of {', '.join(ARRIVAL_CLOCKS)}, got {arrivals!r}")
+        self._host_arrivals = arrivals == "host"
         prefill_buckets, decode_buckets = model.context_buckets
         self._slots = SlotCache(
-            model.prefill, model.decode, model.executors(engine or "host"), prefill_buckets, decode_buckets
+            model.prefill, model.decode, model.generation_executors(engine or "host"), prefill_buckets, decode_buckets
         )
         self._clock = model.clock
         self._vocab = model.config.vocab_size
@@ -159,6 +181,8 @@ class ContinuousBatchScheduler:
         self._last_host_s = 0.0  # host seconds from the start to the last finish
         self._decode_live: list[int] = []
         self._decode_buckets: list[int] = []
+        #: every program call made, in order (`slot_trace` draws them)
+        self.calls: list[CallRecord] = []
         self._started = time.perf_counter()
         #: the simulated device clock (seconds since the scheduler started)
         self.device_time_s = 0.0
@@ -235,6 +259,8 @@ class ContinuousBatchScheduler:
         """Offline: submit every request, step until all are done; results in the order given."""
         requests = list(requests)
         first = len(self._finished)
+        if self._host_arrivals and not self.has_work:
+            self._started = time.perf_counter()  # arrival times count from the start of the replay
         for request in requests:
             self.submit(request)
         tokens: dict[str, list[int]] = {r.request_id: [] for r in requests}
@@ -273,7 +299,11 @@ class ContinuousBatchScheduler:
             inbox, self._inbox = self._inbox, []
             cancelled, self._cancelled = self._cancelled, set()
         for item in inbox:
-            item.arrival_s = max(item.arrival_s, self.device_time_s)
+            if self._host_arrivals:  # replayed on the wall clock: figures count from the arrival, not the submit
+                item.host_submit_s = max(item.host_submit_s, self._started + item.arrival_s)
+                item.arrival_s = self.device_time_s
+            else:
+                item.arrival_s = max(item.arrival_s, self.device_time_s)
         self._waiting += inbox
         events = []
         for item in [w for w in self._waiting if w.request.request_id in cancelled]:
@@ -290,9 +320,15 @@ class ContinuousBatchScheduler:
         free = [slot for slot in range(self.num_slots) if slot not in self._live]
         if not free or not self._waiting:
             return []
-        if not self._live:
-            self.device_time_s = max(self.device_time_s, min(w.arrival_s for w in self._waiting))
-        ready = sorted((w for w in self._waiting if w.arrival_s <= self.device_time_s), key=_queue_order)
+        if self._host_arrivals:
+            if not self._live:  # idle until the next request arrives
+                time.sleep(max(0.0, min(w.host_submit_s for w in self._waiting) - time.perf_counter()))
+            now = time.perf_counter()
+            ready = sorted((w for w in self._waiting if w.host_submit_s <= now), key=_host_order)
+        else:
+            if not self._live:  # the device idles until the next request arrives
+                self.device_time_s = max(self.device_time_s, min(w.arrival_s for w in self._waiting))
+            ready = sorted((w for w in self._waiting if w.arrival_s <= self.device_time_s), key=_queue_order)
         events = []
         for item, slot in zip(ready, free, strict=False):
             self._waiting.remove(item)
@@ -303,8 +339,14 @@ class ContinuousBatchScheduler:
         """Write a request's prompt into `slot`; its first token comes from the last chunk's logits."""
         start = time.perf_counter()
         results = self._slots.prefill(slot, item.request.prompt_ids)
-        device_s = sum(self._clock.prefill_call_s(r.bucket) for r in results)
-        self.device_time_s += device_s
+        device_s = 0.0
+        for result in results:
+            seconds = self._clock.prefill_call_s(result.bucket)
+            self.calls.append(
+                CallRecord("prefill", (slot,), (item.request.request_id,), result.bucket, self.device_time_s, seconds)
+            )
+            self.device_time_s += seconds
+            device_s += seconds
         item.slot = slot
         self._live[slot] = item
         token = int(item.sampler(results[-1].logits)[0])
@@ -316,6 +358,9 @@ class ContinuousBatchScheduler:
         start = time.perf_counter()
         result = self._slots.decode({slot: (i.tokens[-1], i.next_position) for slot, i in self._live.items()})
         device_s = self._clock.decode_call_s(result.bucket)
+        live = tuple(self._live)
+        ids = tuple(self._live[slot].request.request_id for slot in live)
+        self.calls.append(CallRecord("decode", live, ids, result.bucket, self.device_time_s, device_s))
         self.device_time_s += device_s
         self._decode_live.append(len(self._live))
         self._decode_buckets.append(result.bucket)
@@ -368,6 +413,10 @@ class ContinuousBatchScheduler:
 
 def _queue_order(item: _Live) -> tuple[float, int]:
     return item.arrival_s, item.order
+
+
+def _host_order(item: _Live) -> tuple[float, int]:
+    return item.host_submit_s, item.order
 
 
 def _sampler(request: Request) -> TokenSampler:
