@@ -54,14 +54,14 @@ class ServedModel:
 
 
 def build_served_model(root: Path) -> ServedModel:
-    """The smallest setup: a 2-layer random MPT with the shipped tokenizer, fp32, saved as an artifact."""
+    """The smallest setup: a 2-layer random MPT with the shipped tokenizer, fp32, 8 continuous-batching slots."""
     from transformers import AutoTokenizer
 
     model_dir = root / "model"
     random_model(tiny_config(vocab_size=2048, max_seq_len=CTX_LEN)).save_pretrained(model_dir)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(TINY_MPT / name, model_dir / name)
-    compiled = qc.compile(model_dir, ctx_len=CTX_LEN, prefill_len=PREFILL_LEN, batch_size=SLOTS, precision="fp32")
+    compiled = qc.compile(model_dir, ctx_len=CTX_LEN, prefill_len=PREFILL_LEN, full_batch_size=SLOTS, precision="fp32")
     compiled.save(root / "artifact")
     return ServedModel(compiled, root / "artifact", AutoTokenizer.from_pretrained(root / "artifact"))
 
