@@ -1,6 +1,6 @@
 """HTTP serving under load: `qeffc serve` on loopback, driven by the official `openai` client at several concurrencies.
 
-The shipped model (fp32, 8 continuous-batching slots, host engine) is served from a subprocess; at each concurrency
+The shipped model (fp32, `full_batch_size` 8 continuous-batching slots, host engine) is served from a subprocess; at each concurrency
 C, C clients stream completions back to back (closed loop) until 2·C requests (quick: C) have finished. Per point:
 throughput (completion tokens per wall second, all clients together), TTFT and TPOT (time per output token after
 the first) p50/p99 as the clients see them on this machine, and the same run's simulated-device figures: the
@@ -30,7 +30,7 @@ from qeff_compiler.data import TINY_MPT, TINY_MPT_VALIDATION_TEXT
 
 CONCURRENCY = (1, 4, 16, 64)
 QUICK_CONCURRENCY = (1, 4)
-#: the served model: the shipped MPT, fp32 (the host engine's fastest), 8 slots
+#: the served model: the shipped MPT, fp32 (the host engine's fastest), 8 continuous-batching slots
 SLOTS, CTX_LEN, PREFILL_LEN = 8, 128, 32
 PROMPT_TOKENS, MAX_TOKENS, QUICK_MAX_TOKENS = 32, 64, 8
 
@@ -38,9 +38,9 @@ PROMPT_TOKENS, MAX_TOKENS, QUICK_MAX_TOKENS = 32, 64, 8
 def run(quick: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="qeff-bench-serve-") as root:
         artifact = Path(root) / "shipped"
-        qc.compile(TINY_MPT, ctx_len=CTX_LEN, prefill_len=PREFILL_LEN, batch_size=SLOTS, precision="fp32").save(
-            artifact
-        )
+        qc.compile(
+            TINY_MPT, ctx_len=CTX_LEN, prefill_len=PREFILL_LEN, full_batch_size=SLOTS, precision="fp32"
+        ).save(artifact)
         port = _free_port()
         server = _start(artifact, port, Path(root) / "server.log")
         try:
@@ -54,7 +54,7 @@ def run(quick: bool) -> dict:
             server.send_signal(signal.SIGTERM)
             server.wait(120)
     return {
-        "model": "tiny-mpt-pystdlib (shipped), fp32, host engine",
+        "model": "tiny-mpt-pystdlib (shipped), fp32, full_batch_size 8, host engine",
         "slots": SLOTS,
         "prompt_tokens": PROMPT_TOKENS,
         "max_tokens": QUICK_MAX_TOKENS if quick else MAX_TOKENS,
