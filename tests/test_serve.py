@@ -215,6 +215,7 @@ def test_64_concurrent_streams_complete_exactly_and_memory_stays_flat(
         assert generated == sum(len(expected) for *_, expected in workload)
         assert metric(after, "qeff_slots_live") == 0 and metric(after, "qeff_requests_in_flight") == 0
         rss.append(server.rss_anon_kib())
+    print(f"server RssAnon after round 1: {rss[0]} KiB, after round 2: {rss[1]} KiB")
     assert rss[1] - rss[0] < 8 * 1024, f"RssAnon grew from {rss[0]} KiB to {rss[1]} KiB across identical rounds"
 
 
