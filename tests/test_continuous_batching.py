@@ -176,6 +176,11 @@ def test_onnxruntime_runs_the_cb_ccl_handoff_graph_like_the_host(served, tmp_pat
     model = served["cb+ccl"]
     session = HandoffSession(model).session
     names = [o.name for o in session.get_outputs()]
+    inputs = [(i.name, i.shape) for i in session.get_inputs()]  # QEfficient's order and symbolic dims
+    assert inputs[0] == ("input_ids", ["batch_size", "seq_len"])
+    assert inputs[1] == ("past_key.0", ["full_batch_size", 4, "ctx_len", 8])
+    assert inputs[-3:] == [("comp_ctx_lengths", ["comp_ctx_lengths"]), ("position_ids", ["batch_size", "seq_len"]),
+                           ("batch_index", ["batch_size", 1])]
     prefill, decode = model.host_executors()
     cache = _filled_cache(model.prefill, torch.Generator().manual_seed(1))
     calls = [
