@@ -155,8 +155,8 @@ class ShardedExecutor:
         if fmt is not None and not isinstance(fmt, str):
             raise TypeError(f"{node.name}: kv_cache_format is {fmt!r}, not a format name")
         index, lengths = node.kwargs.get("batch_index"), node.kwargs.get("comp_ctx_lengths")
-        rows = None if index is None else env[index][:, 0]  # continuous batching: each row's slot
-        context_len = caches[0].shape[2] if lengths is None else env[lengths].shape[0]  # the context bucket
+        rows = env[index][:, 0] if isinstance(index, torch.fx.Node) else None  # continuous batching: row slots
+        context_len = env[lengths].shape[0] if isinstance(lengths, torch.fx.Node) else caches[0].shape[2]  # bucket
         read = []
         for cache, new in zip(caches, (key, value), strict=True):
             cache[:, heads] = write_cache(cache[:, heads], _cache_values(new, cache.dtype, fmt), positions, rows)
