@@ -164,6 +164,7 @@ def compile(  # noqa: A001 (the public API's name)
                 raise PipelineError(
                     f"pipeline {recorded!r} does not make the program stateful: add kv-cache{{ctx_len=N}}"
                 )
+            _check_serving_passes(options, program, recorded)
             programs[name], reports[name] = program, manager.timing_report()
         meter.advance = ReadMeter().advance  # saving reports its own progress
     compiled = CompiledModel(
@@ -173,6 +174,18 @@ def compile(  # noqa: A001 (the public API's name)
     compiled.calibration_table = table
     compiled.source_weights = source_weights
     return compiled
+
+
+def _check_serving_passes(options: CompileOptions, program: Program, recorded: str) -> None:
+    """A compile asked for slots or context buckets needs the passes that make them (a custom pipeline may lack
+    them): the runtime would otherwise feed inputs the program does not have."""
+    asked = {
+        "continuous-batching": options.full_batch_size is not None,
+        "compute-context-length": options.comp_ctx_lengths_decode is not None,
+    }
+    for name, wanted in asked.items():
+        if wanted and name not in program.properties:
+            raise PipelineError(f"pipeline {recorded!r} lacks the {name} pass its options ask for: add {name}")
 
 
 def _buckets(

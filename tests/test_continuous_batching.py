@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import qeff_compiler as qc
 from qeff_compiler.backends.ai100.cost_model import tier_bandwidth
+from qeff_compiler.backends.ai100.sharded import run_sharded
 from qeff_compiler.backends.ai100.workload import program_workload
 from qeff_compiler.backends.qaic.engine import HandoffSession
 from qeff_compiler.capture.presets import preset_config
@@ -175,6 +176,11 @@ def test_onnxruntime_runs_the_cb_ccl_handoff_graph_like_the_host(served, tmp_pat
     model = served["cb+ccl"]
     session = HandoffSession(model).session
     names = [o.name for o in session.get_outputs()]
+    inputs = [(i.name, i.shape) for i in session.get_inputs()]  # QEfficient's order and symbolic dims
+    assert inputs[0] == ("input_ids", ["batch_size", "seq_len"])
+    assert inputs[1] == ("past_key.0", ["full_batch_size", 4, "ctx_len", 8])
+    assert inputs[-3:] == [("comp_ctx_lengths", ["comp_ctx_lengths"]), ("position_ids", ["batch_size", "seq_len"]),
+                           ("batch_index", ["batch_size", 1])]
     prefill, decode = model.host_executors()
     cache = _filled_cache(model.prefill, torch.Generator().manual_seed(1))
     calls = [
@@ -271,3 +277,16 @@ def test_poisson_workload_is_seeded_with_the_asked_rate_and_lengths() -> None:
     assert {len(r.prompt_ids) for r in requests} == set(range(3, 10))
     assert {r.max_new_tokens for r in requests} == set(range(2, 6))
     assert all(r.arrival_s == 0 for r in PoissonWorkload(5, None, (1, 2), (1, 2)).requests(8))
+
+
+def test_shard_wise_execution_honours_slots_and_buckets(served) -> None:
+    """The partitioned numerics (shard by shard, as the plan splits the cores) equal the host program with
+    permuted slots and a context bucket."""
+    model = served["cb+ccl"]
+    cache = _filled_cache(model.decode, torch.Generator().manual_seed(3))
+    step = {"input_ids": torch.tensor([[3], [4], [1]]), "position_ids": torch.tensor([[2], [-1], [5]]),
+            "batch_index": torch.tensor([[2], [0], [1]]), "comp_ctx_lengths": torch.zeros(6, dtype=torch.int64)}
+    expected = model.host_executors()[1]({**step, **{k: v.clone() for k, v in cache.items()}})
+    sharded = run_sharded(model.decode, model.simulation.plans["decode"], {**step, **cache})
+    for name, value in expected.items():
+        torch.testing.assert_close(sharded[name], value, rtol=1e-5, atol=1e-5)

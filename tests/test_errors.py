@@ -1020,6 +1020,9 @@ compile_row("ccl-above-ctx-len", comp_ctx_lengths_prefill=[8, 32])
 compile_row("ccl-not-covering", comp_ctx_lengths_decode=[8, 16])
 compile_row("full-batch-size-not-positive", full_batch_size=0)
 compile_row("full-batch-size-with-batch-size", batch_size=2, full_batch_size=4)
+compile_row(
+    "pipeline-lacks-serving-pass", full_batch_size=2, passes="strip-export-noise,patch-attention,kv-cache{ctx_len=24},dce"
+)
 compile_row("cb-pass-no-size", passes="strip-export-noise,patch-attention,kv-cache{ctx_len=24},continuous-batching")
 compile_row(
     "cb-pass-too-few-slots",
@@ -1117,6 +1120,7 @@ OFFENDING.update({
     "ccl-simulated-bucket": "bucket 0",
     "full-batch-size-not-positive": "got 0",
     "full-batch-size-with-batch-size": "batch_size=2",
+    "pipeline-lacks-serving-pass": "continuous-batching",
     "cb-pass-no-size": "full_batch_size",
     "cb-pass-too-few-slots": "full_batch_size=1",
     "facade-cb-needs-full-batch-size": "continuous_batching=True",

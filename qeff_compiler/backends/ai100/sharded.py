@@ -154,12 +154,16 @@ class ShardedExecutor:
         positions, fmt = env[node_arg(node, 4)], node.kwargs.get("kv_cache_format")
         if fmt is not None and not isinstance(fmt, str):
             raise TypeError(f"{node.name}: kv_cache_format is {fmt!r}, not a format name")
+        index, lengths = node.kwargs.get("batch_index"), node.kwargs.get("comp_ctx_lengths")
+        rows = env[index][:, 0] if isinstance(index, torch.fx.Node) else None  # continuous batching: row slots
+        context_len = env[lengths].shape[0] if isinstance(lengths, torch.fx.Node) else caches[0].shape[2]  # bucket
         read = []
         for cache, new in zip(caches, (key, value), strict=True):
-            cache[:, heads] = write_cache(cache[:, heads], _cache_values(new, cache.dtype, fmt), positions)
-            read.append(cache[:, heads].to(key.dtype))
-        batch, ctx_len = positions.shape[0], caches[0].shape[2]
-        return read[0], read[1], positions, torch.arange(ctx_len).expand(batch, ctx_len)
+            cache[:, heads] = write_cache(cache[:, heads], _cache_values(new, cache.dtype, fmt), positions, rows)
+            mine = cache[:, heads] if rows is None else cache[rows][:, heads]
+            read.append(mine[:, :, :context_len].to(key.dtype))
+        batch = positions.shape[0]
+        return read[0], read[1], positions, torch.arange(context_len).expand(batch, context_len)
 
     def _embedding(self, node: torch.fx.Node, env: Env) -> torch.Tensor:
         ids = env[node_arg(node, 1)]
