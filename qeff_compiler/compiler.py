@@ -13,7 +13,7 @@ import torch
 from transformers import MptConfig
 
 from qeff_compiler.artifact import CALIBRATION_TABLE, ONNX_FILES, PLAN, WEIGHTS, load_artifact, save_artifact
-from qeff_compiler.backends.ai100.memory import check_kv_cache_fits
+from qeff_compiler.backends.ai100.memory import check_kv_cache_fits, check_weights_fit
 from qeff_compiler.backends.ai100.partition import PartitionPlan
 from qeff_compiler.backends.ai100.simulator import SimulatedDevice
 from qeff_compiler.calibration import calibration_file, load_calibration
@@ -22,7 +22,7 @@ from qeff_compiler.errors import ArtifactIntegrityError, InvalidArgumentError, P
 from qeff_compiler.ir.interpret import HostExecutor
 from qeff_compiler.ir.program import Program
 from qeff_compiler.ir.weights import WeightStore, should_stream
-from qeff_compiler.options import CompileOptions
+from qeff_compiler.options import DEFAULTS, CompileOptions
 from qeff_compiler.passes import PassManager
 from qeff_compiler.passes.base import Pass
 from qeff_compiler.passes.fp16_overflow import CheckFp16Range
@@ -51,15 +51,15 @@ ENGINES = ("host", "onnxruntime")
 def compile(  # noqa: A001 (the public API's name)
     model: ModelSource,
     *,
-    precision: str = "fp32",
-    ctx_len: int = 128,
-    prefill_len: int = 32,
-    batch_size: int = 1,
-    kv_cache_dtype: str | None = None,
-    device: str = "ai100-standard",
-    num_cores: int | None = None,
-    num_devices: int = 1,
-    p2p_format: str = "fp16",
+    precision: str = DEFAULTS.precision,
+    ctx_len: int = DEFAULTS.ctx_len,
+    prefill_len: int = DEFAULTS.prefill_len,
+    batch_size: int = DEFAULTS.batch_size,
+    kv_cache_dtype: str | None = DEFAULTS.kv_cache_dtype,
+    device: str = DEFAULTS.device,
+    num_cores: int | None = DEFAULTS.num_cores,
+    num_devices: int = DEFAULTS.num_devices,
+    p2p_format: str = DEFAULTS.p2p_format,
     calibration: str | Path | None = None,
     passes: str | Sequence[Pass] | None = None,
     verify: bool = True,
@@ -71,6 +71,9 @@ def compile(  # noqa: A001 (the public API's name)
     progress: bool | Progress = False,
 ) -> CompiledModel:
     """Capture `model` at the prefill and decode shapes and run the pass pipeline on both.
+
+    The defaults (`options.DEFAULTS`) are the facade's and every `qeffc` command's; precision fp16, as on the
+    device, which has no fp32 path (fp32 stays available: exact HF numerics on the host).
 
     `passes` replaces the default pipeline (`pipelines.compile_pipeline`): pipeline text or configured passes
     (`passes.pipeline.configure`); it must produce a stateful program.
@@ -113,14 +116,10 @@ def compile(  # noqa: A001 (the public API's name)
         raise InvalidArgumentError(f"prefill_len={prefill_len} exceeds the model's max_seq_len={max_seq_len}")
     if passes is None and ctx_len > max_seq_len:
         raise InvalidArgumentError(f"ctx_len={ctx_len} exceeds the model's max_seq_len={max_seq_len}")
-    check_kv_cache_fits(
-        resolved.config,
-        batch_size,
-        ctx_len,
-        kv_cache_bits(precision, kv_cache_dtype),
-        options.target.spec(),
-        num_devices,
-    )
+    cache_bits, spec = kv_cache_bits(precision, kv_cache_dtype), options.target.spec()
+    check_kv_cache_fits(resolved.config, batch_size, ctx_len, cache_bits, spec, num_devices)
+    if passes is None and not (prune_ffn or prune_heads):  # pruned or custom pipelines: the memory plan checks
+        check_weights_fit(resolved.config, precision, batch_size, ctx_len, cache_bits, spec, num_devices)
     reporter = progress if not isinstance(progress, bool) else make_progress(progress)
     streaming = should_stream(stream, resolved.weights)
     meter = ReadMeter()

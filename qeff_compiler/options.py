@@ -16,9 +16,10 @@ from qeff_compiler.precision import check_precision, check_pruning
 
 @dataclass(frozen=True)
 class CompileOptions:
-    """The static choices a compiled model is specialised for."""
+    """The static choices a compiled model is specialised for. Its defaults are every entry point's defaults
+    (`qc.compile`, the facade, each `qeffc` command; see `DEFAULTS`): fp16, because the device has no fp32 path."""
 
-    precision: str = "fp32"
+    precision: str = "fp16"
     ctx_len: int = 128
     prefill_len: int = 32
     batch_size: int = 1
@@ -54,6 +55,10 @@ class CompileOptions:
                 raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
         if self.ctx_len < self.prefill_len:
             raise InvalidArgumentError(f"ctx_len={self.ctx_len} is smaller than prefill_len={self.prefill_len}")
+
+
+#: the one set of defaults `qc.compile`, the facade and every `qeffc` command share
+DEFAULTS = CompileOptions()
 
 
 def check_config_only(precision: str) -> None:

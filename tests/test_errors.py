@@ -119,7 +119,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 def module_state(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, qc.CompiledModel]:
-    return tmp_path_factory.mktemp("errors"), qc.compile(tiny_config(), ctx_len=24, prefill_len=8)
+    return tmp_path_factory.mktemp("errors"), qc.compile(tiny_config(), precision="fp32", ctx_len=24, prefill_len=8)
 
 
 @pytest.fixture
@@ -170,7 +170,7 @@ def config_row(ident: str, **overrides: object) -> None:
 
 
 def compile_row(ident: str, **options: object) -> None:
-    TRIGGERS[ident] = lambda env: qc.compile(tiny_config(), **{"ctx_len": 24, "prefill_len": 8, **options})
+    TRIGGERS[ident] = lambda env: qc.compile(tiny_config(), **{"precision": "fp32", "ctx_len": 24, "prefill_len": 8, **options})
 
 
 def pipeline_row(ident: str, pipeline: str) -> None:
@@ -336,7 +336,7 @@ def _(env: Env) -> object:
 
 @trigger("pipeline-not-stateful")
 def _(env: Env) -> object:
-    return qc.compile(tiny_config(), ctx_len=24, prefill_len=8, passes="strip-export-noise,patch-attention")
+    return qc.compile(tiny_config(), precision="fp32", ctx_len=24, prefill_len=8, passes="strip-export-noise,patch-attention")
 
 
 class _ScaleLmHead(Pass):
@@ -673,14 +673,14 @@ def _(env: Env) -> object:
     directory = env.model_copy("evil-pickle")
     (directory / "model.safetensors").unlink()
     torch.save({"x": _Evil()}, directory / "pytorch_model.bin")
-    return qc.compile(directory, ctx_len=24, prefill_len=8, allow_pickle=True)
+    return qc.compile(directory, precision="fp32", ctx_len=24, prefill_len=8, allow_pickle=True)
 
 
 @trigger("weight-non-finite")
 def _(env: Env) -> object:
     tensors = _tensors(env)
     tensors["transformer.blocks.1.ffn.down_proj.weight"][3, 5] = float("nan")
-    return qc.compile(_with_tensors(env, "nan-weight", tensors), ctx_len=24, prefill_len=8)
+    return qc.compile(_with_tensors(env, "nan-weight", tensors), precision="fp32", ctx_len=24, prefill_len=8)
 
 
 _index_row("sharded-index-entry", "index-entry", lambda weight_map: weight_map.update({"lm_head.weight": 3}))
@@ -717,7 +717,7 @@ def _(env: Env) -> object:
     model = random_model(tiny_config())
     with torch.no_grad():
         model.transformer.blocks[0].ffn.up_proj.weight.mul_(1e37)
-    return qc.compile(model, ctx_len=24, prefill_len=8, verify=False).generate([[1, 2, 3]], 4)
+    return qc.compile(model, precision="fp32", ctx_len=24, prefill_len=8, verify=False).generate([[1, 2, 3]], 4)
 
 
 cli_row("cli-prompt-not-utf8", lambda env: ["run", str(env.artifact), "--prompt", "def f(\udcff)"])
@@ -760,7 +760,7 @@ def _(env: Env) -> object:
 # the Cloud AI 100 hand-off (qaic)
 def _handoff(env: Env, **options: object) -> object:
     weight_dtype = options.pop("weight_dtype", "fp32")
-    compiled = qc.compile(tiny_config(), **{"ctx_len": 24, "prefill_len": 8, **options})
+    compiled = qc.compile(tiny_config(), **{"precision": "fp32", "ctx_len": 24, "prefill_len": 8, **options})
     return compiled.export_qaic(env.fresh("qaic"), weight_dtype=weight_dtype)
 
 
@@ -772,7 +772,7 @@ TRIGGERS["qaic-weight-dtype"] = lambda env: _handoff(env, weight_dtype="bf16")
 
 @trigger("qaic-pruned")
 def _(env: Env) -> object:
-    compiled = qc.compile(env.model_dir, ctx_len=24, prefill_len=8, prune_ffn=0.25, verify=False)
+    compiled = qc.compile(env.model_dir, precision="fp32", ctx_len=24, prefill_len=8, prune_ffn=0.25, verify=False)
     return compiled.export_qaic(env.fresh("qaic"))
 
 
