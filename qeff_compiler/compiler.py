@@ -41,6 +41,7 @@ from qeff_compiler.runtime.generate import (
 )
 from qeff_compiler.runtime.sampling import SamplingConfig
 from qeff_compiler.runtime.stats import LatencyStats
+from qeff_compiler.runtime.threads import resolve_threads, torch_threads
 
 __all__ = ["ENGINES", "CompileOptions", "CompiledModel", "check_engine", "compile", "load_compiled"]
 
@@ -212,6 +213,15 @@ class CompiledModel:
         #: the programs partitioned, placed and timed on the target device (raises if they do not fit)
         self.simulation = SimulatedDevice(prefill, decode, options.target, plans)
 
+    def __repr__(self) -> str:
+        """What was compiled for what: the model, the options that shape it, the target and the pipeline."""
+        o = self.options
+        cache = f", kv_cache_dtype={o.kv_cache_dtype}" if o.kv_cache_dtype else ""
+        return (
+            f"CompiledModel({self.origin}: {o.precision}{cache}, ctx_len={o.ctx_len}, prefill_len={o.prefill_len}, "
+            f"batch_size={o.batch_size} on {self.simulation.device}; pipeline {self.pipeline})"
+        )
+
     @property
     def config(self) -> MptConfig:
         return self.prefill.config
@@ -234,6 +244,7 @@ class CompiledModel:
         streamer: Streamer | None = None,
         trace: str | Path | None = None,
         engine: str = "host",
+        threads: int | None = None,
     ) -> GenerationOutput:
         """Greedy (default) or sampled generation for up to `batch_size` prompts of any lengths.
 
@@ -241,7 +252,9 @@ class CompiledModel:
         `eos_token_id` (default: the config's) or after `max_new_tokens`. `trace` names a Chrome/Perfetto
         trace-event JSON file to write with the simulated device's timeline of the run. `engine` runs the numerics:
         "host" (the reference executor) or "onnxruntime" (the artifact's ONNX files on ONNX Runtime: faster on a
-        CPU, equal up to float rounding); the simulated figures are the same for both.
+        CPU, equal up to float rounding); the simulated figures are the same for both. `threads` is the CPU
+        threads the engine (and torch) use: default chosen from the load so that they do not oversubscribe the
+        machine (`runtime.threads`).
         """
         shapes = self.shapes
         prompts = normalize_prompts(input_ids, shapes)
@@ -249,21 +262,23 @@ class CompiledModel:
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
         eos_ids = eos_token_ids(eos)
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else min(eos_ids, default=0)
-        prefill, decode = self.executors(engine)
+        threads = resolve_threads(threads)
+        prefill, decode = self.executors(engine, threads)
         cache_specs = {s.name: (s.shape, s.dtype) for s in self.prefill.inputs if s.role in ("past_key", "past_value")}
-        output = generate(
-            prefill,
-            decode,
-            shapes,
-            cache_specs,
-            prompts,
-            max_new_tokens,
-            sampling,
-            eos_ids,
-            pad,
-            self.simulation,
-            streamer,
-        )
+        with torch_threads(threads):
+            output = generate(
+                prefill,
+                decode,
+                shapes,
+                cache_specs,
+                prompts,
+                max_new_tokens,
+                sampling,
+                eos_ids,
+                pad,
+                self.simulation,
+                streamer,
+            )
         if trace is not None:
             self.simulation.write_trace(trace, output.stats)
         return output
@@ -307,25 +322,27 @@ class CompiledModel:
         """The (prefill, decode) reference executors, created once; they share the weight tensors."""
         return self.executors("host")
 
-    def executors(self, engine: str = "host") -> tuple[Executor, Executor]:
-        """The (prefill, decode) executors of `engine` (one of ENGINES), created once per engine."""
+    def executors(self, engine: str = "host", threads: int | None = None) -> tuple[Executor, Executor]:
+        """The (prefill, decode) executors of `engine` (one of ENGINES), created once per engine and, for
+        onnxruntime, per thread count (its sessions fix theirs; the host engine uses torch's, set per run)."""
         check_engine(engine)
-        if engine not in self._executors:
+        key = engine if engine == "host" else f"{engine}:{threads}"
+        if key not in self._executors:
             if engine == "host":
-                self._executors[engine] = (HostExecutor(self.prefill), HostExecutor(self.decode))
+                self._executors[key] = (HostExecutor(self.prefill), HostExecutor(self.decode))
             else:
                 from qeff_compiler.backends.onnxruntime_host import OnnxRuntimeExecutor
                 from qeff_compiler.backends.qaic.engine import handoff_executors, runs_handoff_graph
 
                 if runs_handoff_graph(self):  # fp32: the hand-off graph, one session, cache written by scatter
-                    self._executors[engine] = handoff_executors(self)  # type: ignore[assignment]
+                    self._executors[key] = handoff_executors(self, threads)  # type: ignore[assignment]
                 else:  # the emulation files: the lowered precision's exact numerics
                     sources = self._onnx_sources()
-                    self._executors[engine] = tuple(  # type: ignore[assignment]
-                        OnnxRuntimeExecutor(program, sources[name][0], initializers=sources[name][1])
+                    self._executors[key] = tuple(  # type: ignore[assignment]
+                        OnnxRuntimeExecutor(program, sources[name][0], threads, initializers=sources[name][1])
                         for name, program in (("prefill", self.prefill), ("decode", self.decode))
                     )
-        return self._executors[engine]
+        return self._executors[key]
 
     def _onnx_sources(self) -> Mapping[str, tuple[Path | bytes, Mapping | None]]:
         """Per specialization, what its ONNX Runtime session is built from: the artifact's files as read and
