@@ -19,8 +19,8 @@ from transformers import MptConfig, MptForCausalLM
 from qeff_compiler.capture.config import validate_mpt_config
 from qeff_compiler.capture.config_fields import check_config_fields
 from qeff_compiler.capture.finite import check_finite
-from qeff_compiler.capture.presets import named_model
 from qeff_compiler.capture.json_files import read_json_object, read_weight_map
+from qeff_compiler.capture.presets import named_model
 from qeff_compiler.capture.tokenizer_files import check_tokenizer_files
 from qeff_compiler.errors import ModelSourceError, NotAnMptModelError, WeightError
 from qeff_compiler.ir.weights import SafetensorsLocation, WeightStore

@@ -10,8 +10,8 @@ from rich.table import Table
 
 from qeff_compiler.atomic import check_writable
 from qeff_compiler.backends.ai100.plot import plot_simulation
-from qeff_compiler.capture import resolve_model
 from qeff_compiler.backends.ai100.simulator import check_request_lengths
+from qeff_compiler.capture import resolve_model
 from qeff_compiler.cli.app import (
     SHIPPED_MODEL,
     BatchSizeOption,

@@ -37,7 +37,7 @@ def resolve_threads(threads: int | None) -> int:
     if threads is None:
         return default_threads()
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise InvalidArgumentError(f"threads must be a positive integer or None (chosen from the load), got {threads!r}")
+        raise InvalidArgumentError(f"threads must be a positive integer or None (from the load), got {threads!r}")
     return threads
 
 
