@@ -379,8 +379,24 @@ def _(env: Env) -> object:
 
 @trigger("model-does-not-fit")
 def _(env: Env) -> object:
-    huge = MptConfig(d_model=4096, n_heads=32, n_layers=1, vocab_size=2_500_000, max_seq_len=64, tie_word_embeddings=False)
+    # passes the estimate from parameter counts (the lm_head fits) but not the plan (with the untied embedding)
+    huge = MptConfig(d_model=4096, n_heads=32, n_layers=1, vocab_size=1_500_000, max_seq_len=64, tie_word_embeddings=False)
     return qc.compile(huge, precision="fp16", ctx_len=16, prefill_len=8)
+
+
+@trigger("model-does-not-fit-early")
+def _(env: Env) -> object:
+    return qc.compile(preset_config("mpt-30b"), precision="mxfp6", ctx_len=24, prefill_len=8)
+
+
+@trigger("threads-invalid")
+def _(env: Env) -> object:
+    return env.compiled.generate([[1, 2]], 2, threads=0)
+
+
+@trigger("facade-qefficient-argument")
+def _(env: Env) -> object:
+    return qc.QEFFAutoModelForCausalLM.from_pretrained(env.model_dir).compile(num_speculative_tokens=3)
 
 
 @trigger("fp16-overflow")
@@ -447,6 +463,8 @@ cli_row("cli-token-ids", lambda env: ["run", str(env.artifact), "--token-ids", "
 cli_row("cli-no-tokenizer", lambda env: ["run", str(without(env.artifact_copy("no-tokenizer"), "tokenizer.json")), "--prompt", "def f("])
 cli_row("cli-preset-needs-directory", lambda env: ["calibrate", "mpt-7b", "-o", str(env.fresh("calib.safetensors"))])
 cli_row("cli-estimate-w8a8", lambda env: ["estimate", "mpt-125m", "--precision", "w8a8"])
+cli_row("cli-preset-compile", lambda env: ["compile", "mpt-7b", "-o", str(env.fresh("mpt-7b"))])
+cli_row("cli-estimate-ctx-len", lambda env: ["estimate", "mpt-7b", "--ctx-len", "8192"])
 cli_row("output-exists", lambda env: ["compile", str(env.model_dir), "-o", str(env.artifact)])
 
 
@@ -888,6 +906,11 @@ OFFENDING: dict[str, str] = {
     "cli-no-tokenizer": "/tmp/x/no-tokenizer",
     "cli-preset-needs-directory": "'mpt-7b'",
     "cli-estimate-w8a8": "w8a8",
+    "cli-preset-compile": "'mpt-7b'",
+    "cli-estimate-ctx-len": "ctx_len=8192",
+    "model-does-not-fit-early": "29.96 B",
+    "threads-invalid": "got 0",
+    "facade-qefficient-argument": "num_speculative_tokens=3",
     "output-exists": "/tmp/x/artifact",
     "output-not-an-artifact": "/tmp/x/notes",
     "output-unwritable": "/tmp/x/a-file",
