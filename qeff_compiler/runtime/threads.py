@@ -4,9 +4,10 @@ A decode step of a small model is hundreds of small ops; each multi-threaded op 
 thread must have run. When other processes keep the cores busy, a thread waits for a time slice at each
 barrier: on a 2-core machine at load average ~7 the shipped model's fp16 decode step took 13 ms on one thread
 and 100-380 ms on two. So the default is the CPUs this process may run on minus the ones other work keeps busy
-(the 1-minute load average, rounded down), at least one. torch's intra-op pool (OpenMP) and ONNX Runtime's pool
-get the same count, and only one of them runs at a time: ONNX Runtime's inter-op pool is off and its threads do
-not spin-wait after a run, so they leave the cores to torch's sampling between steps.
+(the 1-minute load average, rounded down), at least one, and never more than torch's own setting
+(`torch.set_num_threads`, `OMP_NUM_THREADS`), which a user can thus cap. torch's intra-op pool (OpenMP) and
+ONNX Runtime's pool get the same count, and only one of them runs at a time: ONNX Runtime's inter-op pool is off
+and its threads do not spin-wait after a run, so they leave the cores to torch's sampling between steps.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ def available_cpus() -> int:
 
 
 def default_threads() -> int:
-    """Threads for a run started now: the available CPUs that other work does not keep busy, at least one."""
-    cpus = available_cpus()
+    """Threads for a run started now: the available CPUs that other work does not keep busy, at least one, at
+    most torch's setting."""
+    cpus = min(available_cpus(), torch.get_num_threads())
     busy = int(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-    return max(1, min(cpus, cpus - busy))
+    return max(1, min(cpus, available_cpus() - busy))
 
 
 def resolve_threads(threads: int | None) -> int:
