@@ -124,3 +124,19 @@ def test_the_cache_directory_follows_xdg_without_qeffc_home(monkeypatch: pytest.
     assert cache_directory() == tmp_path / "qeffc"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert cache_directory() == Path.home() / ".cache" / "qeffc"
+
+
+def test_docs_list_every_qefficient_argument_the_facade_sorts() -> None:
+    import re
+
+    from qeff_compiler import facade
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "tune.md").read_text()
+    rows = {line.split("|")[1].strip(): line.split("|")[2] for line in text.splitlines() if line.startswith("| ")}
+    named = {kind: set(re.findall(r"`(\w+)", cell)) for kind, cell in rows.items()}
+    assert named["`qaic-compile` flags (`compiler_options`)"] == set(facade.QAIC_COMPILER_FLAGS)
+    assert named["build details"] == set(facade.QEFF_COMPILE_NO_EFFECT)
+    prefixes = {n.rstrip("_") for n in named["features not supported here"]}
+    expected = set(facade.QEFF_COMPILE_DEFAULTS) | set(facade.QEFF_LOAD_DEFAULTS)
+    assert {n for n in expected if not any(n.startswith(p) for p in prefixes)} == set()
+    assert named["this compiler's options (`compiler_options`)"] >= set(facade.COMPILER_OPTIONS)
