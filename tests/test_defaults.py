@@ -12,8 +12,8 @@ import pytest
 from typer.models import OptionInfo
 
 import qeff_compiler as qc
-from qeff_compiler.cli import build, device, generate, main as cli
 from qeff_compiler.backends.ai100.memory import weights_lower_bound
+from qeff_compiler.cli import accuracy, build, device, generate, main as cli
 from qeff_compiler.errors import InvalidArgumentError, ModelDoesNotFitError
 from qeff_compiler.facade import QEFFAutoModelForCausalLM
 from qeff_compiler.options import DEFAULTS
@@ -37,6 +37,8 @@ def test_every_entry_point_has_the_same_defaults_and_fp16_is_the_precision() -> 
         cli_defaults = _option_defaults(command)
         for name in ("precision", "ctx_len", "prefill_len", "batch_size", "kv_cache_dtype", "device", "num_devices"):
             assert cli_defaults[name] == api[name] == getattr(DEFAULTS, name), (command.__name__, name)
+    assert _option_defaults(accuracy.tune_command)["ctx_len"] == qc.tune.__kwdefaults__["ctx_len"] == DEFAULTS.ctx_len
+    assert qc.evaluate.__defaults__[0] == DEFAULTS.precision  # and `qeffc eval` scores it when given no --precision
     facade = inspect.signature(QEFFAutoModelForCausalLM.compile).parameters
     assert (facade["prefill_seq_len"].default, facade["ctx_len"].default) == (DEFAULTS.prefill_len, DEFAULTS.ctx_len)
 
