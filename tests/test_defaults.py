@@ -60,6 +60,8 @@ def test_estimate_refuses_a_ctx_len_beyond_the_model_as_compile_does(capsys: pyt
     assert "ctx_len=8192 exceeds the model's max_seq_len=2048" in estimate_error
     assert cli.run(["estimate", "--prompt-len", "100", "--generation-len", "100"]) == 2  # before compiling
     assert "prompt_len (100) + generation_len (100) exceeds ctx_len=128" in capsys.readouterr().err
+    assert cli.run(["estimate", "--prompt-len", "0"]) == 2  # not read as "the default"
+    assert "prompt_len must be a positive integer, got 0" in capsys.readouterr().err
 
 
 def test_a_model_too_big_for_the_socs_is_refused_from_its_parameter_counts_before_tracing(

@@ -61,8 +61,8 @@ def estimate_command(
     source = model_source(model)
     config = resolve_model(source).config if isinstance(source, Path) else source
     check_config_only(precision)
-    prompt = prompt_len or prefill_len
-    generation = generation_len or ctx_len - prompt
+    prompt = prefill_len if prompt_len is None else prompt_len
+    generation = ctx_len - prompt if generation_len is None else generation_len
     check_request_lengths(prompt, generation, ctx_len)  # before the compile, whose work a refusal would waste
     with console.status(f"compiling {model} for {device} (config only)"):
         compiled = compile_model(
