@@ -136,14 +136,17 @@ def test_default_threads_leave_busy_cpus_alone_and_respect_torchs_setting(monkey
     assert threads.default_threads() == 2  # OMP_NUM_THREADS / torch.set_num_threads cap it
     with pytest.raises(InvalidArgumentError, match="got 0"):
         threads.resolve_threads(0)
+    with pytest.raises(InvalidArgumentError, match=r"threads must be 1\.\.8 .*got 9"):
+        threads.resolve_threads(9)
 
 
 def test_generate_runs_at_the_thread_count_asked_and_restores_torchs(tiny_artifact: TinyArtifact) -> None:
     seen = []
     before = threads.torch.get_num_threads()
     compiled = tiny_artifact.compiled
-    out = compiled.generate([[1, 2, 3]], 2, threads=2, streamer=lambda *_: seen.append(threads.torch.get_num_threads()))
-    assert seen == [2, 2] and threads.torch.get_num_threads() == before
+    count = min(2, threads.available_cpus())
+    out = compiled.generate([[1, 2, 3]], 2, threads=count, streamer=lambda *_: seen.append(threads.torch.get_num_threads()))
+    assert seen == [count, count] and threads.torch.get_num_threads() == before
     assert generate.run_command  # the CLI passes --threads through (test_run_validates_...)
     text = repr(out.stats)
     assert text.count("\n") == 1 and "simulated on ai100-standard" in text and "host: TTFT" in text

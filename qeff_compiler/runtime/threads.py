@@ -35,11 +35,15 @@ def default_threads() -> int:
 
 
 def resolve_threads(threads: int | None) -> int:
-    """`threads` checked, or the default when None."""
+    """`threads` checked, or the default when None. More threads than CPUs would only oversubscribe them."""
     if threads is None:
         return default_threads()
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise InvalidArgumentError(f"threads must be a positive integer or None (from the load), got {threads!r}")
+    cpus = available_cpus()
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= cpus:
+        raise InvalidArgumentError(
+            f"threads must be 1..{cpus} (the CPUs this process may run on) or None (chosen from the load), "
+            f"got {threads!r}"
+        )
     return threads
 
 
