@@ -152,7 +152,8 @@ def tune_command(
             max_tokens=max_tokens,
         )
     table = Table(
-        title=f"Pareto front: simulated tok/s vs perplexity ({device}, prompt {prompt_len}, generate {generation_len})"
+        title=f"Pareto front: simulated tok/s vs perplexity ({device}, ctx_len {ctx_len}, batch 1, "
+        f"prompt {prompt_len}, generate {generation_len}; prefill_len per configuration)"
     )
     for column in ("configuration", "sim tok/s (E2E)", "sim decode tok/s", "sim TTFT", "ppl", "Δppl", "budget"):
         table.add_column(column, justify="right")
