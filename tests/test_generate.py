@@ -139,4 +139,4 @@ def test_bad_generation_requests_fail_before_any_work(prompts, kwargs, message) 
 )
 def test_bad_compile_options(kwargs, message) -> None:
     with pytest.raises(qc.QeffError, match=message):
-        qc.compile(tiny_config(), precision="fp32", **kwargs)
+        qc.compile(tiny_config(), **kwargs)
