@@ -53,7 +53,7 @@ def interleaved_times(calls: list[Callable[[], object]], repeats: int, warmup: i
 
 def measure(name: str, model: object, ctx_len: int, repeats: int) -> dict:
     ctx_len = min(ctx_len, resolve_model(model).config.max_seq_len)
-    compiled = qc.compile(model, ctx_len=ctx_len, prefill_len=32, verify=False)
+    compiled = qc.compile(model, precision="fp32", ctx_len=ctx_len, prefill_len=32, verify=False)
     early, late = interleaved_times([decode_step(compiled, 16), decode_step(compiled, ctx_len - 16)], repeats)
     row = {
         "model": name,

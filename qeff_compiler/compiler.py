@@ -13,7 +13,7 @@ import torch
 from transformers import MptConfig
 
 from qeff_compiler.artifact import CALIBRATION_TABLE, ONNX_FILES, PLAN, WEIGHTS, load_artifact, save_artifact
-from qeff_compiler.backends.ai100.memory import check_kv_cache_fits
+from qeff_compiler.backends.ai100.memory import check_kv_cache_fits, check_weights_fit
 from qeff_compiler.backends.ai100.partition import PartitionPlan
 from qeff_compiler.backends.ai100.simulator import SimulatedDevice
 from qeff_compiler.backends.ai100.slot_trace import write_slot_trace
@@ -23,7 +23,7 @@ from qeff_compiler.errors import ArtifactIntegrityError, InvalidArgumentError, P
 from qeff_compiler.ir.interpret import HostExecutor
 from qeff_compiler.ir.program import Program
 from qeff_compiler.ir.weights import WeightStore, should_stream
-from qeff_compiler.options import CompileOptions
+from qeff_compiler.options import DEFAULTS, CompileOptions
 from qeff_compiler.passes import PassManager
 from qeff_compiler.passes.base import Pass
 from qeff_compiler.passes.fp16_overflow import CheckFp16Range
@@ -44,6 +44,7 @@ from qeff_compiler.runtime.generate import (
 from qeff_compiler.runtime.sampling import SamplingConfig
 from qeff_compiler.runtime.scheduler import ContinuousBatchScheduler
 from qeff_compiler.runtime.stats import LatencyStats
+from qeff_compiler.runtime.threads import resolve_threads, torch_threads
 
 __all__ = ["ENGINES", "CompileOptions", "CompiledModel", "check_engine", "compile", "load_compiled"]
 
@@ -54,18 +55,18 @@ ENGINES = ("host", "onnxruntime")
 def compile(  # noqa: A001 (the public API's name)
     model: ModelSource,
     *,
-    precision: str = "fp32",
-    ctx_len: int = 128,
-    prefill_len: int = 32,
-    batch_size: int = 1,
+    precision: str = DEFAULTS.precision,
+    ctx_len: int = DEFAULTS.ctx_len,
+    prefill_len: int = DEFAULTS.prefill_len,
+    batch_size: int = DEFAULTS.batch_size,
     full_batch_size: int | None = None,
     comp_ctx_lengths_prefill: Sequence[int] | None = None,
     comp_ctx_lengths_decode: Sequence[int] | None = None,
-    kv_cache_dtype: str | None = None,
-    device: str = "ai100-standard",
-    num_cores: int | None = None,
-    num_devices: int = 1,
-    p2p_format: str = "fp16",
+    kv_cache_dtype: str | None = DEFAULTS.kv_cache_dtype,
+    device: str = DEFAULTS.device,
+    num_cores: int | None = DEFAULTS.num_cores,
+    num_devices: int = DEFAULTS.num_devices,
+    p2p_format: str = DEFAULTS.p2p_format,
     calibration: str | Path | None = None,
     passes: str | Sequence[Pass] | None = None,
     verify: bool = True,
@@ -77,6 +78,9 @@ def compile(  # noqa: A001 (the public API's name)
     progress: bool | Progress = False,
 ) -> CompiledModel:
     """Capture `model` at the prefill and decode shapes and run the pass pipeline on both.
+
+    The defaults (`options.DEFAULTS`) are the facade's and every `qeffc` command's; precision fp16, as on the
+    device, which has no fp32 path (fp32 stays available: exact HF numerics on the host).
 
     `passes` replaces the default pipeline (`pipelines.compile_pipeline`): pipeline text or configured passes
     (`passes.pipeline.configure`); it must produce a stateful program.
@@ -132,14 +136,11 @@ def compile(  # noqa: A001 (the public API's name)
         raise InvalidArgumentError(f"prefill_len={prefill_len} exceeds the model's max_seq_len={max_seq_len}")
     if passes is None and ctx_len > max_seq_len:
         raise InvalidArgumentError(f"ctx_len={ctx_len} exceeds the model's max_seq_len={max_seq_len}")
-    check_kv_cache_fits(
-        resolved.config,
-        full_batch_size or batch_size,
-        ctx_len,
-        kv_cache_bits(precision, kv_cache_dtype),
-        options.target.spec(),
-        num_devices,
-    )
+    cache_bits, spec = kv_cache_bits(precision, kv_cache_dtype), options.target.spec()
+    slots = full_batch_size or batch_size
+    check_kv_cache_fits(resolved.config, slots, ctx_len, cache_bits, spec, num_devices)
+    if passes is None and not (prune_ffn or prune_heads):  # pruned or custom pipelines: the memory plan checks
+        check_weights_fit(resolved.config, precision, slots, ctx_len, cache_bits, spec, num_devices)
     reporter = progress if not isinstance(progress, bool) else make_progress(progress)
     streaming = should_stream(stream, resolved.weights)
     meter = ReadMeter()
@@ -257,6 +258,15 @@ class CompiledModel:
         #: the programs partitioned, placed and timed on the target device (raises if they do not fit)
         self.simulation = SimulatedDevice(prefill, decode, options.target, plans)
 
+    def __repr__(self) -> str:
+        """What was compiled for what: the model, the options that shape it, the target and the pipeline."""
+        o = self.options
+        cache = f", kv_cache_dtype={o.kv_cache_dtype}" if o.kv_cache_dtype else ""
+        return (
+            f"CompiledModel({self.origin}: {o.precision}{cache}, ctx_len={o.ctx_len}, prefill_len={o.prefill_len}, "
+            f"batch_size={o.batch_size} on {self.simulation.device}; pipeline {self.pipeline})"
+        )
+
     @property
     def config(self) -> MptConfig:
         return self.prefill.config
@@ -289,6 +299,7 @@ class CompiledModel:
         streamer: Streamer | None = None,
         trace: str | Path | None = None,
         engine: str = "host",
+        threads: int | None = None,
     ) -> GenerationOutput:
         """Greedy (default) or sampled generation for up to `batch_size` prompts of any lengths (any number of
         prompts when compiled with `full_batch_size`: they take turns in its slots).
@@ -297,7 +308,9 @@ class CompiledModel:
         `eos_token_id` (default: the config's) or after `max_new_tokens`. `trace` names a Chrome/Perfetto
         trace-event JSON file to write with the simulated device's timeline of the run. `engine` runs the numerics:
         "host" (the reference executor) or "onnxruntime" (the artifact's ONNX files on ONNX Runtime: faster on a
-        CPU, equal up to float rounding); the simulated figures are the same for both.
+        CPU, equal up to float rounding); the simulated figures are the same for both. `threads` is the CPU
+        threads the engine (and torch) use: default chosen from the load so that they do not oversubscribe the
+        machine (`runtime.threads`).
         """
         shapes = self.shapes
         slots = self.options.full_batch_size
@@ -306,27 +319,30 @@ class CompiledModel:
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
         eos_ids = eos_token_ids(eos)
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else min(eos_ids, default=0)
+        threads = resolve_threads(threads)
         if slots is not None or self.options.comp_ctx_lengths_decode is not None:  # slots, or buckets per call
             scheduler = ContinuousBatchScheduler(self, engine=engine)
-            output = generate_in_slots(scheduler, prompts, max_new_tokens, sampling, eos_ids, pad, streamer)
+            with torch_threads(threads):
+                output = generate_in_slots(scheduler, prompts, max_new_tokens, sampling, eos_ids, pad, streamer)
             if trace is not None:
                 write_slot_trace(trace, scheduler.calls, scheduler.num_slots, self.simulation.device)
             return output
-        prefill, decode = self.generation_executors(engine)
+        prefill, decode = self.generation_executors(engine, threads)
         cache_specs = {s.name: (s.shape, s.dtype) for s in self.prefill.inputs if s.role in ("past_key", "past_value")}
-        output = generate(
-            prefill,
-            decode,
-            shapes,
-            cache_specs,
-            prompts,
-            max_new_tokens,
-            sampling,
-            eos_ids,
-            pad,
-            self.simulation,
-            streamer,
-        )
+        with torch_threads(threads):
+            output = generate(
+                prefill,
+                decode,
+                shapes,
+                cache_specs,
+                prompts,
+                max_new_tokens,
+                sampling,
+                eos_ids,
+                pad,
+                self.simulation,
+                streamer,
+            )
         if trace is not None:
             self.simulation.write_trace(trace, output.stats)
         return output
@@ -370,11 +386,11 @@ class CompiledModel:
         """The (prefill, decode) reference executors, created once; they share the weight tensors."""
         return self.executors("host")
 
-    def generation_executors(self, engine: str = "host") -> tuple[Executor, Executor]:
+    def generation_executors(self, engine: str = "host", threads: int | None = None) -> tuple[Executor, Executor]:
         """The executors a generation loop uses: on the host, ones that write the KV cache in place (the loop owns
-        its cache and feeds the outputs back, so no call copies the whole cache); else `executors(engine)`."""
+        its cache and feeds the outputs back, so no call copies the whole cache); else `executors(engine, threads)`."""
         if engine != "host":
-            return self.executors(engine)
+            return self.executors(engine, threads)
         if "host-donating" not in self._executors:
             self._executors["host-donating"] = (
                 HostExecutor(self.prefill, donate_caches=True),
@@ -382,25 +398,27 @@ class CompiledModel:
             )
         return self._executors["host-donating"]
 
-    def executors(self, engine: str = "host") -> tuple[Executor, Executor]:
-        """The (prefill, decode) executors of `engine` (one of ENGINES), created once per engine."""
+    def executors(self, engine: str = "host", threads: int | None = None) -> tuple[Executor, Executor]:
+        """The (prefill, decode) executors of `engine` (one of ENGINES), created once per engine and, for
+        onnxruntime, per thread count (its sessions fix theirs; the host engine uses torch's, set per run)."""
         check_engine(engine)
-        if engine not in self._executors:
+        key = engine if engine == "host" else f"{engine}:{threads}"
+        if key not in self._executors:
             if engine == "host":
-                self._executors[engine] = (HostExecutor(self.prefill), HostExecutor(self.decode))
+                self._executors[key] = (HostExecutor(self.prefill), HostExecutor(self.decode))
             else:
                 from qeff_compiler.backends.onnxruntime_host import OnnxRuntimeExecutor
                 from qeff_compiler.backends.qaic.engine import handoff_executors, runs_handoff_graph
 
                 if runs_handoff_graph(self):  # fp32: the hand-off graph, one session, cache written by scatter
-                    self._executors[engine] = handoff_executors(self)  # type: ignore[assignment]
+                    self._executors[key] = handoff_executors(self, threads)  # type: ignore[assignment]
                 else:  # the emulation files: the lowered precision's exact numerics
                     sources = self._onnx_sources()
-                    self._executors[engine] = tuple(  # type: ignore[assignment]
-                        OnnxRuntimeExecutor(program, sources[name][0], initializers=sources[name][1])
+                    self._executors[key] = tuple(  # type: ignore[assignment]
+                        OnnxRuntimeExecutor(program, sources[name][0], threads, initializers=sources[name][1])
                         for name, program in (("prefill", self.prefill), ("decode", self.decode))
                     )
-        return self._executors[engine]
+        return self._executors[key]
 
     def _onnx_sources(self) -> Mapping[str, tuple[Path | bytes, Mapping | None]]:
         """Per specialization, what its ONNX Runtime session is built from: the artifact's files as read and

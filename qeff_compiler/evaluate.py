@@ -37,6 +37,7 @@ from qeff_compiler.capture import capture_resolved, resolve_model
 from qeff_compiler.errors import InvalidArgumentError, ModelSourceError
 from qeff_compiler.ir.interpret import HostExecutor
 from qeff_compiler.ir.program import Program
+from qeff_compiler.options import DEFAULTS
 from qeff_compiler.passes import PassManager
 from qeff_compiler.pipelines import evaluation_pipeline, prune_passes
 from qeff_compiler.precision import check_precision, check_pruning, pruning_options
@@ -130,7 +131,7 @@ def sweep_cache_dtypes(names: Sequence[str]) -> list[str | None]:
 
 def evaluate(
     model_dir: str | Path,
-    precision: str = "fp32",
+    precision: str = DEFAULTS.precision,
     kv_cache_dtype: str | None = None,
     text: str | Path | None = None,
     *,
@@ -174,7 +175,7 @@ class Evaluator:
 
     def __call__(
         self,
-        precision: str = "fp32",
+        precision: str = DEFAULTS.precision,
         kv_cache_dtype: str | None = None,
         *,
         prune_ffn: float = 0.0,

@@ -5,28 +5,36 @@ A notebook written for QEfficient's MPT example runs with one import changed:
     from qeff_compiler import QEFFAutoModelForCausalLM as AutoModelForCausalLM
     qeff_model = AutoModelForCausalLM.from_pretrained(model_dir)
     qeff_model.export()                                         # hand-off ONNX of the default fp16 compile
-    qpc_path = qeff_model.compile(prefill_seq_len=32, ctx_len=128, num_cores=16, mxfp6_matmul=True)
+    qpc_path = qeff_model.compile(prefill_seq_len=32, ctx_len=128, num_cores=14, mxfp6_matmul=True)
     exec_info = qeff_model.generate(tokenizer, prompts=["My name is"])
     print(exec_info)                                            # TTFT, decode / total tok/s, E2E time
 
-Signatures follow QEfficient's `QEFFAutoModelForCausalLM` (`from_pretrained`, `export`, `compile(onnx_path=None,
-compile_dir=None, *, prefill_seq_len=32, ctx_len=128, batch_size=1, num_devices=1, num_cores=16,
-mxfp6_matmul=False, mxint8_kv_cache=False, **compiler_options) -> str`, `generate(tokenizer, prompts,
-device_id=None, runtime_ai100=True, generation_len=None)`), and `generate` returns a `CloudAI100ExecInfo` with
-QEfficient's fields (`batch_size`, `generated_texts`, `generated_ids`, `perf_metrics`: prefill_time, decode_perf,
-total_perf, total_time). Where this deviates:
+Signatures follow QEfficient's `QEFFAutoModelForCausalLM` (`from_pretrained(path, continuous_batching=False,
+qaic_config=None, ...)`, `export(export_dir=None)`, `compile(onnx_path=None, compile_dir=None, *,
+prefill_seq_len=32, ctx_len=128, batch_size=1, full_batch_size=None, num_devices=1, num_cores, mxfp6_matmul=False,
+mxint8_kv_cache=False, num_speculative_tokens=None, ..., **compiler_options) -> Path`, `generate(tokenizer,
+prompts, device_id=None, runtime_ai100=True, generation_len=None, write_io=False)`), and `generate` returns a
+`CloudAI100ExecInfo` with QEfficient's fields (`batch_size`, `generated_texts`, `generated_ids`, `perf_metrics`:
+prefill_time, decode_perf, total_perf, total_time). Every QEfficient argument is accepted at its default value;
+one that would change the result here is refused or, when the result stays right but not everything asked for
+happens, accepted with a warning (the tables below). Where this deviates:
 
 - every figure is *simulated* (the cost model of `backends.ai100`; nothing runs on a card) and says so when printed;
 - `compile` writes this compiler's artifact directory (manifest, ONNX, weights) and returns its path; its `qaic/`
   holds the hand-off files (`backends.qaic`), and where the Cloud AI 100 SDK is installed `compile.sh` builds the
-  QPC into `qaic/qpc/` (else only the simulated device runs the model, and a warning says so);
-  QEfficient's fp16 compile maps to precision "fp16", `mxfp6_matmul` to "mxfp6", `mxint8_kv_cache` to the MXINT8
-  cache. `compiler_options` takes this compiler's options (`device`, default "ai100-pro", which has the 16 cores
-  QEfficient's default `num_cores` asks for; `precision`, `p2p_format`, `prune_ffn`, `prune_heads`,
-  `prune_score`, `verify`: False skips the per-pass numeric checks); `qaic-exec` flags, `onnx_path` and
-  speculative decoding are refused; continuous batching is QEfficient's: `from_pretrained(...,
-  continuous_batching=True)`, `compile(full_batch_size=F, comp_ctx_lengths_prefill=[...],
-  comp_ctx_lengths_decode=[...])`, and `generate` runs every prompt through the F slots;
+  QPC into `qaic/qpc/` (else only the simulated device runs the model, and a warning says so). Without
+  `compile_dir` it writes under the cache directory `$QEFFC_HOME` (default `$XDG_CACHE_HOME/qeffc`, else
+  `~/.cache/qeffc`), as QEfficient writes under `$QEFF_HOME`;
+- QEfficient's fp16 compile maps to precision "fp16", `mxfp6_matmul` to "mxfp6", `mxint8_kv_cache` to the MXINT8
+  cache. The target is `qc.compile`'s default device, ai100-standard (14 cores); `num_cores` defaults to all the
+  device's cores (QEfficient's 16 are an ai100-pro's: pass `device="ai100-pro"`). `compiler_options` takes this
+  compiler's options (`device`, `precision`, `p2p_format`, `prune_*`, `verify`) and QEfficient's `qaic-compile`
+  flags (`QAIC_COMPILER_FLAGS`), which tune the device binary: the simulated figures do not model them;
+- `generate` runs the numerics on `engine` ("onnxruntime" by default, the fast one; "host": the reference
+  executor) with `threads` CPU threads (default: from the machine's load); `write_io=True` writes no I/O files here;
+- continuous batching is QEfficient's: `from_pretrained(..., continuous_batching=True)`, `compile(full_batch_size=F,
+  comp_ctx_lengths_prefill=[...], comp_ctx_lengths_decode=[...])`, and `generate` runs every prompt through the F
+  slots;
 - `from_pretrained` takes a local MPT directory or an `MptForCausalLM` (no hub downloads, no HF kwargs);
 - `device_id`, `runtime_ai100` and `compile`'s `device_group` are accepted and ignored: the simulated device is
   the compiled target; the older `compile(mxfp6=True)` of QEfficient's MPT notebook means `mxfp6_matmul=True`.
@@ -37,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,12 +58,57 @@ from qeff_compiler.backends.qaic.command import run_compile, sdk_compiler
 from qeff_compiler.backends.qaic.handoff import ONNX, QAIC_DIRECTORY, check_handoff
 from qeff_compiler.compiler import CompiledModel, compile as compile_model
 from qeff_compiler.errors import HandoffError, InvalidArgumentError
+from qeff_compiler.options import DEFAULTS
 
 logger = logging.getLogger(__name__)
-#: `compile(**compiler_options)` keys this compiler understands
+#: `compile(**compiler_options)` keys that are this compiler's own options
 COMPILER_OPTIONS = ("device", "precision", "p2p_format", "prune_ffn", "prune_heads", "prune_score", "verify")
-#: where `compile` writes artifacts when given no compile_dir (QEfficient's QEFF_HOME cache plays this role)
-DEFAULT_COMPILE_ROOT = Path("qeff_models")
+#: QEfficient's `qaic-compile` flags (`compiler_options` it turns into `-flag`s) and their defaults: accepted; a
+#: value other than the default is named in a warning, since it tunes the binary in ways the simulator does not model
+QAIC_COMPILER_FLAGS: dict[str, object] = {
+    "aic_enable_depth_first": False,
+    "mos": -1,
+    "mdts_mos": None,
+    "allow_mxint8_mdp_io": False,
+    "convert_to_fp16": True,
+    "aic_perf_metrics": False,
+    "stats_level": None,
+}
+#: QEfficient `compile` arguments accepted only at these (its default) values: each changes what is compiled in a
+#: way this compiler does not do (yet), so another value is refused by name
+QEFF_COMPILE_DEFAULTS: dict[str, object] = {
+    "kv_cache_batch_size": None,
+    "num_speculative_tokens": None,
+    "prefill_only": None,
+    "enable_chunking": False,
+    "retain_full_kv": None,
+    "layerwise": False,
+    "kv_cache_prefix": None,
+}
+#: QEfficient `compile` arguments that only change how it builds its files, never the model: accepted, no effect
+QEFF_COMPILE_NO_EFFECT = (
+    "use_onnx_subfunctions",
+    "offload_pt_weights",
+    "moe_prefill_packed_chunk_size",
+    "layerwise_window_size",
+    "device_group",
+)
+#: QEfficient `from_pretrained` arguments accepted only at these (its default) values
+QEFF_LOAD_DEFAULTS: dict[str, object] = {
+    "qaic_config": None,
+    "max_seq_len_cached": None,
+    "layerwise": False,
+}
+#: environment variable naming the directory `compile` writes to when given no compile_dir (QEfficient: QEFF_HOME)
+CACHE_VARIABLE = "QEFFC_HOME"
+
+
+def cache_directory() -> Path:
+    """Where `compile` writes without a compile_dir: `$QEFFC_HOME`, else `$XDG_CACHE_HOME/qeffc`, else
+    `~/.cache/qeffc` (never the working directory)."""
+    if os.environ.get(CACHE_VARIABLE):
+        return Path(os.environ[CACHE_VARIABLE])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qeffc"
 
 
 @dataclass(frozen=True)
@@ -104,8 +158,8 @@ class QEFFAutoModelForCausalLM:
         #: QEfficient's from_pretrained(continuous_batching=True): compile then needs full_batch_size
         self.continuous_batching = continuous_batching
         self.compiled: CompiledModel | None = None
-        self.qpc_path: str | None = None
-        self.onnx_path: str | None = None
+        self.qpc_path: Path | None = None
+        self.onnx_path: Path | None = None
 
     @classmethod
     def from_pretrained(
@@ -115,7 +169,10 @@ class QEFFAutoModelForCausalLM:
         **kwargs: object,
     ) -> QEFFAutoModelForCausalLM:
         """Wrap a local MPT directory or an `MptForCausalLM` object (no hub: give a directory).
-        `continuous_batching=True` (QEfficient's argument) makes `compile` take `full_batch_size`."""
+        `continuous_batching=True` (QEfficient's argument) makes `compile` take `full_batch_size`. QEfficient's other
+        arguments (`QEFF_LOAD_DEFAULTS`) are accepted at their defaults; Hugging Face options are refused."""
+        qeff_arguments = {k: kwargs.pop(k) for k in QEFF_LOAD_DEFAULTS if k in kwargs}
+        check_defaults("from_pretrained", qeff_arguments, QEFF_LOAD_DEFAULTS)
         if kwargs:
             raise InvalidArgumentError(f"from_pretrained takes no Hugging Face options here, got {sorted(kwargs)}")
         if not isinstance(continuous_batching, bool):
@@ -133,12 +190,13 @@ class QEFFAutoModelForCausalLM:
         state = f"compiled to {self.qpc_path}" if self.qpc_path else "not compiled"
         return f"QEFFAutoModelForCausalLM({self.model_name}, {state})"
 
-    def export(self, export_dir: str | Path | None = None) -> Path:
+    def export(self, export_dir: str | Path | None = None, **kwargs: object) -> Path:
         """Compile at the defaults (fp16, prefill 32, ctx 128) and return the path of the hand-off ONNX (one graph
-        for prefill and decode, QEfficient's I/O), which `qaic-compile` takes."""
-        path = Path(self.compile(compile_dir=export_dir))
-        self.onnx_path = str(path / QAIC_DIRECTORY / ONNX)
-        return Path(self.onnx_path)
+        for prefill and decode, QEfficient's I/O), which `qaic-compile` takes. QEfficient's export options
+        (`prefill_seq_len`, `num_cores`, ...) are `compile`'s."""
+        path = self.compile(compile_dir=export_dir, **kwargs)  # type: ignore[arg-type]
+        self.onnx_path = path / QAIC_DIRECTORY / ONNX
+        return self.onnx_path
 
     def compile(
         self,
@@ -152,19 +210,16 @@ class QEFFAutoModelForCausalLM:
         comp_ctx_lengths_prefill: Sequence[int] | None = None,
         comp_ctx_lengths_decode: Sequence[int] | None = None,
         num_devices: int = 1,
-        num_cores: int = 16,
+        num_cores: int | None = None,
         mxfp6_matmul: bool = False,
         mxint8_kv_cache: bool = False,
         mxfp6: bool = False,
-        device_group: Sequence[int] | None = None,
         **compiler_options: object,
-    ) -> str:
+    ) -> Path:
         """Compile for the simulated device and write the artifact; returns its directory (QEfficient: the QPC).
-        `mxfp6` and `device_group` are the older QEfficient spellings its MPT notebook uses: `mxfp6` means
-        `mxfp6_matmul`, and `device_group` (card ids) is ignored like `generate`'s `device_id`.
-        `full_batch_size` (continuous batching: from_pretrained(..., continuous_batching=True)) and the
-        compute-context-length buckets `comp_ctx_lengths_prefill` / `comp_ctx_lengths_decode` are QEfficient's."""
-        del device_group
+        `mxfp6` is the older QEfficient spelling its MPT notebook uses for `mxfp6_matmul`. `full_batch_size`
+        (continuous batching: from_pretrained(..., continuous_batching=True)) and the compute-context-length buckets
+        `comp_ctx_lengths_prefill` / `comp_ctx_lengths_decode` are QEfficient's."""
         check_continuous_batching(self.continuous_batching, full_batch_size)
         options = compile_options(
             onnx_path,
@@ -181,12 +236,12 @@ class QEFFAutoModelForCausalLM:
             **compiler_options,
         )
         self.compiled = compile_model(self.model, **options)
-        directory = Path(compile_dir) if compile_dir is not None else DEFAULT_COMPILE_ROOT / self.model_name
+        directory = Path(compile_dir) if compile_dir is not None else cache_directory() / self.model_name
         path = directory / f"qpc-{_options_hash(options)}"
         self.compiled.save(path, overwrite=True)
         hand_off(self.compiled, path / QAIC_DIRECTORY)
-        self.qpc_path = str(path)
-        return self.qpc_path
+        self.qpc_path = path
+        return path
 
     def generate(
         self,
@@ -195,25 +250,33 @@ class QEFFAutoModelForCausalLM:
         device_id: Sequence[int] | None = None,
         runtime_ai100: bool = True,
         generation_len: int | None = None,
+        *,
+        write_io: bool = False,
+        engine: str = "onnxruntime",
+        threads: int | None = None,
     ) -> CloudAI100ExecInfo:
         """Greedy generation for `prompts`, `batch_size` at a time (compiled with `full_batch_size`: all of them
         through its slots, continuous batching); `generation_len` new tokens per prompt at most (default: up to the
-        context length). `tokenizer` None uses the model directory's."""
+        context length). `tokenizer` None uses the model directory's. `engine` and `threads` choose what runs the
+        numerics on this CPU (`CompiledModel.generate`); the simulated figures do not depend on them."""
         del device_id, runtime_ai100  # the simulated device is the compiled target
         if self.compiled is None:
             raise InvalidArgumentError("generate needs a compiled model: call compile() first")
         if isinstance(prompts, str) or not prompts:
             raise InvalidArgumentError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+        if write_io:
+            logger.warning("write_io=True: the simulated runtime writes no per-step input/output files")
         tokenizer = tokenizer if tokenizer is not None else self._tokenizer()
         shapes = self.compiled.shapes
         ids = [tokenizer.encode(prompt) for prompt in prompts]
         if generation_len is None:
             generation_len = shapes.ctx_len - max(len(i) for i in ids)
         if self.compiled.options.full_batch_size is not None:
-            return self._generate_in_slots(tokenizer, ids, generation_len)
+            return self._generate_in_slots(tokenizer, ids, generation_len, engine, threads)
         texts, generated, ttfts, steps, tokens, decode_s, total_s = [], [], [], 0, 0, 0.0, 0.0
         for start in range(0, len(ids), shapes.batch_size):
-            output = self.compiled.generate(ids[start : start + shapes.batch_size], max_new_tokens=generation_len)
+            batch = ids[start : start + shapes.batch_size]
+            output = self.compiled.generate(batch, max_new_tokens=generation_len, engine=engine, threads=threads)
             stats = output.stats
             ttfts.append(stats.ttft_s)
             steps += len(stats.token_latencies_s)
@@ -234,7 +297,12 @@ class QEFFAutoModelForCausalLM:
         )
 
     def _generate_in_slots(
-        self, tokenizer: PreTrainedTokenizerBase, ids: list[list[int]], generation_len: int
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        ids: list[list[int]],
+        generation_len: int,
+        engine: str,
+        threads: int | None,
     ) -> CloudAI100ExecInfo:
         """Every prompt through the continuous batch at once; figures per sequence as QEfficient reports them
         (its repr multiplies by the slots): tokens decoded per slot-second, mean prefill per prompt."""
@@ -242,7 +310,7 @@ class QEFFAutoModelForCausalLM:
         if compiled is None or compiled.options.full_batch_size is None:
             raise InvalidArgumentError("continuous-batching generation needs a model compiled with full_batch_size")
         slots = compiled.options.full_batch_size
-        output = compiled.generate(ids, max_new_tokens=generation_len)
+        output = compiled.generate(ids, max_new_tokens=generation_len, engine=engine, threads=threads)
         stats = output.stats
         generated = sum(len(row) for row in output.new_tokens)
         total_s = stats.prefill_s + stats.decode_s
@@ -269,25 +337,38 @@ def compile_options(
     prefill_seq_len: int,
     ctx_len: int,
     batch_size: int,
-    full_batch_size: int | None,
+    full_batch_size: int | None = None,
     num_devices: int,
-    comp_ctx_lengths_prefill: Sequence[int] | None = None,
-    comp_ctx_lengths_decode: Sequence[int] | None = None,
-    num_cores: int,
+    num_cores: int | None,
     mxfp6_matmul: bool,
     mxint8_kv_cache: bool,
+    comp_ctx_lengths_prefill: Sequence[int] | None = None,
+    comp_ctx_lengths_decode: Sequence[int] | None = None,
     **compiler_options: object,
 ) -> dict[str, Any]:
-    """QEfficient's compile arguments as `qc.compile` keyword arguments; refuses what has no counterpart here."""
+    """QEfficient's compile arguments as `qc.compile` keyword arguments. QEfficient's other arguments are sorted
+    out here, each by its table: accepted at their default (`QEFF_COMPILE_DEFAULTS`), without effect
+    (`QEFF_COMPILE_NO_EFFECT`), or as device-compiler flags (`QAIC_COMPILER_FLAGS`); anything else is refused."""
     if onnx_path is not None:
         raise InvalidArgumentError(f"onnx_path={onnx_path!r}: this compiler compiles from the model, not from ONNX")
-    unknown = sorted(set(compiler_options) - set(COMPILER_OPTIONS))
+    given = dict(compiler_options)
+    check_defaults("compile", {k: given.pop(k) for k in QEFF_COMPILE_DEFAULTS if k in given}, QEFF_COMPILE_DEFAULTS)
+    for name in QEFF_COMPILE_NO_EFFECT:
+        given.pop(name, None)
+    flags = {k: given.pop(k) for k in QAIC_COMPILER_FLAGS if k in given}
+    changed = sorted(k for k, value in flags.items() if value != QAIC_COMPILER_FLAGS[k])
+    if changed:
+        logger.warning("qaic-compile flags %s tune the device binary; the simulated figures do not model them", changed)
+    unknown = sorted(set(given) - set(COMPILER_OPTIONS))
     if unknown:
-        raise InvalidArgumentError(f"unsupported compiler options {unknown}; supported: {', '.join(COMPILER_OPTIONS)}")
+        raise InvalidArgumentError(
+            f"unsupported compiler options {unknown}; supported: {', '.join(COMPILER_OPTIONS)} and the qaic-compile "
+            f"flags {', '.join(QAIC_COMPILER_FLAGS)}"
+        )
     return {
         "precision": "mxfp6" if mxfp6_matmul else "fp16",
         "kv_cache_dtype": "mxint8" if mxint8_kv_cache else None,
-        "device": "ai100-pro",
+        "device": DEFAULTS.device,
         "prefill_len": prefill_seq_len,
         "ctx_len": ctx_len,
         "batch_size": batch_size,
@@ -296,7 +377,7 @@ def compile_options(
         "comp_ctx_lengths_decode": comp_ctx_lengths_decode,
         "num_cores": num_cores,
         "num_devices": num_devices,
-        **compiler_options,
+        **given,
     }
 
 
@@ -310,6 +391,15 @@ def check_continuous_batching(continuous_batching: bool, full_batch_size: int | 
         raise InvalidArgumentError(
             f"full_batch_size={full_batch_size!r} needs from_pretrained(..., continuous_batching=True)"
         )
+
+
+def check_defaults(method: str, given: dict[str, object], defaults: dict[str, object]) -> None:
+    """Refuse, by name, a QEfficient argument given at another value than the default this facade supports."""
+    for name, value in given.items():
+        if value != defaults[name]:
+            raise InvalidArgumentError(
+                f"{method}({name}={value!r}) is not supported here; only its default {defaults[name]!r} is"
+            )
 
 
 def hand_off(compiled: CompiledModel, directory: Path) -> None:

@@ -17,9 +17,10 @@ from qeff_compiler.runtime.buckets import check_buckets, check_serving
 
 @dataclass(frozen=True)
 class CompileOptions:
-    """The static choices a compiled model is specialised for."""
+    """The static choices a compiled model is specialised for. Its defaults are every entry point's defaults
+    (`qc.compile`, the facade, each `qeffc` command; see `DEFAULTS`): fp16, because the device has no fp32 path."""
 
-    precision: str = "fp32"
+    precision: str = "fp16"
     ctx_len: int = 128
     prefill_len: int = 32
     batch_size: int = 1
@@ -70,6 +71,10 @@ class CompileOptions:
         check_serving(self.batch_size, self.full_batch_size)
         for name in ("comp_ctx_lengths_prefill", "comp_ctx_lengths_decode"):
             check_buckets(name, getattr(self, name), self.ctx_len)
+
+
+#: the one set of defaults `qc.compile`, the facade and every `qeffc` command share
+DEFAULTS = CompileOptions()
 
 
 def check_config_only(precision: str) -> None:

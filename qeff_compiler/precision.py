@@ -26,7 +26,7 @@ def check_precision(precision: str, kv_cache_dtype: str | None = None) -> None:
     if kv_cache_dtype is not None and kv_cache_dtype not in KV_CACHE_DTYPES:
         raise InvalidArgumentError(
             f"kv_cache_dtype {kv_cache_dtype!r} is not one of {', '.join(KV_CACHE_DTYPES)} "
-            "(or None: the activations' dtype)"
+            "(or None, 'none' on the command line: the activations' dtype)"
         )
 
 

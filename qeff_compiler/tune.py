@@ -29,7 +29,7 @@ from qeff_compiler.compiler import CompiledModel, compile as compile_model
 from qeff_compiler.errors import InvalidArgumentError, ModelDoesNotFitError, PartitionError
 from qeff_compiler.evaluate import EvaluationReport, Evaluator
 from qeff_compiler.ir.program import Program
-from qeff_compiler.options import CompileOptions
+from qeff_compiler.options import DEFAULTS, CompileOptions
 from qeff_compiler.passes import PassManager
 from qeff_compiler.pipelines import compile_pipeline
 from qeff_compiler.precision import check_precision, check_pruning
@@ -103,7 +103,7 @@ class TuneResult:
 def tune(
     model_dir: str | Path,
     *,
-    device: str = "ai100-standard",
+    device: str = DEFAULTS.device,
     max_ppl_increase: float = 0.02,
     precisions: Sequence[str] = DEFAULT_PRECISIONS,
     kv_cache_dtypes: Sequence[str | None] = DEFAULT_KV_CACHE_DTYPES,
@@ -111,7 +111,7 @@ def tune(
     num_cores: Sequence[int] | None = None,
     num_devices: Sequence[int] = (1, 2),
     prefill_lens: Sequence[int] = (16, 32, 64),
-    ctx_len: int = 128,
+    ctx_len: int = DEFAULTS.ctx_len,
     prompt_len: int = 64,
     generation_len: int = 64,
     text: str | Path | None = None,

@@ -65,7 +65,7 @@ def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> TinyArtifact:
     random_model(tiny_config(vocab_size=2048)).save_pretrained(model_dir)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(TINY_MPT / name, model_dir / name)
-    compiled = qc.compile(model_dir, ctx_len=24, prefill_len=8, batch_size=2)
+    compiled = qc.compile(model_dir, precision="fp32", ctx_len=24, prefill_len=8, batch_size=2)
     compiled.save(root / "artifact")
     return TinyArtifact(root, model_dir, compiled, root / "artifact")
 

@@ -20,7 +20,7 @@ from tests.conftest import random_model, tiny_config
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[qc.CompiledModel, Path]:
-    compiled = qc.compile(random_model(tiny_config(n_heads=2)), ctx_len=24, prefill_len=6, batch_size=2)
+    compiled = qc.compile(random_model(tiny_config(n_heads=2)), precision="fp32", ctx_len=24, prefill_len=6, batch_size=2)
     path = tmp_path_factory.mktemp("artifacts") / "tiny"
     compiled.save(path)
     return compiled, path

@@ -147,7 +147,7 @@ def test_corrupt_tokenizers_are_refused_at_compile_before_any_artifact(
     directory = _copy(model_dir, tmp_path / "m")
     (directory / "tokenizer.json").write_bytes(content)
     with pytest.raises(ModelSourceError, match=message):
-        qc.compile(directory, ctx_len=24, prefill_len=8)
+        qc.compile(directory, precision="fp32", ctx_len=24, prefill_len=8)
     code, err = _qeffc_in_process(["compile", str(directory), "-o", str(tmp_path / "out")])
     assert code == 2 and err.count("\n") == 1 and message in err
     assert not (tmp_path / "out").exists()
@@ -162,7 +162,7 @@ def test_non_finite_checkpoint_weights_are_named_streaming_or_not(model_dir: Pat
     tensors["transformer.blocks.1.ffn.down_proj.weight"][3, 5] = value
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(WeightError) as caught:  # streamed, the weights are read when the artifact is written
-        qc.compile(directory, ctx_len=24, prefill_len=8, stream=stream, verify=False).save(tmp_path / "out")
+        qc.compile(directory, precision="fp32", ctx_len=24, prefill_len=8, stream=stream, verify=False).save(tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert "'transformer.blocks.1.ffn.down_proj.weight' holds 1 non-finite value(s)" in str(caught.value)
     assert f"first: {value} at index [3, 5]" in str(caught.value)
@@ -173,7 +173,7 @@ def test_non_finite_weights_of_a_model_object_are_named() -> None:
     with torch.no_grad():
         model.transformer.wte.weight[7, 0] = float("nan")
     with pytest.raises(WeightError, match=r"'transformer.wte.weight' holds 1 non-finite value\(s\) \(first: nan at index \[7, 0\]\)"):
-        qc.compile(model, ctx_len=24, prefill_len=8)
+        qc.compile(model, precision="fp32", ctx_len=24, prefill_len=8)
 
 
 @pytest.mark.parametrize("epsilon", [float("nan"), -1e-5, float("inf")])
@@ -186,7 +186,7 @@ def test_finite_weights_that_overflow_fp32_stop_generation_instead_of_token_0_fo
     model = random_model(tiny_config())
     with torch.no_grad():
         model.transformer.blocks[0].ffn.up_proj.weight.mul_(1e37)
-    compiled = qc.compile(model, ctx_len=24, prefill_len=8, verify=False)
+    compiled = qc.compile(model, precision="fp32", ctx_len=24, prefill_len=8, verify=False)
     with pytest.raises(NonFiniteError, match="the model computed (NaN|infinite) logits"):
         compiled.generate([[1, 2, 3]], 4)
 
@@ -359,7 +359,7 @@ def test_a_malicious_pickle_is_refused_as_a_weight_error(model_dir: Path, tmp_pa
     marker = tmp_path / "pwned"
     torch.save({"x": _Evil(str(marker))}, directory / "pytorch_model.bin")
     with pytest.raises(WeightError, match=r"refused to load .*pytorch_model.bin: it is not a plain state dict of tensors"):
-        qc.compile(directory, ctx_len=24, prefill_len=8, allow_pickle=True)
+        qc.compile(directory, precision="fp32", ctx_len=24, prefill_len=8, allow_pickle=True)
     assert not marker.exists()
 
 
@@ -394,6 +394,6 @@ def test_a_file_changed_after_load_is_an_integrity_error(tiny_artifact: TinyArti
 def test_a_recompiled_artifact_is_an_integrity_error_not_an_onnx_runtime_one(tiny_artifact: TinyArtifact, tmp_path: Path) -> None:
     directory = _copy(tiny_artifact.artifact, tmp_path / "a")
     loaded = qc.load_compiled(directory)
-    qc.compile(tiny_artifact.model_dir, ctx_len=24, prefill_len=4).save(directory, overwrite=True)
+    qc.compile(tiny_artifact.model_dir, precision="fp32", ctx_len=24, prefill_len=4).save(directory, overwrite=True)
     with pytest.raises(ArtifactError, match="changed after load_compiled verified it"):
         loaded.generate([[1, 2, 3]], 2, engine="onnxruntime")

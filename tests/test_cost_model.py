@@ -204,11 +204,11 @@ def test_mxint8_p2p_traffic_is_cheaper_between_socs() -> None:
     seconds = {name: sum(op.transfer_s for op in c.simulation.steps["prefill"].ops) for name, c in (("fp16", fp16), ("mxint8", mxint8))}
     assert seconds["mxint8"] < seconds["fp16"]
     with pytest.raises(InvalidArgumentError, match="p2p_format='int4' is not one of fp16, mxint8"):
-        qc.compile(tiny_config(), ctx_len=16, prefill_len=4, num_devices=2, p2p_format="int4")
+        qc.compile(tiny_config(), precision="fp32", ctx_len=16, prefill_len=4, num_devices=2, p2p_format="int4")
 
 
 def test_generate_reports_simulated_figures_beside_the_host_ones() -> None:
-    compiled = qc.compile(random_model(tiny_config()), ctx_len=32, prefill_len=4)
+    compiled = qc.compile(random_model(tiny_config()), precision="fp32", ctx_len=32, prefill_len=4)
     out = compiled.generate([[1, 2, 3, 4, 5, 6]], max_new_tokens=5)
     stats, simulation = out.stats, compiled.simulation
     assert stats.prefill_s == pytest.approx(2 * simulation.prefill_chunk_s)  # 6 tokens: two chunks of 4
@@ -242,4 +242,4 @@ def test_estimate_counts_chunks_and_steps_and_checks_its_arguments() -> None:
 )
 def test_bad_targets_are_refused(target: dict, message: str) -> None:
     with pytest.raises(InvalidArgumentError, match=message):
-        qc.compile(tiny_config(), ctx_len=16, prefill_len=4, **target)
+        qc.compile(tiny_config(), precision="fp32", ctx_len=16, prefill_len=4, **target)

@@ -123,7 +123,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 def module_state(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, qc.CompiledModel]:
-    return tmp_path_factory.mktemp("errors"), qc.compile(tiny_config(), ctx_len=24, prefill_len=8)
+    return tmp_path_factory.mktemp("errors"), qc.compile(tiny_config(), precision="fp32", ctx_len=24, prefill_len=8)
 
 
 @pytest.fixture
@@ -174,7 +174,7 @@ def config_row(ident: str, **overrides: object) -> None:
 
 
 def compile_row(ident: str, **options: object) -> None:
-    TRIGGERS[ident] = lambda env: qc.compile(tiny_config(), **{"ctx_len": 24, "prefill_len": 8, **options})
+    TRIGGERS[ident] = lambda env: qc.compile(tiny_config(), **{"precision": "fp32", "ctx_len": 24, "prefill_len": 8, **options})
 
 
 def pipeline_row(ident: str, pipeline: str) -> None:
@@ -340,7 +340,7 @@ def _(env: Env) -> object:
 
 @trigger("pipeline-not-stateful")
 def _(env: Env) -> object:
-    return qc.compile(tiny_config(), ctx_len=24, prefill_len=8, passes="strip-export-noise,patch-attention")
+    return qc.compile(tiny_config(), precision="fp32", ctx_len=24, prefill_len=8, passes="strip-export-noise,patch-attention")
 
 
 class _ScaleLmHead(Pass):
@@ -383,8 +383,24 @@ def _(env: Env) -> object:
 
 @trigger("model-does-not-fit")
 def _(env: Env) -> object:
-    huge = MptConfig(d_model=4096, n_heads=32, n_layers=1, vocab_size=2_500_000, max_seq_len=64, tie_word_embeddings=False)
+    # passes the estimate from parameter counts (the lm_head fits) but not the plan (with the untied embedding)
+    huge = MptConfig(d_model=4096, n_heads=32, n_layers=1, vocab_size=1_500_000, max_seq_len=64, tie_word_embeddings=False)
     return qc.compile(huge, precision="fp16", ctx_len=16, prefill_len=8)
+
+
+@trigger("model-does-not-fit-early")
+def _(env: Env) -> object:
+    return qc.compile(preset_config("mpt-30b"), precision="mxfp6", ctx_len=24, prefill_len=8)
+
+
+@trigger("threads-invalid")
+def _(env: Env) -> object:
+    return env.compiled.generate([[1, 2]], 2, threads=0)
+
+
+@trigger("facade-qefficient-argument")
+def _(env: Env) -> object:
+    return qc.QEFFAutoModelForCausalLM.from_pretrained(env.model_dir).compile(num_speculative_tokens=3)
 
 
 @trigger("fp16-overflow")
@@ -478,6 +494,8 @@ def _listening_port() -> int:
 
 cli_row("cli-preset-needs-directory", lambda env: ["calibrate", "mpt-7b", "-o", str(env.fresh("calib.safetensors"))])
 cli_row("cli-estimate-w8a8", lambda env: ["estimate", "mpt-125m", "--precision", "w8a8"])
+cli_row("cli-preset-compile", lambda env: ["compile", "mpt-7b", "-o", str(env.fresh("mpt-7b"))])
+cli_row("cli-estimate-ctx-len", lambda env: ["estimate", "mpt-7b", "--ctx-len", "8192"])
 cli_row("output-exists", lambda env: ["compile", str(env.model_dir), "-o", str(env.artifact)])
 
 
@@ -704,14 +722,14 @@ def _(env: Env) -> object:
     directory = env.model_copy("evil-pickle")
     (directory / "model.safetensors").unlink()
     torch.save({"x": _Evil()}, directory / "pytorch_model.bin")
-    return qc.compile(directory, ctx_len=24, prefill_len=8, allow_pickle=True)
+    return qc.compile(directory, precision="fp32", ctx_len=24, prefill_len=8, allow_pickle=True)
 
 
 @trigger("weight-non-finite")
 def _(env: Env) -> object:
     tensors = _tensors(env)
     tensors["transformer.blocks.1.ffn.down_proj.weight"][3, 5] = float("nan")
-    return qc.compile(_with_tensors(env, "nan-weight", tensors), ctx_len=24, prefill_len=8)
+    return qc.compile(_with_tensors(env, "nan-weight", tensors), precision="fp32", ctx_len=24, prefill_len=8)
 
 
 _index_row("sharded-index-entry", "index-entry", lambda weight_map: weight_map.update({"lm_head.weight": 3}))
@@ -748,7 +766,7 @@ def _(env: Env) -> object:
     model = random_model(tiny_config())
     with torch.no_grad():
         model.transformer.blocks[0].ffn.up_proj.weight.mul_(1e37)
-    return qc.compile(model, ctx_len=24, prefill_len=8, verify=False).generate([[1, 2, 3]], 4)
+    return qc.compile(model, precision="fp32", ctx_len=24, prefill_len=8, verify=False).generate([[1, 2, 3]], 4)
 
 
 cli_row("cli-prompt-not-utf8", lambda env: ["run", str(env.artifact), "--prompt", "def f(\udcff)"])
@@ -791,7 +809,7 @@ def _(env: Env) -> object:
 # the Cloud AI 100 hand-off (qaic)
 def _handoff(env: Env, **options: object) -> object:
     weight_dtype = options.pop("weight_dtype", "fp32")
-    compiled = qc.compile(tiny_config(), **{"ctx_len": 24, "prefill_len": 8, **options})
+    compiled = qc.compile(tiny_config(), **{"precision": "fp32", "ctx_len": 24, "prefill_len": 8, **options})
     return compiled.export_qaic(env.fresh("qaic"), weight_dtype=weight_dtype)
 
 
@@ -803,7 +821,7 @@ TRIGGERS["qaic-weight-dtype"] = lambda env: _handoff(env, weight_dtype="bf16")
 
 @trigger("qaic-pruned")
 def _(env: Env) -> object:
-    compiled = qc.compile(env.model_dir, ctx_len=24, prefill_len=8, prune_ffn=0.25, verify=False)
+    compiled = qc.compile(env.model_dir, precision="fp32", ctx_len=24, prefill_len=8, prune_ffn=0.25, verify=False)
     return compiled.export_qaic(env.fresh("qaic"))
 
 
@@ -926,6 +944,11 @@ OFFENDING: dict[str, str] = {
     "cli-serve-ray-missing": "--ray",
     "cli-preset-needs-directory": "'mpt-7b'",
     "cli-estimate-w8a8": "w8a8",
+    "cli-preset-compile": "'mpt-7b'",
+    "cli-estimate-ctx-len": "ctx_len=8192",
+    "model-does-not-fit-early": "29.96 B",
+    "threads-invalid": "got 0",
+    "facade-qefficient-argument": "num_speculative_tokens=3",
     "output-exists": "/tmp/x/artifact",
     "output-not-an-artifact": "/tmp/x/notes",
     "output-unwritable": "/tmp/x/a-file",

@@ -77,13 +77,13 @@ def test_a_different_model_is_measured_as_different(tmp_path: Path) -> None:
     copy = tmp_path / "model"
     shutil.copytree(TINY_MPT, copy)
     text = TINY_MPT_VALIDATION_TEXT.read_text()[:20_000]
-    report = qc.evaluate(copy, text=text)
+    report = qc.evaluate(copy, precision="fp32", text=text)
     assert report.token_agreement == 1.0
     config = qc.capture(TINY_MPT).config
     random_model(config).save_pretrained(tmp_path / "random")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(TINY_MPT / name, tmp_path / "random" / name)
-    random_report = qc.evaluate(tmp_path / "random", text=text)
+    random_report = qc.evaluate(tmp_path / "random", precision="fp32", text=text)
     assert random_report.perplexity > 10 * report.perplexity
 
 

@@ -54,7 +54,7 @@ def test_greedy_generate_is_token_identical_to_hf(config, data) -> None:
     expected = [hf_greedy(model, prompt, max_new) for prompt in prompts]
     assume(all(margin > MARGIN for _, margin in expected))
 
-    compiled = qc.compile(model, ctx_len=ctx_len, prefill_len=prefill_len, batch_size=batch, verify=False)
+    compiled = qc.compile(model, precision="fp32", ctx_len=ctx_len, prefill_len=prefill_len, batch_size=batch, verify=False)
     out = compiled.generate(prompts, max_new_tokens=max_new)
     for row, (tokens, _) in enumerate(expected):
         assert list(out.new_tokens[row]) == tokens, f"row {row}"
@@ -66,7 +66,7 @@ def test_greedy_generate_is_token_identical_to_hf(config, data) -> None:
 def test_prefill_logits_match_hf(config, data) -> None:
     model = random_model(config, seed=data.draw(st.integers(0, 2**16)))
     seq_len = data.draw(st.integers(1, config.max_seq_len))
-    compiled = qc.compile(model, ctx_len=config.max_seq_len, prefill_len=seq_len, verify=False)
+    compiled = qc.compile(model, precision="fp32", ctx_len=config.max_seq_len, prefill_len=seq_len, verify=False)
     input_ids = torch.randint(0, config.vocab_size, (1, seq_len))
     prefill = compiled.host_executors()[0]
     caches = {s.name: torch.zeros(s.shape) for s in compiled.prefill.inputs if s.role.startswith("past")}
@@ -80,7 +80,7 @@ def test_decode_continues_from_a_chunked_prefill_exactly() -> None:
     """A prompt split over three prefill chunks gives the same continuation as HF on the whole prompt."""
     model = random_model(tiny_config())
     prompt = torch.randint(0, 64, (11,)).tolist()
-    compiled = qc.compile(model, ctx_len=32, prefill_len=4)
+    compiled = qc.compile(model, precision="fp32", ctx_len=32, prefill_len=4)
     out = compiled.generate([prompt], max_new_tokens=8)
     tokens, margin = hf_greedy(model, prompt, 8)
     assert margin > MARGIN
@@ -88,7 +88,7 @@ def test_decode_continues_from_a_chunked_prefill_exactly() -> None:
 
 
 def test_sampling_is_reproducible_by_seed_and_streams_every_token() -> None:
-    compiled = qc.compile(random_model(tiny_config()), ctx_len=32, prefill_len=8, batch_size=2)
+    compiled = qc.compile(random_model(tiny_config()), precision="fp32", ctx_len=32, prefill_len=8, batch_size=2)
     prompts = [[1, 2, 3], [4, 5]]
     streamed: list[list[int]] = []
     first = compiled.generate(prompts, 10, do_sample=True, temperature=0.9, top_k=20, top_p=0.9, seed=7,
@@ -102,7 +102,7 @@ def test_sampling_is_reproducible_by_seed_and_streams_every_token() -> None:
 
 def test_generation_stops_at_eos_per_row() -> None:
     model = random_model(tiny_config())
-    compiled = qc.compile(model, ctx_len=32, prefill_len=8, batch_size=2)
+    compiled = qc.compile(model, precision="fp32", ctx_len=32, prefill_len=8, batch_size=2)
     free = compiled.generate([[1, 2, 3], [9, 8, 7, 6]], max_new_tokens=10)
     eos = free.new_tokens[0][2]  # the third token row 0 generates becomes the EOS token
     stopped = compiled.generate([[1, 2, 3], [9, 8, 7, 6]], max_new_tokens=10, eos_token_id=eos)
@@ -123,7 +123,7 @@ def test_generation_stops_at_eos_per_row() -> None:
     ],
 )
 def test_bad_generation_requests_fail_before_any_work(prompts, kwargs, message) -> None:
-    compiled = qc.compile(random_model(tiny_config()), ctx_len=32, prefill_len=8, batch_size=2)
+    compiled = qc.compile(random_model(tiny_config()), precision="fp32", ctx_len=32, prefill_len=8, batch_size=2)
     with pytest.raises(InvalidArgumentError, match=message):
         compiled.generate(prompts, **kwargs)
 

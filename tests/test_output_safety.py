@@ -180,7 +180,7 @@ RACER = textwrap.dedent("""
             time.sleep(0.01)
         return manifest(*args, **kwargs)
     artifact._manifest = staged_then_wait
-    compiled = qc.compile(model_dir, ctx_len=24, prefill_len=8, batch_size=2, verify=False)
+    compiled = qc.compile(model_dir, precision="fp32", ctx_len=24, prefill_len=8, batch_size=2, verify=False)
     try:
         compiled.save(output, overwrite=overwrite)
     except ArtifactExistsError as error:
@@ -225,7 +225,7 @@ SLOW_SAVE = textwrap.dedent("""
         time.sleep(120)
         return written
     artifact.write_weights = slow
-    qc.compile(sys.argv[1], ctx_len=24, prefill_len=8, verify=False).save(sys.argv[2], overwrite=True)
+    qc.compile(sys.argv[1], precision="fp32", ctx_len=24, prefill_len=8, verify=False).save(sys.argv[2], overwrite=True)
 """)
 
 

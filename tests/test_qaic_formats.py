@@ -67,7 +67,7 @@ def model() -> object:
 
 def export(model: object, directory: Path, **options: object) -> list[Path]:
     handoff = {k: options.pop(k) for k in ("named_specializations", "weight_dtype") if k in options}
-    compiled = qc.compile(model, **{"ctx_len": 24, "prefill_len": 8, "verify": False, **options})
+    compiled = qc.compile(model, **{"precision": "fp32", "ctx_len": 24, "prefill_len": 8, "verify": False, **options})
     return compiled.export_qaic(directory, **handoff)
 
 

@@ -21,7 +21,7 @@ def qeffc(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[qc.CompiledModel, Path]:
-    compiled = qc.compile(random_model(tiny_config(n_heads=4)), ctx_len=24, prefill_len=6, num_cores=3, num_devices=2)
+    compiled = qc.compile(random_model(tiny_config(n_heads=4)), precision="fp32", ctx_len=24, prefill_len=6, num_cores=3, num_devices=2)
     path = tmp_path_factory.mktemp("artifacts") / "tiny"
     compiled.save(path)
     return compiled, path
@@ -65,7 +65,10 @@ def test_inspect_prints_the_plan_and_draws_it(artifact, tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 def test_estimate_from_a_preset_config_and_its_refusal_when_too_big() -> None:
-    result = qeffc("estimate", "opt-2.7b-shape", "--precision", "mxfp6", "--prompt-len", "512", "--generation-len", "256")
+    result = qeffc(
+        "estimate", "opt-2.7b-shape", "--precision", "mxfp6", "--ctx-len", "2048", "--prefill-len", "128",
+        "--prompt-len", "512", "--generation-len", "256",
+    )
     assert result.returncode == 0, result.stderr
     assert "simulated decode" in result.stdout and "weights in DDR" in result.stdout
     assert "simulated decode: validated" in result.stdout and "simulated prefill: validated" in result.stdout

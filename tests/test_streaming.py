@@ -138,8 +138,8 @@ def test_pickle_checkpoint_needs_an_explicit_opt_in(tmp_path: Path) -> None:
     model.config.save_pretrained(tmp_path)
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
     with pytest.raises(WeightError, match=r"pickles: loading one can execute arbitrary code.*allow_pickle=True"):
-        qc.compile(tmp_path, ctx_len=16, prefill_len=4)
-    compiled = qc.compile(tmp_path, ctx_len=16, prefill_len=4, allow_pickle=True)
-    reference = qc.compile(model, ctx_len=16, prefill_len=4)
+        qc.compile(tmp_path, precision="fp32", ctx_len=16, prefill_len=4)
+    compiled = qc.compile(tmp_path, precision="fp32", ctx_len=16, prefill_len=4, allow_pickle=True)
+    reference = qc.compile(model, precision="fp32", ctx_len=16, prefill_len=4)
     out, expected = compiled.generate([[1, 2, 3]], max_new_tokens=4), reference.generate([[1, 2, 3]], max_new_tokens=4)
     assert out.sequences.equal(expected.sequences)

@@ -21,6 +21,18 @@ from qeff_compiler.ir.interpret import check_inputs
 from qeff_compiler.ir.program import Program
 
 
+def session_options(threads: int | None) -> ort.SessionOptions:
+    """ONNX Runtime options for one engine session: `threads` intra-op threads (default: torch's count), no
+    inter-op pool, and no spin-waiting after a run, so its threads never compete with torch's between steps
+    (`runtime.threads`)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 class OnnxRuntimeExecutor:
     """An ONNX Runtime session over `onnx_file` (the emit of `program`), called like `HostExecutor`."""
 
@@ -39,10 +51,7 @@ class OnnxRuntimeExecutor:
         self.program = program
         self._initializers = dict(initializers or {})  # ONNX Runtime uses these arrays' memory: keep them alive
         if session is None:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads or torch.get_num_threads()
-            options.inter_op_num_threads = 1
-            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options = session_options(threads)
             if self._initializers:
                 values = [ort.OrtValue.ortvalue_from_numpy(array) for array in self._initializers.values()]
                 options.add_external_initializers(list(self._initializers), values)

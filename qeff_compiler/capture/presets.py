@@ -1,4 +1,5 @@
-"""Named MPT configurations for config-only (meta) work: `qeffc capture mpt-7b`, cost estimates, benchmarks.
+"""Named MPT configurations for config-only (meta) work: `qeffc capture mpt-7b`, `qc.compile("mpt-7b")`, cost
+estimates, benchmarks; and `named_model`, the one resolver of a model name for the Python API and the CLI.
 
 Shapes follow the published MosaicML checkpoints' config.json files (mosaicml/mpt-7b, mpt-30b); `mpt-125m` is the
 small shape of the MPT family used by benchmarks as a mid-size random model. The `*-shape` presets are MPTs of the
@@ -9,9 +10,15 @@ OPT-13B (5120, 40, 40, 50272), all at max_seq_len 2048.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from transformers import MptConfig
 
+from qeff_compiler.data import TINY_MPT
 from qeff_compiler.errors import ModelSourceError
+
+#: the name of the small trained MPT shipped with the package (`qeff_compiler.data.TINY_MPT`)
+SHIPPED_MODEL = "tiny-mpt-pystdlib"
 
 _PRESETS: dict[str, dict] = {
     "mpt-125m": {"d_model": 768, "n_heads": 12, "n_layers": 12, "vocab_size": 50368, "max_seq_len": 2048},
@@ -34,3 +41,16 @@ def preset_config(name: str) -> MptConfig:
     except KeyError:
         raise ModelSourceError(f"unknown model preset {name!r} (presets: {', '.join(preset_names())})") from None
     return MptConfig(**fields, attn_config={"alibi": True, "alibi_bias_max": 8})
+
+
+def named_model(name: str) -> Path | MptConfig:
+    """What a model name means, the same for `qc.compile`, `qc.capture` and every `qeffc` command: an existing
+    path is a model directory, `SHIPPED_MODEL` the shipped model, any other bare name a preset (config only, meta
+    weights); a path that does not exist is a `ModelSourceError`."""
+    if Path(name).exists():
+        return Path(name)
+    if name == SHIPPED_MODEL:
+        return TINY_MPT
+    if "/" in name or name.startswith("."):
+        raise ModelSourceError(f"model directory {name!r} does not exist")
+    return preset_config(name)

@@ -1,7 +1,8 @@
 """Resolve what the user passed as a model into an MPT config and a weight store.
 
 Three sources are accepted: an HF `MptForCausalLM` object (its tensors are used in place), a local HF directory
-(config.json plus safetensors, read lazily), or an `MptConfig` alone (meta weights: shapes without memory).
+(config.json plus safetensors, read lazily), or an `MptConfig` alone (meta weights: shapes without memory). A
+string names a directory, the shipped model or a preset (`presets.named_model`).
 Checkpoint weights are checked against the shapes the config implies before any tracing happens.
 """
 
@@ -19,6 +20,7 @@ from qeff_compiler.capture.config import validate_mpt_config
 from qeff_compiler.capture.config_fields import check_config_fields
 from qeff_compiler.capture.finite import check_finite
 from qeff_compiler.capture.json_files import read_json_object, read_weight_map
+from qeff_compiler.capture.presets import named_model
 from qeff_compiler.capture.tokenizer_files import check_tokenizer_files
 from qeff_compiler.errors import ModelSourceError, NotAnMptModelError, WeightError
 from qeff_compiler.ir.weights import SafetensorsLocation, WeightStore
@@ -59,8 +61,11 @@ def resolve_model(source: object, *, allow_pickle: bool = False) -> ResolvedMode
     if isinstance(source, MptConfig):
         config = validate_mpt_config(source)
         return ResolvedModel(config, meta_weights(config), origin="config (meta weights)")
-    if isinstance(source, (str, Path)):
-        return _from_directory(Path(source), allow_pickle)
+    if isinstance(source, str):  # a directory, the shipped model's name or a preset's
+        named = named_model(source)
+        return resolve_model(named, allow_pickle=allow_pickle)
+    if isinstance(source, Path):
+        return _from_directory(source, allow_pickle)
     if isinstance(source, torch.nn.Module) or hasattr(source, "model_type"):
         name = getattr(getattr(source, "config", source), "model_type", type(source).__name__)
         raise NotAnMptModelError(f"expected an MptForCausalLM, got {type(source).__name__} (model_type {name!r})")

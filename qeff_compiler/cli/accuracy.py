@@ -12,6 +12,7 @@ from rich.table import Table
 from qeff_compiler.artifact import check_output
 from qeff_compiler.cli.app import (
     SHIPPED_MODEL,
+    CtxLenOption,
     DeviceOption,
     ModelArgument,
     PruneHeadsOption,
@@ -23,6 +24,7 @@ from qeff_compiler.cli.app import (
 )
 from qeff_compiler.errors import InvalidArgumentError
 from qeff_compiler.evaluate import AccuracyGates, Evaluator, sweep_cache_dtypes
+from qeff_compiler.options import DEFAULTS
 from qeff_compiler.tune import (
     DEFAULT_KV_CACHE_DTYPES,
     DEFAULT_MAX_TOKENS as DEFAULT_TUNE_TOKENS,
@@ -35,7 +37,9 @@ from qeff_compiler.tune import (
 @app.command("eval")
 def eval_command(
     model: ModelArgument = SHIPPED_MODEL,
-    precision: Annotated[list[str] | None, typer.Option("--precision", help="precision to score (repeatable)")] = None,
+    precision: Annotated[
+        list[str] | None, typer.Option("--precision", help="precision to score (repeatable; default fp16)")
+    ] = None,
     kv_cache_dtype: Annotated[
         list[str] | None,
         typer.Option("--kv-cache-dtype", help="KV-cache dtype: none, fp16 or mxint8 (repeatable; default none)"),
@@ -66,7 +70,8 @@ def eval_command(
     evaluator = Evaluator(source, text, max_tokens=max_tokens, keep_reference=False)
     gates = AccuracyGates()
     missed = []
-    for name, cache, ffn in ((n, c, f) for n in precision or ["fp32"] for c in cache_dtypes for f in levels):
+    precisions = precision or [DEFAULTS.precision]
+    for name, cache, ffn in ((n, c, f) for n in precisions for c in cache_dtypes for f in levels):
         with console.status(f"evaluating {name}" + (f" with a {cache} KV cache" if cache else "")):
             report = evaluator(name, cache, prune_ffn=ffn, prune_heads=prune_heads, prune_score=prune_score)
         failures = gates.failures(report)
@@ -93,7 +98,7 @@ def eval_command(
 @app.command("tune")
 def tune_command(
     model: ModelArgument = SHIPPED_MODEL,
-    device: DeviceOption = "ai100-standard",
+    device: DeviceOption = DEFAULTS.device,
     max_ppl_increase: Annotated[
         str, typer.Option("--max-ppl-increase", help="perplexity budget over the fp32 HF model: 2% or 0.02")
     ] = "2%",
@@ -114,7 +119,7 @@ def tune_command(
     prefill_len: Annotated[
         list[int] | None, typer.Option("--prefill-len", help="prefill lengths to try (repeatable)")
     ] = None,
-    ctx_len: Annotated[int, typer.Option("--ctx-len", help="KV cache length in tokens")] = 128,
+    ctx_len: CtxLenOption = DEFAULTS.ctx_len,
     prompt_len: Annotated[int, typer.Option("--prompt-len", help="prompt tokens of the tuned request")] = 64,
     generation_len: Annotated[int, typer.Option("--generation-len", help="generated tokens of the tuned request")] = 64,
     max_tokens: Annotated[
@@ -147,7 +152,8 @@ def tune_command(
             max_tokens=max_tokens,
         )
     table = Table(
-        title=f"Pareto front: simulated tok/s vs perplexity ({device}, prompt {prompt_len}, generate {generation_len})"
+        title=f"Pareto front: simulated tok/s vs perplexity ({device}, ctx_len {ctx_len}, batch 1, "
+        f"prompt {prompt_len}, generate {generation_len}; prefill_len per configuration)"
     )
     for column in ("configuration", "sim tok/s (E2E)", "sim decode tok/s", "sim TTFT", "ppl", "Δppl", "budget"):
         table.add_column(column, justify="right")

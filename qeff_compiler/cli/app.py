@@ -17,10 +17,8 @@ from rich.table import Table
 from transformers import MptConfig
 
 from qeff_compiler.capture import capture
-from qeff_compiler.capture.presets import preset_config, preset_names
+from qeff_compiler.capture.presets import SHIPPED_MODEL, named_model, preset_names
 from qeff_compiler.compiler import CompiledModel
-from qeff_compiler.data import TINY_MPT
-from qeff_compiler.errors import ModelSourceError
 from qeff_compiler.ir.program import Program
 from qeff_compiler.progress import NO_PROGRESS, Progress
 
@@ -34,8 +32,6 @@ app = typer.Typer(
 #: tables are not cut to 80 columns when the output is a pipe or a file (rich's default width there)
 console = Console(width=None if sys.stdout is not None and sys.stdout.isatty() else 160)  # None: fd 1 closed
 
-#: the model used when none is given: the small MPT shipped with the package
-SHIPPED_MODEL = "tiny-mpt-pystdlib"
 ModelArgument = Annotated[
     str,
     typer.Argument(
@@ -49,9 +45,22 @@ NumCoresOption = Annotated[int | None, typer.Option("--num-cores", help="AI core
 NumDevicesOption = Annotated[int, typer.Option("--num-devices", help="SoCs, tensor parallel")]
 P2PFormatOption = Annotated[str, typer.Option("--p2p-format", help="SoC-to-SoC traffic: fp16 or mxint8")]
 PrecisionOption = Annotated[str, typer.Option("--precision", help="fp32, fp16, int8, w8a8 or mxfp6")]
+
+
+def kv_cache_dtype(value: str | None) -> str | None:
+    """`--kv-cache-dtype none` is the default (the activations' dtype) in every command that takes the option."""
+    return None if value is None or value.lower() == "none" else value
+
+
 KVCacheDtypeOption = Annotated[
-    str | None, typer.Option("--kv-cache-dtype", help="fp16 or mxint8 (default: the activations' dtype)")
+    str | None,
+    typer.Option(
+        "--kv-cache-dtype", help="fp16, mxint8 or none (default none: the activations' dtype)", callback=kv_cache_dtype
+    ),
 ]
+CtxLenOption = Annotated[int, typer.Option("--ctx-len", help="KV cache length in tokens")]
+PrefillLenOption = Annotated[int, typer.Option("--prefill-len", help="prompt chunk length of the prefill graph")]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", help="sequences per call")]
 PruneFfnOption = Annotated[float, typer.Option("--prune-ffn", help="share of each layer's FFN channels pruned, [0, 1)")]
 PruneHeadsOption = Annotated[
     float, typer.Option("--prune-heads", help="share of each layer's attention heads pruned, [0, 1)")
@@ -62,13 +71,8 @@ PruneScoreOption = Annotated[
 
 
 def model_source(model: str) -> Path | MptConfig:
-    if Path(model).exists():
-        return Path(model)
-    if model == SHIPPED_MODEL:
-        return TINY_MPT
-    if "/" in model or model.startswith("."):
-        raise ModelSourceError(f"model directory {model!r} does not exist")
-    return preset_config(model)
+    """MODEL as the library resolves a name (`capture.presets.named_model`)."""
+    return named_model(model)
 
 
 def load_program(model: str, seq_len: int | None) -> Program:
@@ -83,7 +87,11 @@ def status(message: str, bars: Progress) -> contextlib.AbstractContextManager[ob
 def print_memory(compiled: CompiledModel) -> None:
     """The memory plan per SoC as a table."""
     memory = compiled.simulation.memory
-    table = Table(title=f"memory per SoC ({compiled.simulation.device}; weights in {memory.tier.upper()})")
+    options = compiled.options
+    table = Table(
+        title=f"memory per SoC ({compiled.simulation.device}; weights in {memory.tier.upper()}; ctx_len "
+        f"{options.ctx_len}, prefill_len {options.prefill_len}, batch {options.batch_size})"
+    )
     for column in ("SoC", "weights", "KV cache", "activations", "total", "capacity"):
         table.add_column(column, justify="right")
     for soc in memory.socs:

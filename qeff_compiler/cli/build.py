@@ -13,6 +13,8 @@ from qeff_compiler.backends.qaic.handoff import check_handoff
 from qeff_compiler.calibration import calibrate, save_calibration
 from qeff_compiler.cli.app import (
     SHIPPED_MODEL,
+    BatchSizeOption,
+    CtxLenOption,
     DeviceOption,
     KVCacheDtypeOption,
     ModelArgument,
@@ -20,6 +22,7 @@ from qeff_compiler.cli.app import (
     NumDevicesOption,
     P2PFormatOption,
     PrecisionOption,
+    PrefillLenOption,
     PruneFfnOption,
     PruneHeadsOption,
     PruneScoreOption,
@@ -32,6 +35,7 @@ from qeff_compiler.cli.app import (
 from qeff_compiler.cli.qaic import write_handoff
 from qeff_compiler.compiler import compile as compile_model
 from qeff_compiler.errors import InvalidArgumentError
+from qeff_compiler.options import DEFAULTS
 from qeff_compiler.progress import make_progress
 
 
@@ -39,15 +43,15 @@ from qeff_compiler.progress import make_progress
 def compile_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="artifact directory to write")],
     model: ModelArgument = SHIPPED_MODEL,
-    ctx_len: Annotated[int, typer.Option("--ctx-len", help="KV cache length in tokens")] = 128,
-    prefill_len: Annotated[int, typer.Option("--prefill-len", help="prompt chunk length of the prefill graph")] = 32,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="sequences per call")] = 1,
-    precision: PrecisionOption = "fp32",
-    kv_cache_dtype: KVCacheDtypeOption = None,
-    device: DeviceOption = "ai100-standard",
-    num_cores: NumCoresOption = None,
-    num_devices: NumDevicesOption = 1,
-    p2p_format: P2PFormatOption = "fp16",
+    ctx_len: CtxLenOption = DEFAULTS.ctx_len,
+    prefill_len: PrefillLenOption = DEFAULTS.prefill_len,
+    batch_size: BatchSizeOption = DEFAULTS.batch_size,
+    precision: PrecisionOption = DEFAULTS.precision,
+    kv_cache_dtype: KVCacheDtypeOption = DEFAULTS.kv_cache_dtype,
+    device: DeviceOption = DEFAULTS.device,
+    num_cores: NumCoresOption = DEFAULTS.num_cores,
+    num_devices: NumDevicesOption = DEFAULTS.num_devices,
+    p2p_format: P2PFormatOption = DEFAULTS.p2p_format,
     calibration: Annotated[
         Path | None,
         typer.Option("--calibration", help="w8a8 calibration table (default: calibrate on MODEL's calibration.txt)"),
@@ -55,9 +59,9 @@ def compile_command(
     passes: Annotated[str | None, typer.Option("--passes", help="replace the default pipeline")] = None,
     force: Annotated[bool, typer.Option("--force", help="replace OUTPUT if it exists")] = False,
     time_passes: Annotated[bool, typer.Option("--time-passes", help="print time per pass")] = False,
-    prune_ffn: PruneFfnOption = 0.0,
-    prune_heads: PruneHeadsOption = 0.0,
-    prune_score: PruneScoreOption = "magnitude",
+    prune_ffn: PruneFfnOption = DEFAULTS.prune_ffn,
+    prune_heads: PruneHeadsOption = DEFAULTS.prune_heads,
+    prune_score: PruneScoreOption = DEFAULTS.prune_score,
     stream: Annotated[
         bool | None,
         typer.Option("--stream/--no-stream", help="keep weights on disk, lowered one at a time (default: above 4 GiB)"),
@@ -92,6 +96,12 @@ def compile_command(
     check_writable(output)  # before the compile's work, which a refusal would waste
     check_output(output, overwrite=force)
     source = model_source(model)
+    if not isinstance(source, Path) and not qaic:  # before the compile, which would end with nothing to write
+        raise InvalidArgumentError(
+            f"{model!r} is a config-only preset (no weights): an artifact needs weights. Use 'qeffc estimate {model}' "
+            "for simulated figures, or add --qaic to write the Cloud AI 100 hand-off files alone (the graph and "
+            "compile command, with zero weights); compile a checkpoint directory for a runnable artifact"
+        )
     bars = make_progress(progress)
     with status(f"compiling {model}", bars):
         compiled = compile_model(

@@ -10,9 +10,12 @@ from rich.table import Table
 
 from qeff_compiler.atomic import check_writable
 from qeff_compiler.backends.ai100.plot import plot_simulation
+from qeff_compiler.backends.ai100.simulator import check_request_lengths
 from qeff_compiler.capture import resolve_model
 from qeff_compiler.cli.app import (
     SHIPPED_MODEL,
+    BatchSizeOption,
+    CtxLenOption,
     DeviceOption,
     KVCacheDtypeOption,
     ModelArgument,
@@ -20,6 +23,7 @@ from qeff_compiler.cli.app import (
     NumDevicesOption,
     P2PFormatOption,
     PrecisionOption,
+    PrefillLenOption,
     PruneFfnOption,
     PruneHeadsOption,
     app,
@@ -29,38 +33,43 @@ from qeff_compiler.cli.app import (
     print_plain,
 )
 from qeff_compiler.cli.qaic import handoff_listing
-from qeff_compiler.compiler import compile as compile_model, load_compiled
-from qeff_compiler.options import check_config_only
+from qeff_compiler.compiler import CompiledModel, compile as compile_model, load_compiled
+from qeff_compiler.options import DEFAULTS, check_config_only
 
 
 @app.command("estimate")
 def estimate_command(
     model: ModelArgument = SHIPPED_MODEL,
-    precision: PrecisionOption = "fp16",
-    kv_cache_dtype: KVCacheDtypeOption = None,
-    device: DeviceOption = "ai100-standard",
-    num_cores: NumCoresOption = None,
-    num_devices: NumDevicesOption = 1,
-    p2p_format: P2PFormatOption = "fp16",
-    ctx_len: Annotated[int, typer.Option("--ctx-len", help="KV cache length in tokens")] = 2048,
-    prefill_len: Annotated[int, typer.Option("--prefill-len", help="prompt chunk length of the prefill graph")] = 128,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="sequences per call")] = 1,
-    prompt_len: Annotated[int, typer.Option("--prompt-len", help="prompt tokens")] = 1024,
-    generation_len: Annotated[int, typer.Option("--generation-len", help="generated tokens")] = 1024,
-    prune_ffn: PruneFfnOption = 0.0,
-    prune_heads: PruneHeadsOption = 0.0,
+    precision: PrecisionOption = DEFAULTS.precision,
+    kv_cache_dtype: KVCacheDtypeOption = DEFAULTS.kv_cache_dtype,
+    device: DeviceOption = DEFAULTS.device,
+    num_cores: NumCoresOption = DEFAULTS.num_cores,
+    num_devices: NumDevicesOption = DEFAULTS.num_devices,
+    p2p_format: P2PFormatOption = DEFAULTS.p2p_format,
+    ctx_len: CtxLenOption = DEFAULTS.ctx_len,
+    prefill_len: PrefillLenOption = DEFAULTS.prefill_len,
+    batch_size: BatchSizeOption = DEFAULTS.batch_size,
+    prompt_len: Annotated[int | None, typer.Option("--prompt-len", help="prompt tokens (default: prefill_len)")] = None,
+    generation_len: Annotated[
+        int | None, typer.Option("--generation-len", help="generated tokens (default: the rest of ctx_len)")
+    ] = None,
+    prune_ffn: PruneFfnOption = DEFAULTS.prune_ffn,
+    prune_heads: PruneHeadsOption = DEFAULTS.prune_heads,
 ) -> None:
     """What-if from MODEL's config alone (no weights read): the simulated device's memory plan and latency.
     With --prune-ffn / --prune-heads the program has the pruned shapes (which channels go needs weights)."""
     source = model_source(model)
     config = resolve_model(source).config if isinstance(source, Path) else source
     check_config_only(precision)
+    prompt = prefill_len if prompt_len is None else prompt_len
+    generation = ctx_len - prompt if generation_len is None else generation_len
+    check_request_lengths(prompt, generation, ctx_len)  # before the compile, whose work a refusal would waste
     with console.status(f"compiling {model} for {device} (config only)"):
         compiled = compile_model(
             config,
             precision=precision,
             kv_cache_dtype=kv_cache_dtype,
-            ctx_len=min(ctx_len, config.max_seq_len),
+            ctx_len=ctx_len,
             prefill_len=prefill_len,
             batch_size=batch_size,
             device=device,
@@ -72,15 +81,22 @@ def estimate_command(
             prune_heads=prune_heads,
         )
     print_memory(compiled)
-    stats = compiled.estimate(prompt_len, generation_len)
+    stats = compiled.estimate(prompt, generation)
     table = Table(
-        title=f"estimate: {model} {precision}, prompt {prompt_len}, generate {generation_len}", show_header=False
+        title=f"estimate: {model} {precision}, {shape_label(compiled, prompt, generation)}", show_header=False
     )
     for label, value in stats.rows():
         table.add_row(label, value)
     console.print(table)
     for figure, provenance in compiled.simulation.provenance.items():
         console.print(f"simulated {figure}: {provenance}", soft_wrap=True)
+
+
+def shape_label(compiled: CompiledModel, prompt_len: int | None = None, generation_len: int | None = None) -> str:
+    """What a figure depends on, for every table header: ctx_len, prefill_len, batch, and the request."""
+    options = compiled.options
+    text = f"ctx_len {options.ctx_len}, prefill_len {options.prefill_len}, batch {options.batch_size}"
+    return text if prompt_len is None else f"{text}, prompt {prompt_len}, generate {generation_len}"
 
 
 @app.command("inspect")
@@ -119,7 +135,9 @@ def inspect_command(
     print_memory(compiled)
     prompt = prompt_len or options.prefill_len
     stats = compiled.estimate(prompt, generation_len or options.ctx_len - prompt)
-    estimate = Table(title=f"estimate: prompt {prompt}, generate {stats.generated_tokens[0]}", show_header=False)
+    estimate = Table(
+        title=f"estimate: {shape_label(compiled, prompt, stats.generated_tokens[0])}", show_header=False
+    )
     for label, value in stats.rows():
         estimate.add_row(label, value)
     console.print(estimate)

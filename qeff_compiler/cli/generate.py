@@ -18,6 +18,7 @@ from qeff_compiler.cli.serve import serve_workload
 from qeff_compiler.cli.terminal import check_prompt_text
 from qeff_compiler.compiler import check_engine, load_compiled
 from qeff_compiler.errors import InvalidArgumentError
+from qeff_compiler.runtime.threads import resolve_threads
 
 
 @app.command("run")
@@ -47,6 +48,10 @@ def run_command(
         str,
         typer.Option("--arrivals", help="with --requests: replay arrival times on the simulated device or host clock"),
     ] = "device",
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", help="CPU threads of the engine (default: the CPUs the machine's load leaves free)"),
+    ] = None,
 ) -> None:
     """Generate from a compiled artifact, printing text as it streams and then the latency statistics; or serve a
     workload of many requests (--requests) through the artifact's slots and print the serving figures."""
@@ -58,6 +63,7 @@ def run_command(
             raise InvalidArgumentError("give --requests FILE or a single --prompt / --token-ids, not both")
         serve_workload(artifact, requests, engine, arrivals, trace)
         return
+    threads = resolve_threads(threads)
     prompt = None if prompt is None else check_prompt_text(prompt)
     ids = _token_ids(prompt, token_ids)  # the options first: loading takes a while
     if ids is None and artifact.is_dir() and not (artifact / "tokenizer.json").is_file():
@@ -69,9 +75,7 @@ def run_command(
     if ids is None:
         tokenizer = _tokenizer(artifact)
         ids = tokenizer.encode(prompt)
-    stream = _TextStream(tokenizer)
-    if tokenizer is not None:
-        print_plain_inline(tokenizer.decode(ids))
+    stream = _TextStream(tokenizer, ids)
     out = compiled.generate(
         [ids],
         max_new_tokens,
@@ -83,9 +87,13 @@ def run_command(
         streamer=stream,
         trace=trace,
         engine=engine,
+        threads=threads,
     )
     sys.stdout.write("\n")
-    table = Table(title=f"latency: simulated device, and the {engine} engine on this machine", show_header=False)
+    table = Table(
+        title=f"latency: simulated device, and the {engine} engine on {threads} thread{'s' * (threads > 1)} here",
+        show_header=False,
+    )
     for label, value in out.stats.rows():
         table.add_row(label, value)
     console.print(table)
@@ -110,14 +118,19 @@ def _token_ids(prompt: str | None, token_ids: str | None) -> list[int] | None:
 
 
 class _TextStream:
-    """Prints each new token as it is generated: decoded text with a tokenizer, ids without."""
+    """Prints each new token as it is generated: decoded text with a tokenizer, ids without. With a tokenizer the
+    prompt is echoed first, when the first token arrives: the request has been validated by then, so an error is
+    never printed after the prompt's text."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, prompt: list[int]) -> None:
         self.tokenizer = tokenizer
+        self.prompt = prompt
         self.tokens: list[int] = []
         self.printed = ""
 
     def __call__(self, step: int, tokens: torch.Tensor) -> None:
+        if step == 0 and self.tokenizer is not None:
+            print_plain_inline(self.tokenizer.decode(self.prompt))
         if int(tokens[0]) < 0:
             return
         self.tokens.append(int(tokens[0]))

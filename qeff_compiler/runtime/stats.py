@@ -12,9 +12,10 @@ import statistics
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class LatencyStats:
-    """Timing of a generate call. Decode rates are per sequence (one token per row per step)."""
+    """Timing of a generate call. Decode rates are per sequence (one token per row per step). Printed, it is a
+    short summary; the per-token latencies are its fields."""
 
     prompt_tokens: tuple[int, ...]
     generated_tokens: tuple[int, ...]
@@ -62,6 +63,20 @@ class LatencyStats:
     @property
     def host_token_p90_s(self) -> float:
         return percentile(self.host_token_latencies_s, 90)
+
+    def __repr__(self) -> str:
+        """One line per side (simulated device, host), not every per-token float."""
+        simulated = (
+            f"LatencyStats(simulated on {self.device}: prompt {'/'.join(map(str, self.prompt_tokens))} tokens, "
+            f"generated {'/'.join(map(str, self.generated_tokens))}; TTFT {self.ttft_s * 1e3:.3f} ms, decode "
+            f"{self.decode_tokens_per_s:.2f} tok/s per sequence, per-token p50 {self.token_p50_s * 1e3:.3f} ms"
+        )
+        if self.host_ttft_s is None:
+            return simulated + ")"
+        return (
+            f"{simulated};\n  host: TTFT {self.host_ttft_s * 1e3:.1f} ms, decode {self.host_decode_tokens_per_s:.1f} "
+            f"tok/s per sequence, per-token p50 {self.host_token_p50_s * 1e3:.2f} ms)"
+        )
 
     def rows(self) -> list[tuple[str, str]]:
         """(label, value) pairs for a table; host rows only when the host ran the generation."""

@@ -230,6 +230,49 @@ def check_kv_cache_fits(
         )
 
 
+def weights_lower_bound(
+    config: MptConfig, precision: str, batch_size: int, ctx_len: int, cache_bits: float, num_devices: int
+) -> tuple[int, float]:
+    """(matmul parameters, bytes per SoC) of the matmul weights and KV cache alone, split evenly: a lower bound of
+    any memory plan's busiest SoC (it leaves out replicated weights, activations and an uneven split)."""
+    per_layer = 12 * config.d_model**2  # Wqkv 3d², out_proj d², up_proj and down_proj 4d² each (HF's fixed FFN)
+    parameters = config.n_layers * per_layer + config.vocab_size * config.d_model  # + lm_head
+    cache_bytes = 2 * config.n_layers * batch_size * ctx_len * config.d_model * cache_bits / 8
+    return parameters, (parameters * BYTES_PER_PARAMETER[precision] + cache_bytes) / num_devices
+
+
+def check_weights_fit(
+    config: MptConfig,
+    precision: str,
+    batch_size: int,
+    ctx_len: int,
+    cache_bits: float,
+    device: DeviceSpec,
+    num_devices: int,
+) -> None:
+    """Refuse, before anything is traced, a model whose matmul weights and KV cache alone exceed the DDR of each
+    SoC (`weights_lower_bound`): it never refuses a model the memory plan would accept, and a 30B model on one
+    SoC is refused in milliseconds instead of after its plan."""
+
+    def per_soc(precision: str, devices: int) -> float:
+        return weights_lower_bound(config, precision, batch_size, ctx_len, cache_bits, devices)[1]
+
+    capacity = device.ddr_bytes_per_soc
+    if per_soc(precision, num_devices) <= capacity:
+        return
+    parameters = weights_lower_bound(config, precision, batch_size, ctx_len, cache_bits, num_devices)[0]
+    devices = next((n for n in range(1, MAX_DEVICES + 1) if per_soc(precision, n) <= capacity), None)
+    smaller = [p for p in _ALTERNATIVES if per_soc(p, num_devices) <= capacity]
+    hints = [f"num_devices={devices} at {precision}" if devices else f"{precision} fits on no {device.name} count"]
+    hints += [f"precision {p} on {num_devices} SoC(s)" for p in smaller]
+    raise ModelDoesNotFitError(
+        f"model does not fit on {device.name} ({num_devices} SoC, {precision}, batch {batch_size}, ctx_len "
+        f"{ctx_len}): its {parameters / 1e9:.2f} B matmul parameters ({BYTES_PER_PARAMETER[precision]:g} B each) and "
+        f"KV cache alone need ~{_gb(per_soc(precision, num_devices))} per SoC, more than its {_gb(capacity)} of DDR "
+        f"(estimated from parameter counts, before tracing); would fit by the same estimate: {'; '.join(hints)}"
+    )
+
+
 def estimate_soc_bytes(memory: MemoryPlan, precision: str, num_devices: int) -> float:
     """Estimated bytes per SoC of the same model at `precision` over `num_devices` SoCs (see the module docstring)."""
     size = memory.model

@@ -131,13 +131,7 @@ class SimulatedDevice:
         """The simulated figures of generating `generation_len` tokens after a `prompt_len` prompt, for every row
         of the compiled batch: ceil(prompt_len / prefill_len) prefill chunks, then one decode step per token after
         the first (which the prefill produces)."""
-        for name, value in (("prompt_len", prompt_len), ("generation_len", generation_len)):
-            if not _positive_int(value):
-                raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
-        if prompt_len + generation_len > self.ctx_len:
-            raise InvalidArgumentError(
-                f"prompt_len ({prompt_len}) + generation_len ({generation_len}) exceeds ctx_len={self.ctx_len}"
-            )
+        check_request_lengths(prompt_len, generation_len, self.ctx_len)
         prefill_s = -(-prompt_len // self.prefill_len) * self.prefill_chunk_s
         return LatencyStats(
             prompt_tokens=(prompt_len,) * self.batch_size,
@@ -155,6 +149,18 @@ class SimulatedDevice:
         steps = len(stats.token_latencies_s)
         calls += [(f"decode step {i}", self.steps["decode"], self.plans["decode"]) for i in range(steps)]
         write_trace(path, calls)
+
+
+def check_request_lengths(prompt_len: int, generation_len: int, ctx_len: int) -> None:
+    """Refuse a request that is not positive or does not fit the KV cache (`estimate`; callers check it before
+    compiling)."""
+    for name, value in (("prompt_len", prompt_len), ("generation_len", generation_len)):
+        if not _positive_int(value):
+            raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
+    if prompt_len + generation_len > ctx_len:
+        raise InvalidArgumentError(
+            f"prompt_len ({prompt_len}) + generation_len ({generation_len}) exceeds ctx_len={ctx_len}"
+        )
 
 
 def _check_plan_target(name: str, plan: PartitionPlan, cores: int, target: Target) -> None:

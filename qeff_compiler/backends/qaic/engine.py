@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import onnxruntime as ort
-import torch
 
-from qeff_compiler.backends.onnxruntime_host import OnnxRuntimeExecutor
+from qeff_compiler.backends.onnxruntime_host import OnnxRuntimeExecutor, session_options
 from qeff_compiler.backends.qaic.graph import emit_handoff
 from qeff_compiler.backends.qaic.handoff import ONNX, check_handoff, handoff_model
 from qeff_compiler.errors import HandoffError
@@ -40,17 +39,14 @@ def runs_handoff_graph(model: CompiledModel) -> bool:
 
 class HandoffSession:
     """The hand-off graph of `model` exported to a temporary directory (removed with this object) and one ONNX
-    Runtime session over it, tuned for speed: all graph optimizations, torch's thread count."""
+    Runtime session over it, tuned for speed: all graph optimizations, `threads` (default: torch's count)."""
 
     def __init__(self, model: CompiledModel, threads: int | None = None) -> None:
         self._directory = tempfile.TemporaryDirectory(prefix="qeff-handoff-")
         path = Path(self._directory.name) / ONNX
         emit_handoff(handoff_model(model), path)
-        options = ort.SessionOptions()
+        options = session_options(threads)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -62,7 +58,7 @@ class HandoffExecutor(OnnxRuntimeExecutor):
         self._shared = shared
 
 
-def handoff_executors(model: CompiledModel) -> tuple[HandoffExecutor, HandoffExecutor]:
+def handoff_executors(model: CompiledModel, threads: int | None = None) -> tuple[HandoffExecutor, HandoffExecutor]:
     """(prefill, decode) executors sharing one session over the hand-off graph."""
-    shared = HandoffSession(model)
+    shared = HandoffSession(model, threads)
     return HandoffExecutor(model.prefill, shared), HandoffExecutor(model.decode, shared)
