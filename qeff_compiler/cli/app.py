@@ -9,20 +9,22 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from transformers import MptConfig
 
-from qeff_compiler.capture import capture
 from qeff_compiler.capture.presets import preset_config, preset_names
-from qeff_compiler.compiler import CompiledModel
 from qeff_compiler.data import TINY_MPT
 from qeff_compiler.errors import ModelSourceError
-from qeff_compiler.ir.program import Program
 from qeff_compiler.progress import NO_PROGRESS, Progress
+
+if TYPE_CHECKING:  # the heavy modules (torch, transformers) are imported by the commands that use them
+    from transformers import MptConfig
+
+    from qeff_compiler.compiler import CompiledModel
+    from qeff_compiler.ir.program import Program
 
 app = typer.Typer(
     name="qeffc",
@@ -72,6 +74,8 @@ def model_source(model: str) -> Path | MptConfig:
 
 
 def load_program(model: str, seq_len: int | None) -> Program:
+    from qeff_compiler.capture import capture
+
     return capture(model_source(model), seq_len=seq_len)
 
 

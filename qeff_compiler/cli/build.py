@@ -7,10 +7,7 @@ from typing import Annotated
 
 import typer
 
-from qeff_compiler.artifact import check_output
 from qeff_compiler.atomic import check_writable
-from qeff_compiler.backends.qaic.handoff import check_handoff
-from qeff_compiler.calibration import calibrate, save_calibration
 from qeff_compiler.cli.app import (
     SHIPPED_MODEL,
     DeviceOption,
@@ -29,8 +26,6 @@ from qeff_compiler.cli.app import (
     print_plain,
     status,
 )
-from qeff_compiler.cli.qaic import write_handoff
-from qeff_compiler.compiler import compile as compile_model
 from qeff_compiler.errors import InvalidArgumentError
 from qeff_compiler.progress import make_progress
 
@@ -78,6 +73,11 @@ def compile_command(
     ] = False,
 ) -> None:
     """Compile MODEL into a prefill and a decode program and write the artifact directory."""
+    from qeff_compiler.artifact import check_output
+    from qeff_compiler.backends.qaic.handoff import check_handoff
+    from qeff_compiler.cli.qaic import write_handoff
+    from qeff_compiler.compiler import compile as compile_model
+
     check_writable(output)  # before the compile's work, which a refusal would waste
     check_output(output, overwrite=force)
     source = model_source(model)
@@ -122,6 +122,8 @@ def calibrate_command(
     text: Annotated[Path | None, typer.Option("--text", help="text file (default: MODEL's calibration.txt)")] = None,
 ) -> None:
     """Measure the activation maxima of every linear on a text: the table w8a8 compiles from (--calibration)."""
+    from qeff_compiler.calibration import calibrate, save_calibration
+
     check_writable(output)
     source = model_source(model)
     if not isinstance(source, Path):

@@ -9,8 +9,6 @@ import typer
 from rich.table import Table
 
 from qeff_compiler.atomic import check_writable
-from qeff_compiler.backends.ai100.plot import plot_simulation
-from qeff_compiler.capture import resolve_model
 from qeff_compiler.cli.app import (
     SHIPPED_MODEL,
     DeviceOption,
@@ -28,9 +26,6 @@ from qeff_compiler.cli.app import (
     print_memory,
     print_plain,
 )
-from qeff_compiler.cli.qaic import handoff_listing
-from qeff_compiler.compiler import compile as compile_model, load_compiled
-from qeff_compiler.options import check_config_only
 
 
 @app.command("estimate")
@@ -52,6 +47,10 @@ def estimate_command(
 ) -> None:
     """What-if from MODEL's config alone (no weights read): the simulated device's memory plan and latency.
     With --prune-ffn / --prune-heads the program has the pruned shapes (which channels go needs weights)."""
+    from qeff_compiler.capture import resolve_model
+    from qeff_compiler.compiler import compile as compile_model
+    from qeff_compiler.options import check_config_only
+
     source = model_source(model)
     config = resolve_model(source).config if isinstance(source, Path) else source
     check_config_only(precision)
@@ -97,6 +96,10 @@ def inspect_command(
     ] = None,
 ) -> None:
     """Print a compiled artifact's target, partition plan per SoC and core, memory plan and estimated figures."""
+    from qeff_compiler.backends.ai100.plot import plot_simulation
+    from qeff_compiler.cli.qaic import handoff_listing
+    from qeff_compiler.compiler import load_compiled
+
     if plot is not None:
         check_writable(plot)
     compiled = load_compiled(artifact)

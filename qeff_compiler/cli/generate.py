@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 import typer
 from rich.table import Table
-from transformers import AutoTokenizer
 
 from qeff_compiler.atomic import check_writable
-from qeff_compiler.capture.tokenizer_files import check_tokenizer_files
 from qeff_compiler.cli.app import app, console, print_plain_inline
 from qeff_compiler.cli.terminal import check_prompt_text
-from qeff_compiler.compiler import check_engine, load_compiled
 from qeff_compiler.errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @app.command("run")
@@ -38,6 +37,8 @@ def run_command(
     ] = "host",
 ) -> None:
     """Generate from a compiled artifact, printing text as it streams and then the latency statistics."""
+    from qeff_compiler.compiler import check_engine, load_compiled
+
     if trace is not None:
         check_writable(trace)
     check_engine(engine)
@@ -76,6 +77,10 @@ def run_command(
 
 def _tokenizer(artifact: Path) -> Any:
     """The artifact's tokenizer (copied from the model directory it was compiled from)."""
+    from transformers import AutoTokenizer
+
+    from qeff_compiler.capture.tokenizer_files import check_tokenizer_files
+
     check_tokenizer_files(artifact)
     return AutoTokenizer.from_pretrained(artifact)
 

@@ -9,9 +9,6 @@ import typer
 from rich.table import Table
 
 from qeff_compiler.cli.app import SHIPPED_MODEL, ModelArgument, SeqLenOption, app, console, load_program, print_plain
-from qeff_compiler.ir.printer import format_program
-from qeff_compiler.passes import PassManager, registered_passes
-from qeff_compiler.passes.base import NoOptions
 
 
 @app.command("capture")
@@ -43,6 +40,9 @@ def capture_command(model: ModelArgument = SHIPPED_MODEL, seq_len: SeqLenOption 
 @app.command("passes")
 def passes_command() -> None:
     """List the registered passes with their options."""
+    from qeff_compiler.passes import registered_passes
+    from qeff_compiler.passes.base import NoOptions
+
     table = Table(title="registered passes")
     for column in ("pass", "summary", "options", "requires", "ensures"):
         table.add_column(column)
@@ -74,6 +74,9 @@ def opt_command(
     seq_len: SeqLenOption = None,
 ) -> None:
     """Run a pass pipeline on MODEL, verifying each pass."""
+    from qeff_compiler.ir.printer import format_program
+    from qeff_compiler.passes import PassManager
+
     manager = PassManager(
         passes,
         verify=verify,

@@ -1,0 +1,77 @@
+"""`qeffc --help` and a mistyped option answer without loading torch or transformers (each command imports what
+it needs when it runs), and the lazy package API resolves to the same objects as the modules that define them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+#: modules that take seconds to import; none may load before a command runs
+HEAVY = ("torch", "transformers", "onnx", "onnxruntime", "matplotlib", "numpy")
+
+_PROBE = """
+import contextlib, io, json, sys
+from qeff_compiler.cli.main import run
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+    code = run(json.loads(sys.argv[1]))
+loaded = sorted({m.split(".")[0] for m in sys.modules} & set(json.loads(sys.argv[2])))
+print(json.dumps({"code": code, "loaded": loaded, "stderr": err.getvalue()}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["--help"], 0),
+        (["compile", "--help"], 0),
+        (["compile", "-o", "x", "--bogus"], 2),
+        (["estimate", "--ctx-len", "many"], 2),
+        (["nonsense"], 2),
+    ],
+)
+def test_help_and_usage_errors_do_not_import_heavy_modules(args: list[str], code: int) -> None:
+    probe = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(args), json.dumps(HEAVY)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(probe.stdout)
+    assert result["code"] == code, result
+    assert result["loaded"] == [], f"qeffc {' '.join(args)} imported {result['loaded']}"
+
+
+def test_importing_the_package_is_light_and_names_resolve_on_use() -> None:
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, qeff_compiler as qc; before = 'torch' in sys.modules; "
+            "import qeff_compiler.capture.presets, qeff_compiler.tune, qeff_compiler.evaluate; "
+            "import qeff_compiler.compiler, qeff_compiler.capture, qeff_compiler.facade; "
+            "print(before, qc.capture is sys.modules['qeff_compiler.capture'].capture, "
+            "qc.tune.__module__, qc.evaluate.__module__, qc.compile is sys.modules['qeff_compiler.compiler'].compile, "
+            "'QEFFAutoModelForCausalLM' in dir(qc))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert probe.stdout.split() == ["False", "True", "qeff_compiler.tune", "qeff_compiler.evaluate", "True", "True"]
+
+
+def test_unknown_package_attribute_is_an_attribute_error() -> None:
+    import qeff_compiler
+
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = qeff_compiler.no_such_name  # type: ignore[attr-defined]
+
+
+def test_tune_max_tokens_default_is_the_librarys() -> None:
+    from qeff_compiler.cli.accuracy import TUNE_MAX_TOKENS
+    from qeff_compiler.tune import DEFAULT_MAX_TOKENS
+
+    assert TUNE_MAX_TOKENS == DEFAULT_MAX_TOKENS
