@@ -16,6 +16,7 @@ from qeff_compiler.artifact import CALIBRATION_TABLE, ONNX_FILES, PLAN, WEIGHTS,
 from qeff_compiler.backends.ai100.memory import check_kv_cache_fits
 from qeff_compiler.backends.ai100.partition import PartitionPlan
 from qeff_compiler.backends.ai100.simulator import SimulatedDevice
+from qeff_compiler.backends.ai100.trace import check_trace_detail
 from qeff_compiler.calibration import calibration_file, load_calibration
 from qeff_compiler.capture import ModelSource, capture_resolved, resolve_model
 from qeff_compiler.errors import ArtifactIntegrityError, InvalidArgumentError, PipelineError, VerificationError
@@ -235,15 +236,19 @@ class CompiledModel:
         streamer: Streamer | None = None,
         trace: str | Path | None = None,
         engine: str = "host",
+        trace_detail: str = "layer",
     ) -> GenerationOutput:
         """Greedy (default) or sampled generation for up to `batch_size` prompts of any lengths.
 
         `input_ids` is a [batch, len] tensor or a list of token-id lists (ragged). Generation stops per row at
         `eos_token_id` (default: the config's) or after `max_new_tokens`. `trace` names a Chrome/Perfetto
-        trace-event JSON file to write with the simulated device's timeline of the run. `engine` runs the numerics:
-        "host" (the reference executor) or "onnxruntime" (the artifact's ONNX files on ONNX Runtime: faster on a
+        trace-event JSON file to write with the simulated device's timeline of the run (`trace_detail` "layer":
+        every call, the first of each program by layer and op; "op": every op of every call, per core). `engine`
+        runs the numerics: "host" (the reference executor) or "onnxruntime" (the artifact's ONNX files on ONNX Runtime: faster on a
         CPU, equal up to float rounding); the simulated figures are the same for both.
         """
+        if trace is not None:
+            check_trace_detail(trace_detail)  # before the work
         shapes = self.shapes
         prompts = normalize_prompts(input_ids, shapes)
         sampling = SamplingConfig(do_sample, temperature, top_k, top_p, seed)
@@ -266,7 +271,7 @@ class CompiledModel:
             streamer,
         )
         if trace is not None:
-            self.simulation.write_trace(trace, output.stats)
+            self.simulation.write_trace(trace, output.stats, trace_detail)
         return output
 
     def estimate(self, prompt_len: int, generation_len: int, batch_size: int | None = None) -> LatencyStats:

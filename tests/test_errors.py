@@ -408,6 +408,7 @@ generate_row("sampling-temperature", [[1, 2]], 4, do_sample=True, temperature=0.
 generate_row("sampling-top-p", [[1, 2]], 4, do_sample=True, top_p=1.5)
 generate_row("sampling-options-without-sampling", [[1, 2]], 4, top_k=5)
 generate_row("unknown-engine", [[1, 2]], 4, engine="cuda")
+generate_row("unknown-trace-detail", [[1, 2]], 2, trace="unused.json", trace_detail="ops")
 
 
 @trigger("estimate-too-long")
@@ -876,6 +877,7 @@ OFFENDING: dict[str, str] = {
     "sampling-top-p": "got 1.5",
     "sampling-options-without-sampling": "top_k",
     "unknown-engine": "'cuda'",
+    "unknown-trace-detail": "'ops'",
     "estimate-too-long": "prompt_len (20)",
     "estimate-other-batch": "batch_size=4",
     "program-inputs": "missing ['past_key.0'",

@@ -32,6 +32,12 @@ def run_command(
     top_p: Annotated[float, typer.Option("--top-p", help="sample from the smallest set of probability >= p")] = 1.0,
     seed: Annotated[int | None, typer.Option("--seed", help="seed of the sampler (default: fresh entropy)")] = None,
     trace: Annotated[Path | None, typer.Option("--trace", help="write the simulated timeline (Perfetto JSON)")] = None,
+    trace_detail: Annotated[
+        str,
+        typer.Option(
+            "--trace-detail", help="layer: every call, the first of each program by layer and op; op: everything"
+        ),
+    ] = "layer",
     engine: Annotated[
         str, typer.Option("--engine", help="what runs the numerics here: host (reference) or onnxruntime (faster)")
     ] = "host",
@@ -66,6 +72,7 @@ def run_command(
         seed=seed,
         streamer=stream,
         trace=trace,
+        trace_detail=trace_detail,
         engine=engine,
     )
     sys.stdout.write("\n")
