@@ -12,7 +12,8 @@ import pytest
 
 import qeff_compiler as qc
 from qeff_compiler.backends.ai100.cost_model import OP_OVERHEAD_S
-from qeff_compiler.backends.ai100.trace import PROGRAM_TRACK, charged_parts
+from qeff_compiler.backends.ai100.breakdown import charged_parts
+from qeff_compiler.backends.ai100.trace import PROGRAM_TRACK
 from qeff_compiler.errors import InvalidArgumentError
 from tests.conftest import TinyArtifact
 

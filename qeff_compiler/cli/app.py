@@ -85,25 +85,46 @@ def status(message: str, bars: Progress) -> contextlib.AbstractContextManager[ob
 
 
 def print_memory(compiled: CompiledModel) -> None:
-    """The memory plan per SoC as a table."""
+    """The memory plan per SoC as a table: what the SoC's DDR holds, and whether the weights and KV cache also fit
+    the on-chip VTCM of the cores used (then the cores stream them from there)."""
     memory = compiled.simulation.memory
-    table = Table(title=f"memory per SoC ({compiled.simulation.device}; weights in {memory.tier.upper()})")
-    for column in ("SoC", "weights", "KV cache", "activations", "total", "capacity"):
+    where = "VTCM (on-chip)" if memory.tier == "vtcm" else "DDR"
+    table = Table(title=f"memory per SoC ({compiled.simulation.device}; weights and KV cache streamed from {where})")
+    for column in ("SoC", "weights", "KV cache", "activations", "total", "DDR capacity", "VTCM of cores used"):
         table.add_column(column, justify="right")
     for soc in memory.socs:
         table.add_row(
             str(soc.device),
-            gb(soc.weight_bytes),
-            gb(soc.kv_cache_bytes),
-            gb(soc.activation_bytes),
-            gb(soc.total_bytes),
-            gb(soc.capacity_bytes),
+            size(soc.weight_bytes),
+            size(soc.kv_cache_bytes),
+            size(soc.activation_bytes),
+            size(soc.total_bytes),
+            size(soc.capacity_bytes),
+            size(soc.vtcm_bytes),
         )
     console.print(table)
 
 
-def gb(size: float) -> str:
-    return f"{size / 1e9:.3f} GB"
+def size(nbytes: float) -> str:
+    """Bytes in the largest decimal unit that keeps the number at least 1 ("3.67 MB", "1.07 GB"), 3 significant
+    digits: a 7 MB model never prints as 0.007 GB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(nbytes) >= scale:
+            return f"{_digits(nbytes / scale)} {unit}"
+    return f"{nbytes:.0f} B"
+
+
+def duration(seconds: float) -> str:
+    """Seconds in the unit that keeps the number at least 1 (s, ms, µs), 3 significant digits."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3)):
+        if seconds >= scale:
+            return f"{_digits(seconds / scale)} {unit}"
+    return f"{_digits(seconds * 1e6)} µs"
+
+
+def _digits(value: float) -> str:
+    """Three significant digits, trailing zeros kept (8.00, 64.5, 645, 1,234)."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:#.3g}"
 
 
 def print_plain_inline(text: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -25,7 +25,12 @@ from qeff_compiler.cli.app import (
     model_source,
     print_memory,
     print_plain,
+    size,
 )
+from qeff_compiler.cli.costs import print_cost_breakdown
+
+if TYPE_CHECKING:
+    from qeff_compiler.backends.ai100.plan import PartitionPlan
 
 
 @app.command("estimate")
@@ -44,6 +49,9 @@ def estimate_command(
     generation_len: Annotated[int, typer.Option("--generation-len", help="generated tokens")] = 1024,
     prune_ffn: PruneFfnOption = 0.0,
     prune_heads: PruneHeadsOption = 0.0,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="draw where a decode step's time goes, per op role and layer (PNG)")
+    ] = None,
 ) -> None:
     """What-if from MODEL's config alone (no weights read): the simulated device's memory plan and latency.
     With --prune-ffn / --prune-heads the program has the pruned shapes (which channels go needs weights)."""
@@ -51,6 +59,8 @@ def estimate_command(
     from qeff_compiler.compiler import compile as compile_model
     from qeff_compiler.options import check_config_only
 
+    if plot is not None:
+        check_writable(plot)
     source = model_source(model)
     config = resolve_model(source).config if isinstance(source, Path) else source
     check_config_only(precision)
@@ -80,6 +90,12 @@ def estimate_command(
     console.print(table)
     for figure, provenance in compiled.simulation.provenance.items():
         console.print(f"simulated {figure}: {provenance}", soft_wrap=True)
+    print_cost_breakdown(compiled.simulation)
+    if plot is not None:
+        from qeff_compiler.backends.ai100.plot import plot_costs
+
+        plot_costs(compiled.simulation, plot, f"{model} {precision}")
+        print_plain(f"wrote {plot}")
 
 
 @app.command("inspect")
@@ -108,17 +124,7 @@ def inspect_command(
         f"{artifact}: {options.precision}, ctx_len {options.ctx_len}, prefill_len {options.prefill_len}, "
         f"batch {options.batch_size} on {simulation.device}; pipeline {compiled.pipeline}"
     )
-    plan = simulation.plans["decode"]
-    table = Table(title="partition plan: weight bytes per core (decode)")
-    table.add_column("SoC", justify="right")
-    for core in range(plan.num_cores):
-        table.add_column(f"core {core}", justify="right")
-    table.add_column("shared", justify="right")
-    for device in range(plan.num_devices):
-        per_core = [plan.weight_bytes(device, core) for core in range(plan.num_cores)]
-        shared = plan.weight_bytes(device) - sum(per_core)
-        table.add_row(str(device), *(f"{b / 1e6:.2f} MB" for b in per_core), f"{shared / 1e6:.2f} MB")
-    console.print(table)
+    console.print(_per_core_table(simulation.plans["decode"]))
     print_memory(compiled)
     prompt = prompt_len or options.prefill_len
     stats = compiled.estimate(prompt, generation_len or options.ctx_len - prompt)
@@ -126,8 +132,44 @@ def inspect_command(
     for label, value in stats.rows():
         estimate.add_row(label, value)
     console.print(estimate)
+    print_cost_breakdown(simulation)
     for line in handoff_listing(artifact):
         print_plain(line)
     if plot is not None:
         plot_simulation(simulation, plot)
         print_plain(f"wrote {plot}")
+
+
+#: at most this many SoCs get a column each in the per-core table (more: one row per SoC, min / max per core)
+_SOC_COLUMNS = 4
+
+
+def _per_core_table(plan: PartitionPlan) -> Table:
+    """Weight bytes per core of the decode plan: a row per core and a column per SoC (fits 100 columns up to
+    `_SOC_COLUMNS` SoCs), or for more SoCs a row per SoC with its least and most loaded core."""
+    title = "weights per core (decode plan)"
+    if plan.num_devices > _SOC_COLUMNS:
+        table = Table(title=title)
+        for column in ("SoC", "cores", "least per core", "most per core", "shared", "total"):
+            table.add_column(column, justify="right")
+        for device in range(plan.num_devices):
+            per_core = [plan.weight_bytes(device, core) for core in range(plan.num_cores)]
+            total = plan.weight_bytes(device)
+            table.add_row(
+                str(device),
+                str(plan.num_cores),
+                size(min(per_core)),
+                size(max(per_core)),
+                size(total - sum(per_core)),
+                size(total),
+            )
+        return table
+    table = Table(title=title)
+    table.add_column("core", justify="right")
+    for device in range(plan.num_devices):
+        table.add_column(f"SoC {device}", justify="right")
+    for core in range(plan.num_cores):
+        table.add_row(str(core), *(size(plan.weight_bytes(device, core)) for device in range(plan.num_devices)))
+    shared = [plan.weight_bytes(d) - sum(plan.weight_bytes(d, c) for c in range(plan.num_cores)) for d in range(plan.num_devices)]
+    table.add_row("shared", *(size(b) for b in shared), end_section=False)
+    return table

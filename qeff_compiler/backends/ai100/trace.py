@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from qeff_compiler.atomic import atomic_write_text
+from qeff_compiler.backends.ai100.breakdown import charged_parts
 from qeff_compiler.backends.ai100.cost_model import OpTiming, StepTiming
 from qeff_compiler.backends.ai100.plan import PartitionPlan
 from qeff_compiler.errors import InvalidArgumentError
@@ -77,17 +78,6 @@ def core_busy_fractions(step: StepTiming, plan: PartitionPlan) -> dict[tuple[int
         for key, series in fractions.items():
             series.append(per_core.get(key, 0) / busiest if busiest else 1.0)
     return fractions
-
-
-def charged_parts(op: OpTiming) -> list[tuple[str, float]]:
-    """The op's time as charged, in seconds, in the order drawn: the bound (memory streaming, or the core's
-    compute, MXFP6 decompression and vector work), the fixed cost, the transfers. The parts sum to `op.seconds`."""
-    if op.memory_s >= op.core_s:
-        bound = [("bandwidth", op.memory_s)]
-    else:
-        bound = [("compute", op.compute_s), ("decompress", op.decompress_s), ("vector", op.vector_s)]
-    parts = [*bound, ("fixed cost", op.overhead_s), ("transfer", op.transfer_s)]
-    return [(name, seconds) for name, seconds in parts if seconds > 0]
 
 
 def op_name(op: OpTiming) -> str:
