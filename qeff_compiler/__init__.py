@@ -45,7 +45,22 @@ _PUBLIC = {
     "tune": "qeff_compiler.tune",
 }
 
-__all__ = ["__version__", *sorted(_PUBLIC)]
+__all__ = [
+    "CompiledModel",
+    "EvaluationReport",
+    "PassManager",
+    "Program",
+    "QEFFAutoModelForCausalLM",
+    "QeffError",
+    "TuneResult",
+    "__version__",
+    "calibrate",
+    "capture",
+    "compile",
+    "evaluate",
+    "load_compiled",
+    "tune",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -131,7 +131,7 @@ def compile(  # noqa: A001 (the public API's name)
     with contextlib.ExitStack() as stack:
         table_file = None
         if options.needs_calibration and passes is None:
-            table_file = stack.enter_context(calibration_file(resolved.directory, calibration))
+            table_file = stack.enter_context(calibration_file(resolved.directory, calibration, reporter))
             table = load_calibration(table_file)
         recorded = _recorded_pipeline(options, passes, table_file is not None)
         programs, reports = {}, {}
@@ -244,8 +244,8 @@ class CompiledModel:
         `eos_token_id` (default: the config's) or after `max_new_tokens`. `trace` names a Chrome/Perfetto
         trace-event JSON file to write with the simulated device's timeline of the run (`trace_detail` "layer":
         every call, the first of each program by layer and op; "op": every op of every call, per core). `engine`
-        runs the numerics: "host" (the reference executor) or "onnxruntime" (the artifact's ONNX files on ONNX Runtime: faster on a
-        CPU, equal up to float rounding); the simulated figures are the same for both.
+        runs the numerics: "host" (the reference executor) or "onnxruntime" (the artifact's ONNX files on ONNX
+        Runtime: faster on a CPU, equal up to float rounding); the simulated figures are the same for both.
         """
         if trace is not None:
             check_trace_detail(trace_detail)  # before the work

@@ -21,7 +21,6 @@ from qeff_compiler.cli.app import (
     PruneHeadsOption,
     PruneScoreOption,
     app,
-    console,
     model_source,
     print_plain,
     status,
@@ -120,6 +119,10 @@ def calibrate_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="calibration table file to write (safetensors)")],
     model: ModelArgument = SHIPPED_MODEL,
     text: Annotated[Path | None, typer.Option("--text", help="text file (default: MODEL's calibration.txt)")] = None,
+    progress: Annotated[
+        bool | None,
+        typer.Option("--progress/--no-progress", help="a progress bar of the text windows (default: on a terminal)"),
+    ] = None,
 ) -> None:
     """Measure the activation maxima of every linear on a text: the table w8a8 compiles from (--calibration)."""
     from qeff_compiler.calibration import calibrate, save_calibration
@@ -130,7 +133,6 @@ def calibrate_command(
         raise InvalidArgumentError(
             f"calibrate needs a model directory with weights and a tokenizer, got preset {model!r}"
         )
-    with console.status(f"calibrating {model}"):
-        table = calibrate(source, text)
+    table = calibrate(source, text, progress=make_progress(progress))
     save_calibration(table, output)
     print_plain(f"calibrated {len(table)} linears of {model} → {output}")

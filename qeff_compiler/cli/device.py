@@ -170,6 +170,7 @@ def _per_core_table(plan: PartitionPlan) -> Table:
         table.add_column(f"SoC {device}", justify="right")
     for core in range(plan.num_cores):
         table.add_row(str(core), *(size(plan.weight_bytes(device, core)) for device in range(plan.num_devices)))
-    shared = [plan.weight_bytes(d) - sum(plan.weight_bytes(d, c) for c in range(plan.num_cores)) for d in range(plan.num_devices)]
-    table.add_row("shared", *(size(b) for b in shared), end_section=False)
+    cores = range(plan.num_cores)
+    shared = [plan.weight_bytes(d) - sum(plan.weight_bytes(d, c) for c in cores) for d in range(plan.num_devices)]
+    table.add_row("shared", *(size(b) for b in shared))
     return table

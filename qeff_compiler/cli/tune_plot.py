@@ -18,7 +18,7 @@ def plot_tune(result: TuneResult, path: str | Path) -> None:
 
     figure, axes = pyplot.subplots(figsize=(9, 6), layout="constrained")
     precisions = sorted({c.setting.precision for c in result.candidates})
-    colours = dict(zip(precisions, pyplot.get_cmap("tab10").colors, strict=False))
+    colours = {name: f"C{index}" for index, name in enumerate(precisions)}  # matplotlib's colour cycle
     for name in precisions:
         mine = [c for c in result.candidates if c.setting.precision == name]
         axes.scatter(

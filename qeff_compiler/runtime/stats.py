@@ -69,7 +69,8 @@ class LatencyStats:
         if not self.token_latencies_s:
             return ("simulated per-token latency", "none (no decode step)")
         if self.token_p50_s == self.token_p90_s:
-            return ("simulated per-token latency", f"{self.token_p50_s * 1e3:.3f} ms (every decode step costs the same)")
+            latency = f"{self.token_p50_s * 1e3:.3f} ms (every decode step costs the same)"
+            return ("simulated per-token latency", latency)
         return ("simulated per-token p50 / p90", f"{self.token_p50_s * 1e3:.3f} / {self.token_p90_s * 1e3:.3f} ms")
 
     def rows(self) -> list[tuple[str, str]]:

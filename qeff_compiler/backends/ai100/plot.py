@@ -12,7 +12,9 @@ from qeff_compiler.backends.ai100.simulator import SimulatedDevice
 from qeff_compiler.backends.ai100.trace import core_busy_fractions
 
 #: one colour per cost category, the same in every plot
-CATEGORY_COLOURS = dict(zip(CATEGORIES, ("tab:blue", "tab:orange", "tab:red", "tab:purple", "tab:gray", "tab:green")))
+CATEGORY_COLOURS = dict(
+    zip(CATEGORIES, ("tab:blue", "tab:orange", "tab:red", "tab:purple", "tab:gray", "tab:green"), strict=True)
+)
 
 
 def core_utilisation(simulation: SimulatedDevice) -> dict[tuple[int, int], float]:
