@@ -21,8 +21,8 @@ def print_cost_breakdown(simulation: SimulatedDevice) -> None:
     step = simulation.steps["decode"]
     total = step.seconds
     per_role = sorted(by_role(step).items(), key=lambda item: -sum(item[1].values()))
-    title = f"where a decode step's {duration(total)} goes (simulated, {simulation.device}), per op role"
-    console.print(_table(title, "op role (all layers)", [*per_role, ("all", by_category(step.ops))], total))
+    title = f"where a decode step's {duration(total)} goes (simulated), per op role over all layers"
+    console.print(_table(title, "op role", [*per_role, ("all", by_category(step.ops))], total))
     runs = layer_runs(by_layer(step))
     console.print(_table("per layer", "layer", runs, total))
     prefill = simulation.steps["prefill"]

@@ -18,8 +18,8 @@ class LiveRows:
     def __init__(self, table: Table, total: int, console: Console) -> None:
         self.table, self.total, self.console = table, total, console
         self._spinner = Spinner("dots", "")
-        self._live = Live(self._render(), console=console, refresh_per_second=8, transient=False)
         self._working = False
+        self._live = Live(self._render(), console=console, refresh_per_second=8, transient=False)
 
     def start(self, number: int, what: str) -> None:
         """Row `number` (1-based) of `total` starts."""
