@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
+import qeff_compiler as qc
 from qeff_compiler.backends.ai100.breakdown import CATEGORIES, by_category, by_layer, by_role, layer_runs
 from qeff_compiler.calibration import calibrate
 from qeff_compiler.cli import app as cli_app
@@ -128,3 +129,14 @@ def test_calibration_reports_windows_done_of_total() -> None:
     recorder = _Recorder()
     table = calibrate(TINY_MPT, max_tokens=2 * 256, progress=recorder)
     assert table and recorder.stages == [("calibrate (w8a8)", 2, "windows")] and recorder.advanced == 2
+
+
+def test_opt_counts_parameters_and_stored_bytes_separately(capsys: pytest.CaptureFixture[str]) -> None:
+    """After MXFP6 lowering the weights are packed codes and scales: stored elements are not parameters."""
+    passes = "strip-export-noise,patch-attention,lower-fp16,lower-mxfp6,dce"
+    assert run(["opt", "--passes", passes, "--no-verify"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    captured = qc.capture(TINY_MPT).num_parameters()
+    assert f"{captured:,} parameters captured, stored as " in out
+    stored = out.split("stored as ", 1)[1].split(" (", 1)[0]
+    assert stored.endswith(" MB") and float(stored.split()[0]) < captured * 2 / 1e6  # below fp16's 2 bytes each

@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from qeff_compiler.cli.app import SHIPPED_MODEL, ModelArgument, SeqLenOption, app, console, load_program, print_plain
+from qeff_compiler.cli.app import (
+    SHIPPED_MODEL,
+    ModelArgument,
+    SeqLenOption,
+    app,
+    console,
+    load_program,
+    print_plain,
+    size,
+)
 
 
 @app.command("capture")
@@ -92,8 +101,10 @@ def opt_command(
         print_plain(manager.timing_report())
     if manager.notes_report():
         print_plain(manager.notes_report())
+    stored = result.weights.nbytes(result.weight_placeholders().values())
     console.print(
-        f"ran {len(manager.records)} passes: {len(program.graph.nodes)} → {len(result.graph.nodes)} nodes, "
-        f"{result.num_parameters():,} parameters",
+        f"ran {len(manager.records)} passes: {len(program.graph.nodes)} → {len(result.graph.nodes)} nodes; "
+        f"{program.num_parameters():,} parameters captured, stored as {size(stored)} "
+        f"({result.num_parameters():,} stored elements: codes, scales and smoothing factors count as stored)",
         highlight=False,
     )
