@@ -30,7 +30,7 @@ from qeff_compiler import artifact, errors
 from qeff_compiler.backends.ai100.devices import MAX_DEVICES
 from qeff_compiler.calibration import calibrate, save_calibration
 from qeff_compiler.capture.presets import preset_config
-from qeff_compiler.cli import build as cli_build, main as cli
+from qeff_compiler.cli import main as cli
 from qeff_compiler.data import TINY_MPT
 from qeff_compiler.errors import QeffError
 from qeff_compiler.passes import PassManager
@@ -495,7 +495,7 @@ def _signalled_compile(env: Env, name: str, signal_exception: type[BaseException
     def interrupt(program: qc.Program, path: Path, *args: object, **kwargs: object) -> None:
         raise signal_exception
 
-    env.monkeypatch.setattr(cli_build, "compile_model", lambda *args, **kwargs: env.compiled)
+    env.monkeypatch.setattr(sys.modules["qeff_compiler.compiler"], "compile", lambda *args, **kwargs: env.compiled)
     env.monkeypatch.setattr(onnx_export, "export_onnx", interrupt)
     output = env.fresh(name)
     env.capsys.readouterr()
