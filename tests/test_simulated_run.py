@@ -71,7 +71,7 @@ def test_inspect_prints_the_plan_and_draws_it(artifact, tmp_path: Path) -> None:
 def test_estimate_from_a_preset_config_and_its_refusal_when_too_big() -> None:
     result = qeffc("estimate", "opt-2.7b-shape", "--precision", "mxfp6", "--prompt-len", "512", "--generation-len", "256")
     assert result.returncode == 0, result.stderr
-    assert "simulated decode" in result.stdout and "weights in DDR" in result.stdout
+    assert "simulated decode" in result.stdout and "weights, KV cache in DDR" in result.stdout
     assert "simulated decode: validated" in result.stdout and "simulated prefill: validated" in result.stdout
     refused = qeffc("estimate", "opt-13b-shape", "--precision", "fp16")
     assert refused.returncode == 2 and "does not fit" in refused.stderr and "num_devices" in refused.stderr

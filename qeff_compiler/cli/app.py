@@ -89,7 +89,7 @@ def print_memory(compiled: CompiledModel) -> None:
     the on-chip VTCM of the cores used (then the cores stream them from there)."""
     memory = compiled.simulation.memory
     where = "VTCM (on-chip)" if memory.tier == "vtcm" else "DDR"
-    table = Table(title=f"memory per SoC ({compiled.simulation.device}; weights and KV cache streamed from {where})")
+    table = Table(title=f"memory per SoC ({compiled.simulation.device}); weights, KV cache in {where}")
     for column in ("SoC", "weights", "KV cache", "activations", "total", "DDR capacity", "VTCM of cores used"):
         table.add_column(column, justify="right")
     for soc in memory.socs:

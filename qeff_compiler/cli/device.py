@@ -147,7 +147,7 @@ _SOC_COLUMNS = 4
 def _per_core_table(plan: PartitionPlan) -> Table:
     """Weight bytes per core of the decode plan: a row per core and a column per SoC (fits 100 columns up to
     `_SOC_COLUMNS` SoCs), or for more SoCs a row per SoC with its least and most loaded core."""
-    title = "weights per core (decode plan)"
+    title = "partition plan: weights per core (decode)"
     if plan.num_devices > _SOC_COLUMNS:
         table = Table(title=title)
         for column in ("SoC", "cores", "least per core", "most per core", "shared", "total"):
@@ -164,7 +164,7 @@ def _per_core_table(plan: PartitionPlan) -> Table:
                 size(total),
             )
         return table
-    table = Table(title=title)
+    table = Table(title=title, min_width=len(title))
     table.add_column("core", justify="right")
     for device in range(plan.num_devices):
         table.add_column(f"SoC {device}", justify="right")
