@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from qeff_compiler.atomic import atomic_file
+from qeff_compiler.evaluate import ACCURACY_GATES, MXINT8_CACHE_GATE
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 from matplotlib import pyplot  # noqa: E402 (after choosing the backend)
@@ -47,23 +49,34 @@ def _host_precision(axes, rows: list[dict]) -> None:  # noqa: ANN001
 
 
 def _decode_cost(axes, rows: list[dict]) -> None:  # noqa: ANN001
-    series = {
-        "position 16": [r["early_median_ms"] for r in rows],
-        "position ctx_len - 16": [r["late_median_ms"] for r in rows],
-    }
-    _grouped_bars(axes, [r["model"] for r in rows], series)
-    axes.set(title="host decode step time early vs late in the cache (median)", ylabel="ms", yscale="log")
+    """The ratio late / early per model on a linear axis (1 = no growth), each bar labelled with its two times."""
+    labels = [r["model"].replace(" (", "\n(") for r in rows]
+    ratios = [r["late_median_ms"] / r["early_median_ms"] for r in rows]
+    bars = axes.bar(labels, ratios, width=0.5)
+    axes.bar_label(bars, [f"{r['early_median_ms']:.2f} → {r['late_median_ms']:.2f} ms" for r in rows], fontsize=8)
+    axes.axhline(1.0, color="black", linewidth=0.8)
+    axes.set_ylim(0, max(1.5, max(ratios) * 1.2))
+    axes.tick_params(axis="x", labelsize=8)
+    axes.set(title="host decode step late vs early in the cache (median; 1 = no growth)",
+             ylabel="step time at ctx_len − 16 / at position 16")
 
 
 def _peers(axes, rows: list[dict]) -> None:  # noqa: ANN001
-    groups = list(dict.fromkeys(f"{r['model']}, batch {r['batch']}" for r in rows))
+    def group(r: dict) -> str:
+        model = "shipped" if "shipped" in r["model"] else r["model"].split(" (")[0]
+        return f"{model}\nbatch {r['batch']}"
+
+    groups = list(dict.fromkeys(group(r) for r in rows))
     systems = list(dict.fromkeys(r["system"] for r in rows))
     series = {
-        s: [next((r["decode_tokens_per_s"]["median"] for r in rows if f"{r['model']}, batch {r['batch']}" == g and r["system"] == s), 0.0) for g in groups]
+        s: [next((r["decode_tokens_per_s"]["median"] for r in rows if group(r) == g and r["system"] == s), 0.0) for g in groups]
         for s in systems
     }
     _grouped_bars(axes, groups, series)
-    axes.set(title="host decode throughput (tokens/s, median; same run)", ylabel="tokens/s", yscale="log")
+    axes.set_yscale("log")
+    axes.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.legend(fontsize=7, ncols=3)
+    axes.set(title="host decode throughput (tokens/s, median; same run)", ylabel="tokens/s (log scale)")
 
 
 def _compile_layers(axes, section: dict) -> None:  # noqa: ANN001
@@ -92,10 +105,30 @@ def _simulated(axes, rows: list[dict]) -> None:  # noqa: ANN001
 
 
 def _accuracy(axes, rows: list[dict]) -> None:  # noqa: ANN001
+    """Each row's perplexity increase, with its gate (the precision's, plus an MXINT8 cache's allowance) drawn."""
     labels = [r["precision"] + (f"\n{r['kv_cache_dtype']} KV" if r.get("kv_cache_dtype") else "") for r in rows]
-    axes.bar(labels, [100 * (r["perplexity_vs_reference"] - 1) for r in rows])
+    increases = [100 * (r["perplexity_vs_reference"] - 1) for r in rows]
+    gates = [100 * _gate(r) for r in rows]
+    bars = axes.bar(labels, increases, label="perplexity increase")
+    axes.bar_label(bars, [f"{v:+.3f}" for v in increases], fontsize=7)
+    axes.scatter(labels, gates, marker="_", s=900, color="tab:red", linewidths=2, label="gate (largest allowed)")
+    for label, gate in zip(labels, gates, strict=True):
+        axes.annotate(f"{gate:g}", (label, gate), textcoords="offset points", xytext=(0, 4), ha="center",
+                      fontsize=7, color="tab:red")
     axes.tick_params(axis="x", labelsize=8)
-    axes.set(title="perplexity increase vs fp32 HF (shipped model)", ylabel="%")
+    axes.legend(fontsize=8, loc="upper left")
+    axes.set(title="perplexity increase vs fp32 HF, and each row's gate (shipped model)", ylabel="%")
+
+
+def _gate(row: dict) -> float:
+    """The largest perplexity increase `EvaluationReport.gate_failures` allows the row."""
+    gate, _ = ACCURACY_GATES[row["precision"]]
+    cache = row.get("kv_cache_dtype")
+    if cache == "fp16":
+        gate += ACCURACY_GATES["fp16"][0]
+    elif cache == "mxint8":
+        gate += MXINT8_CACHE_GATE
+    return gate
 
 
 def _pruning(axes, section: dict) -> None:  # noqa: ANN001

@@ -73,7 +73,7 @@ def peers(results: dict) -> str:
     lines.append("")
     lines.append(f"Decode tokens/s (median of {rows[0]['runs']} runs; min–max in `bench/results.json`). Prefill: "
                  f"qeff-ort fp32 runs at {min(ratios):.2f}–{max(ratios):.2f}× ONNX Runtime's prompt throughput. "
-                 f"The issue's decode goals, best qeff system per row: ≥ 2× HF eager met in {hf_met} of {len(bests)} "
+                 f"The decode goals set for this compiler, best qeff system per row: ≥ 2× HF eager met in {hf_met} of {len(bests)} "
                  f"rows, ≥ 1× ONNX Runtime in {ort_met} of {len(bests)}.")
     return "\n".join(lines) + "\n"
 
@@ -210,7 +210,9 @@ def tune(results: dict) -> str:
     t = results["sections"]["tune"]
     return (f"On the shipped model (budget +2 %) the search scored {t['evaluations']} accuracy settings on "
             f"{t['tokens_scored']:,} tokens and timed {t['candidates']} feasible placements ({t['pareto_front']} on the "
-            f"Pareto front) in {t['search_s']:.0f} s (load average {t['load_average_1min']:.1f}); it chose "
+            f"Pareto front) in {t['search_s']:.0f} s (load average {t['load_average_1min']:.1f}): the time of the "
+            f"`qc.tune` call inside the bench process, after its imports; a `qeffc tune` run adds its start-up, and "
+            f"other work on the machine's cores stretches both. It chose "
             f"{t['chosen']} ({100 * t['chosen_perplexity_increase']:+.2f} % perplexity on those tokens, "
             f"{t['chosen_tokens_per_s']:,.0f} simulated tok/s end to end).\n")
 

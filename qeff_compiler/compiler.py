@@ -17,6 +17,7 @@ from qeff_compiler.backends.ai100.memory import check_kv_cache_fits, check_weigh
 from qeff_compiler.backends.ai100.partition import PartitionPlan
 from qeff_compiler.backends.ai100.simulator import SimulatedDevice
 from qeff_compiler.backends.ai100.slot_trace import write_slot_trace
+from qeff_compiler.backends.ai100.trace import check_trace_detail
 from qeff_compiler.calibration import calibration_file, load_calibration
 from qeff_compiler.capture import ModelSource, capture_resolved, resolve_model
 from qeff_compiler.errors import ArtifactIntegrityError, InvalidArgumentError, PipelineError, VerificationError
@@ -150,7 +151,7 @@ def compile(  # noqa: A001 (the public API's name)
     with contextlib.ExitStack() as stack:
         table_file = None
         if options.needs_calibration and passes is None:
-            table_file = stack.enter_context(calibration_file(resolved.directory, calibration))
+            table_file = stack.enter_context(calibration_file(resolved.directory, calibration, reporter))
             table = load_calibration(table_file)
         recorded = _recorded_pipeline(options, passes, table_file is not None)
         programs, reports = {}, {}
@@ -300,18 +301,22 @@ class CompiledModel:
         trace: str | Path | None = None,
         engine: str = "host",
         threads: int | None = None,
+        trace_detail: str = "layer",
     ) -> GenerationOutput:
         """Greedy (default) or sampled generation for up to `batch_size` prompts of any lengths (any number of
         prompts when compiled with `full_batch_size`: they take turns in its slots).
 
         `input_ids` is a [batch, len] tensor or a list of token-id lists (ragged). Generation stops per row at
         `eos_token_id` (default: the config's) or after `max_new_tokens`. `trace` names a Chrome/Perfetto
-        trace-event JSON file to write with the simulated device's timeline of the run. `engine` runs the numerics:
-        "host" (the reference executor) or "onnxruntime" (the artifact's ONNX files on ONNX Runtime: faster on a
-        CPU, equal up to float rounding); the simulated figures are the same for both. `threads` is the CPU
-        threads the engine (and torch) use: default chosen from the load so that they do not oversubscribe the
-        machine (`runtime.threads`).
+        trace-event JSON file to write with the simulated device's timeline of the run (`trace_detail` "layer":
+        every call, the first of each program by layer and op; "op": every op of every call, per core). `engine`
+        runs the numerics: "host" (the reference executor) or "onnxruntime" (the artifact's ONNX files on ONNX
+        Runtime: faster on a CPU, equal up to float rounding); the simulated figures are the same for both.
+        `threads` is the CPU threads the engine (and torch) use: default chosen from the load so that they do not
+        oversubscribe the machine (`runtime.threads`).
         """
+        if trace is not None:
+            check_trace_detail(trace_detail)  # before the work
         shapes = self.shapes
         slots = self.options.full_batch_size
         prompts = normalize_prompts(input_ids, shapes, any_count=slots is not None)
@@ -344,7 +349,7 @@ class CompiledModel:
                 streamer,
             )
         if trace is not None:
-            self.simulation.write_trace(trace, output.stats)
+            self.simulation.write_trace(trace, output.stats, trace_detail)
         return output
 
     def estimate(self, prompt_len: int, generation_len: int, batch_size: int | None = None) -> LatencyStats:

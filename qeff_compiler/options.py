@@ -7,12 +7,12 @@ artifact never needs the driver to describe what it holds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from qeff_compiler.backends.ai100.partition import check_p2p_format
-from qeff_compiler.backends.ai100.simulator import Target
 from qeff_compiler.errors import InvalidArgumentError
-from qeff_compiler.precision import check_precision, check_pruning
-from qeff_compiler.runtime.buckets import check_buckets, check_serving
+
+if TYPE_CHECKING:  # the checks load the backend (torch): imported where used, so the CLI reads DEFAULTS at once
+    from qeff_compiler.backends.ai100.simulator import Target
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,16 @@ class CompileOptions:
 
     @property
     def target(self) -> Target:
+        from qeff_compiler.backends.ai100.simulator import Target
+
         return Target(self.device, self.num_cores, self.num_devices, self.p2p_format)
 
     def check(self) -> None:
         """Refuse a bad value before any tracing, naming the option (an `InvalidArgumentError` subclass)."""
+        from qeff_compiler.backends.ai100.partition import check_p2p_format
+        from qeff_compiler.precision import check_precision, check_pruning
+        from qeff_compiler.runtime.buckets import check_buckets, check_serving
+
         check_precision(self.precision, self.kv_cache_dtype)
         check_pruning(self.prune_ffn, self.prune_heads, self.prune_score, self.precision)
         self.target.cores()  # device, num_cores and num_devices

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,9 +116,11 @@ def tune(
     generation_len: int = 64,
     text: str | Path | None = None,
     max_tokens: int | None = DEFAULT_MAX_TOKENS,
+    on_setting: Callable[[int, int, Setting], None] | None = None,
 ) -> TuneResult:
     """Search the product of the given settings; see the module docstring. `num_cores` None tries a quarter,
-    half and all of the device's cores per SoC."""
+    half and all of the device's cores per SoC. `on_setting(n, total, setting)` is called as the n-th (1-based) of
+    `total` accuracy settings starts, the slow part of the search (a progress display)."""
     start = time.perf_counter()
     if isinstance(max_ppl_increase, bool) or not isinstance(max_ppl_increase, int | float) or max_ppl_increase < 0:
         raise InvalidArgumentError(
@@ -150,7 +152,9 @@ def tune(
     evaluator = Evaluator(model_dir, text, max_tokens=max_tokens)
     candidates: list[Candidate] = []
     reports: dict[Setting, EvaluationReport] = {}
-    for setting in settings:
+    for number, setting in enumerate(settings, 1):
+        if on_setting is not None:
+            on_setting(number, len(settings), setting)
         report = reports[setting] = evaluator(setting.precision, setting.kv_cache_dtype, prune_ffn=setting.prune_ffn)
         decode = _program(captures[1], setting, ctx_len)
         for prefill_len in prefill_lens:

@@ -32,7 +32,7 @@ from qeff_compiler import QEFFAutoModelForCausalLM, artifact, errors
 from qeff_compiler.backends.ai100.devices import MAX_DEVICES
 from qeff_compiler.calibration import calibrate, save_calibration
 from qeff_compiler.capture.presets import preset_config
-from qeff_compiler.cli import build as cli_build, main as cli
+from qeff_compiler.cli import main as cli
 from qeff_compiler.data import TINY_MPT
 from qeff_compiler.errors import QeffError
 from qeff_compiler.passes import PassManager
@@ -428,6 +428,7 @@ generate_row("sampling-temperature", [[1, 2]], 4, do_sample=True, temperature=0.
 generate_row("sampling-top-p", [[1, 2]], 4, do_sample=True, top_p=1.5)
 generate_row("sampling-options-without-sampling", [[1, 2]], 4, top_k=5)
 generate_row("unknown-engine", [[1, 2]], 4, engine="cuda")
+generate_row("unknown-trace-detail", [[1, 2]], 2, trace="unused.json", trace_detail="ops")
 
 
 @trigger("estimate-too-long")
@@ -543,7 +544,7 @@ def _signalled_compile(env: Env, name: str, signal_exception: type[BaseException
     def interrupt(program: qc.Program, path: Path, *args: object, **kwargs: object) -> None:
         raise signal_exception
 
-    env.monkeypatch.setattr(cli_build, "compile_model", lambda *args, **kwargs: env.compiled)
+    env.monkeypatch.setattr(sys.modules["qeff_compiler.compiler"], "compile", lambda *args, **kwargs: env.compiled)
     env.monkeypatch.setattr(onnx_export, "export_onnx", interrupt)
     output = env.fresh(name)
     env.capsys.readouterr()
@@ -925,6 +926,7 @@ OFFENDING: dict[str, str] = {
     "sampling-top-p": "got 1.5",
     "sampling-options-without-sampling": "top_k",
     "unknown-engine": "'cuda'",
+    "unknown-trace-detail": "'ops'",
     "estimate-too-long": "prompt_len (20)",
     "estimate-other-batch": "batch_size=4",
     "program-inputs": "missing ['past_key.0'",

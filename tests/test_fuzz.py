@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import shutil
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,8 +31,7 @@ from typer._click.core import Context
 import qeff_compiler as qc
 from qeff_compiler import artifact as artifact_module
 from qeff_compiler.capture import resolve_model
-from qeff_compiler.cli import accuracy as cli_accuracy, app as cli_app, build as cli_build, device as cli_device
-from qeff_compiler.cli import generate as cli_generate, main as cli
+from qeff_compiler.cli import main as cli
 from qeff_compiler.errors import ArtifactError, QeffError
 from qeff_compiler.options import CompileOptions
 from qeff_compiler.passes import PassManager, registered_passes
@@ -157,23 +158,26 @@ def stubbed_cli(cli_files: dict[str, Path], tiny_artifact: TinyArtifact, monkeyp
         resolve_model(source)
         raise Reached("capture")
 
+    load_compiled = importlib.import_module("qeff_compiler.compiler").load_compiled  # the real one, before the stub
+
     def load_stub(path: Path, **kwargs: object) -> qc.CompiledModel:
-        return loaded if Path(path) == cli_files["artifact"] else qc.load_compiled(path, **kwargs)
+        return loaded if Path(path) == cli_files["artifact"] else load_compiled(path, **kwargs)
 
     def plot_stub(simulation: object, path: Path) -> None:
         from qeff_compiler.atomic import atomic_write_text
 
         atomic_write_text(path, "png")
 
-    for module in (cli_build, cli_device):
-        monkeypatch.setattr(module, "compile_model", compile_stub)
-    monkeypatch.setattr(cli_app, "capture", capture_stub)
-    for module in (cli_device, cli_generate):
-        monkeypatch.setattr(module, "load_compiled", load_stub)
-    monkeypatch.setattr(cli_build, "calibrate", lambda *args, **kwargs: (_ for _ in ()).throw(Reached("calibrate")))
-    monkeypatch.setattr(cli_accuracy, "Evaluator", lambda *args, **kwargs: (_ for _ in ()).throw(Reached("eval")))
-    monkeypatch.setattr(cli_accuracy, "tune", lambda *args, **kwargs: (_ for _ in ()).throw(Reached("tune")))
-    monkeypatch.setattr(cli_device, "plot_simulation", plot_stub)
+    # the commands import these when they run (`qeffc --help` loads none of them): stub them where they live
+    modules = {name: importlib.import_module(f"qeff_compiler.{name}") for name in ("compiler", "evaluate", "tune")}
+    monkeypatch.setattr(modules["compiler"], "compile", compile_stub)
+    monkeypatch.setattr(sys.modules["qeff_compiler.capture"], "capture", capture_stub)
+    monkeypatch.setattr(modules["compiler"], "load_compiled", load_stub)
+    calibration = importlib.import_module("qeff_compiler.calibration")
+    monkeypatch.setattr(calibration, "calibrate", lambda *args, **kwargs: (_ for _ in ()).throw(Reached("calibrate")))
+    monkeypatch.setattr(modules["evaluate"], "Evaluator", lambda *args, **kwargs: (_ for _ in ()).throw(Reached("eval")))
+    monkeypatch.setattr(modules["tune"], "tune", lambda *args, **kwargs: (_ for _ in ()).throw(Reached("tune")))
+    monkeypatch.setattr(importlib.import_module("qeff_compiler.backends.ai100.plot"), "plot_simulation", plot_stub)
 
 
 def _command_params() -> dict[str, list[object]]:

@@ -42,16 +42,20 @@ def test_artifact_keeps_target_memory_plan_and_partition_plans(artifact) -> None
 
 def test_trace_has_a_track_per_core_and_link_and_spans_for_every_call(artifact, tmp_path: Path) -> None:
     compiled, _ = artifact
-    out = compiled.generate([[1, 2, 3, 4, 5, 6, 7]], max_new_tokens=3, trace=tmp_path / "trace.json")
-    events = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+    path = tmp_path / "trace.json"
+    out = compiled.generate([[1, 2, 3, 4, 5, 6, 7]], max_new_tokens=3, trace=path, trace_detail="op")
+    events = json.loads(path.read_text())["traceEvents"]
     tracks = {(e["pid"], e["args"]["name"]) for e in events if e["name"] == "thread_name"}
-    assert tracks == {(soc, f"core {core}") for soc in range(2) for core in range(3)} | {(0, "PCIe P2P"), (1, "PCIe P2P")}
-    calls = {e["args"]["call"] for e in events if e["ph"] == "X"}
+    cores = {(soc, f"core {core:>2}") for soc in range(2) for core in range(3)}
+    links = {(soc, name) for soc in range(2) for name in ("NoC (on-chip transfers)", "PCIe P2P (SoC to SoC)")}
+    programs = {(soc, "program: call → layer → op → cost") for soc in range(2)}
+    assert tracks == cores | links | programs
+    calls = {e["args"]["call"] for e in events if e["ph"] == "X" and "call" in e.get("args", {})}
     assert calls == {"prefill chunk 0", "prefill chunk 1", "decode step 0", "decode step 1"}
     last = max(e["ts"] + e["dur"] for e in events if e["ph"] == "X")
     expected_us = 1e6 * (out.stats.prefill_s + out.stats.decode_s)
     assert last == pytest.approx(expected_us, rel=1e-6)
-    assert any(e["tid"] == 1000 for e in events if e["ph"] == "X")  # all-reduces between the two SoCs
+    assert any(e["tid"] == 1001 for e in events if e["ph"] == "X")  # all-reduces between the two SoCs
 
 
 @pytest.mark.e2e
@@ -70,7 +74,7 @@ def test_estimate_from_a_preset_config_and_its_refusal_when_too_big() -> None:
         "--prompt-len", "512", "--generation-len", "256",
     )
     assert result.returncode == 0, result.stderr
-    assert "simulated decode" in result.stdout and "weights in DDR" in result.stdout
+    assert "simulated decode" in result.stdout and "weights, KV cache in DDR" in result.stdout
     assert "simulated decode: validated" in result.stdout and "simulated prefill: validated" in result.stdout
     refused = qeffc("estimate", "opt-13b-shape", "--precision", "fp16")
     assert refused.returncode == 2 and "does not fit" in refused.stderr and "num_devices" in refused.stderr

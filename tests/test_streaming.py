@@ -18,6 +18,7 @@ from qeff_compiler.errors import WeightError
 from qeff_compiler.ir.samples import sample_inputs
 from qeff_compiler.ir.weights import Derivation, WeightSpec, WeightStore
 from qeff_compiler.progress import RichProgress
+from rich.filesize import decimal
 from qeff_compiler.weights_file import write_weights
 from tests.conftest import random_model, tiny_config
 
@@ -83,10 +84,12 @@ def test_progress_bars_report_bytes_per_stage(checkpoint: Path, tmp_path: Path) 
     compiled = qc.compile(checkpoint, precision="int8", ctx_len=32, prefill_len=8, stream=True, progress=bars)
     compiled.save(tmp_path / "art", progress=bars)
     shown = console.file.getvalue()
-    weights_kib = compiled.prefill.weights.nbytes() / 1024
+    weights = decimal(compiled.prefill.weights.nbytes())
+    lines = shown.splitlines()
     for stage in ("compile prefill", "compile decode", "write weights", "export program.onnx", "checksum"):
-        assert stage in shown, shown
-    assert f"{weights_kib:.1f}/{weights_kib:.1f} KiB" in shown, shown
+        assert sum(line.startswith(f"✓ {stage} ") for line in lines) == 1, shown  # one line per stage, never repeated
+    assert f"{weights}/{weights}" in shown, shown
+    assert "0/0" not in shown and "?" not in shown, shown  # a stage without bytes shows only its time
 
 
 def test_streaming_store_evaluates_recipes_only_when_read_and_each_once() -> None:

@@ -3,6 +3,9 @@ has the simulated speed the search saw, and the printed front is a real Pareto f
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,6 +18,8 @@ from qeff_compiler.errors import InvalidArgumentError
 from qeff_compiler.tune import Candidate, Setting, pareto_front
 
 BUDGET, TOKENS = 0.02, 256  # one window of the shipped model
+#: (n, total, setting) of every `on_setting` call of the fixture's search
+PROGRESS: list[tuple[int, int, Setting]] = []
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +27,22 @@ def result() -> qc.TuneResult:
     return qc.tune(
         TINY_MPT, max_ppl_increase=BUDGET, precisions=("fp16", "int8"), kv_cache_dtypes=(None,),
         prune_levels=(0.0, 0.25), num_cores=(7, 14), num_devices=(1,), prefill_lens=(32,), max_tokens=TOKENS,
+        on_setting=lambda n, total, setting: PROGRESS.append((n, total, setting)),
     )
+
+
+def test_progress_reports_each_accuracy_setting_as_n_of_total(result: qc.TuneResult) -> None:
+    assert [(n, total) for n, total, _ in PROGRESS] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert {setting.precision for _, _, setting in PROGRESS} == {"fp16", "int8"}
+
+
+def test_tune_plot_draws_the_search(result: qc.TuneResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`qeffc tune --plot` (the search replaced by the fixture's result: the plot is what is tested)."""
+    monkeypatch.setattr(sys.modules["qeff_compiler.tune"], "tune", lambda *args, **kwargs: result)
+    outcome = CliRunner().invoke(app, ["tune", "--plot", str(tmp_path / "pareto.png")])
+    assert outcome.exit_code == 0, outcome.output
+    assert f"wrote {tmp_path / 'pareto.png'}" in outcome.output
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_chosen_configuration_meets_the_budget_when_evaluated_again(result: qc.TuneResult) -> None:

@@ -11,14 +11,16 @@ OPT-13B (5120, 40, 40, 50272), all at max_seq_len 2048.
 from __future__ import annotations
 
 from pathlib import Path
-
-from transformers import MptConfig
+from typing import TYPE_CHECKING
 
 from qeff_compiler.data import TINY_MPT
 from qeff_compiler.errors import ModelSourceError
 
 #: the name of the small trained MPT shipped with the package (`qeff_compiler.data.TINY_MPT`)
 SHIPPED_MODEL = "tiny-mpt-pystdlib"
+
+if TYPE_CHECKING:
+    from transformers import MptConfig
 
 _PRESETS: dict[str, dict] = {
     "mpt-125m": {"d_model": 768, "n_heads": 12, "n_layers": 12, "vocab_size": 50368, "max_seq_len": 2048},
@@ -40,6 +42,8 @@ def preset_config(name: str) -> MptConfig:
         fields = _PRESETS[name]
     except KeyError:
         raise ModelSourceError(f"unknown model preset {name!r} (presets: {', '.join(preset_names())})") from None
+    from transformers import MptConfig
+
     return MptConfig(**fields, attn_config={"alibi": True, "alibi_bias_max": 8})
 
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from qeff_compiler.artifact import check_output
+from qeff_compiler.atomic import check_writable
 from qeff_compiler.cli.app import (
     SHIPPED_MODEL,
     CtxLenOption,
@@ -22,16 +22,13 @@ from qeff_compiler.cli.app import (
     model_source,
     print_plain,
 )
+from qeff_compiler.cli.live import LiveRows
 from qeff_compiler.errors import InvalidArgumentError
-from qeff_compiler.evaluate import AccuracyGates, Evaluator, sweep_cache_dtypes
 from qeff_compiler.options import DEFAULTS
-from qeff_compiler.tune import (
-    DEFAULT_KV_CACHE_DTYPES,
-    DEFAULT_MAX_TOKENS as DEFAULT_TUNE_TOKENS,
-    DEFAULT_PRECISIONS,
-    DEFAULT_PRUNE_LEVELS,
-    tune,
-)
+
+#: what `qeffc tune --max-tokens` defaults to: `qc.tune`'s default (tests/test_cli_startup.py keeps them equal;
+#: the tune module is not imported here because it loads torch, which `qeffc --help` must not wait for)
+TUNE_MAX_TOKENS = 2048
 
 
 @app.command("eval")
@@ -57,6 +54,8 @@ def eval_command(
     """Score a text teacher-forced at each precision (and KV-cache dtype) against the fp32 HF model: perplexity,
     top-1 agreement, logit error and the accuracy gate; exits 1 when a gate is missed. With --prune-ffn /
     --prune-heads the rows show the accuracy cost of pruning (no fixed gate: see `qeffc tune`)."""
+    from qeff_compiler.evaluate import sweep_cache_dtypes
+
     source = model_source(model)
     if not isinstance(source, Path):
         raise InvalidArgumentError(f"eval needs a model directory with weights and a tokenizer, got preset {model!r}")
@@ -67,29 +66,31 @@ def eval_command(
     columns = ["precision", "KV cache", *(["pruned"] if pruning else []), "tokens", "ppl", "ref ppl", "Δppl"]
     for column in (*columns, "top-1 agree", "max|Δlogit|", "mean|Δlogit|", "gate"):
         table.add_column(column, justify="right")
+    from qeff_compiler.evaluate import AccuracyGates, Evaluator
+
     evaluator = Evaluator(source, text, max_tokens=max_tokens, keep_reference=False)
     gates = AccuracyGates()
     missed = []
-    precisions = precision or [DEFAULTS.precision]
-    for name, cache, ffn in ((n, c, f) for n in precisions for c in cache_dtypes for f in levels):
-        with console.status(f"evaluating {name}" + (f" with a {cache} KV cache" if cache else "")):
+    rows = [(n, c, f) for n in precision or [DEFAULTS.precision] for c in cache_dtypes for f in levels]
+    with LiveRows(table, len(rows), console).shown() as live:
+        for number, (name, cache, ffn) in enumerate(rows, 1):
+            live.start(number, f"evaluating {name}" + (f" with a {cache} KV cache" if cache else ""))
             report = evaluator(name, cache, prune_ffn=ffn, prune_heads=prune_heads, prune_score=prune_score)
-        failures = gates.failures(report)
-        missed += [f"{name} ({cache or 'default'} KV cache): {failure}" for failure in failures]
-        table.add_row(
-            name,
-            cache or "-",
-            *([report.pruning or "-"] if pruning else []),
-            f"{report.tokens_scored:,}",
-            f"{report.perplexity:.4f}",
-            f"{report.reference_perplexity:.4f}",
-            f"{100 * report.perplexity_increase:+.3f}%",
-            f"{100 * report.token_agreement:.2f}%",
-            f"{report.max_logit_error:.2e}",
-            f"{report.mean_logit_error:.2e}",
-            "n/a" if report.pruning else "missed" if failures else "ok",
-        )
-    console.print(table)
+            failures = gates.failures(report)
+            missed += [f"{name} ({cache or 'default'} KV cache): {failure}" for failure in failures]
+            live.add_row(
+                name,
+                cache or "-",
+                *([report.pruning or "-"] if pruning else []),
+                f"{report.tokens_scored:,}",
+                f"{report.perplexity:.4f}",
+                f"{report.reference_perplexity:.4f}",
+                f"{100 * report.perplexity_increase:+.3f}%",
+                f"{100 * report.token_agreement:.2f}%",
+                f"{report.max_logit_error:.2e}",
+                f"{report.mean_logit_error:.2e}",
+                "n/a" if report.pruning else "missed" if failures else "ok",
+            )
     if missed:
         print_plain("accuracy gate missed:\n" + "\n".join(f"  {line}" for line in missed))
         raise typer.Exit(1)
@@ -124,18 +125,26 @@ def tune_command(
     generation_len: Annotated[int, typer.Option("--generation-len", help="generated tokens of the tuned request")] = 64,
     max_tokens: Annotated[
         int, typer.Option("--max-tokens", help="text tokens each setting is scored on")
-    ] = DEFAULT_TUNE_TOKENS,
+    ] = TUNE_MAX_TOKENS,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="draw every configuration and the Pareto front (PNG)")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="replace the --write directory if it exists")] = False,
 ) -> None:
     """Search precision, KV-cache dtype, FFN pruning, cores, SoCs and prefill length with the cost model under a
     perplexity budget; print the Pareto front (simulated tok/s vs perplexity) and the chosen configuration."""
+    from qeff_compiler.artifact import check_output
+    from qeff_compiler.tune import DEFAULT_KV_CACHE_DTYPES, DEFAULT_PRECISIONS, DEFAULT_PRUNE_LEVELS, tune
+
     source = model_source(model)
     if not isinstance(source, Path):
         raise InvalidArgumentError(f"tune needs a model directory with weights and a tokenizer, got preset {model!r}")
     if write is not None:
         check_output(write, overwrite=force)  # before the search, which the refusal would waste
+    if plot is not None:
+        check_writable(plot)
     caches = [None if d.lower() == "none" else d for d in kv_cache_dtype] if kv_cache_dtype else DEFAULT_KV_CACHE_DTYPES
-    with console.status(f"tuning {model} for {device}"):
+    with console.status(f"tuning {model} for {device}") as spinner:
         result = tune(
             source,
             device=device,
@@ -150,6 +159,10 @@ def tune_command(
             prompt_len=prompt_len,
             generation_len=generation_len,
             max_tokens=max_tokens,
+            on_setting=lambda n, total, setting: spinner.update(
+                f"tuning {model} for {device}: accuracy setting {n}/{total} ({setting.describe()}), "
+                "then its placements"
+            ),
         )
     table = Table(
         title=f"Pareto front: simulated tok/s vs perplexity ({device}, ctx_len {ctx_len}, batch 1, "
@@ -174,6 +187,11 @@ def tune_command(
         f"{result.tokens_scored:,} tokens (fp32 HF perplexity {result.reference_perplexity:.4f}) "
         f"in {result.seconds:.1f} s"
     )
+    if plot is not None:
+        from qeff_compiler.cli.tune_plot import plot_tune
+
+        plot_tune(result, plot)
+        print_plain(f"wrote {plot}")
     if result.chosen is None:
         print_plain(f"no configuration is within +{100 * result.max_ppl_increase:g}% perplexity")
         raise typer.Exit(1)

@@ -9,18 +9,20 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from transformers import MptConfig
 
-from qeff_compiler.capture import capture
 from qeff_compiler.capture.presets import SHIPPED_MODEL, named_model, preset_names
-from qeff_compiler.compiler import CompiledModel
-from qeff_compiler.ir.program import Program
 from qeff_compiler.progress import NO_PROGRESS, Progress
+
+if TYPE_CHECKING:  # the heavy modules (torch, transformers) are imported by the commands that use them
+    from transformers import MptConfig
+
+    from qeff_compiler.compiler import CompiledModel
+    from qeff_compiler.ir.program import Program
 
 app = typer.Typer(
     name="qeffc",
@@ -76,6 +78,8 @@ def model_source(model: str) -> Path | MptConfig:
 
 
 def load_program(model: str, seq_len: int | None) -> Program:
+    from qeff_compiler.capture import capture
+
     return capture(model_source(model), seq_len=seq_len)
 
 
@@ -85,29 +89,50 @@ def status(message: str, bars: Progress) -> contextlib.AbstractContextManager[ob
 
 
 def print_memory(compiled: CompiledModel) -> None:
-    """The memory plan per SoC as a table."""
+    """The memory plan per SoC as a table: what the SoC's DDR holds, and whether the weights and KV cache also fit
+    the on-chip VTCM of the cores used (then the cores stream them from there)."""
     memory = compiled.simulation.memory
     options = compiled.options
+    where = "VTCM (on-chip)" if memory.tier == "vtcm" else "DDR"
     table = Table(
-        title=f"memory per SoC ({compiled.simulation.device}; weights in {memory.tier.upper()}; ctx_len "
-        f"{options.ctx_len}, prefill_len {options.prefill_len}, batch {options.batch_size})"
+        title=f"memory per SoC ({compiled.simulation.device}; ctx_len {options.ctx_len}, prefill_len "
+        f"{options.prefill_len}, batch {options.batch_size}); weights, KV cache in {where}"
     )
-    for column in ("SoC", "weights", "KV cache", "activations", "total", "capacity"):
+    for column in ("SoC", "weights", "KV cache", "activations", "total", "DDR capacity", "VTCM of cores used"):
         table.add_column(column, justify="right")
     for soc in memory.socs:
         table.add_row(
             str(soc.device),
-            gb(soc.weight_bytes),
-            gb(soc.kv_cache_bytes),
-            gb(soc.activation_bytes),
-            gb(soc.total_bytes),
-            gb(soc.capacity_bytes),
+            size(soc.weight_bytes),
+            size(soc.kv_cache_bytes),
+            size(soc.activation_bytes),
+            size(soc.total_bytes),
+            size(soc.capacity_bytes),
+            size(soc.vtcm_bytes),
         )
     console.print(table)
 
 
-def gb(size: float) -> str:
-    return f"{size / 1e9:.3f} GB"
+def size(nbytes: float) -> str:
+    """Bytes in the largest decimal unit that keeps the number at least 1 ("3.67 MB", "1.07 GB"), 3 significant
+    digits: a 7 MB model never prints as 0.007 GB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(nbytes) >= scale:
+            return f"{_digits(nbytes / scale)} {unit}"
+    return f"{nbytes:.0f} B"
+
+
+def duration(seconds: float) -> str:
+    """Seconds in the unit that keeps the number at least 1 (s, ms, µs), 3 significant digits."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3)):
+        if seconds >= scale:
+            return f"{_digits(seconds / scale)} {unit}"
+    return f"{_digits(seconds * 1e6)} µs"
+
+
+def _digits(value: float) -> str:
+    """Three significant digits, trailing zeros kept (8.00, 64.5, 645, 1,234)."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:#.3g}"
 
 
 def print_plain_inline(text: str) -> None:

@@ -7,10 +7,7 @@ from typing import Annotated
 
 import typer
 
-from qeff_compiler.artifact import check_output
 from qeff_compiler.atomic import check_writable
-from qeff_compiler.backends.qaic.handoff import check_handoff
-from qeff_compiler.calibration import calibrate, save_calibration
 from qeff_compiler.cli.app import (
     SHIPPED_MODEL,
     BatchSizeOption,
@@ -27,13 +24,10 @@ from qeff_compiler.cli.app import (
     PruneHeadsOption,
     PruneScoreOption,
     app,
-    console,
     model_source,
     print_plain,
     status,
 )
-from qeff_compiler.cli.qaic import write_handoff
-from qeff_compiler.compiler import compile as compile_model
 from qeff_compiler.errors import InvalidArgumentError
 from qeff_compiler.options import DEFAULTS
 from qeff_compiler.progress import make_progress
@@ -93,6 +87,11 @@ def compile_command(
     ] = None,
 ) -> None:
     """Compile MODEL into a prefill and a decode program and write the artifact directory."""
+    from qeff_compiler.artifact import check_output
+    from qeff_compiler.backends.qaic.handoff import check_handoff
+    from qeff_compiler.cli.qaic import write_handoff
+    from qeff_compiler.compiler import compile as compile_model
+
     check_writable(output)  # before the compile's work, which a refusal would waste
     check_output(output, overwrite=force)
     source = model_source(model)
@@ -144,16 +143,21 @@ def calibrate_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="calibration table file to write (safetensors)")],
     model: ModelArgument = SHIPPED_MODEL,
     text: Annotated[Path | None, typer.Option("--text", help="text file (default: MODEL's calibration.txt)")] = None,
+    progress: Annotated[
+        bool | None,
+        typer.Option("--progress/--no-progress", help="a progress bar of the text windows (default: on a terminal)"),
+    ] = None,
 ) -> None:
     """Measure the activation maxima of every linear on a text: the table w8a8 compiles from (--calibration)."""
+    from qeff_compiler.calibration import calibrate, save_calibration
+
     check_writable(output)
     source = model_source(model)
     if not isinstance(source, Path):
         raise InvalidArgumentError(
             f"calibrate needs a model directory with weights and a tokenizer, got preset {model!r}"
         )
-    with console.status(f"calibrating {model}"):
-        table = calibrate(source, text)
+    table = calibrate(source, text, progress=make_progress(progress))
     save_calibration(table, output)
     print_plain(f"calibrated {len(table)} linears of {model} → {output}")
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from qeff_compiler.atomic import check_writable
-from qeff_compiler.backends.ai100.plot import plot_simulation
-from qeff_compiler.backends.ai100.simulator import check_request_lengths
-from qeff_compiler.capture import resolve_model
 from qeff_compiler.cli.app import (
     SHIPPED_MODEL,
     BatchSizeOption,
@@ -31,10 +28,14 @@ from qeff_compiler.cli.app import (
     model_source,
     print_memory,
     print_plain,
+    size,
 )
-from qeff_compiler.cli.qaic import handoff_listing
-from qeff_compiler.compiler import CompiledModel, compile as compile_model, load_compiled
-from qeff_compiler.options import DEFAULTS, check_config_only
+from qeff_compiler.cli.costs import print_cost_breakdown
+from qeff_compiler.options import DEFAULTS
+
+if TYPE_CHECKING:
+    from qeff_compiler.backends.ai100.plan import PartitionPlan
+    from qeff_compiler.compiler import CompiledModel
 
 
 @app.command("estimate")
@@ -55,9 +56,19 @@ def estimate_command(
     ] = None,
     prune_ffn: PruneFfnOption = DEFAULTS.prune_ffn,
     prune_heads: PruneHeadsOption = DEFAULTS.prune_heads,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="draw where a decode step's time goes, per op role and layer (PNG)")
+    ] = None,
 ) -> None:
     """What-if from MODEL's config alone (no weights read): the simulated device's memory plan and latency.
     With --prune-ffn / --prune-heads the program has the pruned shapes (which channels go needs weights)."""
+    from qeff_compiler.backends.ai100.simulator import check_request_lengths
+    from qeff_compiler.capture import resolve_model
+    from qeff_compiler.compiler import compile as compile_model
+    from qeff_compiler.options import check_config_only
+
+    if plot is not None:
+        check_writable(plot)
     source = model_source(model)
     config = resolve_model(source).config if isinstance(source, Path) else source
     check_config_only(precision)
@@ -90,6 +101,12 @@ def estimate_command(
     console.print(table)
     for figure, provenance in compiled.simulation.provenance.items():
         console.print(f"simulated {figure}: {provenance}", soft_wrap=True)
+    print_cost_breakdown(compiled.simulation)
+    if plot is not None:
+        from qeff_compiler.backends.ai100.plot import plot_costs
+
+        plot_costs(compiled.simulation, plot, f"{model} {precision}")
+        print_plain(f"wrote {plot}")
 
 
 def shape_label(compiled: CompiledModel, prompt_len: int | None = None, generation_len: int | None = None) -> str:
@@ -113,6 +130,10 @@ def inspect_command(
     ] = None,
 ) -> None:
     """Print a compiled artifact's target, partition plan per SoC and core, memory plan and estimated figures."""
+    from qeff_compiler.backends.ai100.plot import plot_simulation
+    from qeff_compiler.cli.qaic import handoff_listing
+    from qeff_compiler.compiler import load_compiled
+
     if plot is not None:
         check_writable(plot)
     compiled = load_compiled(artifact)
@@ -121,17 +142,7 @@ def inspect_command(
         f"{artifact}: {options.precision}, ctx_len {options.ctx_len}, prefill_len {options.prefill_len}, "
         f"batch {options.batch_size} on {simulation.device}; pipeline {compiled.pipeline}"
     )
-    plan = simulation.plans["decode"]
-    table = Table(title="partition plan: weight bytes per core (decode)")
-    table.add_column("SoC", justify="right")
-    for core in range(plan.num_cores):
-        table.add_column(f"core {core}", justify="right")
-    table.add_column("shared", justify="right")
-    for device in range(plan.num_devices):
-        per_core = [plan.weight_bytes(device, core) for core in range(plan.num_cores)]
-        shared = plan.weight_bytes(device) - sum(per_core)
-        table.add_row(str(device), *(f"{b / 1e6:.2f} MB" for b in per_core), f"{shared / 1e6:.2f} MB")
-    console.print(table)
+    console.print(_per_core_table(simulation.plans["decode"]))
     print_memory(compiled)
     prompt = prompt_len or options.prefill_len
     stats = compiled.estimate(prompt, generation_len or options.ctx_len - prompt)
@@ -141,8 +152,45 @@ def inspect_command(
     for label, value in stats.rows():
         estimate.add_row(label, value)
     console.print(estimate)
+    print_cost_breakdown(simulation)
     for line in handoff_listing(artifact):
         print_plain(line)
     if plot is not None:
         plot_simulation(simulation, plot)
         print_plain(f"wrote {plot}")
+
+
+#: at most this many SoCs get a column each in the per-core table (more: one row per SoC, min / max per core)
+_SOC_COLUMNS = 4
+
+
+def _per_core_table(plan: PartitionPlan) -> Table:
+    """Weight bytes per core of the decode plan: a row per core and a column per SoC (fits 100 columns up to
+    `_SOC_COLUMNS` SoCs), or for more SoCs a row per SoC with its least and most loaded core."""
+    title = "partition plan: weights per core (decode)"
+    if plan.num_devices > _SOC_COLUMNS:
+        table = Table(title=title)
+        for column in ("SoC", "cores", "least per core", "most per core", "shared", "total"):
+            table.add_column(column, justify="right")
+        for device in range(plan.num_devices):
+            per_core = [plan.weight_bytes(device, core) for core in range(plan.num_cores)]
+            total = plan.weight_bytes(device)
+            table.add_row(
+                str(device),
+                str(plan.num_cores),
+                size(min(per_core)),
+                size(max(per_core)),
+                size(total - sum(per_core)),
+                size(total),
+            )
+        return table
+    table = Table(title=title, min_width=len(title))
+    table.add_column("core", justify="right")
+    for device in range(plan.num_devices):
+        table.add_column(f"SoC {device}", justify="right")
+    for core in range(plan.num_cores):
+        table.add_row(str(core), *(size(plan.weight_bytes(device, core)) for device in range(plan.num_devices)))
+    cores = range(plan.num_cores)
+    shared = [plan.weight_bytes(d) - sum(plan.weight_bytes(d, c) for c in cores) for d in range(plan.num_devices)]
+    table.add_row("shared", *(size(b) for b in shared))
+    return table

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 import typer
 from rich.table import Table
-from transformers import AutoTokenizer
 
 from qeff_compiler.atomic import check_writable
-from qeff_compiler.capture.tokenizer_files import check_tokenizer_files
 from qeff_compiler.cli.app import app, console, print_plain_inline
-from qeff_compiler.cli.serve import serve_workload
 from qeff_compiler.cli.terminal import check_prompt_text
-from qeff_compiler.compiler import check_engine, load_compiled
 from qeff_compiler.errors import InvalidArgumentError
-from qeff_compiler.runtime.threads import resolve_threads
+
+if TYPE_CHECKING:
+    import torch
 
 
 @app.command("run")
@@ -35,6 +32,12 @@ def run_command(
     top_p: Annotated[float, typer.Option("--top-p", help="sample from the smallest set of probability >= p")] = 1.0,
     seed: Annotated[int | None, typer.Option("--seed", help="seed of the sampler (default: fresh entropy)")] = None,
     trace: Annotated[Path | None, typer.Option("--trace", help="write the simulated timeline (Perfetto JSON)")] = None,
+    trace_detail: Annotated[
+        str,
+        typer.Option(
+            "--trace-detail", help="layer: every call, the first of each program by layer and op; op: everything"
+        ),
+    ] = "layer",
     engine: Annotated[
         str, typer.Option("--engine", help="what runs the numerics here: host (reference) or onnxruntime (faster)")
     ] = "host",
@@ -55,12 +58,17 @@ def run_command(
 ) -> None:
     """Generate from a compiled artifact, printing text as it streams and then the latency statistics; or serve a
     workload of many requests (--requests) through the artifact's slots and print the serving figures."""
+    from qeff_compiler.compiler import check_engine, load_compiled
+    from qeff_compiler.runtime.threads import resolve_threads
+
     if trace is not None:
         check_writable(trace)
     check_engine(engine)
     if requests is not None:
         if prompt is not None or token_ids is not None:
             raise InvalidArgumentError("give --requests FILE or a single --prompt / --token-ids, not both")
+        from qeff_compiler.cli.serve import serve_workload
+
         serve_workload(artifact, requests, engine, arrivals, trace)
         return
     threads = resolve_threads(threads)
@@ -86,6 +94,7 @@ def run_command(
         seed=seed,
         streamer=stream,
         trace=trace,
+        trace_detail=trace_detail,
         engine=engine,
         threads=threads,
     )
@@ -101,6 +110,10 @@ def run_command(
 
 def _tokenizer(artifact: Path) -> Any:
     """The artifact's tokenizer (copied from the model directory it was compiled from)."""
+    from transformers import AutoTokenizer
+
+    from qeff_compiler.capture.tokenizer_files import check_tokenizer_files
+
     check_tokenizer_files(artifact)
     return AutoTokenizer.from_pretrained(artifact)
 

@@ -8,10 +8,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from qeff_compiler.cli.app import SHIPPED_MODEL, ModelArgument, SeqLenOption, app, console, load_program, print_plain
-from qeff_compiler.ir.printer import format_program
-from qeff_compiler.passes import PassManager, registered_passes
-from qeff_compiler.passes.base import NoOptions
+from qeff_compiler.cli.app import (
+    SHIPPED_MODEL,
+    ModelArgument,
+    SeqLenOption,
+    app,
+    console,
+    load_program,
+    print_plain,
+    size,
+)
 
 
 @app.command("capture")
@@ -43,6 +49,9 @@ def capture_command(model: ModelArgument = SHIPPED_MODEL, seq_len: SeqLenOption 
 @app.command("passes")
 def passes_command() -> None:
     """List the registered passes with their options."""
+    from qeff_compiler.passes import registered_passes
+    from qeff_compiler.passes.base import NoOptions
+
     table = Table(title="registered passes")
     for column in ("pass", "summary", "options", "requires", "ensures"):
         table.add_column(column)
@@ -74,6 +83,9 @@ def opt_command(
     seq_len: SeqLenOption = None,
 ) -> None:
     """Run a pass pipeline on MODEL, verifying each pass."""
+    from qeff_compiler.ir.printer import format_program
+    from qeff_compiler.passes import PassManager
+
     manager = PassManager(
         passes,
         verify=verify,
@@ -89,8 +101,10 @@ def opt_command(
         print_plain(manager.timing_report())
     if manager.notes_report():
         print_plain(manager.notes_report())
+    stored = result.weights.nbytes(result.weight_placeholders().values())
     console.print(
-        f"ran {len(manager.records)} passes: {len(program.graph.nodes)} → {len(result.graph.nodes)} nodes, "
-        f"{result.num_parameters():,} parameters",
+        f"ran {len(manager.records)} passes: {len(program.graph.nodes)} → {len(result.graph.nodes)} nodes; "
+        f"{program.num_parameters():,} parameters captured, stored as {size(stored)} "
+        f"({result.num_parameters():,} stored elements: codes, scales and smoothing factors count as stored)",
         highlight=False,
     )

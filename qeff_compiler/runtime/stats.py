@@ -78,6 +78,16 @@ class LatencyStats:
             f"tok/s per sequence, per-token p50 {self.host_token_p50_s * 1e3:.2f} ms)"
         )
 
+    def _simulated_token_row(self) -> tuple[str, str]:
+        """p50 / p90 of the simulated per-token latency, or one figure when they are equal: static shapes make
+        every decode step of one program cost the same, so they differ only when steps differ."""
+        if not self.token_latencies_s:
+            return ("simulated per-token latency", "none (no decode step)")
+        if self.token_p50_s == self.token_p90_s:
+            latency = f"{self.token_p50_s * 1e3:.3f} ms (every decode step costs the same)"
+            return ("simulated per-token latency", latency)
+        return ("simulated per-token p50 / p90", f"{self.token_p50_s * 1e3:.3f} / {self.token_p90_s * 1e3:.3f} ms")
+
     def rows(self) -> list[tuple[str, str]]:
         """(label, value) pairs for a table; host rows only when the host ran the generation."""
         rows = [
@@ -86,7 +96,7 @@ class LatencyStats:
             (f"simulated TTFT ({self.device})", f"{self.ttft_s * 1e3:.2f} ms"),
             ("simulated prefill", f"{self.prefill_s * 1e3:.2f} ms"),
             ("simulated decode", f"{self.decode_tokens_per_s:.2f} tok/s per sequence"),
-            ("simulated per-token p50 / p90", f"{self.token_p50_s * 1e3:.3f} / {self.token_p90_s * 1e3:.3f} ms"),
+            self._simulated_token_row(),
         ]
         if self.host_ttft_s is None:
             return rows

@@ -75,6 +75,15 @@ class OpTiming:
     memory_s: float
     core_s: float
     transfer_s: float
+    #: what the op is, by layer-independent role: a matmul's weight ("ffn.up_proj", "lm_head"), "attention", or a
+    #: vector op's ATen name ("layer_norm", "gelu", "add")
+    label: str = ""
+    #: the parts of `core_s`: tensor unit, MXFP6 decompression, vector unit
+    compute_s: float = 0.0
+    decompress_s: float = 0.0
+    vector_s: float = 0.0
+    #: the fixed cost charged per op and call (`OP_OVERHEAD_S`)
+    overhead_s: float = 0.0
 
     @property
     def bound(self) -> str:
@@ -125,6 +134,11 @@ def _time_op(op: OpWork, plan: PartitionPlan, device: DeviceSpec, bandwidth: flo
         memory_s=memory,
         core_s=core_time,
         transfer_s=transfer,
+        label=op.label,
+        compute_s=compute,
+        decompress_s=decompress,
+        vector_s=vector,
+        overhead_s=OP_OVERHEAD_S,
     )
 
 

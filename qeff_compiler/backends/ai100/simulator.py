@@ -18,7 +18,7 @@ from qeff_compiler.backends.ai100.cost_model import StepTiming, time_step
 from qeff_compiler.backends.ai100.devices import MAX_DEVICES, DeviceSpec, get_device
 from qeff_compiler.backends.ai100.memory import MemoryPlan, check_fits, plan_memory
 from qeff_compiler.backends.ai100.partition import PartitionPlan, partition_program, validate_plan
-from qeff_compiler.backends.ai100.trace import write_trace
+from qeff_compiler.backends.ai100.trace import check_trace_detail, write_trace
 from qeff_compiler.backends.ai100.workload import program_workload
 from qeff_compiler.errors import InvalidArgumentError, VerificationError
 from qeff_compiler.ir.program import Program
@@ -142,13 +142,15 @@ class SimulatedDevice:
             token_latencies_s=(self.decode_step_s,) * (generation_len - 1),
         )
 
-    def write_trace(self, path: str | Path, stats: LatencyStats) -> None:
-        """A Chrome/Perfetto trace of the calls a generation made (its prefill chunks, then its decode steps)."""
+    def write_trace(self, path: str | Path, stats: LatencyStats, detail: str = "layer") -> None:
+        """A Chrome/Perfetto trace of the calls a generation made (its prefill chunks, then its decode steps);
+        `detail` is "layer" (each call a span, the first of each program broken down) or "op" (everything)."""
+        check_trace_detail(detail)
         chunks = round(stats.prefill_s / self.prefill_chunk_s) if self.prefill_chunk_s else 0
         calls = [(f"prefill chunk {i}", self.steps["prefill"], self.plans["prefill"]) for i in range(chunks)]
         steps = len(stats.token_latencies_s)
         calls += [(f"decode step {i}", self.steps["decode"], self.plans["decode"]) for i in range(steps)]
-        write_trace(path, calls)
+        write_trace(path, calls, detail)
 
 
 def check_request_lengths(prompt_len: int, generation_len: int, ctx_len: int) -> None:

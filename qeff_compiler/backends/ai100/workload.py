@@ -19,6 +19,7 @@ consumer's weight read (MXFP6 decompression is counted there).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -60,6 +61,17 @@ class OpWork:
     #: how many ways the op splits across cores: output channels of a matmul, heads of attention, elements of a
     #: vector op (its last dimension)
     parallel_units: int
+
+    @property
+    def label(self) -> str:
+        """The op's role, the same in every layer: a matmul's weight module ("ffn.up_proj", "lm_head"),
+        "attention", or a vector op's ATen name ("layer_norm", "gelu", "add"); never a graph node name."""
+        if self.kind == "attention":
+            return "attention"
+        if self.kind == "matmul" and self.weights:
+            module = re.sub(r"\.weight(\..*)?$", "", self.weights[0])  # drop the stored part (codes, scales)
+            return re.sub(r"^transformer\.blocks\.\d+\.", "", module)
+        return re.sub(r"(_default)?(_\d+)?$", "", self.node)
 
 
 def program_workload(program: Program, context_len: int | None = None) -> list[OpWork]:
