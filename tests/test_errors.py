@@ -1064,7 +1064,7 @@ def _bucketed() -> qc.CompiledModel:
 
 def _bucketed_prefill(positions: list[int], bucket: int) -> object:
     prefill, _ = _bucketed().host_executors()
-    caches = {s.name: torch.zeros(s.shape) for s in _bucketed().prefill.inputs if s.role.startswith("past_")}
+    caches = {s.name: torch.zeros(s.shape, dtype=s.dtype) for s in _bucketed().prefill.inputs if s.role.startswith("past_")}
     inputs = {"input_ids": torch.ones(1, 8, dtype=torch.int64), "position_ids": torch.tensor([positions])}
     return prefill({**inputs, "comp_ctx_lengths": torch.zeros(bucket, dtype=torch.int64), **caches})
 
