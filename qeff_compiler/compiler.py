@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import reprlib
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from qeff_compiler.artifact import CALIBRATION_TABLE, ONNX_FILES, PLAN, WEIGHTS,
 from qeff_compiler.backends.ai100.memory import check_kv_cache_fits
 from qeff_compiler.backends.ai100.partition import PartitionPlan
 from qeff_compiler.backends.ai100.simulator import SimulatedDevice
+from qeff_compiler.backends.ai100.verify_cost import single_token_step_s
 from qeff_compiler.calibration import calibration_file, load_calibration
 from qeff_compiler.capture import ModelSource, capture_resolved, resolve_model
 from qeff_compiler.errors import ArtifactIntegrityError, InvalidArgumentError, PipelineError, VerificationError
@@ -27,7 +29,7 @@ from qeff_compiler.passes import PassManager
 from qeff_compiler.passes.base import Pass
 from qeff_compiler.passes.fp16_overflow import CheckFp16Range
 from qeff_compiler.passes.pipeline import build_passes, pipeline_text
-from qeff_compiler.pipelines import compile_pipeline
+from qeff_compiler.pipelines import compile_pipeline, verify_pipeline
 from qeff_compiler.precision import kv_cache_bits
 from qeff_compiler.progress import Progress, make_progress
 from qeff_compiler.runtime.generate import (
@@ -39,7 +41,10 @@ from qeff_compiler.runtime.generate import (
     generate,
     normalize_prompts,
 )
-from qeff_compiler.runtime.sampling import SamplingConfig
+from qeff_compiler.runtime.draft_check import PROMPT_LOOKUP, check_draft
+from qeff_compiler.runtime.proposers import DraftModel, NoProposals, PromptLookup, Proposer
+from qeff_compiler.runtime.sampling import SamplingConfig, TokenSampler
+from qeff_compiler.runtime.speculative import SpeculativeShapes, generate_speculative
 from qeff_compiler.runtime.stats import LatencyStats
 
 __all__ = ["ENGINES", "CompileOptions", "CompiledModel", "check_engine", "compile", "load_compiled"]
@@ -69,6 +74,7 @@ def compile(  # noqa: A001 (the public API's name)
     stream: bool | None = None,
     allow_pickle: bool = False,
     progress: bool | Progress = False,
+    num_speculative_tokens: int | None = None,
 ) -> CompiledModel:
     """Capture `model` at the prefill and decode shapes and run the pass pipeline on both.
 
@@ -90,6 +96,9 @@ def compile(  # noqa: A001 (the public API's name)
     (default) streams when the fp32 weights exceed `ir.weights.STREAM_ABOVE_BYTES`. `allow_pickle` accepts
     `pytorch_model*.bin` checkpoints (pickles can run code: only for trusted files). `progress` shows rich
     progress bars (True, or a `Progress`) for the stages that read weights.
+
+    `num_speculative_tokens=K` makes a speculative-decoding target: its decode specialization scores K+1
+    positions per row and returns the logits of all of them (`generate(..., draft=...)`, `runtime.speculative`).
     """
     options = CompileOptions(
         precision=precision,
@@ -104,8 +113,11 @@ def compile(  # noqa: A001 (the public API's name)
         prune_ffn=prune_ffn,
         prune_heads=prune_heads,
         prune_score=prune_score,
+        num_speculative_tokens=num_speculative_tokens,
     )
     options.check()
+    if num_speculative_tokens is not None and passes is not None:
+        raise InvalidArgumentError("num_speculative_tokens needs the default pipeline; drop passes= to use it")
     resolved = resolve_model(model, allow_pickle=allow_pickle)
     source_weights = resolved.weights  # lazy (checkpoint or the model's own tensors): the qaic hand-off reads them
     max_seq_len = resolved.config.max_seq_len
@@ -134,8 +146,11 @@ def compile(  # noqa: A001 (the public API's name)
             table = load_calibration(table_file)
         recorded = _recorded_pipeline(options, passes, table_file is not None)
         programs, reports = {}, {}
-        for name, seq_len in (("prefill", prefill_len), ("decode", 1)):
-            manager = PassManager(_pipeline(options, passes, table_file), verify=verify)
+        for name, seq_len in (("prefill", prefill_len), ("decode", options.decode_len)):
+            pipeline = _pipeline(options, passes, table_file)
+            if name == "decode" and num_speculative_tokens is not None:
+                pipeline = verify_pipeline(pipeline, options)
+            manager = PassManager(pipeline, verify=verify)
             with reporter.stage(f"compile {name}", weights.nbytes() if streaming else None) as meter.advance:
                 captured = capture_resolved(resolved, batch_size=batch_size, seq_len=seq_len)
                 if streaming and name == "decode":  # checking reads the whole checkpoint; prefill checked more tokens
@@ -235,6 +250,7 @@ class CompiledModel:
         streamer: Streamer | None = None,
         trace: str | Path | None = None,
         engine: str = "host",
+        draft: CompiledModel | str | None = None,
     ) -> GenerationOutput:
         """Greedy (default) or sampled generation for up to `batch_size` prompts of any lengths.
 
@@ -243,6 +259,9 @@ class CompiledModel:
         trace-event JSON file to write with the simulated device's timeline of the run. `engine` runs the numerics:
         "host" (the reference executor) or "onnxruntime" (the artifact's ONNX files on ONNX Runtime: faster on a
         CPU, equal up to float rounding); the simulated figures are the same for both.
+        `draft` turns on speculative decoding on a target compiled with `num_speculative_tokens=K`: a compiled
+        draft MPT with the same vocabulary and batch size, or "prompt-lookup" (`runtime.speculative`); the
+        stats are then `SpeculativeStats` (acceptance rate, accepted tokens per step, simulated speed-up).
         """
         shapes = self.shapes
         prompts = normalize_prompts(input_ids, shapes)
@@ -251,23 +270,64 @@ class CompiledModel:
         eos_ids = eos_token_ids(eos)
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else min(eos_ids, default=0)
         prefill, decode = self.executors(engine)
-        cache_specs = {s.name: (s.shape, s.dtype) for s in self.prefill.inputs if s.role in ("past_key", "past_value")}
-        output = generate(
-            prefill,
-            decode,
-            shapes,
-            cache_specs,
-            prompts,
-            max_new_tokens,
-            sampling,
-            eos_ids,
-            pad,
-            self.simulation,
-            streamer,
-        )
+        if draft is not None or self.options.num_speculative_tokens is not None:
+            sampler = TokenSampler(sampling)
+            proposer = self._proposer(draft, sampler, engine, max(map(len, prompts)) + max_new_tokens)
+            k = self.options.num_speculative_tokens or 0  # _proposer refused a draft for a model without K
+            output = generate_speculative(
+                prefill, decode, SpeculativeShapes(shapes, k), self.cache_specs, prompts, max_new_tokens, sampler,
+                proposer, eos_ids, pad, self.simulation, self.plain_decode_step_s, streamer,
+            )
+        else:
+            output = generate(
+                prefill,
+                decode,
+                shapes,
+                self.cache_specs,
+                prompts,
+                max_new_tokens,
+                sampling,
+                eos_ids,
+                pad,
+                self.simulation,
+                streamer,
+            )
         if trace is not None:
             self.simulation.write_trace(trace, output.stats)
         return output
+
+    @property
+    def cache_specs(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Shape and dtype of every KV-cache input, by name."""
+        return {s.name: (s.shape, s.dtype) for s in self.prefill.inputs if s.role in ("past_key", "past_value")}
+
+    @property
+    def plain_decode_step_s(self) -> float:
+        """Simulated seconds of a single-token decode step (for a speculative target: derived from its verify
+        step, `backends.ai100.verify_cost`)."""
+        if self.options.num_speculative_tokens is None:
+            return self.simulation.decode_step_s
+        simulation = self.simulation
+        return single_token_step_s(self.decode, simulation.plans["decode"], simulation.spec, simulation.memory.tier)
+
+    def _proposer(self, draft: CompiledModel | str | None, sampler: TokenSampler, engine: str, length: int) -> Proposer:
+        """What proposes the tokens each verify step checks; refuses a draft that cannot serve this target."""
+        if draft is not None and self.options.num_speculative_tokens is None:
+            raise InvalidArgumentError(
+                "generate(draft=...) needs a target compiled with num_speculative_tokens=K, e.g. "
+                "qc.compile(model, num_speculative_tokens=4)"
+            )
+        if draft is None:
+            return NoProposals()
+        if isinstance(draft, str) and draft == PROMPT_LOOKUP:
+            return PromptLookup()
+        if not isinstance(draft, CompiledModel):
+            raise InvalidArgumentError(
+                f"draft must be a compiled model or {PROMPT_LOOKUP!r}, got {reprlib.repr(draft)}"
+            )
+        check_draft(self, draft, length)
+        prefill, decode = draft.executors(engine)
+        return DraftModel(prefill, decode, draft.shapes, draft.cache_specs, draft.simulation, sampler)
 
     def estimate(self, prompt_len: int, generation_len: int, batch_size: int | None = None) -> LatencyStats:
         """Simulated TTFT, prefill and decode figures from the cost model alone (no numerics; works on a

@@ -32,6 +32,13 @@ class CompileOptions:
     prune_ffn: float = 0.0
     prune_heads: float = 0.0
     prune_score: str = "magnitude"
+    #: K of speculative decoding: the decode specialization scores K+1 positions and returns all their logits
+    num_speculative_tokens: int | None = None
+
+    @property
+    def decode_len(self) -> int:
+        """Positions per row of one decode call: 1, or K+1 for a speculative-decoding target."""
+        return 1 if self.num_speculative_tokens is None else self.num_speculative_tokens + 1
 
     @property
     def needs_calibration(self) -> bool:
@@ -54,6 +61,12 @@ class CompileOptions:
                 raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
         if self.ctx_len < self.prefill_len:
             raise InvalidArgumentError(f"ctx_len={self.ctx_len} is smaller than prefill_len={self.prefill_len}")
+        k = self.num_speculative_tokens
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or not 1 <= k < self.ctx_len - 1):
+            raise InvalidArgumentError(
+                f"num_speculative_tokens must be an integer in 1..{self.ctx_len - 2} (the K+1 verified positions "
+                f"and one token of prompt must fit in ctx_len={self.ctx_len}), got {k!r}"
+            )
 
 
 def check_config_only(precision: str) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "lowering_passes",
     "pipeline_text",
     "prune_passes",
+    "verify_pipeline",
 ]
 
 #: the lowering passes after lower-fp16, per precision (w8a8 needs its calibration table: see `lowering_passes`)
@@ -86,6 +87,13 @@ def compile_pipeline(
     lowering = lowering_passes(options.precision, calibration, check_overflow=check_overflow)
     cache = kv_cache_pass(options.ctx_len, options.kv_cache_dtype)
     return [configure("strip-export-noise"), configure("patch-attention"), *pruning, *lowering, cache, configure("dce")]
+
+
+def verify_pipeline(pipeline: list[Pass], options: CompileOptions) -> list[Pass]:
+    """A speculative-decoding target's decode pipeline: `pipeline` with a kv-cache pass that keeps the logits of
+    all K+1 positions (the decode specialization then has exactly K+1 of them, QEfficient's num_logits_to_keep)."""
+    cache = kv_cache_pass(options.ctx_len, options.kv_cache_dtype, all_logits=True)
+    return [cache if p.name == "kv-cache" else p for p in pipeline]
 
 
 def evaluation_pipeline(
