@@ -269,16 +269,17 @@ class CompiledModel:
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
         eos_ids = eos_token_ids(eos)
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else min(eos_ids, default=0)
-        prefill, decode = self.executors(engine)
         if draft is not None or self.options.num_speculative_tokens is not None:
             sampler = TokenSampler(sampling)
             proposer = self._proposer(draft, sampler, engine, max(map(len, prompts)) + max_new_tokens)
             k = self.options.num_speculative_tokens or 0  # _proposer refused a draft for a model without K
+            prefill, decode = self.executors(engine)
             output = generate_speculative(
                 prefill, decode, SpeculativeShapes(shapes, k), self.cache_specs, prompts, max_new_tokens, sampler,
                 proposer, eos_ids, pad, self.simulation, self.plain_decode_step_s, streamer,
             )
         else:
+            prefill, decode = self.executors(engine)
             output = generate(
                 prefill,
                 decode,

@@ -10,6 +10,7 @@ in-process through `run(argv)` and must print exactly one line on stderr.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import re
@@ -706,6 +707,50 @@ def _(env: Env) -> object:
     return PassManager("patch-attention,lower-fp16", verify=False).run(program)
 
 
+@functools.cache
+def _speculative_compile(config: tuple[tuple[str, int], ...], options: tuple[tuple[str, int], ...]) -> qc.CompiledModel:
+    return qc.compile(tiny_config(**dict(config)), **{"ctx_len": 24, "prefill_len": 8, **dict(options)})
+
+
+def _speculative(config: dict[str, int] | None = None, **options: int) -> qc.CompiledModel:
+    """Config-only compiles for the speculative-decoding rows (cached: several rows share them)."""
+    return _speculative_compile(tuple(sorted((config or {}).items())), tuple(sorted(options.items())))
+
+
+def _draft_row(ident: str, draft: Callable[[Env], object], length: int = 4) -> None:
+    TRIGGERS[ident] = lambda env: _speculative(num_speculative_tokens=2).generate(
+        [[1, 2]], length, draft=draft(env)
+    )
+
+
+TRIGGERS["speculative-tokens-low"] = lambda env: qc.compile(tiny_config(), ctx_len=24, prefill_len=8, num_speculative_tokens=0)
+TRIGGERS["speculative-tokens-room"] = lambda env: qc.compile(tiny_config(), ctx_len=24, prefill_len=8, num_speculative_tokens=23)
+TRIGGERS["speculative-passes"] = lambda env: qc.compile(
+    tiny_config(), ctx_len=24, prefill_len=8, num_speculative_tokens=2, passes="patch-attention,kv-cache{ctx_len=24}"
+)
+TRIGGERS["draft-needs-target"] = lambda env: env.meta.generate([[1, 2]], 4, draft="prompt-lookup")
+_draft_row("draft-type", lambda env: "medusa")
+_draft_row("draft-vocabulary", lambda env: _speculative(config={"vocab_size": 50}))
+_draft_row("draft-batch", lambda env: _speculative(batch_size=2))
+_draft_row("draft-context", lambda env: _speculative(config={"max_seq_len": 16}, ctx_len=16), length=18)
+_draft_row("draft-speculative", lambda env: _speculative(num_speculative_tokens=2))
+
+
+@trigger("draft-tokenizer")
+def _(env: Env) -> object:
+    target = _speculative(num_speculative_tokens=2)
+    other = env.model_copy("other-tokenizer")
+    content = json.loads((other / "tokenizer.json").read_text())
+    vocab = content["model"]["vocab"]
+    first, second = list(vocab)[:2]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    (other / "tokenizer.json").write_text(json.dumps(content))
+    draft = _speculative()
+    env.monkeypatch.setattr(target, "source_directory", env.model_dir)
+    env.monkeypatch.setattr(draft, "source_directory", other)
+    return target.generate([[1, 2]], 4, draft=draft)
+
+
 generate_row("sampling-top-k-type", [[1, 2]], 4, do_sample=True, top_k=True)
 generate_row("sampling-seed", [[1, 2]], 4, do_sample=True, seed=1.5)
 generate_row("sampling-do-sample-type", [[1, 2]], 4, do_sample="yes")
@@ -937,6 +982,16 @@ OFFENDING.update({
     "shard-duplicate-weight": "'transformer.wte.weight'",
     "fp16-overflow-nan": "produces NaN",
     "sampling-top-k-type": "got True",
+    "speculative-tokens-low": "got 0",
+    "speculative-tokens-room": "got 23",
+    "speculative-passes": "passes=",
+    "draft-needs-target": "num_speculative_tokens=K",
+    "draft-type": "'medusa'",
+    "draft-vocabulary": "has 50 tokens",
+    "draft-tokenizer": "other-tokenizer/tokenizer.json",
+    "draft-batch": "batch_size=2",
+    "draft-context": "ctx_len=16",
+    "draft-speculative": "num_speculative_tokens=2",
     "sampling-seed": "got 1.5",
     "sampling-do-sample-type": "got 'yes'",
     "eos-token-id-type": "got 1.5",
