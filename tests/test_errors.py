@@ -444,6 +444,10 @@ def _(env: Env) -> object:
 # the qeffc command line
 cli_row("cli-usage", lambda env: ["compile", "-o", str(env.fresh("out")), "--ctx-len", "many"])
 cli_row("cli-prompt-and-token-ids", lambda env: ["run", str(env.artifact)])
+cli_row(
+    "cli-draft-and-prompt-lookup",
+    lambda env: ["run", str(env.artifact), "--token-ids", "1", "--draft", str(env.artifact), "--prompt-lookup"],
+)
 cli_row("cli-token-ids", lambda env: ["run", str(env.artifact), "--token-ids", "1,2,x"])
 cli_row("cli-no-tokenizer", lambda env: ["run", str(without(env.artifact_copy("no-tokenizer"), "tokenizer.json")), "--prompt", "def f("])
 cli_row("cli-preset-needs-directory", lambda env: ["calibrate", "mpt-7b", "-o", str(env.fresh("calib.safetensors"))])
@@ -929,6 +933,7 @@ OFFENDING: dict[str, str] = {
     "calibration-table-empty": "empty.safetensors",
     "cli-usage": "(got 'many')",
     "cli-prompt-and-token-ids": "--prompt",
+    "cli-draft-and-prompt-lookup": "--prompt-lookup",
     "cli-token-ids": "'1,2,x'",
     "cli-no-tokenizer": "/tmp/x/no-tokenizer",
     "cli-preset-needs-directory": "'mpt-7b'",

@@ -76,6 +76,13 @@ def compile_command(
             "--qaic", help="also write OUTPUT/qaic: the ONNX, specializations and compile.sh for qaic-compile"
         ),
     ] = False,
+    num_speculative_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--num-speculative-tokens",
+            help="K: a speculative-decoding target whose decode call verifies K+1 positions (qeffc run --draft)",
+        ),
+    ] = None,
 ) -> None:
     """Compile MODEL into a prefill and a decode program and write the artifact directory."""
     check_writable(output)  # before the compile's work, which a refusal would waste
@@ -102,6 +109,7 @@ def compile_command(
             prune_ffn=prune_ffn,
             prune_heads=prune_heads,
             prune_score=prune_score,
+            num_speculative_tokens=num_speculative_tokens,
         )
     if time_passes:
         print_plain(compiled.timing_report())

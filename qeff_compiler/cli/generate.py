@@ -36,6 +36,13 @@ def run_command(
     engine: Annotated[
         str, typer.Option("--engine", help="what runs the numerics here: host (reference) or onnxruntime (faster)")
     ] = "host",
+    draft: Annotated[
+        Path | None,
+        typer.Option("--draft", help="speculative decoding: a compiled draft artifact proposes the tokens"),
+    ] = None,
+    prompt_lookup: Annotated[
+        bool, typer.Option("--prompt-lookup", help="speculative decoding: propose n-grams of the text so far")
+    ] = False,
 ) -> None:
     """Generate from a compiled artifact, printing text as it streams and then the latency statistics."""
     if trace is not None:
@@ -47,7 +54,10 @@ def run_command(
         raise InvalidArgumentError(
             f"{artifact} has no tokenizer (compile from a model directory with one, or use --token-ids)"
         )
+    if draft is not None and prompt_lookup:
+        raise InvalidArgumentError("give at most one of --draft DIR or --prompt-lookup")
     compiled = load_compiled(artifact)
+    proposer = load_compiled(draft) if draft is not None else "prompt-lookup" if prompt_lookup else None
     tokenizer = None
     if ids is None:
         tokenizer = _tokenizer(artifact)
@@ -66,6 +76,7 @@ def run_command(
         streamer=stream,
         trace=trace,
         engine=engine,
+        draft=proposer,
     )
     sys.stdout.write("\n")
     table = Table(title=f"latency: simulated device, and the {engine} engine on this machine", show_header=False)
