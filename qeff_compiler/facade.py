@@ -23,8 +23,12 @@ total_perf, total_time). Where this deviates:
   QEfficient's fp16 compile maps to precision "fp16", `mxfp6_matmul` to "mxfp6", `mxint8_kv_cache` to the MXINT8
   cache. `compiler_options` takes this compiler's options (`device`, default "ai100-pro", which has the 16 cores
   QEfficient's default `num_cores` asks for; `precision`, `p2p_format`, `prune_ffn`, `prune_heads`,
-  `prune_score`, `verify`: False skips the per-pass numeric checks); `qaic-exec` flags, `onnx_path`,
-  `full_batch_size` and speculative decoding are refused;
+  `prune_score`, `verify`: False skips the per-pass numeric checks); `qaic-exec` flags, `onnx_path` and
+  `full_batch_size` are refused;
+- speculative decoding as QEfficient spells it: `from_pretrained(..., qaic_config={"speculative_model_type":
+  "target"})` then `compile(..., num_speculative_tokens=K)` compiles a target whose decode specialization verifies
+  K+1 positions (`qc.compile(..., num_speculative_tokens=K)`); `self.compiled.generate(ids, draft=...)` runs it
+  with a draft model or "prompt-lookup", and this `generate` decodes one token per verify call;
 - `from_pretrained` takes a local MPT directory or an `MptForCausalLM` (no hub downloads, no HF kwargs);
 - `device_id`, `runtime_ai100` and `compile`'s `device_group` are accepted and ignored: the simulated device is
   the compiled target; the older `compile(mxfp6=True)` of QEfficient's MPT notebook means `mxfp6_matmul=True`.
@@ -96,8 +100,10 @@ class CloudAI100ExecInfo:
 class QEFFAutoModelForCausalLM:
     """An MPT to compile for the simulated AI 100 and generate text with, the way QEfficient users do."""
 
-    def __init__(self, model: MptForCausalLM | Path, name: str) -> None:
+    def __init__(self, model: MptForCausalLM | Path, name: str, is_tlm: bool = False) -> None:
         self.model = model
+        #: a speculative-decoding target (QEfficient's name): compile needs num_speculative_tokens
+        self.is_tlm = is_tlm
         self.model_name = name
         self.compiled: CompiledModel | None = None
         self.qpc_path: str | None = None
@@ -107,17 +113,19 @@ class QEFFAutoModelForCausalLM:
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | Path | MptForCausalLM, **kwargs: object
     ) -> QEFFAutoModelForCausalLM:
-        """Wrap a local MPT directory or an `MptForCausalLM` object (no hub: give a directory)."""
+        """Wrap a local MPT directory or an `MptForCausalLM` object (no hub: give a directory). `qaic_config=
+        {"speculative_model_type": "target"}` makes it a speculative-decoding target, as in QEfficient."""
+        is_tlm = _speculative_target(kwargs.pop("qaic_config", None))
         if kwargs:
             raise InvalidArgumentError(f"from_pretrained takes no Hugging Face options here, got {sorted(kwargs)}")
         source = pretrained_model_name_or_path
         if isinstance(source, MptForCausalLM):
-            return cls(source, type(source).__name__)
+            return cls(source, type(source).__name__, is_tlm)
         if not isinstance(source, str | Path) or not Path(source).is_dir():
             raise InvalidArgumentError(
                 f"from_pretrained needs a local MPT directory or an MptForCausalLM, got {source!r} (no hub downloads)"
             )
-        return cls(Path(source), Path(source).name)
+        return cls(Path(source), Path(source).name, is_tlm)
 
     def __repr__(self) -> str:
         state = f"compiled to {self.qpc_path}" if self.qpc_path else "not compiled"
@@ -145,12 +153,19 @@ class QEFFAutoModelForCausalLM:
         mxint8_kv_cache: bool = False,
         mxfp6: bool = False,
         device_group: Sequence[int] | None = None,
+        num_speculative_tokens: int | None = None,
         **compiler_options: object,
     ) -> str:
         """Compile for the simulated device and write the artifact; returns its directory (QEfficient: the QPC).
         `mxfp6` and `device_group` are the older QEfficient spellings its MPT notebook uses: `mxfp6` means
         `mxfp6_matmul`, and `device_group` (card ids) is ignored like `generate`'s `device_id`."""
         del device_group
+        if self.is_tlm != (num_speculative_tokens is not None):
+            raise InvalidArgumentError(
+                f"num_speculative_tokens={num_speculative_tokens!r}: a speculative-decoding target needs it, and "
+                "only a target takes it: from_pretrained(..., qaic_config={'speculative_model_type': 'target'}) "
+                "then compile(..., num_speculative_tokens=K)"
+            )
         options = compile_options(
             onnx_path,
             prefill_seq_len=prefill_seq_len,
@@ -163,6 +178,8 @@ class QEFFAutoModelForCausalLM:
             mxint8_kv_cache=mxint8_kv_cache,
             **compiler_options,
         )
+        if num_speculative_tokens is not None:
+            options["num_speculative_tokens"] = num_speculative_tokens
         self.compiled = compile_model(self.model, **options)
         directory = Path(compile_dir) if compile_dir is not None else DEFAULT_COMPILE_ROOT / self.model_name
         path = directory / f"qpc-{_options_hash(options)}"
@@ -251,6 +268,18 @@ def compile_options(
         "num_devices": num_devices,
         **compiler_options,
     }
+
+
+def _speculative_target(qaic_config: object) -> bool:
+    """QEfficient's `qaic_config` of from_pretrained: only {"speculative_model_type": "target"} has a meaning here."""
+    if qaic_config is None:
+        return False
+    if qaic_config != {"speculative_model_type": "target"}:
+        raise InvalidArgumentError(
+            f"qaic_config={qaic_config!r}: only {{'speculative_model_type': 'target'}} (a speculative-decoding "
+            "target) is supported"
+        )
+    return True
 
 
 def hand_off(compiled: CompiledModel, directory: Path) -> None:

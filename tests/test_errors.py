@@ -740,6 +740,14 @@ _draft_row("draft-context", lambda env: _speculative(config={"max_seq_len": 16},
 _draft_row("draft-speculative", lambda env: _speculative(num_speculative_tokens=2))
 
 
+TRIGGERS["facade-qaic-config"] = lambda env: qc.QEFFAutoModelForCausalLM.from_pretrained(
+    env.model_dir, qaic_config={"ccl_enabled": True}
+)
+TRIGGERS["facade-speculative-target"] = lambda env: qc.QEFFAutoModelForCausalLM.from_pretrained(env.model_dir).compile(
+    num_speculative_tokens=3
+)
+
+
 @trigger("draft-tokenizer")
 def _(env: Env) -> object:
     target = _speculative(num_speculative_tokens=2)
@@ -997,6 +1005,8 @@ OFFENDING.update({
     "draft-batch": "batch_size=2",
     "draft-context": "ctx_len=16",
     "draft-speculative": "num_speculative_tokens=2",
+    "facade-qaic-config": "{'ccl_enabled': True}",
+    "facade-speculative-target": "num_speculative_tokens=3",
     "sampling-seed": "got 1.5",
     "sampling-do-sample-type": "got 'yes'",
     "eos-token-id-type": "got 1.5",
