@@ -18,6 +18,7 @@ from qeff_compiler.backends.ai100.memory import check_kv_cache_fits
 from qeff_compiler.backends.ai100.partition import PartitionPlan
 from qeff_compiler.backends.ai100.simulator import SimulatedDevice
 from qeff_compiler.backends.ai100.verify_cost import single_token_step_s
+from qeff_compiler.backends.ai100.slot_trace import write_slot_trace
 from qeff_compiler.calibration import calibration_file, load_calibration
 from qeff_compiler.capture import ModelSource, capture_resolved, resolve_model
 from qeff_compiler.errors import ArtifactIntegrityError, InvalidArgumentError, PipelineError, VerificationError
@@ -32,6 +33,7 @@ from qeff_compiler.passes.pipeline import build_passes, pipeline_text
 from qeff_compiler.pipelines import compile_pipeline, verify_pipeline
 from qeff_compiler.precision import kv_cache_bits
 from qeff_compiler.progress import Progress, make_progress
+from qeff_compiler.runtime.batch_generate import generate_in_slots
 from qeff_compiler.runtime.generate import (
     Executor,
     GenerationOutput,
@@ -44,6 +46,7 @@ from qeff_compiler.runtime.generate import (
 from qeff_compiler.runtime.draft_check import PROMPT_LOOKUP, check_draft
 from qeff_compiler.runtime.proposers import DraftModel, NoProposals, PromptLookup, Proposer
 from qeff_compiler.runtime.sampling import SamplingConfig, TokenSampler
+from qeff_compiler.runtime.scheduler import ContinuousBatchScheduler
 from qeff_compiler.runtime.speculative import SpeculativeShapes, generate_speculative
 from qeff_compiler.runtime.stats import LatencyStats
 
@@ -60,6 +63,9 @@ def compile(  # noqa: A001 (the public API's name)
     ctx_len: int = 128,
     prefill_len: int = 32,
     batch_size: int = 1,
+    full_batch_size: int | None = None,
+    comp_ctx_lengths_prefill: Sequence[int] | None = None,
+    comp_ctx_lengths_decode: Sequence[int] | None = None,
     kv_cache_dtype: str | None = None,
     device: str = "ai100-standard",
     num_cores: int | None = None,
@@ -97,6 +103,11 @@ def compile(  # noqa: A001 (the public API's name)
     `pytorch_model*.bin` checkpoints (pickles can run code: only for trusted files). `progress` shows rich
     progress bars (True, or a `Progress`) for the stages that read weights.
 
+    `full_batch_size=F` compiles for continuous batching (QEfficient's spelling): decode runs F slots, prefill
+    one request (batch_size must be 1) into the slot its `batch_index` input names; `generate` then takes any
+    number of prompts, and `runtime.scheduler.ContinuousBatchScheduler` serves request streams.
+    `comp_ctx_lengths_prefill` / `comp_ctx_lengths_decode` are compute-context-length buckets (ascending, the
+    last = ctx_len): each call's attention reads only the smallest bucket holding its positions.
     `num_speculative_tokens=K` makes a speculative-decoding target: its decode specialization scores K+1
     positions per row and returns the logits of all of them (`generate(..., draft=...)`, `runtime.speculative`).
     """
@@ -105,6 +116,13 @@ def compile(  # noqa: A001 (the public API's name)
         ctx_len=ctx_len,
         prefill_len=prefill_len,
         batch_size=batch_size,
+        full_batch_size=full_batch_size,
+        comp_ctx_lengths_prefill=_buckets(
+            "comp_ctx_lengths_prefill", comp_ctx_lengths_prefill, comp_ctx_lengths_decode, ctx_len
+        ),
+        comp_ctx_lengths_decode=_buckets(
+            "comp_ctx_lengths_decode", comp_ctx_lengths_decode, comp_ctx_lengths_prefill, ctx_len
+        ),
         kv_cache_dtype=kv_cache_dtype,
         device=device,
         num_cores=num_cores,
@@ -127,7 +145,7 @@ def compile(  # noqa: A001 (the public API's name)
         raise InvalidArgumentError(f"ctx_len={ctx_len} exceeds the model's max_seq_len={max_seq_len}")
     check_kv_cache_fits(
         resolved.config,
-        batch_size,
+        full_batch_size or batch_size,
         ctx_len,
         kv_cache_bits(precision, kv_cache_dtype),
         options.target.spec(),
@@ -146,13 +164,14 @@ def compile(  # noqa: A001 (the public API's name)
             table = load_calibration(table_file)
         recorded = _recorded_pipeline(options, passes, table_file is not None)
         programs, reports = {}, {}
-        for name, seq_len in (("prefill", prefill_len), ("decode", options.decode_len)):
+        decode_rows = full_batch_size or batch_size
+        for name, seq_len, rows in (("prefill", prefill_len, batch_size), ("decode", options.decode_len, decode_rows)):
             pipeline = _pipeline(options, passes, table_file)
             if name == "decode" and num_speculative_tokens is not None:
                 pipeline = verify_pipeline(pipeline, options)
             manager = PassManager(pipeline, verify=verify)
             with reporter.stage(f"compile {name}", weights.nbytes() if streaming else None) as meter.advance:
-                captured = capture_resolved(resolved, batch_size=batch_size, seq_len=seq_len)
+                captured = capture_resolved(resolved, batch_size=rows, seq_len=seq_len)
                 if streaming and name == "decode":  # checking reads the whole checkpoint; prefill checked more tokens
                     captured = captured.evolve(properties=captured.properties | CheckFp16Range.ensures)
                 program = manager.run(captured)
@@ -169,6 +188,18 @@ def compile(  # noqa: A001 (the public API's name)
     compiled.calibration_table = table
     compiled.source_weights = source_weights
     return compiled
+
+
+def _buckets(
+    name: str, buckets: Sequence[int] | None, other: Sequence[int] | None, ctx_len: int
+) -> tuple[int, ...] | None:
+    """A bucket list as a tuple (`CompileOptions.check` checks its values); when only the other phase has
+    buckets, this phase reads the whole cache."""
+    if buckets is None:
+        return None if other is None else (ctx_len,)
+    if not isinstance(buckets, (list, tuple)):
+        raise InvalidArgumentError(f"{name} must be a list of context lengths, got {buckets!r}")
+    return tuple(buckets)
 
 
 def _pipeline(options: CompileOptions, passes: str | Sequence[Pass] | None, table: Path | None) -> list[Pass]:
@@ -236,6 +267,16 @@ class CompiledModel:
     def shapes(self) -> StaticShapes:
         return StaticShapes.of(self.prefill)
 
+    @property
+    def clock(self) -> SimulatedDevice:
+        """The simulated device timing every program call (the scheduler's `SlotClock`)."""
+        return self.simulation
+
+    @property
+    def context_buckets(self) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+        """The compute-context-length buckets of prefill and decode calls (None: the whole ctx_len)."""
+        return self.options.comp_ctx_lengths_prefill, self.options.comp_ctx_lengths_decode
+
     def generate(
         self,
         input_ids: torch.Tensor | Sequence[Sequence[int]],
@@ -252,7 +293,8 @@ class CompiledModel:
         engine: str = "host",
         draft: CompiledModel | str | None = None,
     ) -> GenerationOutput:
-        """Greedy (default) or sampled generation for up to `batch_size` prompts of any lengths.
+        """Greedy (default) or sampled generation for up to `batch_size` prompts of any lengths (any number of
+        prompts when compiled with `full_batch_size`: they take turns in its slots).
 
         `input_ids` is a [batch, len] tensor or a list of token-id lists (ragged). Generation stops per row at
         `eos_token_id` (default: the config's) or after `max_new_tokens`. `trace` names a Chrome/Perfetto
@@ -264,22 +306,29 @@ class CompiledModel:
         stats are then `SpeculativeStats` (acceptance rate, accepted tokens per step, simulated speed-up).
         """
         shapes = self.shapes
-        prompts = normalize_prompts(input_ids, shapes)
+        slots = self.options.full_batch_size
+        prompts = normalize_prompts(input_ids, shapes, any_count=slots is not None)
         sampling = SamplingConfig(do_sample, temperature, top_k, top_p, seed)
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
         eos_ids = eos_token_ids(eos)
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else min(eos_ids, default=0)
+        if slots is not None or self.options.comp_ctx_lengths_decode is not None:  # slots, or buckets per call
+            scheduler = ContinuousBatchScheduler(self, engine=engine)
+            output = generate_in_slots(scheduler, prompts, max_new_tokens, sampling, eos_ids, pad, streamer)
+            if trace is not None:
+                write_slot_trace(trace, scheduler.calls, scheduler.num_slots, self.simulation.device)
+            return output
         if draft is not None or self.options.num_speculative_tokens is not None:
             sampler = TokenSampler(sampling)
             proposer = self._proposer(draft, sampler, engine, max(map(len, prompts)) + max_new_tokens)
             k = self.options.num_speculative_tokens or 0  # _proposer refused a draft for a model without K
-            prefill, decode = self.executors(engine)
+            prefill, decode = self.generation_executors(engine)
             output = generate_speculative(
                 prefill, decode, SpeculativeShapes(shapes, k), self.cache_specs, prompts, max_new_tokens, sampler,
                 proposer, eos_ids, pad, self.simulation, self.plain_decode_step_s, streamer,
             )
         else:
-            prefill, decode = self.executors(engine)
+            prefill, decode = self.generation_executors(engine)
             output = generate(
                 prefill,
                 decode,
@@ -327,7 +376,7 @@ class CompiledModel:
                 f"draft must be a compiled model or {PROMPT_LOOKUP!r}, got {reprlib.repr(draft)}"
             )
         check_draft(self, draft, length)
-        prefill, decode = draft.executors(engine)
+        prefill, decode = draft.generation_executors(engine)
         return DraftModel(prefill, decode, draft.shapes, draft.cache_specs, draft.simulation, sampler)
 
     def estimate(self, prompt_len: int, generation_len: int, batch_size: int | None = None) -> LatencyStats:
@@ -368,6 +417,18 @@ class CompiledModel:
     def host_executors(self) -> tuple[Executor, Executor]:
         """The (prefill, decode) reference executors, created once; they share the weight tensors."""
         return self.executors("host")
+
+    def generation_executors(self, engine: str = "host") -> tuple[Executor, Executor]:
+        """The executors a generation loop uses: on the host, ones that write the KV cache in place (the loop owns
+        its cache and feeds the outputs back, so no call copies the whole cache); else `executors(engine)`."""
+        if engine != "host":
+            return self.executors(engine)
+        if "host-donating" not in self._executors:
+            self._executors["host-donating"] = (
+                HostExecutor(self.prefill, donate_caches=True),
+                HostExecutor(self.decode, donate_caches=True),
+            )
+        return self._executors["host-donating"]
 
     def executors(self, engine: str = "host") -> tuple[Executor, Executor]:
         """The (prefill, decode) executors of `engine` (one of ENGINES), created once per engine."""

@@ -23,8 +23,10 @@ total_perf, total_time). Where this deviates:
   QEfficient's fp16 compile maps to precision "fp16", `mxfp6_matmul` to "mxfp6", `mxint8_kv_cache` to the MXINT8
   cache. `compiler_options` takes this compiler's options (`device`, default "ai100-pro", which has the 16 cores
   QEfficient's default `num_cores` asks for; `precision`, `p2p_format`, `prune_ffn`, `prune_heads`,
-  `prune_score`, `verify`: False skips the per-pass numeric checks); `qaic-exec` flags, `onnx_path` and
-  `full_batch_size` are refused;
+  `prune_score`, `verify`: False skips the per-pass numeric checks); `qaic-exec` flags and `onnx_path`
+  are refused; continuous batching is QEfficient's: `from_pretrained(...,
+  continuous_batching=True)`, `compile(full_batch_size=F, comp_ctx_lengths_prefill=[...],
+  comp_ctx_lengths_decode=[...])`, and `generate` runs every prompt through the F slots;
 - speculative decoding as QEfficient spells it: `from_pretrained(..., qaic_config={"speculative_model_type":
   "target"})` then `compile(..., num_speculative_tokens=K)` compiles a target whose decode specialization verifies
   K+1 positions (`qc.compile(..., num_speculative_tokens=K)`); `self.compiled.generate(ids, draft=...)` runs it
@@ -100,32 +102,42 @@ class CloudAI100ExecInfo:
 class QEFFAutoModelForCausalLM:
     """An MPT to compile for the simulated AI 100 and generate text with, the way QEfficient users do."""
 
-    def __init__(self, model: MptForCausalLM | Path, name: str, is_tlm: bool = False) -> None:
+    def __init__(
+        self, model: MptForCausalLM | Path, name: str, continuous_batching: bool = False, is_tlm: bool = False
+    ) -> None:
         self.model = model
         #: a speculative-decoding target (QEfficient's name): compile needs num_speculative_tokens
         self.is_tlm = is_tlm
         self.model_name = name
+        #: QEfficient's from_pretrained(continuous_batching=True): compile then needs full_batch_size
+        self.continuous_batching = continuous_batching
         self.compiled: CompiledModel | None = None
         self.qpc_path: str | None = None
         self.onnx_path: str | None = None
 
     @classmethod
     def from_pretrained(
-        cls, pretrained_model_name_or_path: str | Path | MptForCausalLM, **kwargs: object
+        cls,
+        pretrained_model_name_or_path: str | Path | MptForCausalLM,
+        continuous_batching: bool = False,
+        **kwargs: object,
     ) -> QEFFAutoModelForCausalLM:
-        """Wrap a local MPT directory or an `MptForCausalLM` object (no hub: give a directory). `qaic_config=
+        """Wrap a local MPT directory or an `MptForCausalLM` object (no hub: give a directory).
+        `continuous_batching=True` (QEfficient's argument) makes `compile` take `full_batch_size`; `qaic_config=
         {"speculative_model_type": "target"}` makes it a speculative-decoding target, as in QEfficient."""
         is_tlm = _speculative_target(kwargs.pop("qaic_config", None))
         if kwargs:
             raise InvalidArgumentError(f"from_pretrained takes no Hugging Face options here, got {sorted(kwargs)}")
+        if not isinstance(continuous_batching, bool):
+            raise InvalidArgumentError(f"continuous_batching must be True or False, got {continuous_batching!r}")
         source = pretrained_model_name_or_path
         if isinstance(source, MptForCausalLM):
-            return cls(source, type(source).__name__, is_tlm)
+            return cls(source, type(source).__name__, continuous_batching, is_tlm)
         if not isinstance(source, str | Path) or not Path(source).is_dir():
             raise InvalidArgumentError(
                 f"from_pretrained needs a local MPT directory or an MptForCausalLM, got {source!r} (no hub downloads)"
             )
-        return cls(Path(source), Path(source).name, is_tlm)
+        return cls(Path(source), Path(source).name, continuous_batching, is_tlm)
 
     def __repr__(self) -> str:
         state = f"compiled to {self.qpc_path}" if self.qpc_path else "not compiled"
@@ -147,6 +159,8 @@ class QEFFAutoModelForCausalLM:
         ctx_len: int = 128,
         batch_size: int = 1,
         full_batch_size: int | None = None,
+        comp_ctx_lengths_prefill: Sequence[int] | None = None,
+        comp_ctx_lengths_decode: Sequence[int] | None = None,
         num_devices: int = 1,
         num_cores: int = 16,
         mxfp6_matmul: bool = False,
@@ -158,7 +172,9 @@ class QEFFAutoModelForCausalLM:
     ) -> str:
         """Compile for the simulated device and write the artifact; returns its directory (QEfficient: the QPC).
         `mxfp6` and `device_group` are the older QEfficient spellings its MPT notebook uses: `mxfp6` means
-        `mxfp6_matmul`, and `device_group` (card ids) is ignored like `generate`'s `device_id`."""
+        `mxfp6_matmul`, and `device_group` (card ids) is ignored like `generate`'s `device_id`.
+        `full_batch_size` (continuous batching: from_pretrained(..., continuous_batching=True)) and the
+        compute-context-length buckets `comp_ctx_lengths_prefill` / `comp_ctx_lengths_decode` are QEfficient's."""
         del device_group
         if self.is_tlm != (num_speculative_tokens is not None):
             raise InvalidArgumentError(
@@ -166,12 +182,15 @@ class QEFFAutoModelForCausalLM:
                 "only a target takes it: from_pretrained(..., qaic_config={'speculative_model_type': 'target'}) "
                 "then compile(..., num_speculative_tokens=K)"
             )
+        check_continuous_batching(self.continuous_batching, full_batch_size)
         options = compile_options(
             onnx_path,
             prefill_seq_len=prefill_seq_len,
             ctx_len=ctx_len,
             batch_size=batch_size,
             full_batch_size=full_batch_size,
+            comp_ctx_lengths_prefill=comp_ctx_lengths_prefill,
+            comp_ctx_lengths_decode=comp_ctx_lengths_decode,
             num_devices=num_devices,
             num_cores=num_cores,
             mxfp6_matmul=mxfp6_matmul or mxfp6,
@@ -196,8 +215,9 @@ class QEFFAutoModelForCausalLM:
         runtime_ai100: bool = True,
         generation_len: int | None = None,
     ) -> CloudAI100ExecInfo:
-        """Greedy generation for `prompts`, `batch_size` at a time; `generation_len` new tokens per prompt at most
-        (default: up to the context length). `tokenizer` None uses the model directory's."""
+        """Greedy generation for `prompts`, `batch_size` at a time (compiled with `full_batch_size`: all of them
+        through its slots, continuous batching); `generation_len` new tokens per prompt at most (default: up to the
+        context length). `tokenizer` None uses the model directory's."""
         del device_id, runtime_ai100  # the simulated device is the compiled target
         if self.compiled is None:
             raise InvalidArgumentError("generate needs a compiled model: call compile() first")
@@ -208,6 +228,8 @@ class QEFFAutoModelForCausalLM:
         ids = [tokenizer.encode(prompt) for prompt in prompts]
         if generation_len is None:
             generation_len = shapes.ctx_len - max(len(i) for i in ids)
+        if self.compiled.options.full_batch_size is not None:
+            return self._generate_in_slots(tokenizer, ids, generation_len)
         texts, generated, ttfts, steps, tokens, decode_s, total_s = [], [], [], 0, 0, 0.0, 0.0
         for start in range(0, len(ids), shapes.batch_size):
             output = self.compiled.generate(ids[start : start + shapes.batch_size], max_new_tokens=generation_len)
@@ -230,6 +252,30 @@ class QEFFAutoModelForCausalLM:
             shapes.batch_size, texts, generated, metrics, simulation.device, simulation.provenance
         )
 
+    def _generate_in_slots(
+        self, tokenizer: PreTrainedTokenizerBase, ids: list[list[int]], generation_len: int
+    ) -> CloudAI100ExecInfo:
+        """Every prompt through the continuous batch at once; figures per sequence as QEfficient reports them
+        (its repr multiplies by the slots): tokens decoded per slot-second, mean prefill per prompt."""
+        compiled = self.compiled
+        if compiled is None or compiled.options.full_batch_size is None:
+            raise InvalidArgumentError("continuous-batching generation needs a model compiled with full_batch_size")
+        slots = compiled.options.full_batch_size
+        output = compiled.generate(ids, max_new_tokens=generation_len)
+        stats = output.stats
+        generated = sum(len(row) for row in output.new_tokens)
+        total_s = stats.prefill_s + stats.decode_s
+        metrics = PerfMetrics(
+            prefill_time=stats.prefill_s / len(ids),
+            decode_perf=(generated - len(ids)) / stats.decode_s / slots if stats.decode_s > 0 else float("nan"),
+            total_perf=generated / total_s / slots,
+            total_time=total_s,
+        )
+        texts = [str(tokenizer.decode(list(row), skip_special_tokens=True)) for row in output.new_tokens]
+        generated_ids = [np.asarray(row, dtype=np.int64) for row in output.new_tokens]
+        simulation = compiled.simulation
+        return CloudAI100ExecInfo(slots, texts, generated_ids, metrics, simulation.device, simulation.provenance)
+
     def _tokenizer(self) -> PreTrainedTokenizerBase:
         if not isinstance(self.model, Path):
             raise InvalidArgumentError("pass a tokenizer: the model was given as an object, without a directory")
@@ -244,6 +290,8 @@ def compile_options(
     batch_size: int,
     full_batch_size: int | None,
     num_devices: int,
+    comp_ctx_lengths_prefill: Sequence[int] | None = None,
+    comp_ctx_lengths_decode: Sequence[int] | None = None,
     num_cores: int,
     mxfp6_matmul: bool,
     mxint8_kv_cache: bool,
@@ -252,8 +300,6 @@ def compile_options(
     """QEfficient's compile arguments as `qc.compile` keyword arguments; refuses what has no counterpart here."""
     if onnx_path is not None:
         raise InvalidArgumentError(f"onnx_path={onnx_path!r}: this compiler compiles from the model, not from ONNX")
-    if full_batch_size is not None:
-        raise InvalidArgumentError(f"full_batch_size={full_batch_size!r}: continuous batching is not supported")
     unknown = sorted(set(compiler_options) - set(COMPILER_OPTIONS))
     if unknown:
         raise InvalidArgumentError(f"unsupported compiler options {unknown}; supported: {', '.join(COMPILER_OPTIONS)}")
@@ -264,6 +310,9 @@ def compile_options(
         "prefill_len": prefill_seq_len,
         "ctx_len": ctx_len,
         "batch_size": batch_size,
+        "full_batch_size": full_batch_size,
+        "comp_ctx_lengths_prefill": comp_ctx_lengths_prefill,
+        "comp_ctx_lengths_decode": comp_ctx_lengths_decode,
         "num_cores": num_cores,
         "num_devices": num_devices,
         **compiler_options,
@@ -280,6 +329,16 @@ def _speculative_target(qaic_config: object) -> bool:
             "target) is supported"
         )
     return True
+def check_continuous_batching(continuous_batching: bool, full_batch_size: int | None) -> None:
+    """QEfficient's rule: full_batch_size goes with from_pretrained(continuous_batching=True), and back."""
+    if continuous_batching and full_batch_size is None:
+        raise InvalidArgumentError(
+            "full_batch_size is required when continuous_batching=True: pass compile(full_batch_size=N)"
+        )
+    if full_batch_size is not None and not continuous_batching:
+        raise InvalidArgumentError(
+            f"full_batch_size={full_batch_size!r} needs from_pretrained(..., continuous_batching=True)"
+        )
 
 
 def hand_off(compiled: CompiledModel, directory: Path) -> None:

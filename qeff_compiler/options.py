@@ -12,6 +12,7 @@ from qeff_compiler.backends.ai100.partition import check_p2p_format
 from qeff_compiler.backends.ai100.simulator import Target
 from qeff_compiler.errors import InvalidArgumentError
 from qeff_compiler.precision import check_precision, check_pruning
+from qeff_compiler.runtime.buckets import check_buckets, check_serving
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,20 @@ class CompileOptions:
     prune_ffn: float = 0.0
     prune_heads: float = 0.0
     prune_score: str = "magnitude"
+    #: continuous batching: decode slots (QEfficient's full_batch_size); prefill then runs one request at a time
+    full_batch_size: int | None = None
+    #: compute-context-length buckets (ascending, the last = ctx_len) of the prefill and decode calls
+    comp_ctx_lengths_prefill: tuple[int, ...] | None = None
+    comp_ctx_lengths_decode: tuple[int, ...] | None = None
     #: K of speculative decoding: the decode specialization scores K+1 positions and returns all their logits
     num_speculative_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        """Bucket lists as tuples (a manifest stores them as JSON lists)."""
+        for name in ("comp_ctx_lengths_prefill", "comp_ctx_lengths_decode"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
 
     @property
     def decode_len(self) -> int:
@@ -67,6 +80,9 @@ class CompileOptions:
                 f"num_speculative_tokens must be an integer in 1..{self.ctx_len - 2} (the K+1 verified positions "
                 f"and one token of prompt must fit in ctx_len={self.ctx_len}), got {k!r}"
             )
+        check_serving(self.batch_size, self.full_batch_size)
+        for name in ("comp_ctx_lengths_prefill", "comp_ctx_lengths_decode"):
+            check_buckets(name, getattr(self, name), self.ctx_len)
 
 
 def check_config_only(precision: str) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "lowering_passes",
     "pipeline_text",
     "prune_passes",
+    "serving_passes",
     "verify_pipeline",
 ]
 
@@ -86,7 +87,18 @@ def compile_pipeline(
     pruning = prune_passes(options.prune_ffn, options.prune_heads, options.prune_score, calibration)
     lowering = lowering_passes(options.precision, calibration, check_overflow=check_overflow)
     cache = kv_cache_pass(options.ctx_len, options.kv_cache_dtype)
-    return [configure("strip-export-noise"), configure("patch-attention"), *pruning, *lowering, cache, configure("dce")]
+    front = [configure("strip-export-noise"), configure("patch-attention")]
+    return [*front, *pruning, *lowering, cache, *serving_passes(options), configure("dce")]
+
+
+def serving_passes(options: CompileOptions) -> list[Pass]:
+    """Continuous batching (`full_batch_size`) and compute-context-length buckets, after the cache exists."""
+    passes = []
+    if options.full_batch_size is not None:
+        passes.append(configure("continuous-batching", full_batch_size=options.full_batch_size))
+    if options.comp_ctx_lengths_prefill is not None or options.comp_ctx_lengths_decode is not None:
+        passes.append(configure("compute-context-length"))
+    return passes
 
 
 def verify_pipeline(pipeline: list[Pass], options: CompileOptions) -> list[Pass]:

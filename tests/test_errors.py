@@ -27,7 +27,7 @@ from transformers import MptConfig
 from typer._click import exceptions as click_errors
 
 import qeff_compiler as qc
-from qeff_compiler import artifact, errors
+from qeff_compiler import QEFFAutoModelForCausalLM, artifact, errors
 from qeff_compiler.backends.ai100.devices import MAX_DEVICES
 from qeff_compiler.calibration import calibrate, save_calibration
 from qeff_compiler.capture.presets import preset_config
@@ -36,6 +36,7 @@ from qeff_compiler.data import TINY_MPT
 from qeff_compiler.errors import QeffError
 from qeff_compiler.passes import PassManager
 from qeff_compiler.passes.base import Pass
+from qeff_compiler.runtime.scheduler import ContinuousBatchScheduler, Request
 from tests.conftest import TinyArtifact, random_model, tiny_config
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
@@ -1041,6 +1042,133 @@ def documented(message: str) -> re.Pattern[str]:
 
 
 # tests -------------------------------------------------------------------------------------------------------------
+
+
+# continuous batching and context buckets -------------------------------------------------------------------------
+compile_row("ccl-not-list", comp_ctx_lengths_decode=24)
+compile_row("ccl-empty", comp_ctx_lengths_decode=[])
+compile_row("ccl-values", comp_ctx_lengths_decode=[0, 24])
+compile_row("ccl-not-ascending", comp_ctx_lengths_decode=[16, 8, 24])
+compile_row("ccl-above-ctx-len", comp_ctx_lengths_prefill=[8, 32])
+compile_row("ccl-not-covering", comp_ctx_lengths_decode=[8, 16])
+compile_row("full-batch-size-not-positive", full_batch_size=0)
+compile_row("full-batch-size-with-batch-size", batch_size=2, full_batch_size=4)
+compile_row("cb-pass-no-size", passes="strip-export-noise,patch-attention,kv-cache{ctx_len=24},continuous-batching")
+compile_row(
+    "cb-pass-too-few-slots",
+    batch_size=2,
+    passes="strip-export-noise,patch-attention,kv-cache{ctx_len=24},continuous-batching{full_batch_size=1}",
+)
+
+
+@functools.cache
+def _bucketed() -> qc.CompiledModel:
+    """A tiny model compiled with context buckets (8, 24), to call its programs directly."""
+    return qc.compile(random_model(tiny_config()), ctx_len=24, prefill_len=8, comp_ctx_lengths_decode=[8, 24], verify=False)
+
+
+def _bucketed_prefill(positions: list[int], bucket: int) -> object:
+    prefill, _ = _bucketed().host_executors()
+    caches = {s.name: torch.zeros(s.shape) for s in _bucketed().prefill.inputs if s.role.startswith("past_")}
+    inputs = {"input_ids": torch.ones(1, 8, dtype=torch.int64), "position_ids": torch.tensor([positions])}
+    return prefill({**inputs, "comp_ctx_lengths": torch.zeros(bucket, dtype=torch.int64), **caches})
+
+
+@trigger("ccl-position-outside-bucket")
+def _(env: Env) -> object:
+    return _bucketed_prefill([2, 3, 4, 5, 6, 7, 8, 9], 8)
+
+
+@trigger("ccl-input-shape")
+def _(env: Env) -> object:
+    return _bucketed_prefill(list(range(8)), 25)
+
+
+@trigger("ccl-simulated-bucket")
+def _(env: Env) -> object:
+    return env.meta.simulation.decode_call_s(0)
+
+
+@trigger("facade-cb-needs-full-batch-size")
+def _(env: Env) -> object:
+    return QEFFAutoModelForCausalLM.from_pretrained(env.model_dir, continuous_batching=True).compile()
+
+
+@trigger("facade-full-batch-size-needs-cb")
+def _(env: Env) -> object:
+    return QEFFAutoModelForCausalLM.from_pretrained(env.model_dir).compile(full_batch_size=4)
+
+
+@trigger("facade-continuous-batching-type")
+def _(env: Env) -> object:
+    return QEFFAutoModelForCausalLM.from_pretrained(env.model_dir, continuous_batching="yes")
+
+
+def request_row(ident: str, **fields: object) -> None:
+    TRIGGERS[ident] = lambda env: Request(**{"request_id": "r0", "prompt_ids": (1, 2), "max_new_tokens": 4, **fields})
+
+
+request_row("request-id-type", request_id=7)
+request_row("request-prompt-ids", prompt_ids="def f")
+request_row("request-prompt-empty", prompt_ids=())
+request_row("request-max-new-tokens", max_new_tokens=0)
+request_row("request-stop-sequence", stop_sequences=((),))
+request_row("request-arrival", arrival_s=-1.0)
+
+
+@trigger("request-type")
+def _(env: Env) -> object:
+    return ContinuousBatchScheduler(env.compiled).submit({"prompt": [1, 2]})  # type: ignore[arg-type]
+
+
+@trigger("request-too-long")
+def _(env: Env) -> object:
+    return ContinuousBatchScheduler(env.compiled).submit(Request("r0", tuple(range(20)), 8))
+
+
+@trigger("request-out-of-vocab")
+def _(env: Env) -> object:
+    return ContinuousBatchScheduler(env.compiled).submit(Request("r0", (1, 4096), 8))
+
+
+@trigger("request-duplicate-id")
+def _(env: Env) -> object:
+    scheduler = ContinuousBatchScheduler(env.compiled)
+    scheduler.submit(Request("r0", (1, 2), 4))
+    return scheduler.submit(Request("r0", (3,), 4))
+
+
+OFFENDING.update({
+    "ccl-not-list": "got 24",
+    "ccl-empty": "got []",
+    "ccl-values": "[0, 24]",
+    "ccl-not-ascending": "[16, 8, 24]",
+    "ccl-above-ctx-len": "[8, 32]",
+    "ccl-not-covering": "[8, 16]",
+    "ccl-position-outside-bucket": "position 9",
+    "ccl-input-shape": "[25]",
+    "ccl-simulated-bucket": "bucket 0",
+    "full-batch-size-not-positive": "got 0",
+    "full-batch-size-with-batch-size": "batch_size=2",
+    "cb-pass-no-size": "full_batch_size",
+    "cb-pass-too-few-slots": "full_batch_size=1",
+    "facade-cb-needs-full-batch-size": "continuous_batching=True",
+    "facade-full-batch-size-needs-cb": "full_batch_size=4",
+    "facade-continuous-batching-type": "'yes'",
+    "request-id-type": "got 7",
+    "request-prompt-ids": "'def f'",
+    "request-prompt-empty": "'r0'",
+    "request-max-new-tokens": "got 0",
+    "request-stop-sequence": "'r0'",
+    "request-arrival": "-1.0",
+    "request-type": "dict",
+    "request-too-long": "(20 tokens)",
+    "request-out-of-vocab": "[4096]",
+    "request-duplicate-id": "'r0'",
+})
+
+
+
 def test_every_row_has_a_trigger_and_an_offending_value() -> None:
     ids = [row.id for row in ROWS]
     assert len(ids) == len(set(ids)), "duplicate row ids in docs/errors.md"

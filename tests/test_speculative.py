@@ -103,7 +103,7 @@ def test_rejected_tokens_are_never_attended():
     bit-identical. The same garbage
     in one slot before that position (an accepted token) changes them: the check can fail."""
     target, tlm, draft = compiled_pair(2, 2, 16, 3, 4, 1)
-    prefill, verify = tlm.executors()
+    prefill, verify = tlm.generation_executors()
     recorded: list[list[torch.Tensor]] = [[], [], []]
 
     def poisoning(run: int):
@@ -126,9 +126,9 @@ def test_rejected_tokens_are_never_attended():
     prompts = [[1, 2, 3, 1, 2, 3, 1], [4, 5], [6, 6, 6, 7]]
     results = []
     for run in range(3):
-        tlm._executors["host"] = (prefill, poisoning(run))
+        tlm._executors["host-donating"] = (prefill, poisoning(run))
         results.append(tlm.generate(prompts, max_new_tokens=24, draft=draft))
-    tlm._executors["host"] = (prefill, verify)
+    tlm._executors["host-donating"] = (prefill, verify)
     stats = results[0].stats
     assert 0 < stats.accepted_tokens < stats.proposed_tokens  # there were rejected proposals to roll back
     assert results[1].new_tokens == results[0].new_tokens

@@ -85,12 +85,15 @@ def export_onnx(program: Program, path: Path, weights: WeightsFile | None = None
         value.name = module.weight_names[value.name]
         value.const_value = _external(value, weights, path.parent)
     for target, kwargs in settings.items():
-        function = _build_function(_FUSED[target], model.opset_imports[""], **kwargs)
+        function = _build_function(_fused(target, kwargs), model.opset_imports[""], **kwargs)
         model.functions[function.identifier()] = function
     for call in _dequantize_calls(program).values():
         function = call.build(model.opset_imports[""])
         model.functions[function.identifier()] = function
     model.opset_imports[QEFF_DOMAIN] = QEFF_OPSET
+    for value in model.graph.inputs:
+        if value.name == "comp_ctx_lengths":  # only its length is read: any bucket length runs
+            value.shape = ir.Shape(["comp_ctx_lengths"])
     for node in model.graph.all_nodes():
         node.metadata_props.clear()  # exporter notes: stack traces with local paths, differing per run
     ir.save(model, path)  # initializers stay where they point
@@ -165,7 +168,9 @@ def _with_qeff_nodes(program: Program) -> torch.fx.GraphModule:
     graph_module = program.copy_graph()
     for node in graph_module.graph.nodes:
         if node.target in _FUSED:
-            fused = _FUSED[node.target]
+            fused = _fused(node.target, _settings(node))
+            serving = tuple(node.kwargs[name] for name in _SERVING_OPERANDS if node.kwargs.get(name) is not None)
+            node.args = (*node.args, *serving)
             node.target, node.kwargs = _qeff_node, {"function": fused.function, "outputs_like": fused.outputs_like}
         elif (call := dequantize_call(node)) is not None:
             value = node.meta["val"]
@@ -203,11 +208,34 @@ def _layer_settings(program: Program) -> dict[torch._ops.OpOverload, dict]:
     """The settings (op kwargs) of each fused op the program uses; a function bakes them in, so layers must agree."""
     settings: dict[torch._ops.OpOverload, dict] = {}
     for node in program.graph.nodes:
-        if node.target in _FUSED and settings.setdefault(node.target, dict(node.kwargs)) != node.kwargs:
+        if node.target in _FUSED and settings.setdefault(node.target, _settings(node)) != _settings(node):
             raise VerificationError(
                 f"{_FUSED[node.target].function} layers differ in settings: {settings[node.target]} vs {node.kwargs}"
             )
     return settings
+
+
+def _settings(node: torch.fx.Node) -> dict:
+    """A fused op's settings: its constant kwargs, and whether it has each serving operand (`indexed`:
+    batch_index, `bucketed`: comp_ctx_lengths), which become function inputs."""
+    settings = {k: v for k, v in node.kwargs.items() if k not in _SERVING_OPERANDS}
+    flags = {
+        flag: True
+        for flag, name in zip(("indexed", "bucketed"), _SERVING_OPERANDS, strict=True)
+        if node.kwargs.get(name) is not None
+    }
+    return settings | flags
+
+
+def _fused(target: torch._ops.OpOverload, settings: dict) -> _Fused:
+    """How `target` appears in ONNX with these settings: the cached attention with serving operands is its own
+    function (`MptAttentionKV_CB`, `_CCL`, `_CB_CCL`) with those operands as extra inputs."""
+    fused = _FUSED[target]
+    names = [name for flag, name in zip(("indexed", "bucketed"), _SERVING_OPERANDS, strict=True) if settings.get(flag)]
+    if not names:
+        return fused
+    suffix = "".join({"batch_index": "_CB", "comp_ctx_lengths": "_CCL"}[name] for name in names)
+    return fused._replace(function=fused.function + suffix, inputs=(*fused.inputs, *names))
 
 
 def _build_function(
@@ -219,6 +247,8 @@ def _build_function(
     clip_qkv: float | None,
     fp16_activations: bool = False,
     kv_cache_format: str | None = None,
+    indexed: bool = False,
+    bucketed: bool = False,
 ) -> ir.Function:
     """The ONNX function of one fused op, with its layer settings as constants."""
     settings: dict[str, int | float | bool | str | None] = {
@@ -229,6 +259,8 @@ def _build_function(
     }
     if kv_cache_format is not None:  # a setting of the cached op only
         settings["kv_cache_format"] = kv_cache_format
+    if indexed or bucketed:  # so are the serving operands
+        settings |= {"indexed": indexed, "bucketed": bucketed}
 
     def trace(op: onnxscript.OpBuilder, *inputs: ir.Value) -> list[ir.Value]:
         return fused.body(op, *inputs, **settings)
@@ -274,27 +306,42 @@ def _attention_kv_body(
     position_ids: ir.Value,
     past_key: ir.Value,
     past_value: ir.Value,
-    *,
+    *serving: ir.Value,
     n_heads: int,
     softmax_scale: float,
     clip_qkv: float | None,
     fp16: bool,
     kv_cache_format: str | None = None,
+    indexed: bool = False,
+    bucketed: bool = False,
 ) -> list[ir.Value]:
     """`qeff::mpt_attention_kv`: write the new keys/values at their positions, attend over the whole cache
     (read back in the activations' type: an fp16 cache is storage only). With `kv_cache_format="mxint8"` the new
-    keys/values are MXINT8-rounded before they are written, as in the reference kernel; reads need nothing."""
+    keys/values are MXINT8-rounded before they are written, as in the reference kernel; reads need nothing.
+    `serving` holds `batch_index` when `indexed` (each row reads and writes the cache row it names) and then
+    `comp_ctx_lengths` when `bucketed` (attention reads the first len(comp_ctx_lengths) positions)."""
     if kv_cache_format not in KV_CACHE_FORMATS:
         raise VerificationError(f"MptAttentionKV has no ONNX form for kv_cache_format={kv_cache_format!r}")
+    batch_index = serving[0] if indexed else None
+    lengths = serving[-1] if bucketed else None
     query, key, value = _project_qkv(op, hidden, wqkv, n_heads, clip_qkv, fp16)
     if kv_cache_format == "mxint8":
         key, value = fake_quantize_mxint8(op, key), fake_quantize_mxint8(op, value)
     slots = op.Unsqueeze(_arange(op, op.Shape(past_key, start=2, end=3)), [0])  # [1, ctx_len]
     written, source = _slot_writers(op, position_ids, slots)
-    key_cache = _write_cache(op, past_key, op.CastLike(key, past_key), written, source)
-    value_cache = _write_cache(op, past_value, op.CastLike(value, past_value), written, source)
+    key_rows = past_key if batch_index is None else op.Gather(past_key, op.Squeeze(batch_index, [1]), axis=0)
+    value_rows = past_value if batch_index is None else op.Gather(past_value, op.Squeeze(batch_index, [1]), axis=0)
+    key_cache = _write_cache(op, key_rows, op.CastLike(key, past_key), written, source)
+    value_cache = _write_cache(op, value_rows, op.CastLike(value, past_value), written, source)
     keys, values = op.CastLike(key_cache, query), op.CastLike(value_cache, query)
+    if lengths is not None:  # a compute-context-length bucket: the first N positions only
+        end = op.Shape(lengths)
+        keys, values = op.Slice(keys, [0], end, [2]), op.Slice(values, [0], end, [2])
+        slots = op.Unsqueeze(_arange(op, end), [0])
     context = _attend(op, query, keys, values, slopes, position_ids, slots, softmax_scale, fp16)
+    if batch_index is not None:  # the slots' rows back into the whole cache
+        key_cache = op.ScatterND(past_key, batch_index, key_cache)
+        value_cache = op.ScatterND(past_value, batch_index, value_cache)
     return [_project_out(op, context, out_proj, fp16), key_cache, value_cache]
 
 
@@ -379,6 +426,8 @@ class _Fused(NamedTuple):
 
 
 _ATTENTION_INPUTS = ("hidden", "wqkv", "out_proj", "alibi_slopes")
+#: the cached attention's optional tensor operands (`continuous-batching`, `compute-context-length`), in order
+_SERVING_OPERANDS = ("batch_index", "comp_ctx_lengths")
 _FUSED = {
     ATTENTION: _Fused("MptAttention", _ATTENTION_INPUTS, (0,), _attention_body),
     ATTENTION_KV: _Fused(

@@ -22,8 +22,9 @@ import torch.fx
 
 from qeff_compiler.errors import ProgramInputError
 from qeff_compiler.ir.graph_utils import erase_dead_code, weight_only_nodes
-from qeff_compiler.ir.ops import LINEAR_W8A16
-from qeff_compiler.ir.program import BINDING, Program
+from qeff_compiler.ir.ops import ATTENTION_KV, LINEAR_W8A16
+from qeff_compiler.ir.ops.attention import attention_kv
+from qeff_compiler.ir.program import BINDING, Program, TensorSpec
 from qeff_compiler.ir.streaming import StreamingInterpreter
 from qeff_compiler.numerics.int8 import PreparedW8A16, prepare_w8a16
 
@@ -32,9 +33,13 @@ _FOLDED = "folded"
 
 
 class HostExecutor:
-    """Binds a Program's weights once (folding weight-only computations), then runs it on named inputs."""
+    """Binds a Program's weights once (folding weight-only computations), then runs it on named inputs.
 
-    def __init__(self, program: Program) -> None:
+    `donate_caches=True` is for a caller that owns its KV cache and only ever feeds a call's RetainedState
+    outputs back (a generation loop): each cached attention writes into its past_key / past_value inputs and
+    returns them, instead of copying the whole cache per layer per call. The inputs are then changed."""
+
+    def __init__(self, program: Program, *, donate_caches: bool = False) -> None:
         self.program = program
         #: a streaming store (real-size checkpoint) runs without folding, reading each weight as an op needs it
         self._streaming = StreamingInterpreter(program) if program.weights.streaming else None
@@ -42,6 +47,8 @@ class HostExecutor:
             return
         self._graph_module, folded = _fold_weight_computations(program)
         _use_prepared_int8_linears(self._graph_module, folded)
+        if donate_caches:
+            _write_caches_in_place(self._graph_module)
         self._bindings = [node.meta[BINDING] for node in self._graph_module.graph.find_nodes(op="placeholder")]
         self._constants = folded
 
@@ -67,8 +74,20 @@ def check_inputs(program: Program, inputs: Mapping[str, torch.Tensor]) -> None:
         value = inputs[name]
         if not isinstance(value, torch.Tensor):
             raise ProgramInputError(f"input {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        if spec.role == "comp_ctx_lengths":
+            _check_bucket(spec, value)
+            continue
         if tuple(value.shape) != spec.shape or value.dtype != spec.dtype:
             raise ProgramInputError(f"input {name!r} must be {spec.describe()}, got {value.dtype} {list(value.shape)}")
+
+
+def _check_bucket(spec: TensorSpec, value: torch.Tensor) -> None:
+    """`comp_ctx_lengths` is a context bucket: only its length counts, 1 up to the cache length."""
+    if value.dim() != 1 or value.dtype != spec.dtype or not 1 <= value.shape[0] <= spec.shape[0]:
+        raise ProgramInputError(
+            f"input {spec.name!r} must be int64[N] with 1 <= N <= {spec.shape[0]} (N is the context bucket), "
+            f"got {value.dtype} {list(value.shape)}"
+        )
 
 
 def run_program(program: Program, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -115,6 +134,14 @@ def _fold_weight_computations(program: Program) -> tuple[torch.fx.GraphModule, d
             graph.erase_node(node)
     graph_module.recompile()
     return graph_module, constants
+
+
+def _write_caches_in_place(graph_module: torch.fx.GraphModule) -> None:
+    """Run every cached attention with `in_place=True` (see `HostExecutor`'s donate_caches)."""
+    for node in graph_module.graph.find_nodes(op="call_function", target=ATTENTION_KV):
+        node.target = attention_kv
+        node.kwargs = {**node.kwargs, "in_place": True}
+    graph_module.recompile()
 
 
 class _PreparedLinear(torch.nn.Module):

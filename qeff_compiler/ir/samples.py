@@ -12,7 +12,8 @@ from qeff_compiler.ir.program import Program, TensorSpec
 
 
 def sample_inputs(program: Program, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random but valid inputs: uniform token ids, every position valid (0..s-1), empty (zero) caches.
+    """Random but valid inputs: uniform token ids, every position valid (0..s-1), empty (zero) caches; row i
+    in slot i (`batch_index`) and the smallest context bucket holding every position (`comp_ctx_lengths`).
 
     With an empty cache and positions 0..s-1 a stateful program computes what the stateless one does, so the
     numeric check can compare programs across the kv-cache rewrite.
@@ -29,4 +30,9 @@ def _sample(spec: TensorSpec, program: Program, generator: torch.Generator) -> t
         return torch.arange(seq_len, dtype=spec.dtype).expand(batch, seq_len).contiguous()
     if spec.role in ("past_key", "past_value"):
         return torch.zeros(spec.shape, dtype=spec.dtype)
+    if spec.role == "batch_index":  # row i uses slot i: the slots a program without batch_index writes
+        return torch.arange(spec.shape[0], dtype=spec.dtype)[:, None]
+    if spec.role == "comp_ctx_lengths":  # the smallest bucket holding positions 0..s-1
+        (ids,) = [s for s in program.inputs if s.role == "input_ids"]
+        return torch.zeros(ids.shape[1], dtype=spec.dtype)
     raise NotImplementedError(f"no sample generator for inputs of role {spec.role!r} ({spec.name})")

@@ -1,6 +1,8 @@
 """Graph passes and the manager that runs them. Importing this package registers every pass."""
 
 from qeff_compiler.passes import (  # noqa: F401 (registration)
+    compute_context_length,
+    continuous_batching,
     dce,
     fp16_overflow,
     kv_cache,

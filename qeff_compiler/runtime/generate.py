@@ -66,8 +66,11 @@ class StaticShapes:
         return cls(ids.shape[0], ids.shape[1], past.shape[2], prefill.config.vocab_size)
 
 
-def normalize_prompts(input_ids: torch.Tensor | Sequence[Sequence[int]], shapes: StaticShapes) -> list[list[int]]:
-    """Accept a [batch, len] tensor or ragged lists of token ids; check count, emptiness and vocabulary range."""
+def normalize_prompts(
+    input_ids: torch.Tensor | Sequence[Sequence[int]], shapes: StaticShapes, *, any_count: bool = False
+) -> list[list[int]]:
+    """Accept a [batch, len] tensor or ragged lists of token ids; check count (up to the batch, or any with
+    `any_count`: continuous batching), emptiness and vocabulary range."""
     if isinstance(input_ids, torch.Tensor):
         if input_ids.dim() == 1:
             input_ids = input_ids.unsqueeze(0)
@@ -78,7 +81,7 @@ def normalize_prompts(input_ids: torch.Tensor | Sequence[Sequence[int]], shapes:
         prompts = [row.tolist() for row in input_ids]
     else:
         prompts = _token_lists(input_ids)
-    if not prompts or len(prompts) > shapes.batch_size:
+    if not prompts or (len(prompts) > shapes.batch_size and not any_count):
         raise InvalidArgumentError(
             f"got {len(prompts)} prompts; this model was compiled for 1..{shapes.batch_size} per call"
         )

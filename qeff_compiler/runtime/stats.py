@@ -44,11 +44,11 @@ class LatencyStats:
 
     @property
     def token_p50_s(self) -> float:
-        return _percentile(self.token_latencies_s, 50)
+        return percentile(self.token_latencies_s, 50)
 
     @property
     def token_p90_s(self) -> float:
-        return _percentile(self.token_latencies_s, 90)
+        return percentile(self.token_latencies_s, 90)
 
     @property
     def host_decode_tokens_per_s(self) -> float:
@@ -57,11 +57,11 @@ class LatencyStats:
 
     @property
     def host_token_p50_s(self) -> float:
-        return _percentile(self.host_token_latencies_s, 50)
+        return percentile(self.host_token_latencies_s, 50)
 
     @property
     def host_token_p90_s(self) -> float:
-        return _percentile(self.host_token_latencies_s, 90)
+        return percentile(self.host_token_latencies_s, 90)
 
     def rows(self) -> list[tuple[str, str]]:
         """(label, value) pairs for a table; host rows only when the host ran the generation."""
@@ -85,7 +85,7 @@ class LatencyStats:
         ]
 
 
-def _percentile(values: tuple[float, ...], percent: int) -> float:
+def percentile(values: tuple[float, ...], percent: int) -> float:
     if not values:
         return float("nan")
     if len(values) == 1:

@@ -86,6 +86,8 @@ class SimulatedDevice:
         self.prefill_len = _seq_len(prefill)
         self.ctx_len = _ctx_len(decode)
         self.batch_size = _batch(decode)
+        self._programs = {"prefill": prefill, "decode": decode}
+        self._bucket_steps: dict[tuple[str, int], StepTiming] = {}
 
     # the DeviceClock protocol of runtime.generate
     @property
@@ -99,6 +101,26 @@ class SimulatedDevice:
     @property
     def decode_step_s(self) -> float:
         return self.steps["decode"].seconds
+
+    def prefill_call_s(self, context: int) -> float:
+        """Simulated seconds of one prefill call whose attention reads the first `context` cache positions."""
+        return self._timed("prefill", context).seconds
+
+    def decode_call_s(self, context: int) -> float:
+        """Simulated seconds of one decode step whose attention reads the first `context` cache positions."""
+        return self._timed("decode", context).seconds
+
+    def _timed(self, name: str, context: int) -> StepTiming:
+        """The step timing of a specialization at a context bucket, computed once per bucket."""
+        if not 1 <= context <= self.ctx_len:
+            raise InvalidArgumentError(f"context bucket {context} is outside 1..ctx_len={self.ctx_len}")
+        if context == self.ctx_len:
+            return self.steps[name]
+        key = (name, context)
+        if key not in self._bucket_steps:
+            work = program_workload(self._programs[name], context_len=context)
+            self._bucket_steps[key] = time_step(work, self.plans[name], self.spec, self.memory.tier)
+        return self._bucket_steps[key]
 
     @property
     def provenance(self) -> dict[str, str]:

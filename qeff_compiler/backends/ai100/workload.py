@@ -62,8 +62,9 @@ class OpWork:
     parallel_units: int
 
 
-def program_workload(program: Program) -> list[OpWork]:
-    """The `OpWork` of every node of `program` that costs device time, in graph order."""
+def program_workload(program: Program, context_len: int | None = None) -> list[OpWork]:
+    """The `OpWork` of every node of `program` that costs device time, in graph order. `context_len` is the
+    compute-context-length bucket of the call: cached attention reads only that many cache positions (None: all)."""
     weight_only = weight_only_nodes(program.graph)
     work = []
     for node in program.graph.nodes:
@@ -73,7 +74,7 @@ def program_workload(program: Program) -> list[OpWork]:
         if op.linear:
             work.append(_matmul(node, program, weight_only))
         elif op.attention:
-            work.append(_attention(node, program, weight_only))
+            work.append(_attention(node, program, weight_only, context_len))
         elif isinstance(node.meta.get("val"), torch.Tensor) and node.meta["val"].is_floating_point():
             work.append(_vector(node))
     return work
@@ -108,7 +109,9 @@ def _matmul(node: torch.fx.Node, program: Program, weight_only: set[torch.fx.Nod
     )
 
 
-def _attention(node: torch.fx.Node, program: Program, weight_only: set[torch.fx.Node]) -> OpWork:
+def _attention(
+    node: torch.fx.Node, program: Program, weight_only: set[torch.fx.Node], context_len: int | None = None
+) -> OpWork:
     hidden = node_arg(node, 0).meta["val"]
     batch, seq, d_model = hidden.shape
     n_heads = node.kwargs.get("n_heads", node.args[7] if len(node.args) > 7 else None)
@@ -118,6 +121,8 @@ def _attention(node: torch.fx.Node, program: Program, weight_only: set[torch.fx.
     inner = wqkv.meta["val"].shape[0] // 3  # n_heads · head_dim: below d_model once `prune` removed heads
     stateful = traits(node.target).stateful
     keys = node_arg(node, 5).meta["val"].shape[2] if stateful else seq  # attends over every cache slot
+    if stateful and context_len is not None:
+        keys = min(keys, context_len)  # a compute-context-length bucket: only the first positions are read
     rows = batch * seq
     projection_flops = 2.0 * rows * d_model * (3 * inner) + 2.0 * rows * inner * d_model
     attention_flops = 2 * (2.0 * rows * keys * inner)  # Q·Kᵀ and P·V over all heads

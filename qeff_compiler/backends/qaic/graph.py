@@ -36,7 +36,7 @@ import onnxscript
 import torch
 from transformers import MptConfig
 
-from qeff_compiler.backends.qaic.ctx_ops import CLOUD_DOMAIN, CLOUD_OPSET, ctx_scatter_function
+from qeff_compiler.backends.qaic.ctx_ops import CLOUD_DOMAIN, CLOUD_OPSET, ctx_scatter_cb_function, ctx_scatter_function
 from qeff_compiler.ir.alibi import alibi_slopes
 from qeff_compiler.ir.ops import MASK_VALUE
 from qeff_compiler.ir.weights import WeightStore, release_evaluated
@@ -45,6 +45,10 @@ from qeff_compiler.ir.weights import WeightStore, release_evaluated
 OPSET = 17
 #: symbolic dimension names, as QEfficient names them
 BATCH, SEQ, CTX = "batch_size", "seq_len", "ctx_len"
+#: continuous batching's cache rows, and the compute-context-length input's length (QEfficient's names)
+FULL_BATCH, CCL = "full_batch_size", "comp_ctx_lengths"
+#: the serving inputs (QEfficient's names, also the symbols of their dims where they have one)
+BATCH_INDEX, COMP_CTX_LENGTHS = "batch_index", "comp_ctx_lengths"
 #: external data offsets of tensors from 1 MiB on are aligned to a page (ONNX Runtime can memory-map them), others to 64
 _PAGE, _MIN_ALIGNMENT = 4096, 64
 _ONNX_DTYPES = {torch.float32: ir.DataType.FLOAT, torch.float16: ir.DataType.FLOAT16}
@@ -71,12 +75,21 @@ class HandoffModel:
     lm_head: str
     #: dtype of the initializers: float32, or float16 (cast to float in the graph; halves a 7B file)
     weight_dtype: torch.dtype = torch.float32
+    #: continuous batching: caches of `full_batch_size` rows, a `batch_index` input naming each row's slot
+    continuous_batching: bool = False
+    #: compute-context-length buckets: a `comp_ctx_lengths` input whose length is the positions attention reads
+    context_buckets: bool = False
 
 
-def io_names(n_layers: int) -> tuple[list[str], list[str]]:
-    """The graph's input and output names, in order."""
+def io_names(
+    n_layers: int, continuous_batching: bool = False, context_buckets: bool = False
+) -> tuple[list[str], list[str]]:
+    """The graph's input and output names, in order (QEfficient's: comp_ctx_lengths after the caches,
+    batch_index last)."""
     cache = [f"past_{kind}.{i}" for i in range(n_layers) for kind in ("key", "value")]
-    return ["input_ids", *cache, "position_ids"], ["logits", *(f"{name}_RetainedState" for name in cache)]
+    serving = [COMP_CTX_LENGTHS] * context_buckets
+    inputs = ["input_ids", *cache, *serving, "position_ids", *[BATCH_INDEX] * continuous_batching]
+    return inputs, ["logits", *(f"{name}_RetainedState" for name in cache)]
 
 
 def emit_handoff(model: HandoffModel, path: Path) -> None:
@@ -85,7 +98,7 @@ def emit_handoff(model: HandoffModel, path: Path) -> None:
     data_file = path.parent / f"{path.name}.data"
     builder = _Builder(model, data_file)
     graph = builder.build()
-    functions = [builder.scatter]
+    functions = [builder.scatter_cb if model.continuous_batching else builder.scatter]
     ir.save(ir.Model(graph, ir_version=8, producer_name="qeff-compiler", functions=functions), path)
     onnx.checker.check_model(str(path), full_check=False)  # path-based: works past 2 GB; shapes are symbolic
 
@@ -97,13 +110,16 @@ class _Builder:
         self.model, self.data_file = model, data_file
         config = model.config
         self.head_dim = config.d_model // config.n_heads
-        inputs, _ = io_names(config.n_layers)
-        self.inputs = {name: ir.Value(name=name, **_input_type(name, config, self.head_dim)) for name in inputs}
+        inputs, _ = io_names(config.n_layers, model.continuous_batching, model.context_buckets)
+        rows = FULL_BATCH if model.continuous_batching else BATCH
+        self.inputs = {name: ir.Value(name=name, **_input_type(name, config, self.head_dim, rows)) for name in inputs}
+        self.rows = rows
         self.graph = ir.Graph(
             list(self.inputs.values()), [], nodes=[], opset_imports={"": OPSET, CLOUD_DOMAIN: CLOUD_OPSET}, name="mpt"
         )
         self.op = onnxscript.GraphBuilder(self.graph).op
         self.scatter = ctx_scatter_function(OPSET)
+        self.scatter_cb = ctx_scatter_cb_function(OPSET)
         self._weights: dict[str, ir.Value] = {}
         self._offset = 0
 
@@ -133,7 +149,7 @@ class _Builder:
             value.name, value.type = name, ir.TensorType(ir.DataType.FLOAT)
             state = name != "logits"
             value.shape = ir.Shape(
-                [BATCH, config.n_heads, CTX, self.head_dim] if state else [BATCH, 1, config.vocab_size]
+                [self.rows, config.n_heads, CTX, self.head_dim] if state else [BATCH, 1, config.vocab_size]
             )
         release_evaluated()
         for node in self.graph.all_nodes():
@@ -154,8 +170,9 @@ class _Builder:
         )  # [b, heads, s, head_dim]
         key_cache = self._write(self.inputs[f"past_key.{index}"], key, writes)
         value_cache = self._write(self.inputs[f"past_value.{index}"], value, writes)
-        scores = op.MatMul(op.Mul(query, layer.softmax_scale), op.Transpose(key_cache, perm=[0, 1, 3, 2]))
-        slots = op.Range(0, op.Squeeze(op.Shape(key_cache, start=2, end=3)), 1)  # [ctx]
+        keys, values = self._read(key_cache), self._read(value_cache)
+        scores = op.MatMul(op.Mul(query, layer.softmax_scale), op.Transpose(keys, perm=[0, 1, 3, 2]))
+        slots = op.Range(0, op.Squeeze(op.Shape(keys, start=2, end=3)), 1)  # [ctx, or the bucket]
         distance = op.Cast(op.Sub(slots, op.Unsqueeze(position_ids, [2])), to=ir.DataType.FLOAT)  # [b, s, ctx]
         attn_config: Any = self.model.config.attn_config  # an MptAttentionConfig once the config is built
         slopes = alibi_slopes(heads, attn_config.alibi_bias_max).reshape(1, heads, 1, 1)
@@ -163,18 +180,35 @@ class _Builder:
             op.Unsqueeze(distance, [1]), op.initializer(ir.tensor(slopes.numpy()), name=f"{prefix}.alibi_slopes")
         )
         scores = op.Where(op.Unsqueeze(op.LessOrEqual(distance, 0.0), [1]), op.Add(scores, bias), MASK_VALUE)
-        context = op.MatMul(op.Softmax(scores, axis=-1), value_cache)  # [b, heads, s, head_dim]
+        context = op.MatMul(op.Softmax(scores, axis=-1), values)  # [b, heads, s, head_dim]
         merged = op.Reshape(op.Transpose(context, perm=[0, 2, 1, 3]), [0, 0, -1])
         return self._linear(merged, f"{prefix}.out_proj.weight"), key_cache, value_cache
 
     def _write(self, cache: ir.Value, new: ir.Value, writes: _PaddingWrites) -> ir.Value:
-        """`CtxScatter` of the new keys or values at their positions; padding rewrites a slot with its own value."""
+        """`CtxScatter` (`CtxScatterCB` into the rows `batch_index` names) of the new keys or values at their
+        positions; padding rewrites a slot with its own value."""
         op = self.op
         source = op.Expand(op.Unsqueeze(writes.source, [1, 3]), op.Shape(new))
         updates = op.GatherElements(new, source, axis=2)
-        slot0 = op.Slice(cache, [0], [1], [2])  # [b, h, 1, d]: what a row without valid tokens writes back
+        slot0 = op.Slice(self._rows(cache), [0], [1], [2])  # [b, h, 1, d]: what a row without valid tokens writes
         updates = op.Where(op.Unsqueeze(writes.row_valid, [1, 2, 3]), updates, slot0)
+        if self.model.continuous_batching:
+            return op.call(self.scatter_cb, cache, self.inputs[BATCH_INDEX], writes.positions, updates)
         return op.call(self.scatter, cache, writes.positions, updates)
+
+    def _rows(self, cache: ir.Value) -> ir.Value:
+        """The cache rows of the input rows: those `batch_index` names (continuous batching), else the cache."""
+        if not self.model.continuous_batching:
+            return cache
+        return self.op.Gather(cache, self.op.Squeeze(self.inputs[BATCH_INDEX], [1]), axis=0)
+
+    def _read(self, cache: ir.Value) -> ir.Value:
+        """What attention reads: the input rows' cache rows, cut to the first len(comp_ctx_lengths) positions
+        when the graph has context buckets."""
+        rows = self._rows(cache)
+        if not self.model.context_buckets:
+            return rows
+        return self.op.Slice(rows, [0], self.op.Shape(self.inputs[COMP_CTX_LENGTHS]), [2])
 
     def _linear(self, x: ir.Value, name: str) -> ir.Value:
         """x [b, s, in] · Wᵀ: MatMul with the weight stored transposed ([in, out]), which ONNX Runtime pre-packs."""
@@ -250,7 +284,12 @@ def _gelu(op: onnxscript.OpBuilder, x: ir.Value) -> ir.Value:
     return op.Mul(op.Mul(x, 0.5), op.Add(op.Erf(op.Div(x, 1.4142135623730951)), 1.0))
 
 
-def _input_type(name: str, config: MptConfig, head_dim: int) -> dict:
+def _input_type(name: str, config: MptConfig, head_dim: int, rows: str) -> dict:
+    int64 = ir.TensorType(ir.DataType.INT64)
     if name in ("input_ids", "position_ids"):
-        return {"type": ir.TensorType(ir.DataType.INT64), "shape": ir.Shape([BATCH, SEQ])}
-    return {"type": ir.TensorType(ir.DataType.FLOAT), "shape": ir.Shape([BATCH, config.n_heads, CTX, head_dim])}
+        return {"type": int64, "shape": ir.Shape([BATCH, SEQ])}
+    if name == BATCH_INDEX:
+        return {"type": int64, "shape": ir.Shape([BATCH, 1])}
+    if name == COMP_CTX_LENGTHS:
+        return {"type": int64, "shape": ir.Shape([CCL])}
+    return {"type": ir.TensorType(ir.DataType.FLOAT), "shape": ir.Shape([rows, config.n_heads, CTX, head_dim])}

@@ -93,7 +93,13 @@ def _write_handoff(model: CompiledModel, directory: Path, options: QaicOptions) 
     emit_handoff(handoff_model(model, WEIGHT_DTYPES[options.weight_dtype]), directory / ONNX)
     written = [directory / ONNX, directory / f"{ONNX}.data"]
     shapes = specializations(
-        compiled.batch_size, compiled.prefill_len, compiled.ctx_len, named=options.named_specializations
+        compiled.batch_size,
+        compiled.prefill_len,
+        compiled.ctx_len,
+        named=options.named_specializations,
+        full_batch_size=compiled.full_batch_size,
+        prefill_buckets=compiled.comp_ctx_lengths_prefill,
+        decode_buckets=compiled.comp_ctx_lengths_decode,
     )
     written.append(_write_json(directory / SPECIALIZATIONS, shapes))
     kv_precision = "mxint8" if compiled.kv_cache_dtype == "mxint8" else "float16"
@@ -138,7 +144,17 @@ def check_handoff(model: CompiledModel) -> None:
 def handoff_model(model: CompiledModel, weight_dtype: torch.dtype = torch.float32) -> HandoffModel:
     """What the hand-off graph of `model` is built from."""
     weights, embedding, lm_head = handoff_weights(model)
-    return HandoffModel(model.config, weights, layer_attention(model), embedding, lm_head, weight_dtype)
+    options = model.options
+    return HandoffModel(
+        model.config,
+        weights,
+        layer_attention(model),
+        embedding,
+        lm_head,
+        weight_dtype,
+        continuous_batching=options.full_batch_size is not None,
+        context_buckets=options.comp_ctx_lengths_decode is not None,
+    )
 
 
 def layer_attention(model: CompiledModel) -> list[LayerAttention]:

@@ -6,28 +6,62 @@ Formats as QEfficient writes them. Specializations, named (current SDKs):
                          {"name": "Decode",  "symbols": {"batch_size": "1", "ctx_len": "128", "seq_len": "1"}}]}
 
 and legacy (older SDKs reject the named form): the same list of bare symbol dicts. All values are strings. A
-prefill length of 1 needs no separate decode specialization. The multi-device partition file (tensor slicing over
-`num_devices` SoCs) is one partition holding every device, with all devices in one p2p connection.
+prefill length of 1 needs no separate decode specialization (unless continuous batching: decode runs every
+slot). The multi-device partition file (tensor slicing over `num_devices` SoCs) is one partition holding every
+device, with all devices in one p2p connection.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
-from qeff_compiler.backends.qaic.graph import BATCH, CTX, SEQ
+from qeff_compiler.backends.qaic.graph import BATCH, CCL, CTX, FULL_BATCH, SEQ
 
 
-def specializations(batch_size: int, prefill_len: int, ctx_len: int, *, named: bool = True) -> dict[str, Any]:
-    """The content of specializations.json for a prefill of `prefill_len` tokens and single-token decode."""
-    shapes = [("Prefill", prefill_len)] + ([("Decode", 1)] if prefill_len != 1 else [])
-    entries = [{BATCH: str(batch_size), CTX: str(ctx_len), SEQ: str(seq_len)} for _, seq_len in shapes]
+def specializations(
+    batch_size: int,
+    prefill_len: int,
+    ctx_len: int,
+    *,
+    named: bool = True,
+    full_batch_size: int | None = None,
+    prefill_buckets: Sequence[int] | None = None,
+    decode_buckets: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """The content of specializations.json for a prefill of `prefill_len` tokens and single-token decode.
+
+    Continuous batching (`full_batch_size`): prefill runs batch 1 into a slot (symbols `full_batch_size`,
+    `full_batch_exec_size` 1), decode runs all `full_batch_size` slots. Context buckets: one prefill
+    specialization per prefill bucket and one decode specialization per decode bucket, each with its
+    `comp_ctx_lengths` symbol; names repeat with a suffix (`Prefill_0`, `Prefill_1`, ...) as QEfficient does."""
+    cb = full_batch_size is not None
+    prefill: dict[str, str] = {BATCH: "1" if cb else str(batch_size), CTX: str(ctx_len), SEQ: str(prefill_len)}
+    decode: dict[str, str] = {BATCH: str(full_batch_size if cb else batch_size), CTX: str(ctx_len), SEQ: "1"}
+    if cb:
+        prefill |= {FULL_BATCH: str(full_batch_size), "full_batch_exec_size": "1"}
+        decode |= {FULL_BATCH: str(full_batch_size)}
+    shapes = [("Prefill", s) for s in _per_bucket(prefill, prefill_buckets)]
+    if prefill_len != 1 or cb:
+        shapes += [("Decode", s) for s in _per_bucket(decode, decode_buckets)]
     if not named:
-        return {"specializations": entries}
-    return {
-        "specializations": [
-            {"name": name, "symbols": symbols} for (name, _), symbols in zip(shapes, entries, strict=True)
-        ]
-    }
+        return {"specializations": [symbols for _, symbols in shapes]}
+    counts = Counter(name for name, _ in shapes)
+    seen: Counter[str] = Counter()
+    entries = []
+    for name, symbols in shapes:
+        label = name if counts[name] == 1 else f"{name}_{seen[name]}"
+        seen[name] += 1
+        entries.append({"name": label, "symbols": symbols})
+    return {"specializations": entries}
+
+
+def _per_bucket(symbols: dict[str, str], buckets: Sequence[int] | None) -> list[dict[str, str]]:
+    """One copy of `symbols` per context bucket (with its `comp_ctx_lengths`), or `symbols` alone."""
+    if buckets is None:
+        return [symbols]
+    return [symbols | {CCL: str(bucket)} for bucket in buckets]
 
 
 def mdp_partition(num_devices: int, num_cores: int) -> dict[str, Any]:

@@ -89,16 +89,26 @@ def _merge_heads(context: torch.Tensor) -> torch.Tensor:
     return context.transpose(1, 2).reshape(batch, seq, heads * head_dim)
 
 
-def write_cache(cache: torch.Tensor, new: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-    """A copy of `cache` [b, h, ctx, d] with `new` [b, h, s, d] written at slots `position_ids` [b, s].
+def write_cache(
+    cache: torch.Tensor, new: torch.Tensor, position_ids: torch.Tensor, slots: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A copy of `cache` [B, h, ctx, d] with `new` [b, h, s, d] written at positions `position_ids` [b, s] of
+    cache rows `slots` [b] (default: row i of the input is cache row i).
 
     Position −1 is padding and is never written: the rows and columns to write are selected explicitly instead
     of relying on index arithmetic, where −1 would silently address the last slot.
     """
-    updated = cache.clone()
+    return write_cache_in_place(cache.clone(), new, position_ids, slots)
+
+
+def write_cache_in_place(
+    cache: torch.Tensor, new: torch.Tensor, position_ids: torch.Tensor, slots: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`write_cache` into `cache` itself (returned)."""
     rows, columns = torch.nonzero(position_ids >= 0, as_tuple=True)
-    updated[rows, :, position_ids[rows, columns], :] = new[rows, :, columns, :]
-    return updated
+    cache_rows = rows if slots is None else slots[rows]
+    cache[cache_rows, :, position_ids[rows, columns], :] = new[rows, :, columns, :]
+    return cache
 
 
 def _cache_values(new: torch.Tensor, cache_dtype: torch.dtype, kv_cache_format: str | None) -> torch.Tensor:
@@ -153,23 +163,73 @@ def mpt_attention_kv(
     clip_qkv: float | None,
     fp16_activations: bool = False,
     kv_cache_format: str | None = None,
+    batch_index: torch.Tensor | None = None,
+    comp_ctx_lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One MPT attention layer over a static cache; returns (output, updated keys, updated values)."""
+    """One MPT attention layer over a static cache; returns (output, updated keys, updated values).
+
+    `batch_index` [b, 1] (continuous batching) names the cache row (slot) each input row reads and writes; the
+    caches then hold `full_batch_size` rows and the others pass through. `comp_ctx_lengths` (a compute-context-
+    length bucket: only its length N is read) makes attention read the first N cache positions only; every
+    position written must be below N."""
+    return attention_kv(
+        hidden, wqkv, out_proj, alibi_slopes, position_ids, past_key, past_value, n_heads, softmax_scale, clip_qkv,
+        fp16_activations, kv_cache_format, batch_index, comp_ctx_lengths, in_place=False,
+    )
+
+
+def attention_kv(
+    hidden: torch.Tensor,
+    wqkv: torch.Tensor,
+    out_proj: torch.Tensor,
+    alibi_slopes: torch.Tensor,
+    position_ids: torch.Tensor,
+    past_key: torch.Tensor,
+    past_value: torch.Tensor,
+    n_heads: int,
+    softmax_scale: float,
+    clip_qkv: float | None,
+    fp16_activations: bool = False,
+    kv_cache_format: str | None = None,
+    batch_index: torch.Tensor | None = None,
+    comp_ctx_lengths: torch.Tensor | None = None,
+    *,
+    in_place: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`mpt_attention_kv`'s computation. `in_place` writes the new keys and values into `past_key` /
+    `past_value` themselves and returns them: for a caller that donates its cache (the host executor of a
+    generation loop), so a step costs what it reads, not a copy of the whole cache."""
     query, key, value = _project_qkv(hidden, wqkv, n_heads, clip_qkv, fp16_activations)
-    key_cache = write_cache(past_key, _cache_values(key, past_key.dtype, kv_cache_format), position_ids)
-    value_cache = write_cache(past_value, _cache_values(value, past_value.dtype, kv_cache_format), position_ids)
-    batch, ctx_len = position_ids.shape[0], past_key.shape[2]
-    slots = torch.arange(ctx_len, device=hidden.device).expand(batch, ctx_len)
-    keys, values = key_cache.to(query.dtype), value_cache.to(query.dtype)  # compute never runs in the cache dtype
+    rows = None if batch_index is None else batch_index[:, 0]
+    write = write_cache_in_place if in_place else write_cache
+    key_cache = write(past_key, _cache_values(key, past_key.dtype, kv_cache_format), position_ids, rows)
+    value_cache = write(past_value, _cache_values(value, past_value.dtype, kv_cache_format), position_ids, rows)
+    context_len = past_key.shape[2] if comp_ctx_lengths is None else comp_ctx_lengths.shape[0]
+    if int(position_ids.max()) >= context_len:
+        raise InvalidArgumentError(
+            f"position {int(position_ids.max())} is outside the compute-context-length bucket {context_len}"
+        )
+    keys, values = _read_cache(key_cache, rows, context_len), _read_cache(value_cache, rows, context_len)
+    slots = torch.arange(context_len, device=hidden.device).expand(position_ids.shape[0], context_len)
+    keys, values = keys.to(query.dtype), values.to(query.dtype)  # compute never runs in the cache dtype
     context = _attend(query, keys, values, alibi_slopes, position_ids, slots, softmax_scale, fp16_activations)
     output = round_fp16(F.linear(_merge_heads(context), out_proj), fp16_activations)
     return output, key_cache, value_cache
 
 
+def _read_cache(cache: torch.Tensor, rows: torch.Tensor | None, context_len: int) -> torch.Tensor:
+    """The cache positions attention reads: the first `context_len` of each input row's slot (a view when the
+    rows are the cache's own, in order, as in a continuous-batching decode step)."""
+    if rows is not None and not torch.equal(rows, torch.arange(cache.shape[0])):
+        cache = cache[rows]
+    return cache[:, :, :context_len]
+
+
 @mpt_attention_kv.register_fake
 def _mpt_attention_kv_fake(
     hidden, wqkv, out_proj, alibi_slopes, position_ids, past_key, past_value,
-    n_heads, softmax_scale, clip_qkv, fp16_activations=False, kv_cache_format=None,
+    n_heads, softmax_scale, clip_qkv, fp16_activations=False, kv_cache_format=None, batch_index=None,
+    comp_ctx_lengths=None,
 ):
     return hidden.new_empty(hidden.shape), past_key.new_empty(past_key.shape), past_value.new_empty(past_value.shape)
 
