@@ -9,7 +9,8 @@ Sections: host decode per precision (bench.precision_decode), host decode cost v
 host throughput vs HF eager and ONNX Runtime (bench.peers), compile time and RSS vs depth up to MPT-7B and MPT-30B
 (bench.compile_layers), simulated AI 100 vs published figures and the roofline (bench.cost_model_calibration),
 accuracy per precision and KV-cache dtype (qc.evaluate), pruning's cost and the autotuner's run (bench.pruning),
-a streamed compile of a synthetic MPT-7B checkpoint from disk (bench.stream_7b: ~32 GB of disk, ~20 min). The README's figures are rendered from the committed
+a streamed compile of a synthetic MPT-7B checkpoint from disk (bench.stream_7b: ~32 GB of disk, ~20 min),
+speculative decoding with the shipped draft and prompt lookup (bench.speculative). The README's figures are rendered from the committed
 full-mode results by `python -m bench.readme` (tests/test_bench.py checks they agree).
 """
 
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from bench import compile_layers, cost_model_calibration, decode_cost, precision_decode, pruning, stream_7b
+from bench import compile_layers, cost_model_calibration, decode_cost, precision_decode, pruning, speculative, stream_7b
 from qeff_compiler.data import TINY_MPT, TINY_MPT_VALIDATION_TEXT
 from qeff_compiler.evaluate import Evaluator
 from qeff_compiler.atomic import atomic_write_text
@@ -76,6 +77,7 @@ SECTIONS: dict[str, Callable[[bool], object]] = {
     "pruning": pruning.run,
     "tune": pruning.tune,
     "stream_7b": stream_7b.section,
+    "speculative": lambda quick: speculative.run(quick=quick),
 }
 
 

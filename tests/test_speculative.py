@@ -4,7 +4,9 @@ tokens are never attended, and the simulator's verify/plain step costs agree wit
 from __future__ import annotations
 
 import functools
+import json
 
+import onnx
 import pytest
 import torch
 from hypothesis import assume, given, settings, strategies as st
@@ -212,3 +214,25 @@ def test_plain_decode_cost_derived_from_the_verify_step_matches_a_plain_compile(
     # the plain program has one op the verify program lacks (the gather of the last position)
     assert tlm.plain_decode_step_s == pytest.approx(plain.simulation.decode_step_s, abs=2 * OP_OVERHEAD_S)
     assert tlm.plain_decode_step_s < tlm.simulation.decode_step_s  # the verify step does K+1 positions' work
+
+
+def test_handoff_of_a_target_runs_prefill_and_verify_in_onnxruntime(tmp_path):
+    """QEfficient's TLM I/O: a num_logits_to_keep input, logits [batch, num_logits_to_keep, vocab], Decode
+    specialized at K+1 positions; ONNX Runtime runs the file as emitted and generates what the host does."""
+    _, tlm, _ = compiled_pair(2, 1, 16, 3, 3, 0)
+    tlm.export_qaic(tmp_path)
+    specs = json.loads((tmp_path / "specializations.json").read_text())["specializations"]
+    common = {"batch_size": "3", "ctx_len": str(CTX)}
+    assert specs == [
+        {"name": "Prefill", "symbols": {**common, "seq_len": "8", "num_logits_to_keep": "1"}},
+        {"name": "Decode", "symbols": {**common, "seq_len": "4", "num_logits_to_keep": "4"}},
+    ]
+    graph = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False).graph
+    assert graph.input[-1].name == "num_logits_to_keep"
+    dims = [d.dim_param or d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
+    assert dims == ["batch_size", "num_logits_to_keep", 16]
+    prompts = [[1, 2, 3, 1, 2], [4, 4, 4], [5]]
+    host = tlm.generate(prompts, 12, draft="prompt-lookup")
+    onnxruntime = tlm.generate(prompts, 12, draft="prompt-lookup", engine="onnxruntime")
+    assert onnxruntime.new_tokens == host.new_tokens
+    assert onnxruntime.stats.accepted_tokens == host.stats.accepted_tokens

@@ -37,9 +37,10 @@ class Proposal:
 class Proposer(Protocol):
     """What the speculative loop asks of a proposer."""
 
-    #: simulated device seconds and host wall seconds the proposer spent so far
+    #: simulated device seconds and host wall seconds the proposer spent so far, and its decode calls
     device_s: float
     host_s: float
+    decode_calls: int
 
     def start(self, prompts: Sequence[Sequence[int]]) -> None:
         """Called once after the target's prefill, with the prompts."""
@@ -53,6 +54,7 @@ class NoProposals:
 
     device_s = 0.0
     host_s = 0.0
+    decode_calls = 0
 
     def start(self, prompts: Sequence[Sequence[int]]) -> None:
         del prompts
@@ -66,6 +68,7 @@ class PromptLookup:
 
     device_s = 0.0
     host_s = 0.0
+    decode_calls = 0
 
     def __init__(self, max_ngram: int = 3) -> None:
         self.max_ngram = max_ngram
@@ -111,6 +114,9 @@ class DraftModel:
         self.fed: list[list[int]] = []
         self.device_s = 0.0
         self.host_s = 0.0
+        #: draft program calls so far (a benchmark re-times them at another model shape)
+        self.prefill_calls = 0
+        self.decode_calls = 0
 
     def start(self, prompts: Sequence[Sequence[int]]) -> None:
         """Prefill the draft's cache with the prompts, chunk by chunk (their last logits are not needed)."""
@@ -122,6 +128,7 @@ class DraftModel:
             pieces = [list(p[chunk * chunk_len : (chunk + 1) * chunk_len]) for p in prompts]
             self._call(self.prefill, chunk_len, [(chunk * chunk_len, piece) for piece in pieces])
         self.device_s += chunks * self.clock.prefill_chunk_s
+        self.prefill_calls += chunks
         self.fed = [list(p) for p in prompts]
         self.host_s += time.perf_counter() - start
 
@@ -140,6 +147,7 @@ class DraftModel:
             feeds = [(len(self.fed[row]), queue[:1]) if queue else (0, []) for row, queue in enumerate(pending)]
             logits = self._call(self.decode, 1, feeds)[:, 0]
             self.device_s += self.clock.decode_step_s
+            self.decode_calls += 1
             sampled = self.sampler.config.do_sample
             probabilities = self.sampler.probabilities(logits) if sampled else None
             chosen = None if sampled else self.sampler(logits)

@@ -60,6 +60,8 @@ class SpeculativeStats(LatencyStats):
     #: simulated and host seconds the proposer spent (a draft model's calls; prompt lookup: host only)
     draft_s: float = 0.0
     host_draft_s: float = 0.0
+    #: single-token decode calls of a draft model (a benchmark re-times them at another model shape)
+    draft_decode_calls: int = 0
 
     @property
     def acceptance_rate(self) -> float:
@@ -183,6 +185,7 @@ def generate_speculative(
         plain_decode_step_s=plain_decode_step_s,
         draft_s=proposer.device_s,
         host_draft_s=proposer.host_s,
+        draft_decode_calls=proposer.decode_calls,
     )
     return GenerationOutput(_pad_sequences(prompts, new_tokens, pad_token_id), tuple(map(tuple, new_tokens)), stats)
 
