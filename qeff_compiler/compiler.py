@@ -17,8 +17,8 @@ from qeff_compiler.artifact import CALIBRATION_TABLE, ONNX_FILES, PLAN, WEIGHTS,
 from qeff_compiler.backends.ai100.memory import check_kv_cache_fits
 from qeff_compiler.backends.ai100.partition import PartitionPlan
 from qeff_compiler.backends.ai100.simulator import SimulatedDevice
-from qeff_compiler.backends.ai100.verify_cost import single_token_step_s
 from qeff_compiler.backends.ai100.slot_trace import write_slot_trace
+from qeff_compiler.backends.ai100.verify_cost import single_token_step_s
 from qeff_compiler.calibration import calibration_file, load_calibration
 from qeff_compiler.capture import ModelSource, capture_resolved, resolve_model
 from qeff_compiler.errors import ArtifactIntegrityError, InvalidArgumentError, PipelineError, VerificationError
@@ -34,6 +34,7 @@ from qeff_compiler.pipelines import compile_pipeline, verify_pipeline
 from qeff_compiler.precision import kv_cache_bits
 from qeff_compiler.progress import Progress, make_progress
 from qeff_compiler.runtime.batch_generate import generate_in_slots
+from qeff_compiler.runtime.draft_check import PROMPT_LOOKUP, check_draft
 from qeff_compiler.runtime.generate import (
     Executor,
     GenerationOutput,
@@ -43,7 +44,6 @@ from qeff_compiler.runtime.generate import (
     generate,
     normalize_prompts,
 )
-from qeff_compiler.runtime.draft_check import PROMPT_LOOKUP, check_draft
 from qeff_compiler.runtime.proposers import DraftModel, NoProposals, PromptLookup, Proposer
 from qeff_compiler.runtime.sampling import SamplingConfig, TokenSampler
 from qeff_compiler.runtime.scheduler import ContinuousBatchScheduler

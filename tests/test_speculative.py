@@ -161,7 +161,8 @@ def test_rejection_rule_keeps_the_target_distribution(deterministic):
     likely = int(target[0].argmax())
     firsts, seconds = torch.zeros(vocab), torch.zeros(vocab)
     for _ in range(trials):
-        proposed = [likely, likely] if deterministic else [int(torch.multinomial(q[i], 1, generator=generator)) for i in (0, 1)]
+        drawn = [int(torch.multinomial(q[i], 1, generator=generator)) for i in (0, 1)]
+        proposed = [likely, likely] if deterministic else drawn
         tokens = verify_row(proposed, p_logits, None if deterministic else q, sampler)
         firsts[tokens[0]] += 1
         if tokens[0] == proposed[0]:

@@ -78,7 +78,8 @@ class PromptLookup:
 
     def propose(self, histories: Sequence[Sequence[int]], counts: Sequence[int]) -> Proposal:
         start = time.perf_counter()
-        tokens = [lookup(list(history), count, self.max_ngram) for history, count in zip(histories, counts, strict=True)]
+        pairs = zip(histories, counts, strict=True)
+        tokens = [lookup(list(history), count, self.max_ngram) for history, count in pairs]
         self.host_s += time.perf_counter() - start
         return Proposal(tokens, [None for _ in tokens])
 

@@ -162,7 +162,8 @@ def generate_speculative(
         for row, on in enumerate(active):
             if on:
                 proposed = proposal.tokens[row][: counts[row]]
-                gained[row] = verify_row(proposed, logits[row, : len(proposed) + 1], proposal.probabilities[row], sampler)
+                scored = logits[row, : len(proposed) + 1]
+                gained[row] = verify_row(proposed, scored, proposal.probabilities[row], sampler)
                 tally.add(len(proposed), len(gained[row]) - 1)
         emitted = _emit(gained, new_tokens, active, eos_token_ids, max_new_tokens, streamer, emitted)
         tally.latencies.append(clock.decode_step_s + proposer.device_s - draft_before)
