@@ -60,10 +60,13 @@ def draft_shape_at_7b() -> MptConfig:
 def seven_b_steps(ks: Sequence[int]) -> dict[str, float]:
     """Simulated seconds of MPT-7B's plain step, its K+1 verify step per K, and the 7B-shaped draft's step."""
     options = {"precision": "mxfp6", "device": "ai100-standard", "ctx_len": 2048, "prefill_len": 128}
-    plain = qc.compile(preset_config(SEVEN_B), **options)
-    steps = {"plain": plain.simulation.decode_step_s, "draft": qc.compile(draft_shape_at_7b(), **options).simulation.decode_step_s}
+    steps = {
+        "plain": qc.compile(preset_config(SEVEN_B), **options).simulation.decode_step_s,
+        "draft": qc.compile(draft_shape_at_7b(), **options).simulation.decode_step_s,
+    }
     for k in ks:
-        steps[f"verify_{k}"] = qc.compile(preset_config(SEVEN_B), num_speculative_tokens=k, **options).simulation.decode_step_s
+        target = qc.compile(preset_config(SEVEN_B), num_speculative_tokens=k, **options)
+        steps[f"verify_{k}"] = target.simulation.decode_step_s
     return steps
 
 
@@ -118,7 +121,9 @@ def run(quick: bool = False) -> dict:
         "draft": "tiny-mpt-pystdlib-draft",
         "mpt7b_steps_s": steps_7b,
         "mpt7b_plain_decode_tokens_per_s": 1 / steps_7b["plain"],
-        "draft_shape_at_7b": {k: getattr(draft_shape_at_7b(), k) for k in ("d_model", "n_heads", "n_layers", "vocab_size")},
+        "draft_shape_at_7b": {
+            field: getattr(draft_shape_at_7b(), field) for field in ("d_model", "n_heads", "n_layers", "vocab_size")
+        },
         "load_average": os.getloadavg()[0],
         "rows": rows,
     }

@@ -312,6 +312,11 @@ class CompiledModel:
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
         eos_ids = eos_token_ids(eos)
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else min(eos_ids, default=0)
+        if draft is not None and self.options.num_speculative_tokens is None:
+            raise InvalidArgumentError(
+                "generate(draft=...) needs a target compiled with num_speculative_tokens=K, e.g. "
+                "qc.compile(model, num_speculative_tokens=4)"
+            )
         if slots is not None or self.options.comp_ctx_lengths_decode is not None:  # slots, or buckets per call
             scheduler = ContinuousBatchScheduler(self, engine=engine)
             output = generate_in_slots(scheduler, prompts, max_new_tokens, sampling, eos_ids, pad, streamer)
@@ -362,11 +367,6 @@ class CompiledModel:
 
     def _proposer(self, draft: CompiledModel | str | None, sampler: TokenSampler, engine: str, length: int) -> Proposer:
         """What proposes the tokens each verify step checks; refuses a draft that cannot serve this target."""
-        if draft is not None and self.options.num_speculative_tokens is None:
-            raise InvalidArgumentError(
-                "generate(draft=...) needs a target compiled with num_speculative_tokens=K, e.g. "
-                "qc.compile(model, num_speculative_tokens=4)"
-            )
         if draft is None:
             return NoProposals()
         if isinstance(draft, str) and draft == PROMPT_LOOKUP:

@@ -733,6 +733,9 @@ TRIGGERS["speculative-tokens-room"] = lambda env: qc.compile(tiny_config(), ctx_
 TRIGGERS["speculative-passes"] = lambda env: qc.compile(
     tiny_config(), ctx_len=24, prefill_len=8, num_speculative_tokens=2, passes="patch-attention,kv-cache{ctx_len=24}"
 )
+TRIGGERS["speculative-continuous-batching"] = lambda env: qc.compile(
+    tiny_config(), ctx_len=24, prefill_len=8, num_speculative_tokens=2, full_batch_size=2
+)
 TRIGGERS["draft-needs-target"] = lambda env: env.meta.generate([[1, 2]], 4, draft="prompt-lookup")
 _draft_row("draft-type", lambda env: "medusa")
 _draft_row("draft-vocabulary", lambda env: _speculative(config={"vocab_size": 50}))
@@ -999,6 +1002,7 @@ OFFENDING.update({
     "speculative-tokens-low": "got 0",
     "speculative-tokens-room": "got 23",
     "speculative-passes": "passes=",
+    "speculative-continuous-batching": "full_batch_size",
     "draft-needs-target": "num_speculative_tokens=K",
     "draft-type": "'medusa'",
     "draft-vocabulary": "has 50 tokens",
