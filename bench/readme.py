@@ -271,6 +271,15 @@ def speculative(results: dict) -> str:
         f"d_model {shape['d_model']}, {shape['n_heads']} heads, {shape['n_layers']} layers. Load average "
         f"{section['load_average']:.1f} at the end of the section (host speed-ups are wall-clock ratios of one run)."
     )
+    goals = {("draft", 4): 1.8, ("prompt-lookup", 4): 1.3}
+    verdicts = [
+        f"{r['proposer']} K={r['num_speculative_tokens']} {r['simulated_speedup_mpt7b_mxfp6_vs_plain']:.2f}x "
+        f"against {goals[(r['proposer'], r['num_speculative_tokens'])]}x: "
+        + ("reached" if r["simulated_speedup_mpt7b_mxfp6_vs_plain"] >= goals[(r["proposer"], r["num_speculative_tokens"])]
+           else "not reached")
+        for r in section["rows"] if (r["proposer"], r["num_speculative_tokens"]) in goals
+    ]
+    lines.append(f"Goals (simulated, MPT-7B mxfp6): {'; '.join(verdicts)}.")
     return "\n".join(lines) + "\n"
 
 

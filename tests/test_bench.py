@@ -53,6 +53,9 @@ def test_sections_have_their_fields(quick_results) -> None:
     assert streamed["median_wall_s"] > 0 and streamed["median_peak_rss_anon_mb"] > 0
     assert all(math.isfinite(r["simulated_decode_tokens_per_s"]) for r in sections["stream_7b"]["load"])
     assert {r["system"] for r in sections["peers"]} >= {"hf-eager", "onnxruntime", "qeff-ort-fp32", "qeff-ort-int8"}
+    speculative = sections["speculative"]["rows"]
+    assert {(r["proposer"], r["num_speculative_tokens"]) for r in speculative} == {("draft", 4), ("prompt-lookup", 4)}
+    assert all(r["accepted_tokens_per_step"] >= 1 and r["simulated_speedup_mpt7b_mxfp6_vs_plain"] > 0 for r in speculative)
 
 
 def test_peers_rows_rates_ratios_and_agreement(quick_results) -> None:

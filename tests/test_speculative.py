@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 
 import onnx
 import pytest
 import torch
 from hypothesis import assume, given, settings, strategies as st
-from transformers import MptConfig, MptForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, MptConfig, MptForCausalLM
 
 import qeff_compiler as qc
 from qeff_compiler.backends.ai100.cost_model import OP_OVERHEAD_S
+from qeff_compiler.data import TINY_MPT, TINY_MPT_DRAFT, TINY_MPT_VALIDATION_TEXT
 from qeff_compiler.runtime.proposers import PromptLookup, lookup
 from qeff_compiler.runtime.sampling import SamplingConfig, TokenSampler
 from qeff_compiler.runtime.speculative import verify_row
 from tests.conftest import random_model, tiny_config
+from tests.test_fixture_model import perplexity
 
 CTX = 40
 
@@ -237,3 +240,20 @@ def test_handoff_of_a_target_runs_prefill_and_verify_in_onnxruntime(tmp_path):
     onnxruntime = tlm.generate(prompts, 12, draft="prompt-lookup", engine="onnxruntime")
     assert onnxruntime.new_tokens == host.new_tokens
     assert onnxruntime.stats.accepted_tokens == host.stats.accepted_tokens
+
+
+def test_shipped_draft_matches_its_card_and_speaks_the_targets_vocabulary():
+    """The draft was trained as its model card says (perplexity on the target's validation text) and shares the
+    target's tokenizer, so `check_draft` accepts it for the shipped model."""
+    card = (TINY_MPT_DRAFT / "README.md").read_text(encoding="utf-8")
+    stated = float(re.search(r"^\| validation perplexity \| ([0-9.]+) \|$", card, re.M).group(1))
+    draft = AutoModelForCausalLM.from_pretrained(TINY_MPT_DRAFT, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MPT)
+    ids = torch.tensor(tokenizer(TINY_MPT_VALIDATION_TEXT.read_text(encoding="utf-8"))["input_ids"])
+    seq_len = draft.config.max_seq_len
+    windows = ids[: len(ids) // seq_len * seq_len].view(-1, seq_len)
+    assert perplexity(draft, windows) == pytest.approx(stated, rel=0.01)
+    target_config = AutoConfig.from_pretrained(TINY_MPT)
+    assert draft.num_parameters() < MptForCausalLM(target_config).num_parameters() / 2
+    ours, theirs = (json.loads((d / "tokenizer.json").read_text())["model"] for d in (TINY_MPT, TINY_MPT_DRAFT))
+    assert ours == theirs and draft.config.vocab_size == target_config.vocab_size
