@@ -11,7 +11,8 @@ host throughput vs HF eager and ONNX Runtime (bench.peers), compile time and RSS
 accuracy per precision and KV-cache dtype (qc.evaluate), pruning's cost and the autotuner's run (bench.pruning),
 a streamed compile of a synthetic MPT-7B checkpoint from disk (bench.stream_7b: ~32 GB of disk, ~20 min),
 continuous batching under load and the context buckets' decode saving (bench.serving), `qeffc serve` under 1-64
-concurrent streaming clients (bench.http_serving). The README's figures are rendered from the committed
+concurrent streaming clients (bench.http_serving), speculative decoding with the shipped draft and prompt lookup
+(bench.speculative). The README's figures are rendered from the committed
 full-mode results by `python -m bench.readme` (tests/test_bench.py checks they agree).
 """
 
@@ -30,7 +31,8 @@ from pathlib import Path
 import torch
 
 from bench import (
-    compile_layers, cost_model_calibration, decode_cost, http_serving, precision_decode, pruning, serving, stream_7b,
+    compile_layers, cost_model_calibration, decode_cost, http_serving, precision_decode, pruning, serving, speculative,
+    stream_7b,
 )
 from qeff_compiler.data import TINY_MPT, TINY_MPT_VALIDATION_TEXT
 from qeff_compiler.evaluate import Evaluator
@@ -82,6 +84,7 @@ SECTIONS: dict[str, Callable[[bool], object]] = {
     "stream_7b": stream_7b.section,
     "serving": serving.run,
     "http_serving": http_serving.run,
+    "speculative": lambda quick: speculative.run(quick=quick),
 }
 
 

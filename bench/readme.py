@@ -275,11 +275,48 @@ def http_serving(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def speculative(results: dict) -> str:
+    """Per proposer and K: acceptance, tokens per verify step, simulated speed-ups (shipped, MPT-7B), host's."""
+    section = results["sections"]["speculative"]
+    lines = [
+        "| proposer | K | acceptance rate | tokens per verify step | simulated speed-up, shipped shape "
+        "| simulated speed-up, MPT-7B mxfp6 | host speed-up |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in section["rows"]:
+        rate = "–" if r["acceptance_rate"] is None else f"{r['acceptance_rate']:.2f}"
+        lines.append(
+            f"| {r['proposer']} | {r['num_speculative_tokens']} | {rate} | {r['accepted_tokens_per_step']:.2f} "
+            f"| {r['simulated_speedup_shipped_vs_plain']:.2f}x | {r['simulated_speedup_mpt7b_mxfp6_vs_plain']:.2f}x "
+            f"| {r['host_speedup_vs_plain']:.2f}x |"
+        )
+    shape = section["draft_shape_at_7b"]
+    first = section["rows"][0]
+    lines.append("")
+    lines.append(
+        f"{first['prompts']} prompts of 64 tokens from the validation files, {first['new_tokens_per_prompt']} new "
+        f"tokens each, greedy (speculative output equal to plain greedy, checked). MPT-7B mxfp6 on ai100-standard "
+        f"decodes {section['mpt7b_plain_decode_tokens_per_s']:.2f} simulated tok/s plainly; its draft is re-timed at "
+        f"d_model {shape['d_model']}, {shape['n_heads']} heads, {shape['n_layers']} layers. Load average "
+        f"{section['load_average']:.1f} at the end of the section (host speed-ups are wall-clock ratios of one run)."
+    )
+    goals = {("draft", 4): 1.8, ("prompt-lookup", 4): 1.3}
+    verdicts = [
+        f"{r['proposer']} K={r['num_speculative_tokens']} {r['simulated_speedup_mpt7b_mxfp6_vs_plain']:.2f}x "
+        f"against {goals[(r['proposer'], r['num_speculative_tokens'])]}x: "
+        + ("reached" if r["simulated_speedup_mpt7b_mxfp6_vs_plain"] >= goals[(r["proposer"], r["num_speculative_tokens"])]
+           else "not reached")
+        for r in section["rows"] if (r["proposer"], r["num_speculative_tokens"]) in goals
+    ]
+    lines.append(f"Goals (simulated, MPT-7B mxfp6): {'; '.join(verdicts)}.")
+    return "\n".join(lines) + "\n"
+
+
 BLOCKS: dict[str, Callable[[dict], str]] = {
     "machine": machine, "peers": peers, "compile_layers": compile_layers,
     "compile_passes": compile_passes, "simulated": simulated,
     "decode_cost": decode_cost, "host_precision": host_precision, "accuracy": accuracy, "pruning": pruning,
-    "tune": tune, "stream_7b": stream_7b, "http_serving": http_serving,
+    "tune": tune, "stream_7b": stream_7b, "http_serving": http_serving, "speculative": speculative,
 }
 
 

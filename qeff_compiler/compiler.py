@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import reprlib
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from qeff_compiler.backends.ai100.partition import PartitionPlan
 from qeff_compiler.backends.ai100.simulator import SimulatedDevice
 from qeff_compiler.backends.ai100.slot_trace import write_slot_trace
 from qeff_compiler.backends.ai100.trace import check_trace_detail
+from qeff_compiler.backends.ai100.verify_cost import single_token_step_s
 from qeff_compiler.calibration import calibration_file, load_calibration
 from qeff_compiler.capture import ModelSource, capture_resolved, resolve_model
 from qeff_compiler.errors import ArtifactIntegrityError, InvalidArgumentError, PipelineError, VerificationError
@@ -29,10 +31,11 @@ from qeff_compiler.passes import PassManager
 from qeff_compiler.passes.base import Pass
 from qeff_compiler.passes.fp16_overflow import CheckFp16Range
 from qeff_compiler.passes.pipeline import build_passes, pipeline_text
-from qeff_compiler.pipelines import compile_pipeline
+from qeff_compiler.pipelines import compile_pipeline, verify_pipeline
 from qeff_compiler.precision import kv_cache_bits
 from qeff_compiler.progress import Progress, make_progress
 from qeff_compiler.runtime.batch_generate import generate_in_slots
+from qeff_compiler.runtime.draft_check import PROMPT_LOOKUP, check_draft
 from qeff_compiler.runtime.generate import (
     Executor,
     GenerationOutput,
@@ -42,8 +45,10 @@ from qeff_compiler.runtime.generate import (
     generate,
     normalize_prompts,
 )
-from qeff_compiler.runtime.sampling import SamplingConfig
+from qeff_compiler.runtime.proposers import DraftModel, NoProposals, PromptLookup, Proposer
+from qeff_compiler.runtime.sampling import SamplingConfig, TokenSampler
 from qeff_compiler.runtime.scheduler import ContinuousBatchScheduler
+from qeff_compiler.runtime.speculative import SpeculativeShapes, generate_speculative
 from qeff_compiler.runtime.stats import LatencyStats
 from qeff_compiler.runtime.threads import resolve_threads, torch_threads
 
@@ -77,6 +82,7 @@ def compile(  # noqa: A001 (the public API's name)
     stream: bool | None = None,
     allow_pickle: bool = False,
     progress: bool | Progress = False,
+    num_speculative_tokens: int | None = None,
 ) -> CompiledModel:
     """Capture `model` at the prefill and decode shapes and run the pass pipeline on both.
 
@@ -107,6 +113,8 @@ def compile(  # noqa: A001 (the public API's name)
     number of prompts, and `runtime.scheduler.ContinuousBatchScheduler` serves request streams.
     `comp_ctx_lengths_prefill` / `comp_ctx_lengths_decode` are compute-context-length buckets (ascending, the
     last = ctx_len): each call's attention reads only the smallest bucket holding its positions.
+    `num_speculative_tokens=K` makes a speculative-decoding target: its decode specialization scores K+1
+    positions per row and returns the logits of all of them (`generate(..., draft=...)`, `runtime.speculative`).
     """
     options = CompileOptions(
         precision=precision,
@@ -128,8 +136,11 @@ def compile(  # noqa: A001 (the public API's name)
         prune_ffn=prune_ffn,
         prune_heads=prune_heads,
         prune_score=prune_score,
+        num_speculative_tokens=num_speculative_tokens,
     )
     options.check()
+    if num_speculative_tokens is not None and passes is not None:
+        raise InvalidArgumentError("num_speculative_tokens needs the default pipeline; drop passes= to use it")
     resolved = resolve_model(model, allow_pickle=allow_pickle)
     source_weights = resolved.weights  # lazy (checkpoint or the model's own tensors): the qaic hand-off reads them
     max_seq_len = resolved.config.max_seq_len
@@ -155,8 +166,12 @@ def compile(  # noqa: A001 (the public API's name)
             table = load_calibration(table_file)
         recorded = _recorded_pipeline(options, passes, table_file is not None)
         programs, reports = {}, {}
-        for name, seq_len, rows in (("prefill", prefill_len, batch_size), ("decode", 1, full_batch_size or batch_size)):
-            manager = PassManager(_pipeline(options, passes, table_file), verify=verify)
+        decode_rows = full_batch_size or batch_size
+        for name, seq_len, rows in (("prefill", prefill_len, batch_size), ("decode", options.decode_len, decode_rows)):
+            pipeline = _pipeline(options, passes, table_file)
+            if name == "decode" and num_speculative_tokens is not None:
+                pipeline = verify_pipeline(pipeline, options)
+            manager = PassManager(pipeline, verify=verify)
             with reporter.stage(f"compile {name}", weights.nbytes() if streaming else None) as meter.advance:
                 captured = capture_resolved(resolved, batch_size=rows, seq_len=seq_len)
                 if streaming and name == "decode":  # checking reads the whole checkpoint; prefill checked more tokens
@@ -302,6 +317,7 @@ class CompiledModel:
         engine: str = "host",
         threads: int | None = None,
         trace_detail: str = "layer",
+        draft: CompiledModel | str | None = None,
     ) -> GenerationOutput:
         """Greedy (default) or sampled generation for up to `batch_size` prompts of any lengths (any number of
         prompts when compiled with `full_batch_size`: they take turns in its slots).
@@ -314,6 +330,9 @@ class CompiledModel:
         Runtime: faster on a CPU, equal up to float rounding); the simulated figures are the same for both.
         `threads` is the CPU threads the engine (and torch) use: default chosen from the load so that they do not
         oversubscribe the machine (`runtime.threads`).
+        `draft` turns on speculative decoding on a target compiled with `num_speculative_tokens=K`: a compiled
+        draft MPT with the same vocabulary and batch size, or "prompt-lookup" (`runtime.speculative`); the
+        stats are then `SpeculativeStats` (acceptance rate, accepted tokens per step, simulated speed-up).
         """
         if trace is not None:
             check_trace_detail(trace_detail)  # before the work
@@ -324,6 +343,11 @@ class CompiledModel:
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
         eos_ids = eos_token_ids(eos)
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else min(eos_ids, default=0)
+        if draft is not None and self.options.num_speculative_tokens is None:
+            raise InvalidArgumentError(
+                "generate(draft=...) needs a target compiled with num_speculative_tokens=K, e.g. "
+                "qc.compile(model, num_speculative_tokens=4)"
+            )
         threads = resolve_threads(threads)
         if slots is not None or self.options.comp_ctx_lengths_decode is not None:  # slots, or buckets per call
             scheduler = ContinuousBatchScheduler(self, engine=engine)
@@ -332,25 +356,62 @@ class CompiledModel:
             if trace is not None:
                 write_slot_trace(trace, scheduler.calls, scheduler.num_slots, self.simulation.device)
             return output
-        prefill, decode = self.generation_executors(engine, threads)
-        cache_specs = {s.name: (s.shape, s.dtype) for s in self.prefill.inputs if s.role in ("past_key", "past_value")}
         with torch_threads(threads):
-            output = generate(
-                prefill,
-                decode,
-                shapes,
-                cache_specs,
-                prompts,
-                max_new_tokens,
-                sampling,
-                eos_ids,
-                pad,
-                self.simulation,
-                streamer,
-            )
+            if draft is not None or self.options.num_speculative_tokens is not None:
+                sampler = TokenSampler(sampling)
+                proposer = self._proposer(draft, sampler, engine, max(map(len, prompts)) + max_new_tokens)
+                k = self.options.num_speculative_tokens or 0  # _proposer refused a draft for a model without K
+                prefill, decode = self.generation_executors(engine, threads)
+                output = generate_speculative(
+                    prefill, decode, SpeculativeShapes(shapes, k), self.cache_specs, prompts, max_new_tokens, sampler,
+                    proposer, eos_ids, pad, self.simulation, self.plain_decode_step_s, streamer,
+                )
+            else:
+                prefill, decode = self.generation_executors(engine, threads)
+                output = generate(
+                    prefill,
+                    decode,
+                    shapes,
+                    self.cache_specs,
+                    prompts,
+                    max_new_tokens,
+                    sampling,
+                    eos_ids,
+                    pad,
+                    self.simulation,
+                    streamer,
+                )
         if trace is not None:
             self.simulation.write_trace(trace, output.stats, trace_detail)
         return output
+
+    @property
+    def cache_specs(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Shape and dtype of every KV-cache input, by name."""
+        return {s.name: (s.shape, s.dtype) for s in self.prefill.inputs if s.role in ("past_key", "past_value")}
+
+    @property
+    def plain_decode_step_s(self) -> float:
+        """Simulated seconds of a single-token decode step (for a speculative target: derived from its verify
+        step, `backends.ai100.verify_cost`)."""
+        if self.options.num_speculative_tokens is None:
+            return self.simulation.decode_step_s
+        simulation = self.simulation
+        return single_token_step_s(self.decode, simulation.plans["decode"], simulation.spec, simulation.memory.tier)
+
+    def _proposer(self, draft: CompiledModel | str | None, sampler: TokenSampler, engine: str, length: int) -> Proposer:
+        """What proposes the tokens each verify step checks; refuses a draft that cannot serve this target."""
+        if draft is None:
+            return NoProposals()
+        if isinstance(draft, str) and draft == PROMPT_LOOKUP:
+            return PromptLookup()
+        if not isinstance(draft, CompiledModel):
+            raise InvalidArgumentError(
+                f"draft must be a compiled model or {PROMPT_LOOKUP!r}, got {reprlib.repr(draft)}"
+            )
+        check_draft(self, draft, length)
+        prefill, decode = draft.generation_executors(engine)
+        return DraftModel(prefill, decode, draft.shapes, draft.cache_specs, draft.simulation, sampler)
 
     def estimate(self, prompt_len: int, generation_len: int, batch_size: int | None = None) -> LatencyStats:
         """Simulated TTFT, prefill and decode figures from the cost model alone (no numerics; works on a

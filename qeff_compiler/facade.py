@@ -35,6 +35,10 @@ happens, accepted with a warning (the tables below). Where this deviates:
 - continuous batching is QEfficient's: `from_pretrained(..., continuous_batching=True)`, `compile(full_batch_size=F,
   comp_ctx_lengths_prefill=[...], comp_ctx_lengths_decode=[...])`, and `generate` runs every prompt through the F
   slots;
+- speculative decoding as QEfficient spells it: `from_pretrained(..., qaic_config={"speculative_model_type":
+  "target"})` then `compile(..., num_speculative_tokens=K)` compiles a target whose decode specialization verifies
+  K+1 positions (`qc.compile(..., num_speculative_tokens=K)`); `self.compiled.generate(ids, draft=...)` runs it
+  with a draft model or "prompt-lookup", and this `generate` decodes one token per verify call;
 - `from_pretrained` takes a local MPT directory or an `MptForCausalLM` (no hub downloads, no HF kwargs);
 - `device_id`, `runtime_ai100` and `compile`'s `device_group` are accepted and ignored: the simulated device is
   the compiled target; the older `compile(mxfp6=True)` of QEfficient's MPT notebook means `mxfp6_matmul=True`.
@@ -78,7 +82,6 @@ QAIC_COMPILER_FLAGS: dict[str, object] = {
 #: way this compiler does not do (yet), so another value is refused by name
 QEFF_COMPILE_DEFAULTS: dict[str, object] = {
     "kv_cache_batch_size": None,
-    "num_speculative_tokens": None,
     "prefill_only": None,
     "enable_chunking": False,
     "retain_full_kv": None,
@@ -95,7 +98,6 @@ QEFF_COMPILE_NO_EFFECT = (
 )
 #: QEfficient `from_pretrained` arguments accepted only at these (its default) values
 QEFF_LOAD_DEFAULTS: dict[str, object] = {
-    "qaic_config": None,
     "max_seq_len_cached": None,
     "layerwise": False,
 }
@@ -152,8 +154,12 @@ class CloudAI100ExecInfo:
 class QEFFAutoModelForCausalLM:
     """An MPT to compile for the simulated AI 100 and generate text with, the way QEfficient users do."""
 
-    def __init__(self, model: MptForCausalLM | Path, name: str, continuous_batching: bool = False) -> None:
+    def __init__(
+        self, model: MptForCausalLM | Path, name: str, continuous_batching: bool = False, is_tlm: bool = False
+    ) -> None:
         self.model = model
+        #: a speculative-decoding target (QEfficient's name): compile needs num_speculative_tokens
+        self.is_tlm = is_tlm
         self.model_name = name
         #: QEfficient's from_pretrained(continuous_batching=True): compile then needs full_batch_size
         self.continuous_batching = continuous_batching
@@ -169,8 +175,10 @@ class QEFFAutoModelForCausalLM:
         **kwargs: object,
     ) -> QEFFAutoModelForCausalLM:
         """Wrap a local MPT directory or an `MptForCausalLM` object (no hub: give a directory).
-        `continuous_batching=True` (QEfficient's argument) makes `compile` take `full_batch_size`. QEfficient's other
-        arguments (`QEFF_LOAD_DEFAULTS`) are accepted at their defaults; Hugging Face options are refused."""
+        `continuous_batching=True` (QEfficient's argument) makes `compile` take `full_batch_size`; `qaic_config=
+        {"speculative_model_type": "target"}` makes it a speculative-decoding target, as in QEfficient. QEfficient's
+        other arguments (`QEFF_LOAD_DEFAULTS`) are accepted at their defaults; Hugging Face options are refused."""
+        is_tlm = _speculative_target(kwargs.pop("qaic_config", None))
         qeff_arguments = {k: kwargs.pop(k) for k in QEFF_LOAD_DEFAULTS if k in kwargs}
         check_defaults("from_pretrained", qeff_arguments, QEFF_LOAD_DEFAULTS)
         if kwargs:
@@ -179,12 +187,12 @@ class QEFFAutoModelForCausalLM:
             raise InvalidArgumentError(f"continuous_batching must be True or False, got {continuous_batching!r}")
         source = pretrained_model_name_or_path
         if isinstance(source, MptForCausalLM):
-            return cls(source, type(source).__name__, continuous_batching)
+            return cls(source, type(source).__name__, continuous_batching, is_tlm)
         if not isinstance(source, str | Path) or not Path(source).is_dir():
             raise InvalidArgumentError(
                 f"from_pretrained needs a local MPT directory or an MptForCausalLM, got {source!r} (no hub downloads)"
             )
-        return cls(Path(source), Path(source).name, continuous_batching)
+        return cls(Path(source), Path(source).name, continuous_batching, is_tlm)
 
     def __repr__(self) -> str:
         state = f"compiled to {self.qpc_path}" if self.qpc_path else "not compiled"
@@ -214,12 +222,19 @@ class QEFFAutoModelForCausalLM:
         mxfp6_matmul: bool = False,
         mxint8_kv_cache: bool = False,
         mxfp6: bool = False,
+        num_speculative_tokens: int | None = None,
         **compiler_options: object,
     ) -> Path:
         """Compile for the simulated device and write the artifact; returns its directory (QEfficient: the QPC).
         `mxfp6` is the older QEfficient spelling its MPT notebook uses for `mxfp6_matmul`. `full_batch_size`
         (continuous batching: from_pretrained(..., continuous_batching=True)) and the compute-context-length buckets
         `comp_ctx_lengths_prefill` / `comp_ctx_lengths_decode` are QEfficient's."""
+        if self.is_tlm != (num_speculative_tokens is not None):
+            raise InvalidArgumentError(
+                f"num_speculative_tokens={num_speculative_tokens!r}: a speculative-decoding target needs it, and "
+                "only a target takes it: from_pretrained(..., qaic_config={'speculative_model_type': 'target'}) "
+                "then compile(..., num_speculative_tokens=K)"
+            )
         check_continuous_batching(self.continuous_batching, full_batch_size)
         options = compile_options(
             onnx_path,
@@ -235,6 +250,8 @@ class QEFFAutoModelForCausalLM:
             mxint8_kv_cache=mxint8_kv_cache,
             **compiler_options,
         )
+        if num_speculative_tokens is not None:
+            options["num_speculative_tokens"] = num_speculative_tokens
         self.compiled = compile_model(self.model, **options)
         directory = Path(compile_dir) if compile_dir is not None else cache_directory() / self.model_name
         path = directory / f"qpc-{_options_hash(options)}"
@@ -381,6 +398,16 @@ def compile_options(
     }
 
 
+def _speculative_target(qaic_config: object) -> bool:
+    """QEfficient's `qaic_config` of from_pretrained: only {"speculative_model_type": "target"} has a meaning here."""
+    if qaic_config is None:
+        return False
+    if qaic_config != {"speculative_model_type": "target"}:
+        raise InvalidArgumentError(
+            f"qaic_config={qaic_config!r}: only {{'speculative_model_type': 'target'}} (a speculative-decoding "
+            "target) is supported"
+        )
+    return True
 def check_continuous_batching(continuous_batching: bool, full_batch_size: int | None) -> None:
     """QEfficient's rule: full_batch_size goes with from_pretrained(continuous_batching=True), and back."""
     if continuous_batching and full_batch_size is None:

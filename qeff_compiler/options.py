@@ -39,6 +39,8 @@ class CompileOptions:
     #: compute-context-length buckets (ascending, the last = ctx_len) of the prefill and decode calls
     comp_ctx_lengths_prefill: tuple[int, ...] | None = None
     comp_ctx_lengths_decode: tuple[int, ...] | None = None
+    #: K of speculative decoding: the decode specialization scores K+1 positions and returns all their logits
+    num_speculative_tokens: int | None = None
 
     def __post_init__(self) -> None:
         """Bucket lists as tuples (a manifest stores them as JSON lists)."""
@@ -46,6 +48,11 @@ class CompileOptions:
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
+
+    @property
+    def decode_len(self) -> int:
+        """Positions per row of one decode call: 1, or K+1 for a speculative-decoding target."""
+        return 1 if self.num_speculative_tokens is None else self.num_speculative_tokens + 1
 
     @property
     def needs_calibration(self) -> bool:
@@ -74,6 +81,18 @@ class CompileOptions:
                 raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
         if self.ctx_len < self.prefill_len:
             raise InvalidArgumentError(f"ctx_len={self.ctx_len} is smaller than prefill_len={self.prefill_len}")
+        k = self.num_speculative_tokens
+        serving = self.full_batch_size, self.comp_ctx_lengths_prefill, self.comp_ctx_lengths_decode
+        if k is not None and any(v is not None for v in serving):
+            raise InvalidArgumentError(
+                f"num_speculative_tokens={k!r} does not combine with full_batch_size or comp_ctx_lengths (continuous "
+                "batching and context buckets): compile the speculative target without them"
+            )
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or not 1 <= k < self.ctx_len - 1):
+            raise InvalidArgumentError(
+                f"num_speculative_tokens must be an integer in 1..{self.ctx_len - 2} (the K+1 verified positions "
+                f"and one token of prompt must fit in ctx_len={self.ctx_len}), got {k!r}"
+            )
         check_serving(self.batch_size, self.full_batch_size)
         for name in ("comp_ctx_lengths_prefill", "comp_ctx_lengths_decode"):
             check_buckets(name, getattr(self, name), self.ctx_len)

@@ -32,6 +32,7 @@ __all__ = [
     "pipeline_text",
     "prune_passes",
     "serving_passes",
+    "verify_pipeline",
 ]
 
 #: the lowering passes after lower-fp16, per precision (w8a8 needs its calibration table: see `lowering_passes`)
@@ -98,6 +99,13 @@ def serving_passes(options: CompileOptions) -> list[Pass]:
     if options.comp_ctx_lengths_prefill is not None or options.comp_ctx_lengths_decode is not None:
         passes.append(configure("compute-context-length"))
     return passes
+
+
+def verify_pipeline(pipeline: list[Pass], options: CompileOptions) -> list[Pass]:
+    """A speculative-decoding target's decode pipeline: `pipeline` with a kv-cache pass that keeps the logits of
+    all K+1 positions (the decode specialization then has exactly K+1 of them, QEfficient's num_logits_to_keep)."""
+    cache = kv_cache_pass(options.ctx_len, options.kv_cache_dtype, all_logits=True)
+    return [cache if p.name == "kv-cache" else p for p in pipeline]
 
 
 def evaluation_pipeline(

@@ -58,6 +58,9 @@ def test_sections_have_their_fields(quick_results) -> None:
     for point in serving:
         assert point["completion_tokens"] > 0 and point["tokens_per_s"] > 0 and point["simulated_tokens_per_s"] > 0
         assert point["ttft_p50_ms"] <= point["ttft_p99_ms"] and point["simulated_ttft_p50_ms"] > 0
+    speculative = sections["speculative"]["rows"]
+    assert {(r["proposer"], r["num_speculative_tokens"]) for r in speculative} == {("draft", 4), ("prompt-lookup", 4)}
+    assert all(r["accepted_tokens_per_step"] >= 1 and r["simulated_speedup_mpt7b_mxfp6_vs_plain"] > 0 for r in speculative)
 
 
 def test_peers_rows_rates_ratios_and_agreement(quick_results) -> None:

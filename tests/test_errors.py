@@ -400,7 +400,7 @@ def _(env: Env) -> object:
 
 @trigger("facade-qefficient-argument")
 def _(env: Env) -> object:
-    return qc.QEFFAutoModelForCausalLM.from_pretrained(env.model_dir).compile(num_speculative_tokens=3)
+    return qc.QEFFAutoModelForCausalLM.from_pretrained(env.model_dir).compile(kv_cache_batch_size=3)
 
 
 @trigger("fp16-overflow")
@@ -464,6 +464,10 @@ def _(env: Env) -> object:
 # the qeffc command line
 cli_row("cli-usage", lambda env: ["compile", "-o", str(env.fresh("out")), "--ctx-len", "many"])
 cli_row("cli-prompt-and-token-ids", lambda env: ["run", str(env.artifact)])
+cli_row(
+    "cli-draft-and-prompt-lookup",
+    lambda env: ["run", str(env.artifact), "--token-ids", "1", "--draft", str(env.artifact), "--prompt-lookup"],
+)
 cli_row("cli-token-ids", lambda env: ["run", str(env.artifact), "--token-ids", "1,2,x"])
 cli_row("cli-no-tokenizer", lambda env: ["run", str(without(env.artifact_copy("no-tokenizer"), "tokenizer.json")), "--prompt", "def f("])
 cli_row("cli-serve-no-tokenizer", lambda env: ["serve", str(without(env.artifact_copy("no-tokenizer-serve"), "tokenizer.json"))])
@@ -756,6 +760,61 @@ def _(env: Env) -> object:
     return PassManager("patch-attention,lower-fp16", verify=False).run(program)
 
 
+@functools.cache
+def _speculative_compile(config: tuple[tuple[str, int], ...], options: tuple[tuple[str, int], ...]) -> qc.CompiledModel:
+    return qc.compile(tiny_config(**dict(config)), **{"ctx_len": 24, "prefill_len": 8, **dict(options)})
+
+
+def _speculative(config: dict[str, int] | None = None, **options: int) -> qc.CompiledModel:
+    """Config-only compiles for the speculative-decoding rows (cached: several rows share them)."""
+    return _speculative_compile(tuple(sorted((config or {}).items())), tuple(sorted(options.items())))
+
+
+def _draft_row(ident: str, draft: Callable[[Env], object], length: int = 4) -> None:
+    TRIGGERS[ident] = lambda env: _speculative(num_speculative_tokens=2).generate(
+        [[1, 2]], length, draft=draft(env)
+    )
+
+
+TRIGGERS["speculative-tokens-low"] = lambda env: qc.compile(tiny_config(), ctx_len=24, prefill_len=8, num_speculative_tokens=0)
+TRIGGERS["speculative-tokens-room"] = lambda env: qc.compile(tiny_config(), ctx_len=24, prefill_len=8, num_speculative_tokens=23)
+TRIGGERS["speculative-passes"] = lambda env: qc.compile(
+    tiny_config(), ctx_len=24, prefill_len=8, num_speculative_tokens=2, passes="patch-attention,kv-cache{ctx_len=24}"
+)
+TRIGGERS["speculative-continuous-batching"] = lambda env: qc.compile(
+    tiny_config(), ctx_len=24, prefill_len=8, num_speculative_tokens=2, full_batch_size=2
+)
+TRIGGERS["draft-needs-target"] = lambda env: env.meta.generate([[1, 2]], 4, draft="prompt-lookup")
+_draft_row("draft-type", lambda env: "medusa")
+_draft_row("draft-vocabulary", lambda env: _speculative(config={"vocab_size": 50}))
+_draft_row("draft-batch", lambda env: _speculative(batch_size=2))
+_draft_row("draft-context", lambda env: _speculative(config={"max_seq_len": 16}, ctx_len=16), length=18)
+_draft_row("draft-speculative", lambda env: _speculative(num_speculative_tokens=2))
+
+
+TRIGGERS["facade-qaic-config"] = lambda env: qc.QEFFAutoModelForCausalLM.from_pretrained(
+    env.model_dir, qaic_config={"ccl_enabled": True}
+)
+TRIGGERS["facade-speculative-target"] = lambda env: qc.QEFFAutoModelForCausalLM.from_pretrained(env.model_dir).compile(
+    num_speculative_tokens=3
+)
+
+
+@trigger("draft-tokenizer")
+def _(env: Env) -> object:
+    target = _speculative(num_speculative_tokens=2)
+    other = env.model_copy("other-tokenizer")
+    content = json.loads((other / "tokenizer.json").read_text())
+    vocab = content["model"]["vocab"]
+    first, second = list(vocab)[:2]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    (other / "tokenizer.json").write_text(json.dumps(content))
+    draft = _speculative()
+    env.monkeypatch.setattr(target, "source_directory", env.model_dir)
+    env.monkeypatch.setattr(draft, "source_directory", other)
+    return target.generate([[1, 2]], 4, draft=draft)
+
+
 generate_row("sampling-top-k-type", [[1, 2]], 4, do_sample=True, top_k=True)
 generate_row("sampling-seed", [[1, 2]], 4, do_sample=True, seed=1.5)
 generate_row("sampling-do-sample-type", [[1, 2]], 4, do_sample="yes")
@@ -935,6 +994,7 @@ OFFENDING: dict[str, str] = {
     "calibration-table-empty": "empty.safetensors",
     "cli-usage": "(got 'many')",
     "cli-prompt-and-token-ids": "--prompt",
+    "cli-draft-and-prompt-lookup": "--prompt-lookup",
     "cli-token-ids": "'1,2,x'",
     "cli-no-tokenizer": "/tmp/x/no-tokenizer",
     "cli-serve-no-tokenizer": "/tmp/x/no-tokenizer-serve",
@@ -950,7 +1010,7 @@ OFFENDING: dict[str, str] = {
     "cli-estimate-ctx-len": "ctx_len=8192",
     "model-does-not-fit-early": "29.96 B",
     "threads-invalid": "got 0",
-    "facade-qefficient-argument": "num_speculative_tokens=3",
+    "facade-qefficient-argument": "kv_cache_batch_size=3",
     "output-exists": "/tmp/x/artifact",
     "output-not-an-artifact": "/tmp/x/notes",
     "output-unwritable": "/tmp/x/a-file",
@@ -1000,6 +1060,19 @@ OFFENDING.update({
     "shard-duplicate-weight": "'transformer.wte.weight'",
     "fp16-overflow-nan": "produces NaN",
     "sampling-top-k-type": "got True",
+    "speculative-tokens-low": "got 0",
+    "speculative-tokens-room": "got 23",
+    "speculative-passes": "passes=",
+    "speculative-continuous-batching": "full_batch_size",
+    "draft-needs-target": "num_speculative_tokens=K",
+    "draft-type": "'medusa'",
+    "draft-vocabulary": "has 50 tokens",
+    "draft-tokenizer": "other-tokenizer/tokenizer.json",
+    "draft-batch": "batch_size=2",
+    "draft-context": "ctx_len=16",
+    "draft-speculative": "num_speculative_tokens=2",
+    "facade-qaic-config": "{'ccl_enabled': True}",
+    "facade-speculative-target": "num_speculative_tokens=3",
     "sampling-seed": "got 1.5",
     "sampling-do-sample-type": "got 'yes'",
     "eos-token-id-type": "got 1.5",

@@ -90,7 +90,7 @@ def test_continuous_batching_as_qefficient_spells_it(tmp_path: Path) -> None:
     names = [s["name"] for s in json.loads((Path(path) / "qaic" / "specializations.json").read_text())["specializations"]]
     assert names == ["Prefill", "Decode_0", "Decode_1"]
     assert info.perf_metrics.decode_perf > 0 and info.perf_metrics.total_time > 0
-QEFF_DEFAULTS = dict(full_batch_size=None, kv_cache_batch_size=None, num_speculative_tokens=None,
+QEFF_DEFAULTS = dict(full_batch_size=None, kv_cache_batch_size=None,
                      comp_ctx_lengths_prefill=None, comp_ctx_lengths_decode=None, prefill_only=None,
                      enable_chunking=False, retain_full_kv=None, layerwise=False, kv_cache_prefix=None,
                      use_onnx_subfunctions=False, offload_pt_weights=True, aic_enable_depth_first=False, mos=-1)

@@ -6,6 +6,10 @@ machine has offline: the source of the Python standard library.
 
     python tools/train_fixture.py                # full run, writes the package data (~14 min idle)
     python tools/train_fixture.py --steps 30 --out /tmp/tiny   # shortened run
+    python tools/train_fixture.py --draft        # the draft model for speculative decoding (tiny-mpt-pystdlib-draft)
+
+A draft (``--draft``) is a smaller MPT trained on the same split with the shipped model's own tokenizer (read from
+its directory, not retrained), so it proposes tokens in the target's vocabulary; it ships no text files of its own.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, MptConfig, MptForCausalLM, PreTrainedTokenizerFast
 
 EOT = "<|endoftext|>"
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "qeff_compiler" / "data" / "tiny-mpt-pystdlib"
+DATA_DIR = Path(__file__).resolve().parents[1] / "qeff_compiler" / "data"
+DEFAULT_OUT = DATA_DIR / "tiny-mpt-pystdlib"
+DRAFT_OUT = DATA_DIR / "tiny-mpt-pystdlib-draft"
 # Tests, tooling, demos and generated tables are not representative Python (or not Python source).
 EXCLUDED_DIRS = frozenset(
     {"test", "tests", "idle_test", "idlelib", "site-packages", "lib2to3", "turtledemo", "ensurepip",
@@ -42,6 +48,9 @@ VOCAB_SIZE = 2048
 SEQ_LEN = 256  # = max_seq_len: the model is trained and evaluated on full-length windows
 BATCH_SIZE = 8
 DEFAULT_STEPS = 1600
+# (d_model, n_heads, n_layers) of the shipped model and of its draft: half the width, half the depth.
+TARGET_SHAPE = (256, 8, 4)
+DRAFT_SHAPE = (128, 4, 2)
 PEAK_LR = 2e-3
 WARMUP_FRACTION = 0.05
 # Results depend on the thread count (reduction order), so it is fixed for reproducibility.
@@ -177,30 +186,30 @@ def train(model: MptForCausalLM, train_ids: torch.Tensor, steps: int, seed: int)
     return time.perf_counter() - start
 
 
-def model_config(eot_id: int) -> MptConfig:
+def model_config(eot_id: int, shape: tuple[int, int, int] = TARGET_SHAPE) -> MptConfig:
     """MPT-7B's architecture (ALiBi, no biases, tied embeddings), scaled down.
 
     Only fields HF's MptForCausalLM honours are changed; the ones it ignores (no_bias, expansion_ratio,
     attn_config.alibi/qk_ln/prefix_lm/attn_type, logit_scale) keep their defaults, which match what
     the HF implementation actually computes.
     """
+    d_model, n_heads, n_layers = shape
     return MptConfig(
-        d_model=256, n_heads=8, n_layers=4, max_seq_len=SEQ_LEN, vocab_size=VOCAB_SIZE,
+        d_model=d_model, n_heads=n_heads, n_layers=n_layers, max_seq_len=SEQ_LEN, vocab_size=VOCAB_SIZE,
         tie_word_embeddings=True, bos_token_id=eot_id, eos_token_id=eot_id,
     )
 
 
 def write_card(out: Path, facts: dict[str, str]) -> None:
     """Write the model card; tests parse the perplexity rows of its results table."""
-    card = f"""# tiny-mpt-pystdlib
+    card = f"""# {out.name}
 
-A small MosaicML MPT causal language model trained by `tools/train_fixture.py` so that the
-compiler has a real, trained MPT checkpoint to compile and check accuracy against, offline.
+{facts["intro"]}
 
 ## Architecture
 `MptForCausalLM` as in MPT-7B (ALiBi attention, no biases, LayerNorm without bias, GELU MLP with
-expansion ratio 4, tied input/output embeddings), scaled down: d_model 256, 8 heads,
-4 layers, max_seq_len {SEQ_LEN}, vocabulary {VOCAB_SIZE} ({facts["parameters"]} parameters).
+expansion ratio 4, tied input/output embeddings), scaled down: d_model {facts["d_model"]}, {facts["n_heads"]} heads,
+{facts["n_layers"]} layers, max_seq_len {SEQ_LEN}, vocabulary {VOCAB_SIZE} ({facts["parameters"]} parameters).
 Weights are stored in bfloat16, like the released MPT checkpoints; training was done in float32.
 
 ## Data
@@ -212,12 +221,9 @@ whole: in the order of the SHA-256 of their relative path, each file that still 
 so a rerun on another version gives a different (equally valid) model.
 
 - training split: {facts["train_files"]} files, {facts["train_tokens"]} tokens
-- validation split: {facts["val_files"]} files, {facts["val_tokens"]} tokens, shipped as `validation.txt`
-- calibration text for `w8a8` (`qc.calibrate`), shipped as `calibration.txt`: the training-split files
-  {", ".join(CALIBRATION_FILES)}, each followed by `{EOT}`; no validation text
+{facts["files_note"]}
 
-The tokenizer is a byte-level BPE (`tokenizers`), vocabulary {VOCAB_SIZE}, trained on the training
-split; `{EOT}` (id {facts["eot_id"]}) is the BOS and EOS token.
+{facts["tokenizer_note"]}
 
 ## Training
 `{facts["command"]}`
@@ -225,11 +231,11 @@ split; `{EOT}` (id {facts["eot_id"]}) is the BOS and EOS token.
 {facts["steps"]} steps of AdamW (betas 0.9/0.95, weight decay 0.1 on matrices, peak lr {PEAK_LR},
 {WARMUP_FRACTION:.0%} linear warmup then cosine decay to 10%, gradient clipping 1.0) on batches of
 {BATCH_SIZE} random {SEQ_LEN}-token windows of the training stream, float32, {THREADS} CPU threads,
-seed {facts["seed"]}. Measured training time: {facts["train_time"]}; the time depends on the load
-of the machine (an idle 2-core machine takes about 0.5 s/step).
+seed {facts["seed"]}. Measured training time: {facts["train_time"]}, {facts["cpu_time"]} of CPU; the
+wall time depends on the load of the machine{facts["idle_note"]}.
 
 ## Results
-Evaluated on `validation.txt` tokenized as a whole, cut into non-overlapping {SEQ_LEN}-token windows
+Evaluated on {facts["validation"]} tokenized as a whole, cut into non-overlapping {SEQ_LEN}-token windows
 (the incomplete last window is dropped); every token but the first of each window is scored
 ({facts["scored_tokens"]} tokens). The model is the saved bfloat16 checkpoint loaded with
 `dtype=torch.float32`. The unigram baseline scores the same tokens with the token frequencies of
@@ -244,12 +250,41 @@ the training split (add-one smoothing).
     (out / "README.md").write_text(card, encoding="utf-8")
 
 
+TARGET_INTRO = """A small MosaicML MPT causal language model trained by `tools/train_fixture.py` so that the
+compiler has a real, trained MPT checkpoint to compile and check accuracy against, offline."""
+DRAFT_INTRO = """The draft model of speculative decoding for `tiny-mpt-pystdlib`: a smaller MPT trained by
+`tools/train_fixture.py --draft` on the same training split with the same tokenizer, so it proposes
+tokens the target model verifies (`qeff_compiler.data.TINY_MPT_DRAFT`)."""
+
+
+def write_text_files(out: Path, sources: dict[str, str], held_out: set[str], val_text: str) -> None:
+    """The shipped model's validation and calibration texts (the draft ships none: it uses the target's)."""
+    (out / "validation.txt").write_text(val_text, encoding="utf-8")
+    if held_out & set(CALIBRATION_FILES):
+        raise SystemExit(f"calibration files {sorted(held_out & set(CALIBRATION_FILES))} are validation files here")
+    calibration_text = "".join(sources[rel] + EOT for rel in CALIBRATION_FILES)
+    (out / "calibration.txt").write_text(calibration_text, encoding="utf-8")
+
+
+def draft_tokenizer(val_text: str) -> Tokenizer:
+    """The shipped model's tokenizer, after checking this Python's stdlib gives its validation split."""
+    if (DEFAULT_OUT / "validation.txt").read_text(encoding="utf-8") != val_text:
+        raise SystemExit(f"this Python's stdlib does not reproduce {DEFAULT_OUT / 'validation.txt'}: "
+                         "train the draft with the Python version named in the shipped model card")
+    return Tokenizer.from_file(str(DEFAULT_OUT / "tokenizer.json"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default: the package data)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default: the package data, tiny-mpt-pystdlib or its draft)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps (shorten for a quick run)")
+    parser.add_argument("--draft", action="store_true",
+                        help=f"train the draft model (d_model, heads, layers = {DRAFT_SHAPE}) with the shipped "
+                             "model's tokenizer")
     args = parser.parse_args()
+    out: Path = args.out or (DRAFT_OUT if args.draft else DEFAULT_OUT)
 
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -261,50 +296,75 @@ def main() -> None:
     held_out = held_out_files(sources)
     train_text = "".join(text + EOT for rel, text in sources.items() if rel not in held_out)
     val_text = "".join(text + EOT for rel, text in sources.items() if rel in held_out)
-    tokenizer = train_tokenizer([text for rel, text in sources.items() if rel not in held_out])
+    if args.draft:
+        tokenizer = draft_tokenizer(val_text)
+    else:
+        tokenizer = train_tokenizer([text for rel, text in sources.items() if rel not in held_out])
     eot_id = tokenizer.token_to_id(EOT)
     train_ids = encode(tokenizer, train_text)
     console.print(f"{len(sources)} files: {len(train_ids):,} training tokens, {len(held_out)} files held out")
 
-    model = MptForCausalLM(model_config(eot_id))
+    shape = DRAFT_SHAPE if args.draft else TARGET_SHAPE
+    model = MptForCausalLM(model_config(eot_id, shape))
+    cpu_start = time.process_time()
     seconds = train(model, train_ids, args.steps, args.seed)
+    cpu_seconds = time.process_time() - cpu_start
     console.print(f"trained {args.steps} steps in {seconds:.0f} s ({seconds / args.steps:.3f} s/step)")
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "validation.txt").write_text(val_text, encoding="utf-8")
-    if held_out & set(CALIBRATION_FILES):
-        raise SystemExit(f"calibration files {sorted(held_out & set(CALIBRATION_FILES))} are validation files here")
-    calibration_text = "".join(sources[rel] + EOT for rel in CALIBRATION_FILES)
-    (args.out / "calibration.txt").write_text(calibration_text, encoding="utf-8")
-    model.to(torch.bfloat16).save_pretrained(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.draft:
+        write_text_files(out, sources, held_out, val_text)
+    model.to(torch.bfloat16).save_pretrained(out)
     PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, eos_token=EOT, bos_token=EOT, model_max_length=SEQ_LEN
-    ).save_pretrained(args.out)
+    ).save_pretrained(out)
 
     # Evaluate what was shipped: the bf16 file, re-read, computed in fp32, on the text file as written.
-    saved = AutoModelForCausalLM.from_pretrained(args.out, dtype=torch.float32)
-    val_ids = encode(tokenizer, (args.out / "validation.txt").read_text(encoding="utf-8"))
+    validation_file = DEFAULT_OUT / "validation.txt" if args.draft else out / "validation.txt"
+    saved = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    val_ids = encode(tokenizer, validation_file.read_text(encoding="utf-8"))
     val_loss = mean_nll(saved, val_ids)
     unigram = unigram_nll(train_ids, val_ids)
     console.print(f"validation loss {val_loss:.4f}, perplexity {math.exp(val_loss):.3f} "
                   f"(unigram baseline perplexity {math.exp(unigram):.1f})")
 
-    command = "python tools/train_fixture.py" + ("" if args.steps == DEFAULT_STEPS else f" --steps {args.steps}")
+    command = "python tools/train_fixture.py" + (" --draft" if args.draft else "")
+    command += "" if args.steps == DEFAULT_STEPS else f" --steps {args.steps}"
     command += "" if args.seed == 0 else f" --seed {args.seed}"
-    write_card(args.out, {
+    files_note = (
+        f"- validation split: {len(held_out)} files, {len(val_ids):,} tokens, shipped as `validation.txt`\n"
+        "- calibration text for `w8a8` (`qc.calibrate`), shipped as `calibration.txt`: the training-split files\n"
+        f"  {', '.join(CALIBRATION_FILES)}, each followed by `{EOT}`; no validation text"
+    )
+    tokenizer_note = (
+        f"The tokenizer is a byte-level BPE (`tokenizers`), vocabulary {VOCAB_SIZE}, trained on the training\n"
+        f"split; `{EOT}` (id {eot_id}) is the BOS and EOS token."
+    )
+    if args.draft:
+        files_note = (f"- validation split: {len(held_out)} files, {len(val_ids):,} tokens: the `validation.txt` "
+                      "of `tiny-mpt-pystdlib`\n  (the split is checked to be identical before training)")
+        tokenizer_note = (f"The tokenizer is `tiny-mpt-pystdlib`'s, read from its `tokenizer.json` (not retrained), "
+                          f"so both models\nshare the vocabulary; `{EOT}` (id {eot_id}) is the BOS and EOS token.")
+    write_card(out, {
+        "intro": DRAFT_INTRO if args.draft else TARGET_INTRO,
+        "d_model": str(shape[0]),
+        "n_heads": str(shape[1]),
+        "n_layers": str(shape[2]),
         "python": platform.python_version(),
         "parameters": f"{sum(p.numel() for p in model.parameters()):,}",
         "files": str(len(sources)),
         "train_files": str(len(sources) - len(held_out)),
         "train_tokens": f"{len(train_ids):,}",
-        "val_files": str(len(held_out)),
-        "val_tokens": f"{len(val_ids):,}",
+        "files_note": files_note,
+        "tokenizer_note": tokenizer_note,
+        "validation": "`validation.txt` of `tiny-mpt-pystdlib`" if args.draft else "`validation.txt`",
         "scored_tokens": f"{windows(val_ids)[:, 1:].numel():,}",
-        "eot_id": str(eot_id),
         "command": command,
         "steps": str(args.steps),
         "seed": str(args.seed),
         "train_time": f"{seconds / 60:.1f} min ({seconds / args.steps:.2f} s/step)",
+        "cpu_time": f"{cpu_seconds / 60:.1f} min",
+        "idle_note": "" if args.draft else " (an idle 2-core machine takes about 0.5 s/step)",
         "val_loss": f"{val_loss:.4f}",
         "val_ppl": f"{math.exp(val_loss):.3f}",
         "unigram_ppl": f"{math.exp(unigram):.1f}",

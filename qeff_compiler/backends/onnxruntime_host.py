@@ -60,10 +60,12 @@ class OnnxRuntimeExecutor:
             session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self._session = session
         self._output_names = [spec.name for spec in program.outputs]
+        #: graph inputs the program does not have, fed on every call (the hand-off's num_logits_to_keep)
+        self.extra_feeds: dict[str, np.ndarray] = {}
 
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run on `inputs` (by input spec name); returns the outputs by output spec name (zero-copy both ways)."""
         check_inputs(self.program, inputs)
-        feed = {name: np.ascontiguousarray(value.numpy()) for name, value in inputs.items()}
+        feed = {name: np.ascontiguousarray(value.numpy()) for name, value in inputs.items()} | self.extra_feeds
         results = self._session.run(self._output_names, feed)
         return {name: torch.from_numpy(value) for name, value in zip(self._output_names, results, strict=True)}

@@ -85,6 +85,13 @@ def compile_command(
         str | None,
         typer.Option("--comp-ctx-lengths-decode", help="context buckets of decode steps, e.g. 256,512,1024"),
     ] = None,
+    num_speculative_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--num-speculative-tokens",
+            help="K: a speculative-decoding target whose decode call verifies K+1 positions (qeffc run --draft)",
+        ),
+    ] = None,
 ) -> None:
     """Compile MODEL into a prefill and a decode program and write the artifact directory."""
     from qeff_compiler.artifact import check_output
@@ -125,6 +132,7 @@ def compile_command(
             full_batch_size=full_batch_size,
             comp_ctx_lengths_prefill=_lengths("--comp-ctx-lengths-prefill", ccl_prefill),
             comp_ctx_lengths_decode=_lengths("--comp-ctx-lengths-decode", ccl_decode),
+            num_speculative_tokens=num_speculative_tokens,
         )
     if time_passes:
         print_plain(compiled.timing_report())

@@ -55,6 +55,13 @@ def run_command(
         int | None,
         typer.Option("--threads", help="CPU threads of the engine (default: the CPUs the machine's load leaves free)"),
     ] = None,
+    draft: Annotated[
+        Path | None,
+        typer.Option("--draft", help="speculative decoding: a compiled draft artifact proposes the tokens"),
+    ] = None,
+    prompt_lookup: Annotated[
+        bool, typer.Option("--prompt-lookup", help="speculative decoding: propose n-grams of the text so far")
+    ] = False,
 ) -> None:
     """Generate from a compiled artifact, printing text as it streams and then the latency statistics; or serve a
     workload of many requests (--requests) through the artifact's slots and print the serving figures."""
@@ -78,7 +85,10 @@ def run_command(
         raise InvalidArgumentError(
             f"{artifact} has no tokenizer (compile from a model directory with one, or use --token-ids)"
         )
+    if draft is not None and prompt_lookup:
+        raise InvalidArgumentError("give at most one of --draft DIR or --prompt-lookup")
     compiled = load_compiled(artifact)
+    proposer = load_compiled(draft) if draft is not None else "prompt-lookup" if prompt_lookup else None
     tokenizer = None
     if ids is None:
         tokenizer = _tokenizer(artifact)
@@ -97,6 +107,7 @@ def run_command(
         trace_detail=trace_detail,
         engine=engine,
         threads=threads,
+        draft=proposer,
     )
     sys.stdout.write("\n")
     table = Table(

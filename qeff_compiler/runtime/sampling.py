@@ -52,16 +52,15 @@ class TokenSampler:
             self.generator.seed()  # a fresh generator always starts from one default seed: draw one from entropy
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        finite = torch.isfinite(logits).all(dim=-1)
-        if not bool(finite.all()):  # argmax would pick token 0 of a NaN row, forever
-            row = int((~finite).nonzero()[0])
-            kind = "NaN" if bool(logits[row].isnan().any()) else "infinite"
-            raise NonFiniteError(
-                f"the model computed {kind} logits (row {row}): its weights or activations overflow "
-                "its precision, so no token can be chosen; check the checkpoint's weight magnitudes"
-            )
         if not self.config.do_sample:
+            _check_finite(logits)
             return logits.argmax(dim=-1)
+        return torch.multinomial(self.probabilities(logits), 1, generator=self.generator).squeeze(-1)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """The distribution sampling draws from (temperature, top-k, top-p applied), fp64, over the last axis;
+        speculative decoding's rejection rule compares the target's and the draft's."""
+        _check_finite(logits)
         # in fp64 (a temperature like 1e-300 is 0 in fp32) and shifted so the largest score is 0 before dividing:
         # a tiny temperature then gives -inf (never NaN) to every other token instead of making the largest inf
         scores = logits.double()
@@ -71,8 +70,18 @@ class TokenSampler:
             scores = scores.masked_fill(scores < kth, float("-inf"))
         if self.config.top_p < 1.0:
             scores = _nucleus(scores, self.config.top_p)
-        probabilities = torch.softmax(scores, dim=-1)
-        return torch.multinomial(probabilities, 1, generator=self.generator).squeeze(-1)
+        return torch.softmax(scores, dim=-1)
+
+
+def _check_finite(logits: torch.Tensor) -> None:
+    finite = torch.isfinite(logits).all(dim=-1)
+    if not bool(finite.all()):  # argmax would pick token 0 of a NaN row, forever
+        row = int((~finite).reshape(-1).nonzero()[0])
+        kind = "NaN" if bool(logits.reshape(-1, logits.shape[-1])[row].isnan().any()) else "infinite"
+        raise NonFiniteError(
+            f"the model computed {kind} logits (row {row}): its weights or activations overflow "
+            "its precision, so no token can be chosen; check the checkpoint's weight magnitudes"
+        )
 
 
 def _is_int(value: object) -> bool:

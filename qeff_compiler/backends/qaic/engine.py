@@ -12,10 +12,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import onnxruntime as ort
 
 from qeff_compiler.backends.onnxruntime_host import OnnxRuntimeExecutor, session_options
-from qeff_compiler.backends.qaic.graph import emit_handoff
+from qeff_compiler.backends.qaic.graph import NUM_LOGITS_TO_KEEP, emit_handoff
 from qeff_compiler.backends.qaic.handoff import ONNX, check_handoff, handoff_model
 from qeff_compiler.errors import HandoffError
 from qeff_compiler.ir.program import Program
@@ -56,6 +57,9 @@ class HandoffExecutor(OnnxRuntimeExecutor):
     def __init__(self, program: Program, shared: HandoffSession) -> None:
         super().__init__(program, None, session=shared.session)
         self._shared = shared
+        if NUM_LOGITS_TO_KEEP in {i.name for i in shared.session.get_inputs()}:  # a speculative target's graph
+            (logits,) = [s for s in program.outputs if s.role == "logits"]
+            self.extra_feeds[NUM_LOGITS_TO_KEEP] = np.zeros((logits.shape[1], 1), dtype=np.int64)
 
 
 def handoff_executors(model: CompiledModel, threads: int | None = None) -> tuple[HandoffExecutor, HandoffExecutor]:

@@ -5,6 +5,9 @@ QEfficient's I/O contract, so a Cloud AI 100 user runs it through `qaic-compile`
     inputs   input_ids INT64 [batch_size, seq_len]; past_key.{i}, past_value.{i} FLOAT [batch_size, n_heads,
              ctx_len, head_dim] per layer (key then value); position_ids INT64 [batch_size, seq_len] (−1 = padding)
     outputs  logits FLOAT [batch_size, 1, vocab] at each row's last valid position (its largest position id);
+             a speculative-decoding target has a last input num_logits_to_keep INT64 [num_logits_to_keep, 1]
+             (only its length counts) and logits [batch_size, num_logits_to_keep, vocab]: the positions ending
+             at the last valid one, so prefill keeps 1 and the K+1 decode (verify) specialization keeps K+1;
              past_key.{i}_RetainedState, past_value.{i}_RetainedState (the updated cache, shaped like the inputs)
 
 Only standard ONNX ops (opset 17) and `com.qualcomm.cloud::CtxScatter` (an ONNX function, `ctx_ops`), so ONNX
@@ -49,6 +52,8 @@ BATCH, SEQ, CTX = "batch_size", "seq_len", "ctx_len"
 FULL_BATCH, CCL = "full_batch_size", "comp_ctx_lengths"
 #: the serving inputs (QEfficient's names, also the symbols of their dims where they have one)
 BATCH_INDEX, COMP_CTX_LENGTHS = "batch_index", "comp_ctx_lengths"
+#: a speculative-decoding target's input [num_logits_to_keep, 1]: only its length counts, the logits kept per row
+NUM_LOGITS_TO_KEEP = "num_logits_to_keep"
 #: external data offsets of tensors from 1 MiB on are aligned to a page (ONNX Runtime can memory-map them), others to 64
 _PAGE, _MIN_ALIGNMENT = 4096, 64
 _ONNX_DTYPES = {torch.float32: ir.DataType.FLOAT, torch.float16: ir.DataType.FLOAT16}
@@ -79,16 +84,19 @@ class HandoffModel:
     continuous_batching: bool = False
     #: compute-context-length buckets: a `comp_ctx_lengths` input whose length is the positions attention reads
     context_buckets: bool = False
+    #: a speculative-decoding target: a `num_logits_to_keep` input; logits [batch, num_logits_to_keep, vocab]
+    speculative: bool = False
 
 
 def io_names(
-    n_layers: int, continuous_batching: bool = False, context_buckets: bool = False
+    n_layers: int, continuous_batching: bool = False, context_buckets: bool = False, speculative: bool = False
 ) -> tuple[list[str], list[str]]:
     """The graph's input and output names, in order (QEfficient's: comp_ctx_lengths after the caches,
-    batch_index last)."""
+    batch_index, then num_logits_to_keep last)."""
     cache = [f"past_{kind}.{i}" for i in range(n_layers) for kind in ("key", "value")]
     serving = [COMP_CTX_LENGTHS] * context_buckets
     inputs = ["input_ids", *cache, *serving, "position_ids", *[BATCH_INDEX] * continuous_batching]
+    inputs += [NUM_LOGITS_TO_KEEP] * speculative
     return inputs, ["logits", *(f"{name}_RetainedState" for name in cache)]
 
 
@@ -110,7 +118,7 @@ class _Builder:
         self.model, self.data_file = model, data_file
         config = model.config
         self.head_dim = config.d_model // config.n_heads
-        inputs, _ = io_names(config.n_layers, model.continuous_batching, model.context_buckets)
+        inputs, _ = io_names(config.n_layers, model.continuous_batching, model.context_buckets, model.speculative)
         rows = FULL_BATCH if model.continuous_batching else BATCH
         self.inputs = {name: ir.Value(name=name, **_input_type(name, config, self.head_dim, rows)) for name in inputs}
         self.rows = rows
@@ -139,22 +147,40 @@ class _Builder:
             up = _gelu(op, self._linear(self._norm(hidden, f"{prefix}.norm_2"), f"{prefix}.ffn.up_proj.weight"))
             hidden = op.Add(hidden, self._linear(up, f"{prefix}.ffn.down_proj.weight"))
             outputs += [key, value]
-        last = op.Unsqueeze(op.ArgMax(position_ids, axis=1, keepdims=1), [2])  # [b, 1, 1]
-        last = op.Expand(last, op.Concat(op.Shape(hidden, start=0, end=1), [1, config.d_model], axis=0))
-        final = self._norm(op.GatherElements(hidden, last, axis=1), "transformer.norm_f")  # [b, 1, d]
-        logits = op.Unsqueeze(op.Gemm(op.Squeeze(final, [1]), self._weight(self.model.lm_head), transB=1), [1])
+        if self.model.speculative:
+            logits = self._kept_logits(hidden, position_ids)
+        else:
+            last = op.Unsqueeze(op.ArgMax(position_ids, axis=1, keepdims=1), [2])  # [b, 1, 1]
+            last = op.Expand(last, op.Concat(op.Shape(hidden, start=0, end=1), [1, config.d_model], axis=0))
+            final = self._norm(op.GatherElements(hidden, last, axis=1), "transformer.norm_f")  # [b, 1, d]
+            logits = op.Unsqueeze(op.Gemm(op.Squeeze(final, [1]), self._weight(self.model.lm_head), transB=1), [1])
         self.graph.outputs.extend([logits, *outputs])
         _, names = io_names(config.n_layers)
         for value, name in zip(self.graph.outputs, names, strict=True):
             value.name, value.type = name, ir.TensorType(ir.DataType.FLOAT)
             state = name != "logits"
             value.shape = ir.Shape(
-                [self.rows, config.n_heads, CTX, self.head_dim] if state else [BATCH, 1, config.vocab_size]
+                [self.rows, config.n_heads, CTX, self.head_dim]
+                if state
+                else [BATCH, NUM_LOGITS_TO_KEEP if self.model.speculative else 1, config.vocab_size]
             )
         release_evaluated()
         for node in self.graph.all_nodes():
             node.metadata_props.clear()
         return self.graph
+
+    def _kept_logits(self, hidden: ir.Value, position_ids: ir.Value) -> ir.Value:
+        """Logits of the num_logits_to_keep positions ending at each row's last valid one (QEfficient's window:
+        it starts at max(0, last + 1 - num_logits_to_keep)): [b, num_logits_to_keep, vocab]."""
+        op = self.op
+        keep = op.Shape(self.inputs[NUM_LOGITS_TO_KEEP], start=0, end=1)  # [1]
+        last = op.ArgMax(position_ids, axis=1, keepdims=1)  # [b, 1]
+        first = op.Max(op.Sub(op.Add(last, 1), keep), 0)
+        index = op.Add(first, op.Unsqueeze(op.Range(0, op.Squeeze(keep), 1), [0]))  # [b, keep]
+        shape = op.Concat(op.Shape(hidden, start=0, end=1), keep, [self.model.config.d_model], axis=0)
+        kept = op.GatherElements(hidden, op.Expand(op.Unsqueeze(index, [2]), shape), axis=1)  # [b, keep, d]
+        final = self._norm(kept, "transformer.norm_f")
+        return op.MatMul(final, op.Transpose(self._weight(self.model.lm_head), perm=[1, 0]))
 
     def _attention(
         self, index: int, layer: LayerAttention, x: ir.Value, position_ids: ir.Value, writes: _PaddingWrites
@@ -292,4 +318,6 @@ def _input_type(name: str, config: MptConfig, head_dim: int, rows: str) -> dict:
         return {"type": int64, "shape": ir.Shape([BATCH, 1])}
     if name == COMP_CTX_LENGTHS:
         return {"type": int64, "shape": ir.Shape([CCL])}
+    if name == NUM_LOGITS_TO_KEEP:
+        return {"type": int64, "shape": ir.Shape([NUM_LOGITS_TO_KEEP, 1])}
     return {"type": ir.TensorType(ir.DataType.FLOAT), "shape": ir.Shape([rows, config.n_heads, CTX, head_dim])}

@@ -100,6 +100,7 @@ def _write_handoff(model: CompiledModel, directory: Path, options: QaicOptions) 
         full_batch_size=compiled.full_batch_size,
         prefill_buckets=compiled.comp_ctx_lengths_prefill,
         decode_buckets=compiled.comp_ctx_lengths_decode,
+        num_speculative_tokens=compiled.num_speculative_tokens,
     )
     written.append(_write_json(directory / SPECIALIZATIONS, shapes))
     kv_precision = "mxint8" if compiled.kv_cache_dtype == "mxint8" else "float16"
@@ -154,6 +155,7 @@ def handoff_model(model: CompiledModel, weight_dtype: torch.dtype = torch.float3
         weight_dtype,
         continuous_batching=options.full_batch_size is not None,
         context_buckets=options.comp_ctx_lengths_decode is not None,
+        speculative=options.num_speculative_tokens is not None,
     )
 
 

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from qeff_compiler.backends.qaic.graph import BATCH, CCL, CTX, FULL_BATCH, SEQ
+from qeff_compiler.backends.qaic.graph import BATCH, CCL, CTX, FULL_BATCH, NUM_LOGITS_TO_KEEP, SEQ
 
 
 def specializations(
@@ -29,21 +29,28 @@ def specializations(
     full_batch_size: int | None = None,
     prefill_buckets: Sequence[int] | None = None,
     decode_buckets: Sequence[int] | None = None,
+    num_speculative_tokens: int | None = None,
 ) -> dict[str, Any]:
     """The content of specializations.json for a prefill of `prefill_len` tokens and single-token decode.
 
     Continuous batching (`full_batch_size`): prefill runs batch 1 into a slot (symbols `full_batch_size`,
     `full_batch_exec_size` 1), decode runs all `full_batch_size` slots. Context buckets: one prefill
     specialization per prefill bucket and one decode specialization per decode bucket, each with its
-    `comp_ctx_lengths` symbol; names repeat with a suffix (`Prefill_0`, `Prefill_1`, ...) as QEfficient does."""
+    `comp_ctx_lengths` symbol; names repeat with a suffix (`Prefill_0`, `Prefill_1`, ...) as QEfficient does.
+    A speculative-decoding target (`num_speculative_tokens` K): decode runs K+1 positions, and both carry
+    QEfficient's `num_logits_to_keep` symbol (prefill 1, decode K+1)."""
     cb = full_batch_size is not None
     prefill: dict[str, str] = {BATCH: "1" if cb else str(batch_size), CTX: str(ctx_len), SEQ: str(prefill_len)}
     decode: dict[str, str] = {BATCH: str(full_batch_size if cb else batch_size), CTX: str(ctx_len), SEQ: "1"}
+    if num_speculative_tokens is not None:
+        decode[SEQ] = str(num_speculative_tokens + 1)
+        prefill[NUM_LOGITS_TO_KEEP] = "1"
+        decode[NUM_LOGITS_TO_KEEP] = str(num_speculative_tokens + 1)
     if cb:
         prefill |= {FULL_BATCH: str(full_batch_size), "full_batch_exec_size": "1"}
         decode |= {FULL_BATCH: str(full_batch_size)}
     shapes = [("Prefill", s) for s in _per_bucket(prefill, prefill_buckets)]
-    if prefill_len != 1 or cb:
+    if prefill != decode or cb:
         shapes += [("Decode", s) for s in _per_bucket(decode, decode_buckets)]
     if not named:
         return {"specializations": [symbols for _, symbols in shapes]}

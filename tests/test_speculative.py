@@ -1,0 +1,259 @@
+"""Speculative decoding: greedy output equals plain greedy, sampling keeps the target's distribution, rejected
+tokens are never attended, and the simulator's verify/plain step costs agree with a plain compile."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+
+import onnx
+import pytest
+import torch
+from hypothesis import assume, given, settings, strategies as st
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, MptConfig, MptForCausalLM
+
+import qeff_compiler as qc
+from qeff_compiler.backends.ai100.cost_model import OP_OVERHEAD_S
+from qeff_compiler.data import TINY_MPT, TINY_MPT_DRAFT, TINY_MPT_VALIDATION_TEXT
+from qeff_compiler.runtime.proposers import PromptLookup, lookup
+from qeff_compiler.runtime.sampling import SamplingConfig, TokenSampler
+from qeff_compiler.runtime.speculative import verify_row
+from tests.conftest import random_model, tiny_config
+from tests.test_fixture_model import perplexity
+
+CTX = 40
+
+
+def perturbed(model: MptForCausalLM, scale: float, seed: int) -> MptForCausalLM:
+    """A draft that agrees with `model` often but not always: its weights plus seeded noise."""
+    draft = MptForCausalLM(model.config).eval()
+    draft.load_state_dict(model.state_dict())
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in draft.parameters():
+            if parameter.dim() > 1:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
+    return draft
+
+
+@functools.lru_cache(maxsize=4)
+def compiled_pair(n_heads: int, n_layers: int, vocab: int, batch: int, k: int, seed: int):
+    """(HF target, its K compile, a perturbed draft's plain compile), cached across hypothesis examples."""
+    config = tiny_config(d_model=4 * n_heads, n_heads=n_heads, n_layers=n_layers, vocab_size=vocab, max_seq_len=CTX)
+    target = random_model(config, seed)
+    options = {"ctx_len": CTX, "prefill_len": 8, "batch_size": batch, "verify": False}
+    tlm = qc.compile(target, num_speculative_tokens=k, **options)
+    draft = qc.compile(perturbed(target, 0.05, seed + 1), **options)
+    return target, tlm, draft
+
+
+def hf_greedy(model: MptForCausalLM, prompt: list[int], new: int, eos: int) -> tuple[list[int], float]:
+    """HF's greedy continuation of one prompt (alone) and its smallest top-2 logit margin over the steps."""
+    out = model.generate(
+        torch.tensor([prompt]), max_new_tokens=new, do_sample=False, eos_token_id=eos, pad_token_id=eos,
+        output_scores=True, return_dict_in_generate=True,
+    )
+    margins = [float(s[0].topk(2).values[0] - s[0].topk(2).values[1]) for s in out.scores]
+    tokens = out.sequences[0, len(prompt):].tolist()
+    if eos in tokens:
+        tokens = tokens[: tokens.index(eos) + 1]
+    return tokens, min(margins)
+
+
+@settings(max_examples=6)
+@given(
+    n_heads=st.sampled_from([1, 2, 3]),
+    n_layers=st.integers(1, 2),
+    vocab=st.sampled_from([6, 16, 40]),
+    batch=st.sampled_from([1, 3]),
+    k=st.integers(1, 7),
+    seed=st.integers(0, 3),
+    data=st.data(),
+)
+def test_greedy_speculative_equals_plain_greedy(n_heads, n_layers, vocab, batch, k, seed, data):
+    target, tlm, draft = compiled_pair(n_heads, n_layers, vocab, batch, k, seed)
+    # short alphabets repeat, so prompt lookup finds n-grams; ragged rows
+    prompts = [
+        data.draw(st.lists(st.integers(0, min(vocab, 5) - 1), min_size=1, max_size=12)) for _ in range(batch)
+    ]
+    new = data.draw(st.integers(1, CTX - 12))
+    eos = vocab - 1
+    expected = []
+    for prompt in prompts:
+        tokens, margin = hf_greedy(target, prompt, new, eos)
+        assume(margin > 1e-3)  # HF's own near-ties: fp32 rounding may pick either token
+        expected.append(tuple(tokens))
+    for proposer in ("prompt-lookup", draft):
+        out = tlm.generate(prompts, max_new_tokens=new, draft=proposer, eos_token_id=eos)
+        assert list(out.new_tokens) == expected, proposer
+        assert out.stats.row_steps == 0 or out.stats.accepted_tokens_per_step >= 1  # new=1: no verify step
+
+
+def test_a_shared_draft_is_accepted_whole_and_a_poor_one_rarely():
+    """The statistics measure what happened: a draft equal to the target accepts every proposal."""
+    target, tlm, _ = compiled_pair(2, 1, 16, 1, 3, 0)
+    same = qc.compile(target, ctx_len=CTX, prefill_len=8, verify=False)
+    stats = tlm.generate([[1, 2, 3]], max_new_tokens=20, draft=same).stats
+    assert stats.acceptance_rate == 1.0
+    assert stats.accepted_tokens_per_step == pytest.approx(4.0, abs=0.5)  # the last steps have less room
+    unrelated = qc.compile(random_model(target.config, seed=9), ctx_len=CTX, prefill_len=8, verify=False)
+    poor = tlm.generate([[1, 2, 3]], max_new_tokens=20, draft=unrelated).stats
+    assert poor.acceptance_rate < 0.5 and poor.speedup < stats.speedup
+
+
+def test_rejected_tokens_are_never_attended():
+    """Before every verify call, every cache slot from the call's first position on (the stale keys/values of
+    rejected proposals among them) is overwritten with garbage: the logits of every real position stay
+    bit-identical. The same garbage
+    in one slot before that position (an accepted token) changes them: the check can fail."""
+    target, tlm, draft = compiled_pair(2, 2, 16, 3, 4, 1)
+    prefill, verify = tlm.generation_executors()
+    recorded: list[list[torch.Tensor]] = [[], [], []]
+
+    def poisoning(run: int):
+        def call(inputs):
+            inputs = dict(inputs)
+            first = inputs["position_ids"].masked_fill(inputs["position_ids"] < 0, CTX).amin(dim=1)
+            for name in [n for n in inputs if n.startswith("past_")]:
+                cache = inputs[name].clone()
+                for row, start in enumerate(first.tolist()):
+                    begin = start if run == 1 else max(start - 1, 0)
+                    if start < CTX and run:
+                        cache[row, :, begin:] = 1e4 * torch.sign(torch.randn(cache[row, :, begin:].shape))
+                inputs[name] = cache
+            outputs = verify(inputs)
+            recorded[run].append(outputs["logits"][inputs["position_ids"] >= 0])  # padding's logits are unused
+            return outputs
+
+        return call
+
+    prompts = [[1, 2, 3, 1, 2, 3, 1], [4, 5], [6, 6, 6, 7]]
+    results = []
+    for run in range(3):
+        tlm._executors["host-donating"] = (prefill, poisoning(run))
+        results.append(tlm.generate(prompts, max_new_tokens=24, draft=draft))
+    tlm._executors["host-donating"] = (prefill, verify)
+    stats = results[0].stats
+    assert 0 < stats.accepted_tokens < stats.proposed_tokens  # there were rejected proposals to roll back
+    assert results[1].new_tokens == results[0].new_tokens
+    assert all(torch.equal(a, b) for a, b in zip(recorded[0], recorded[1], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(recorded[0], recorded[2], strict=False))
+
+
+def chi_square_p(observed: torch.Tensor, expected: torch.Tensor) -> float:
+    """Survival function of Pearson's statistic; cells expected below 5 are pooled into one."""
+    small = expected < 5
+    observed = torch.cat([observed[~small], observed[small].sum().reshape(1)])
+    expected = torch.cat([expected[~small], expected[small].sum().reshape(1)])
+    keep = expected > 0
+    statistic = float(((observed[keep] - expected[keep]) ** 2 / expected[keep]).sum())
+    dof = int(keep.sum()) - 1
+    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), torch.tensor(statistic / 2)))
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["sampled-draft", "one-hot-proposal"])
+def test_rejection_rule_keeps_the_target_distribution(deterministic):
+    """verify_row's first token is distributed as p, whatever q proposed (6,000 seeded trials)."""
+    generator = torch.Generator().manual_seed(0)
+    vocab, trials = 5, 6_000
+    p_logits = torch.randn(3, vocab, generator=generator) * 1.5
+    q = torch.softmax(torch.randn(2, vocab, generator=generator), dim=-1).double()
+    sampler = TokenSampler(SamplingConfig(do_sample=True, seed=1))
+    target = sampler.probabilities(p_logits)
+    likely = int(target[0].argmax())
+    firsts, seconds = torch.zeros(vocab), torch.zeros(vocab)
+    for _ in range(trials):
+        drawn = [int(torch.multinomial(q[i], 1, generator=generator)) for i in (0, 1)]
+        proposed = [likely, likely] if deterministic else drawn
+        tokens = verify_row(proposed, p_logits, None if deterministic else q, sampler)
+        firsts[tokens[0]] += 1
+        if tokens[0] == proposed[0]:
+            seconds[tokens[1]] += 1  # given the first proposal was accepted, the next is distributed as p[1]
+    assert chi_square_p(firsts, target[0] * trials) > 1e-3
+    assert chi_square_p(seconds, target[1] * seconds.sum()) > 1e-3
+    assert 0 < seconds.sum() < trials - 1000  # proposals were accepted and rejected
+    assert seconds.sum() > 1000
+
+
+def test_sampled_generation_follows_the_target_distribution():
+    """End to end on a 4-token vocabulary: the joint distribution of the 2nd and 3rd generated tokens (made by
+    one verify step with K=2, a perturbed draft proposing) matches the target's exact one, chi-square over
+    48 seeds x 32 rows."""
+    config = tiny_config(d_model=8, n_heads=2, n_layers=1, vocab_size=4, max_seq_len=16)
+    target = random_model(config, seed=3)
+    options = {"ctx_len": 16, "prefill_len": 4, "batch_size": 32, "verify": False}
+    tlm = qc.compile(target, num_speculative_tokens=2, **options)
+    draft = qc.compile(perturbed(target, 0.3, 4), **options)
+    prompt, first = [1, 2, 0], 3
+    sampling = {"do_sample": True, "temperature": 0.9}
+    counts = torch.zeros(16)
+    for seed in range(48):
+        out = tlm.generate([prompt] * 32, max_new_tokens=3, draft=draft, seed=seed, eos_token_id=[], **sampling)
+        for row in out.new_tokens:
+            if row[0] == first:
+                counts[row[1] * 4 + row[2]] += 1
+    with torch.no_grad():
+        second = torch.softmax(target(torch.tensor([prompt + [first]])).logits[0, -1].double() / 0.9, -1)
+        thirds = torch.softmax(
+            target(torch.tensor([prompt + [first, t] for t in range(4)])).logits[:, -1].double() / 0.9, -1
+        )
+    joint = (second[:, None] * thirds).reshape(-1)
+    assert counts.sum() > 200
+    assert chi_square_p(counts, joint * counts.sum()) > 1e-3
+
+
+def test_prompt_lookup_proposes_what_followed_the_latest_match():
+    assert lookup([5, 6, 7, 8, 5, 6, 9, 5, 6], 3, 3) == [9, 5, 6]  # "5 6" last seen before 9
+    assert lookup([1, 2, 3], 2, 3) == []
+    assert lookup([4, 4], 5, 3) == [4]
+    assert PromptLookup().propose([[1, 2, 1]], [0]).tokens == [[]]
+
+
+def test_plain_decode_cost_derived_from_the_verify_step_matches_a_plain_compile():
+    config = MptConfig(d_model=64, n_heads=4, n_layers=2, vocab_size=512, max_seq_len=128)
+    plain = qc.compile(config, ctx_len=128, prefill_len=32, precision="fp16")
+    tlm = qc.compile(config, ctx_len=128, prefill_len=32, precision="fp16", num_speculative_tokens=4)
+    assert tlm.decode.outputs[0].shape == (1, 5, 512)  # K+1 logits
+    # the plain program has one op the verify program lacks (the gather of the last position)
+    assert tlm.plain_decode_step_s == pytest.approx(plain.simulation.decode_step_s, abs=2 * OP_OVERHEAD_S)
+    assert tlm.plain_decode_step_s < tlm.simulation.decode_step_s  # the verify step does K+1 positions' work
+
+
+def test_handoff_of_a_target_runs_prefill_and_verify_in_onnxruntime(tmp_path):
+    """QEfficient's TLM I/O: a num_logits_to_keep input, logits [batch, num_logits_to_keep, vocab], Decode
+    specialized at K+1 positions; ONNX Runtime runs the file as emitted and generates what the host does."""
+    _, tlm, _ = compiled_pair(2, 1, 16, 3, 3, 0)
+    tlm.export_qaic(tmp_path)
+    specs = json.loads((tmp_path / "specializations.json").read_text())["specializations"]
+    common = {"batch_size": "3", "ctx_len": str(CTX)}
+    assert specs == [
+        {"name": "Prefill", "symbols": {**common, "seq_len": "8", "num_logits_to_keep": "1"}},
+        {"name": "Decode", "symbols": {**common, "seq_len": "4", "num_logits_to_keep": "4"}},
+    ]
+    graph = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False).graph
+    assert graph.input[-1].name == "num_logits_to_keep"
+    dims = [d.dim_param or d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
+    assert dims == ["batch_size", "num_logits_to_keep", 16]
+    prompts = [[1, 2, 3, 1, 2], [4, 4, 4], [5]]
+    host = tlm.generate(prompts, 12, draft="prompt-lookup")
+    onnxruntime = tlm.generate(prompts, 12, draft="prompt-lookup", engine="onnxruntime")
+    assert onnxruntime.new_tokens == host.new_tokens
+    assert onnxruntime.stats.accepted_tokens == host.stats.accepted_tokens
+
+
+def test_shipped_draft_matches_its_card_and_speaks_the_targets_vocabulary():
+    """The draft was trained as its model card says (perplexity on the target's validation text) and shares the
+    target's tokenizer, so `check_draft` accepts it for the shipped model."""
+    card = (TINY_MPT_DRAFT / "README.md").read_text(encoding="utf-8")
+    stated = float(re.search(r"^\| validation perplexity \| ([0-9.]+) \|$", card, re.M).group(1))
+    draft = AutoModelForCausalLM.from_pretrained(TINY_MPT_DRAFT, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MPT)
+    ids = torch.tensor(tokenizer(TINY_MPT_VALIDATION_TEXT.read_text(encoding="utf-8"))["input_ids"])
+    seq_len = draft.config.max_seq_len
+    windows = ids[: len(ids) // seq_len * seq_len].view(-1, seq_len)
+    assert perplexity(draft, windows) == pytest.approx(stated, rel=0.01)
+    target_config = AutoConfig.from_pretrained(TINY_MPT)
+    assert draft.num_parameters() < MptForCausalLM(target_config).num_parameters() / 2
+    ours, theirs = (json.loads((d / "tokenizer.json").read_text())["model"] for d in (TINY_MPT, TINY_MPT_DRAFT))
+    assert ours == theirs and draft.config.vocab_size == target_config.vocab_size
