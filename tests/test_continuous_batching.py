@@ -37,16 +37,17 @@ def served(hf_model) -> dict[str, qc.CompiledModel]:
     """The model compiled with 3 slots, without and with context buckets (its passes verified against the plain
     program by the pass manager), and plainly (batch 1)."""
     return {
-        "cb": qc.compile(hf_model, ctx_len=CTX, prefill_len=PREFILL, full_batch_size=3, verify=False),
+        "cb": qc.compile(hf_model, precision="fp32", ctx_len=CTX, prefill_len=PREFILL, full_batch_size=3, verify=False),
         "cb+ccl": qc.compile(
             hf_model,
+            precision="fp32",
             ctx_len=CTX,
             prefill_len=PREFILL,
             full_batch_size=3,
             comp_ctx_lengths_prefill=[8, 16, CTX],
             comp_ctx_lengths_decode=[6, 12, 20, CTX],
         ),
-        "plain": qc.compile(hf_model, ctx_len=CTX, prefill_len=PREFILL, verify=False),
+        "plain": qc.compile(hf_model, precision="fp32", ctx_len=CTX, prefill_len=PREFILL, verify=False),
     }
 
 

@@ -46,7 +46,7 @@ def test_every_entry_point_has_the_same_defaults_and_fp16_is_the_precision() -> 
 def test_plain_estimate_fits_the_default_model_and_names_its_shape(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.run(["estimate"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # rich wraps a title wider than its table
-    assert "weights in VTCM; ctx_len 128, prefill_len 32, batch 1)" in out  # the memory table's header
+    assert "ctx_len 128, prefill_len 32, batch 1); weights, KV cache in VTCM" in out  # the memory table's header
     assert "estimate: tiny-mpt-pystdlib fp16, ctx_len 128, prefill_len 32, batch 1, prompt 32, generate 96" in out
 
 

@@ -10,7 +10,8 @@
   type conversion, without running it (compiles, tunes and 7B work take minutes; the command lines are what the
   docs promise). Other commands are not run: README's set-up lines (`python3 -m venv`, `pip install`,
   `python -m pytest`) are the ones CI runs (tests/test_readme.py), and `sh out/qaic/compile.sh` needs the Cloud AI
-  100 SDK.
+  100 SDK. `curl` and the openai client blocks talk to a running `qeffc serve`, and `ray start` starts a cluster
+  node: tests/test_serve.py starts a server (and a local Ray instance) and makes those calls.
 - `text` and `json` blocks are output and file formats, not code.
 - A block opts out only with a first line `# doc-test: skip (reason)`; `OPTED_OUT` lists every such block, so a
   new opt-out fails here until it is listed.
@@ -43,11 +44,16 @@ OPTED_OUT = {
     (
         "docs/qaic.md",
         "# doc-test: skip (a template: [...] marks optional flags; the SDK's compiler is not on this machine)",
-    )
+    ),
+    ("README.md", "# doc-test: skip (needs a running `qeffc serve`; tests/test_serve.py makes these client calls against a live server)"),
+    ("docs/serving.md", "# doc-test: skip (needs a running `qeffc serve`; tests/test_serve.py makes these client calls against a live server)"),
 }
 PLACEHOLDERS = ("path/to/mpt-dir", "path/to/mpt")
 #: shell commands of the docs that are not qeffc and are not run here (see the module docstring)
-NOT_RUN = ("python3 -m venv", "pip install", "python -m pytest", "sh out/qaic/compile.sh", ". .venv/bin/activate")
+NOT_RUN = (
+    "python3 -m venv", "pip install", "python -m pytest", "sh out/qaic/compile.sh", ". .venv/bin/activate",
+    "curl ", "ray start",
+)
 TEXT_TOKENS, NEW_TOKENS = 512, 8
 
 
