@@ -104,6 +104,12 @@ class ArtifactIntegrityError(ArtifactError):
     """A file of the artifact is missing, truncated or modified (checksum mismatch)."""
 
 
+class HostMemoryError(QeffError):
+    """Compiling in memory needs more memory than this machine has available (streaming would fit)."""
+
+    exit_code = 2
+
+
 class Fp16OverflowError(QeffError):
     """A model's activations exceed fp16's range (|x| > 65504), so lowering it to fp16 would produce inf."""
 

@@ -21,6 +21,7 @@ import torch
 import torch.fx
 
 from qeff_compiler.errors import ProgramInputError
+from qeff_compiler.ir.fx_sources import forget_dead_sources
 from qeff_compiler.ir.graph_utils import erase_dead_code, weight_only_nodes
 from qeff_compiler.ir.ops import LINEAR_W8A16
 from qeff_compiler.ir.program import BINDING, Program
@@ -34,10 +35,13 @@ _FOLDED = "folded"
 class HostExecutor:
     """Binds a Program's weights once (folding weight-only computations), then runs it on named inputs."""
 
-    def __init__(self, program: Program) -> None:
+    def __init__(self, program: Program, *, fold: bool = True) -> None:
+        """`fold=False` runs like a streaming store (each weight-only value computed where it is read, then
+        freed): one run holds no fp32 copy of fp16 or quantized weights, which is what a numeric check needs."""
         self.program = program
+        forget_dead_sources()  # executors are made per load and per check: old graphs' sources go now
         #: a streaming store (real-size checkpoint) runs without folding, reading each weight as an op needs it
-        self._streaming = StreamingInterpreter(program) if program.weights.streaming else None
+        self._streaming = StreamingInterpreter(program) if program.weights.streaming or not fold else None
         if self._streaming is not None:
             return
         self._graph_module, folded = _fold_weight_computations(program)
