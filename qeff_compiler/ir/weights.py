@@ -66,6 +66,10 @@ class _Entry:
         """The first `rows` rows of the weight (a checkpoint reads only those)."""
         return self.load()[:rows]
 
+    def load_stored(self) -> torch.Tensor:
+        """The weight's data in the dtype it is stored in (a bf16 checkpoint's tensor before the cast to fp32)."""
+        return self.load()
+
 
 class _TensorEntry(_Entry):
     """A tensor (in memory or memory-mapped), cast to `dtype` when loaded if it is stored otherwise."""
@@ -80,6 +84,9 @@ class _TensorEntry(_Entry):
 
     def load_rows(self, rows: int) -> torch.Tensor:
         return self.tensor[:rows].to(self.spec.dtype)
+
+    def load_stored(self) -> torch.Tensor:
+        return self.tensor
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,10 @@ class _SafetensorsEntry(_Entry):
     def load_rows(self, rows: int) -> torch.Tensor:
         return self._read(rows)
 
-    def _read(self, rows: int | None) -> torch.Tensor:
+    def load_stored(self) -> torch.Tensor:
+        return self._read(None, cast=False)
+
+    def _read(self, rows: int | None, *, cast: bool = True) -> torch.Tensor:
         from safetensors import SafetensorError, safe_open
 
         path, key = self.location.path, self.location.key
@@ -113,7 +123,7 @@ class _SafetensorsEntry(_Entry):
                 tensor = handle.get_tensor(key) if rows is None else handle.get_slice(key)[:rows]
         except (SafetensorError, OSError) as exc:
             raise WeightError(f"cannot read weight {key!r} from {path}: {exc}") from exc
-        return tensor.to(self.spec.dtype)
+        return tensor.to(self.spec.dtype) if cast else tensor
 
 
 @dataclass(frozen=True, eq=False)
@@ -181,6 +191,11 @@ class _MeteredEntry(_Entry):
     def load_rows(self, rows: int) -> torch.Tensor:
         return self.entry.load_rows(rows)
 
+    def load_stored(self) -> torch.Tensor:
+        tensor = self.entry.load_stored()
+        self.on_read(self.spec.nbytes)
+        return tensor
+
 
 class _CheckedEntry(_Entry):
     """Another entry whose data passes `check(name, tensor)` the first time it is read (a checkpoint's weights
@@ -200,6 +215,13 @@ class _CheckedEntry(_Entry):
     def load_rows(self, rows: int) -> torch.Tensor:
         tensor = self.entry.load_rows(rows)
         self.check(self.name, tensor)
+        return tensor
+
+    def load_stored(self) -> torch.Tensor:
+        tensor = self.entry.load_stored()
+        if not self.checked:
+            self.check(self.name, tensor)
+            self.checked = True
         return tensor
 
 
@@ -301,11 +323,12 @@ class WeightStore(Mapping[str, WeightSpec]):
 
     def materialized(self) -> WeightStore:
         """A store whose entries are loaded tensors (tied names still share one), e.g. to share between the
-        prefill and decode programs instead of reading a checkpoint twice."""
+        prefill and decode programs instead of reading a checkpoint twice. Each tensor is kept in the dtype it
+        is stored in and cast when read (a bf16 checkpoint stays half the size of its fp32 weights)."""
         loaded: dict[int, _Entry] = {}
         for entry in self._entries.values():
             if id(entry) not in loaded:
-                loaded[id(entry)] = _TensorEntry(entry.load()) if entry.has_data else entry
+                loaded[id(entry)] = _TensorEntry(entry.load_stored(), entry.spec.dtype) if entry.has_data else entry
         return WeightStore(
             {name: loaded[id(entry)] for name, entry in self._entries.items()},
             streaming=self.streaming,
