@@ -22,6 +22,7 @@ against the programs). `load_artifact` returns the contents; `qc.load_compiled` 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -51,6 +52,8 @@ from qeff_compiler.errors import (
     ArtifactMismatchError,
     ArtifactPathError,
     ArtifactVersionError,
+    InvalidArgumentError,
+    PipelineError,
     VerificationError,
 )
 from qeff_compiler.ir.program import Program, TensorSpec
@@ -75,7 +78,7 @@ from qeff_compiler.options import CompileOptions
 from qeff_compiler.passes.pipeline import pipeline_text
 from qeff_compiler.pipelines import compile_pipeline
 from qeff_compiler.plan_schema import plans_from_json
-from qeff_compiler.precision import weight_precisions
+from qeff_compiler.precision import PRECISIONS, weight_precisions
 from qeff_compiler.progress import NO_PROGRESS, Progress
 from qeff_compiler.weights_file import write_weights
 
@@ -217,7 +220,7 @@ def load_artifact(path: Path, *, stream: bool | None = None) -> ArtifactContents
         _verify_checksum(path / name, expected)
     config = manifest.mpt_config()
     options = manifest.compile_options()
-    weights = _load_weights(path / WEIGHTS, manifest.tied_weights, stream)
+    weights = _load_weights(path / WEIGHTS, manifest.tied_weights, stream, path / MANIFEST)
     stored = _read_json(path / PROGRAMS)
     programs = {name: _load_program(stored, name, weights, config, path) for name in SPECIALIZATIONS}
     _check_consistent(manifest, options, programs, path / MANIFEST)
@@ -354,13 +357,13 @@ def _verify_checksum(file: Path, expected: dict[str, Any]) -> None:
         raise ArtifactIntegrityError(f"artifact file {file.name} does not match its SHA-256 in the manifest (modified)")
 
 
-def _load_weights(file: Path, tied: dict[str, str], stream: bool | None) -> WeightStore:
+def _load_weights(file: Path, tied: dict[str, str], stream: bool | None, where: Path) -> WeightStore:
     locations = read_safetensors_header(file, QUANTIZED_SAFETENSORS_DTYPES)
     for alias, stored in tied.items():
         if stored not in locations or alias in locations:
             raise ArtifactMismatchError(
-                f"field 'tied_weights.{alias}': {stored!r} must be a weight {file.name} stores and {alias!r} one it "
-                "does not"
+                f"{where}: field 'tied_weights.{alias}': {stored!r} must be a weight {file.name} stores, "
+                f"and {alias!r} one it does not"
             )
     locations.update({alias: locations[stored] for alias, stored in tied.items()})
     store = WeightStore.from_safetensors(locations)
@@ -435,12 +438,28 @@ def _check_consistent(manifest: Manifest, options: CompileOptions, programs: dic
         )
     if manifest.target != options.target.to_dict():
         raise ArtifactMismatchError(f"{where}: field 'target' does not match the options' device, cores and SoCs")
-    default = pipeline_text(compile_pipeline(options, Path(CALIBRATION_TABLE) if options.needs_calibration else None))
-    if manifest.pipeline == default:  # a custom pipeline's precision is what its passes made, whatever the options
+    defaults_of = [
+        p for p in PRECISIONS if _default_pipeline(dataclasses.replace(options, precision=p)) == manifest.pipeline
+    ]
+    if defaults_of and options.precision not in defaults_of:
+        raise ArtifactMismatchError(
+            f"{where}: field 'options.precision' is {options.precision!r}, the saved pipeline is the default one of "
+            f"precision {defaults_of[0]!r}"
+        )
+    if defaults_of:  # a custom pipeline's precision is what its passes made, whatever the options say
         lowered = {precision for precision, prop in _LOWERED.items() if prop in prefill.properties}
-        wanted = {options.precision} - {"fp32"}
-        if not wanted <= lowered or (options.precision == "fp32" and lowered):
+        if not {options.precision} - {"fp32"} <= lowered or (options.precision == "fp32" and lowered):
             raise ArtifactMismatchError(
                 f"{where}: field 'options.precision' is {options.precision!r}, the saved programs are lowered to "
                 f"{sorted(lowered) or ['fp32']}"
             )
+
+
+def _default_pipeline(options: CompileOptions) -> str | None:
+    """The pipeline text a compile with `options` and no `passes` records; None for options no compile takes."""
+    try:
+        options.check()
+        passes = compile_pipeline(options, Path(CALIBRATION_TABLE) if options.needs_calibration else None)
+    except (InvalidArgumentError, PipelineError):
+        return None
+    return pipeline_text(passes)

@@ -125,9 +125,15 @@ def parse_manifest(data: Any, where: str) -> Manifest:
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "missing":
+            problem = "is missing"
+        elif error["type"] == "extra_forbidden":
+            problem = f"is not a field of format version {FORMAT_VERSION}"
+        else:
+            problem = f"{error['msg'][0].lower()}{error['msg'][1:]}, got {_short(error.get('input'))}"
+        more = exc.error_count() - 1
         raise ArtifactSchemaError(
-            f"{where}: field {field!r}: {error['msg']} (got {_short(error.get('input'))})"
-            + (f"; and {exc.error_count() - 1} more problems" if exc.error_count() > 1 else "")
+            f"{where}: field {field!r} {problem}" + (f" (and {more} more problems)" if more else "")
         ) from None
     _check_files(manifest, where)
     _check_specializations(manifest, where)
