@@ -11,12 +11,16 @@ What the schema cannot see (options that contradict the programs) `artifact` che
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
+from huggingface_hub.errors import StrictDataclassError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from transformers import MptConfig
 
-from qeff_compiler.errors import ArtifactSchemaError, InvalidArgumentError
+from qeff_compiler.capture.config import validate_mpt_config
+from qeff_compiler.capture.config_fields import check_config_fields
+from qeff_compiler.errors import ArtifactSchemaError, InvalidArgumentError, QeffError
 from qeff_compiler.options import CompileOptions
 
 FORMAT = "qeff-compiled-model"
@@ -114,8 +118,10 @@ class Manifest(BaseModel):
     def compile_options(self) -> CompileOptions:
         return CompileOptions(**self.options.model_dump())  # type: ignore[attr-defined]
 
-    def mpt_config(self) -> MptConfig:
-        return MptConfig.from_dict(self.hf_config.model_dump())
+    def mpt_config(self, where: str = MANIFEST) -> MptConfig:
+        """The model config, checked as a model directory's config.json is (field types, what HF implements)."""
+        raw = check_config_fields(self.hf_config.model_dump(), Path(where))
+        return validate_mpt_config(MptConfig.from_dict(raw))
 
 
 def parse_manifest(data: Any, where: str) -> Manifest:
@@ -142,8 +148,8 @@ def parse_manifest(data: Any, where: str) -> Manifest:
     except InvalidArgumentError as exc:
         raise ArtifactSchemaError(f"{where}: field 'options': {exc}") from None
     try:
-        manifest.mpt_config()
-    except (TypeError, ValueError) as exc:
+        manifest.mpt_config(where)
+    except (QeffError, TypeError, ValueError, StrictDataclassError) as exc:  # ours, and HF's checks of its fields
         raise ArtifactSchemaError(f"{where}: field 'model_config': not a valid MPT config: {exc}") from None
     return manifest
 
