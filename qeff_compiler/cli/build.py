@@ -30,7 +30,7 @@ from qeff_compiler.cli.app import (
     status,
 )
 from qeff_compiler.cli.qaic import write_handoff
-from qeff_compiler.compiler import compile as compile_model
+from qeff_compiler.compiler import compile as compile_model, expected_memory
 from qeff_compiler.errors import InvalidArgumentError
 from qeff_compiler.progress import make_progress
 
@@ -60,7 +60,11 @@ def compile_command(
     prune_score: PruneScoreOption = "magnitude",
     stream: Annotated[
         bool | None,
-        typer.Option("--stream/--no-stream", help="keep weights on disk, lowered one at a time (default: above 4 GiB)"),
+        typer.Option(
+            "--stream/--no-stream",
+            help="keep weights on disk, lowered one at a time (default: checkpoints over ~170 MiB of bf16 or "
+            "512 MiB of fp32, or beyond the available memory)",
+        ),
     ] = None,
     allow_pickle: Annotated[
         bool,
@@ -82,6 +86,8 @@ def compile_command(
     check_output(output, overwrite=force)
     source = model_source(model)
     bars = make_progress(progress)
+    if isinstance(source, Path):  # before any weight is read; an in-memory compile that cannot fit is refused
+        print_plain(expected_memory(source, stream=stream, allow_pickle=allow_pickle).describe())
     with status(f"compiling {model}", bars):
         compiled = compile_model(
             source,
