@@ -120,7 +120,9 @@ def _lower_weights(program: Program) -> tuple[WeightStore, tuple[str, ...]]:
         spec = store[name]
         if name in done or is_alibi_slopes(name) or not spec.dtype.is_floating_point or spec.dtype == torch.float16:
             continue
-        derivations.append(Derivation((name,), (WeightSpec(spec.shape, torch.float16),), (name,), to_fp16))
+        derivations.append(
+            Derivation((name,), (WeightSpec(spec.shape, torch.float16),), (name,), to_fp16, reads_stored=True)
+        )
         group = tied.get(name, [name])
         aliases.update({alias: name for alias in group if alias != name})
         done.update(group)
@@ -140,11 +142,11 @@ _CHUNK = 1 << 22
 
 
 def to_fp16(weight: torch.Tensor) -> tuple[torch.Tensor]:
-    """The weight clipped to ±65504 (fp16 would make larger values inf) and rounded to fp16, a chunk at a time
-    (no fp32 temporary of the whole weight)."""
+    """The weight (any float dtype: a checkpoint's bf16 as stored) clipped to ±65504 in fp32 (fp16 would make
+    larger values inf) and rounded to fp16, a chunk at a time (no fp32 copy of the whole weight)."""
     out = torch.empty(weight.shape, dtype=torch.float16)
     for source, target in zip(_chunks(weight), _chunks(out), strict=True):
-        target.copy_(source.clamp(-FP16_MAX, FP16_MAX))
+        target.copy_(source.float().clamp(-FP16_MAX, FP16_MAX))
     return (out,)
 
 
