@@ -432,7 +432,7 @@ def _check_consistent(manifest: Manifest, options: CompileOptions, programs: dic
             raise ArtifactMismatchError(
                 f"{where}: field 'specializations.{spec.name}.outputs' differs from the program's"
             )
-    if {k: v.model_dump() for k, v in manifest.weights.items()} != weight_precisions(prefill):
+    if {k: v.model_dump(exclude_none=True) for k, v in manifest.weights.items()} != weight_precisions(prefill):
         raise ArtifactMismatchError(
             f"{where}: field 'weights' does not match the precisions of the saved program's weights"
         )

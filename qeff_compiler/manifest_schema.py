@@ -64,10 +64,19 @@ class SpecializationRecord(BaseModel):
     outputs: list[TensorRecord]
 
 
+class UnquantizedCopy(BaseModel):
+    """The fp16 weight an input embedding tied to a quantized lm_head keeps reading."""
+
+    model_config = _STRICT
+    precision: str
+    stored_as: str
+
+
 class WeightRecord(BaseModel):
     model_config = _STRICT
     precision: str
     stored_as: list[str]
+    unquantized_copy: UnquantizedCopy | None = None
 
 
 class ModelConfigRecord(BaseModel):
