@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -44,6 +45,8 @@ def compile_child(checkpoint: Path, precision: str, out: Path) -> dict:
         "precision": precision,
         "streamed": compiled.prefill.weights.streaming,
         "wall_s": wall_s,
+        # CPU seconds of this process (user + system): on a shared machine, what the compile itself cost
+        "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
         "compile_s": compile_s,
         "save_s": wall_s - compile_s,
         "peak_rss_anon_mb": anon.peak_mb,
