@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from qeff_compiler import host_memory
 from qeff_compiler.cli.main import app
 from qeff_compiler.errors import HostMemoryError
-from qeff_compiler.host_memory import STREAMED_OVERHEAD, check_fits, estimate_compile_memory
+from qeff_compiler.host_memory import LARGEST_WEIGHT_FACTOR, STREAMED_OVERHEAD, check_fits, estimate_compile_memory
 from qeff_compiler.ir.weights import WeightStore
 from tests.conftest import TinyArtifact
 
@@ -39,7 +39,7 @@ def test_a_checkpoint_streams_by_default_once_in_memory_would_exceed_its_size_pl
 def test_a_small_checkpoint_streams_when_the_machine_cannot_hold_it_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(host_memory, "available_bytes", lambda: 100 * MIB)
     memory = estimate_compile_memory(_weights(60), None, stored_bytes=30 * MIB)
-    assert memory.streaming and memory.peak_bytes == STREAMED_OVERHEAD + int(1.5 * 60 * MIB)
+    assert memory.streaming and memory.peak_bytes == STREAMED_OVERHEAD + int(LARGEST_WEIGHT_FACTOR * 60 * MIB)
 
 
 def test_an_in_memory_compile_that_cannot_fit_is_refused_naming_stream(monkeypatch: pytest.MonkeyPatch) -> None:
