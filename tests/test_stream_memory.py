@@ -61,7 +61,9 @@ def measure(checkpoint: Path, out: Path, mode: str) -> dict[str, float]:
         [sys.executable, "-c", CHILD, str(checkpoint), str(out), mode], capture_output=True, text=True, cwd=ROOT, check=False
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"\n{mode}: {row}")  # the figures, with pytest -s
+    return row
 
 
 @pytest.mark.e2e
