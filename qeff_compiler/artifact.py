@@ -22,6 +22,7 @@ against the programs). `load_artifact` returns the contents; `qc.load_compiled` 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -48,37 +49,45 @@ from qeff_compiler.errors import (
     ArtifactError,
     ArtifactExistsError,
     ArtifactIntegrityError,
+    ArtifactMismatchError,
+    ArtifactPathError,
     ArtifactVersionError,
+    InvalidArgumentError,
+    PipelineError,
     VerificationError,
 )
 from qeff_compiler.ir.program import Program, TensorSpec
 from qeff_compiler.ir.serialize import GraphFormatError, program_from_dict, program_to_dict
 from qeff_compiler.ir.validate import propagate_shapes
 from qeff_compiler.ir.weights import WeightStore, should_stream
+from qeff_compiler.manifest_schema import (
+    CALIBRATION_TABLE,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    ONNX_FILES,
+    PLAN,
+    PROGRAMS,
+    SPECIALIZATIONS,
+    TOKENIZER_FILES,
+    WEIGHTS,
+    Manifest,
+    parse_manifest,
+)
 from qeff_compiler.options import CompileOptions
+from qeff_compiler.passes.pipeline import pipeline_text
+from qeff_compiler.pipelines import compile_pipeline
 from qeff_compiler.plan_schema import plans_from_json
-from qeff_compiler.precision import weight_precisions
+from qeff_compiler.precision import PRECISIONS, weight_precisions
 from qeff_compiler.progress import NO_PROGRESS, Progress
 from qeff_compiler.weights_file import write_weights
 
-FORMAT = "qeff-compiled-model"
-#: 2: the manifest carries the SHA-256 of its own canonical content (`manifest_sha256`);
-#: 3: the lowered programs are stored (programs.json) and loading reads them and the saved plans, compiling nothing
-FORMAT_VERSION = 3
-MANIFEST = "manifest.json"
 #: a manifest larger than this is not one of ours (a 7B artifact's is a few hundred KB)
 MAX_MANIFEST_BYTES = 64 << 20
 #: the manifest field holding the SHA-256 of the rest of the manifest
 MANIFEST_CHECKSUM = "manifest_sha256"
-WEIGHTS = "weights.safetensors"
-PLAN = "partition_plan.json"
-PROGRAMS = "programs.json"
-#: where an artifact keeps the calibration table of a w8a8 compile or an activation-scored pruning (the recorded
-#: pipeline names it)
-CALIBRATION_TABLE = "calibration.safetensors"
-SPECIALIZATIONS = ("prefill", "decode")
-ONNX_FILES = {"prefill": "program.onnx", "decode": "decode.onnx"}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+#: the program property each precision's lowering ensures (fp32: none of them)
+_LOWERED = {"fp16": "fp16-activations", "int8": "int8-weights", "mxfp6": "mxfp6-weights", "w8a8": "w8a8"}
 
 
 class SavableModel(Protocol):
@@ -204,20 +213,21 @@ def load_artifact(path: Path, *, stream: bool | None = None) -> ArtifactContents
     the weights in the file, read as ops need them."""
     path = Path(path)
     manifest = _read_manifest(path)
-    for name, expected in manifest["files"].items():  # sizes first: cheap, and they catch truncation
+    files = {name: record.model_dump() for name, record in manifest.files.items()}
+    for name, expected in files.items():  # sizes first: cheap, and they catch truncation
         _verify_size(path / name, expected)
-    for name, expected in manifest["files"].items():
+    for name, expected in files.items():
         _verify_checksum(path / name, expected)
-    config = MptConfig.from_dict(manifest["model_config"])
-    options = CompileOptions(**manifest["options"])
-    weights = _load_weights(path / WEIGHTS, manifest["tied_weights"], stream)
+    config = manifest.mpt_config()
+    options = manifest.compile_options()
+    weights = _load_weights(path / WEIGHTS, manifest.tied_weights, stream, path / MANIFEST)
     stored = _read_json(path / PROGRAMS)
     programs = {name: _load_program(stored, name, weights, config, path) for name in SPECIALIZATIONS}
+    _check_consistent(manifest, options, programs, path / MANIFEST)
     plans = plans_from_json(_read_json(path / PLAN), SPECIALIZATIONS, PLAN)
     tokenizer_dir = path if (path / "tokenizer.json").is_file() else None
     return ArtifactContents(
-        options, manifest["pipeline"], programs["prefill"], programs["decode"], plans, path, tokenizer_dir,
-        manifest["files"],
+        options, manifest.pipeline, programs["prefill"], programs["decode"], plans, path, tokenizer_dir, files
     )
 
 
@@ -293,18 +303,28 @@ def _fingerprint(file: Path, advance: Callable[[int], None] | None = None) -> di
 
 
 # reading ---------------------------------------------------------------------------------------------------------
-def _read_manifest(path: Path) -> dict[str, Any]:
+def _read_manifest(path: Path) -> Manifest:
     if not path.is_dir():
         raise ArtifactError(f"{path} is not a compiled-model directory (it does not exist or is a file)")
+    file = path / MANIFEST
+    if file.is_symlink():
+        raise ArtifactPathError(f"{file} is a symbolic link; an artifact's files are its own")
     try:
-        text = (path / MANIFEST).read_text()
+        if file.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ArtifactIntegrityError(f"{file} is larger than {MAX_MANIFEST_BYTES} bytes: not a manifest of ours")
+        text = file.read_text()
         manifest = json.loads(text)
+        canonical = _canonical(manifest)
     except FileNotFoundError:
         raise ArtifactError(f"{path} has no {MANIFEST}: not a qeff-compiler artifact") from None
+    except OSError as exc:  # a directory named manifest.json, unreadable permissions
+        raise ArtifactError(f"{file} cannot be read: {exc.strerror or exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactIntegrityError(f"{path / MANIFEST} is not valid JSON (truncated or modified?): {exc}") from exc
+        raise ArtifactIntegrityError(f"{file} is not valid JSON (truncated or modified?): {exc}") from exc
+    except RecursionError:
+        raise ArtifactIntegrityError(f"{file} nests JSON deeper than Python can read: not a manifest of ours") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{path / MANIFEST} is not a {FORMAT} manifest")
+        raise ArtifactError(f"{file} is not a {FORMAT} manifest")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise ArtifactVersionError(
@@ -313,14 +333,16 @@ def _read_manifest(path: Path) -> dict[str, Any]:
             "recompile"
         )
     content = {key: value for key, value in manifest.items() if key != MANIFEST_CHECKSUM}
-    if text != _canonical(manifest) or manifest.get(MANIFEST_CHECKSUM) != _sha256_text(_canonical(content)):
-        raise ArtifactIntegrityError(
-            f"{path / MANIFEST} does not match its own SHA-256 ({MANIFEST_CHECKSUM}): modified"
-        )
-    return manifest
+    if text != canonical or manifest.get(MANIFEST_CHECKSUM) != _sha256_text(_canonical(content)):
+        raise ArtifactIntegrityError(f"{file} does not match its own SHA-256 ({MANIFEST_CHECKSUM}): modified")
+    return parse_manifest(manifest, str(file))
 
 
 def _verify_size(file: Path, expected: dict[str, Any]) -> None:
+    if file.is_symlink():
+        raise ArtifactPathError(
+            f"artifact file {file.name} in {file.parent} is a symbolic link; an artifact's files are its own"
+        )
     if not file.is_file():
         raise ArtifactIntegrityError(f"artifact file {file.name} is missing from {file.parent}")
     size = file.stat().st_size
@@ -335,8 +357,14 @@ def _verify_checksum(file: Path, expected: dict[str, Any]) -> None:
         raise ArtifactIntegrityError(f"artifact file {file.name} does not match its SHA-256 in the manifest (modified)")
 
 
-def _load_weights(file: Path, tied: dict[str, str], stream: bool | None) -> WeightStore:
+def _load_weights(file: Path, tied: dict[str, str], stream: bool | None, where: Path) -> WeightStore:
     locations = read_safetensors_header(file, QUANTIZED_SAFETENSORS_DTYPES)
+    for alias, stored in tied.items():
+        if stored not in locations or alias in locations:
+            raise ArtifactMismatchError(
+                f"{where}: field 'tied_weights.{alias}': {stored!r} must be a weight {file.name} stores, "
+                f"and {alias!r} one it does not"
+            )
     locations.update({alias: locations[stored] for alias, stored in tied.items()})
     store = WeightStore.from_safetensors(locations)
     return store.streamed() if should_stream(stream, store) else store.materialized()
@@ -375,3 +403,63 @@ def _load_program(stored: Any, name: str, weights: WeightStore, config: MptConfi
     except VerificationError as exc:
         raise ArtifactIntegrityError(str(exc)) from exc
     return program
+
+
+def _check_consistent(manifest: Manifest, options: CompileOptions, programs: dict[str, Program], where: Path) -> None:
+    """Refuse a manifest whose options, model config, I/O or weight precisions contradict the saved programs."""
+    prefill, decode = programs["prefill"], programs["decode"]
+    cache = next((s.shape for s in prefill.inputs if s.role == "past_key"), None)
+    logits = next((s.shape for s in prefill.outputs if s.name == "logits"), None)
+    ids = {name: next(s.shape for s in p.inputs if s.name == "input_ids") for name, p in programs.items()}
+    config = manifest.hf_config
+    expected = {
+        "options.batch_size": (options.batch_size, ids["prefill"][0]),
+        "options.prefill_len": (options.prefill_len, ids["prefill"][1]),
+        "options.ctx_len": (options.ctx_len, cache[2] if cache else None),
+        "model_config.n_layers": (config.n_layers, sum(s.role == "past_key" for s in prefill.inputs)),
+        "model_config.n_heads": (config.n_heads, cache[1] if cache and not options.prune_heads else config.n_heads),
+        "model_config.vocab_size": (config.vocab_size, logits[-1] if logits else None),
+    }
+    for field, (recorded, actual) in expected.items():
+        if recorded != actual:
+            raise ArtifactMismatchError(f"{where}: field {field!r} is {recorded!r}, the saved programs have {actual!r}")
+    for spec, program in zip(manifest.specializations, (prefill, decode), strict=True):
+        if [i.model_dump() for i in spec.inputs] != _specs(program.inputs):
+            raise ArtifactMismatchError(
+                f"{where}: field 'specializations.{spec.name}.inputs' differs from the program's"
+            )
+        if [o.model_dump() for o in spec.outputs] != _specs(program.outputs):
+            raise ArtifactMismatchError(
+                f"{where}: field 'specializations.{spec.name}.outputs' differs from the program's"
+            )
+    if {k: v.model_dump(exclude_none=True) for k, v in manifest.weights.items()} != weight_precisions(prefill):
+        raise ArtifactMismatchError(
+            f"{where}: field 'weights' does not match the precisions of the saved program's weights"
+        )
+    if manifest.target != options.target.to_dict():
+        raise ArtifactMismatchError(f"{where}: field 'target' does not match the options' device, cores and SoCs")
+    defaults_of = [
+        p for p in PRECISIONS if _default_pipeline(dataclasses.replace(options, precision=p)) == manifest.pipeline
+    ]
+    if defaults_of and options.precision not in defaults_of:
+        raise ArtifactMismatchError(
+            f"{where}: field 'options.precision' is {options.precision!r}, the saved pipeline is the default one of "
+            f"precision {defaults_of[0]!r}"
+        )
+    if defaults_of:  # a custom pipeline's precision is what its passes made, whatever the options say
+        lowered = {precision for precision, prop in _LOWERED.items() if prop in prefill.properties}
+        if not {options.precision} - {"fp32"} <= lowered or (options.precision == "fp32" and lowered):
+            raise ArtifactMismatchError(
+                f"{where}: field 'options.precision' is {options.precision!r}, the saved programs are lowered to "
+                f"{sorted(lowered) or ['fp32']}"
+            )
+
+
+def _default_pipeline(options: CompileOptions) -> str | None:
+    """The pipeline text a compile with `options` and no `passes` records; None for options no compile takes."""
+    try:
+        options.check()
+        passes = compile_pipeline(options, Path(CALIBRATION_TABLE) if options.needs_calibration else None)
+    except (InvalidArgumentError, PipelineError):
+        return None
+    return pipeline_text(passes)

@@ -21,11 +21,12 @@ from qeff_compiler.backends.ai100.slot_trace import write_slot_trace
 from qeff_compiler.backends.ai100.trace import check_trace_detail
 from qeff_compiler.backends.ai100.verify_cost import single_token_step_s
 from qeff_compiler.calibration import calibration_file, load_calibration
-from qeff_compiler.capture import ModelSource, capture_resolved, resolve_model
+from qeff_compiler.capture import ModelSource, ResolvedModel, capture_resolved, resolve_model
 from qeff_compiler.errors import ArtifactIntegrityError, InvalidArgumentError, PipelineError, VerificationError
+from qeff_compiler.host_memory import MemoryEstimate, check_fits, checkpoint_bytes, estimate_compile_memory
 from qeff_compiler.ir.interpret import HostExecutor
 from qeff_compiler.ir.program import Program
-from qeff_compiler.ir.weights import WeightStore, should_stream
+from qeff_compiler.ir.weights import WeightStore
 from qeff_compiler.options import DEFAULTS, CompileOptions
 from qeff_compiler.passes import PassManager
 from qeff_compiler.passes.base import Pass
@@ -51,8 +52,17 @@ from qeff_compiler.runtime.scheduler import ContinuousBatchScheduler
 from qeff_compiler.runtime.speculative import SpeculativeShapes, generate_speculative
 from qeff_compiler.runtime.stats import LatencyStats
 from qeff_compiler.runtime.threads import resolve_threads, torch_threads
+from qeff_compiler.streamed_check import check_streamed
 
-__all__ = ["ENGINES", "CompileOptions", "CompiledModel", "check_engine", "compile", "load_compiled"]
+__all__ = [
+    "ENGINES",
+    "CompileOptions",
+    "CompiledModel",
+    "check_engine",
+    "compile",
+    "expected_memory",
+    "load_compiled",
+]
 
 #: what can run a compiled model's numerics on this machine: the reference executor, or ONNX Runtime over the ONNX emit
 ENGINES = ("host", "onnxruntime")
@@ -102,9 +112,12 @@ def compile(  # noqa: A001 (the public API's name)
 
     `stream` keeps the weights on disk: lowering records recipes (cast, clip, quantize, pack) that run one
     weight at a time when the artifact is saved, and host runs read each weight as an op needs it, so a 7B
-    checkpoint compiles in a few GB. The pass manager's numeric comparisons are skipped (they would run the
-    model many times); lower-fp16's overflow check still runs, streaming, on the prefill specialization. None
-    (default) streams when the fp32 weights exceed `ir.weights.STREAM_ABOVE_BYTES`. `allow_pickle` accepts
+    checkpoint compiles in a few GB. The full programs are not run after each pass (each run would read the
+    checkpoint); the pipeline is checked instead on reduced programs with the real weights of the first and
+    last layer (`streamed_check`), and lower-fp16's overflow check runs, streaming, on the prefill
+    specialization. None (default) streams a checkpoint directory unless it is small enough to compile in
+    memory within its streamed bound (`host_memory`); a model object streams only when asked. Compiling a
+    checkpoint in memory that the available memory cannot hold is refused (`HostMemoryError`). `allow_pickle` accepts
     `pytorch_model*.bin` checkpoints (pickles can run code: only for trusted files). `progress` shows rich
     progress bars (True, or a `Progress`) for the stages that read weights.
 
@@ -154,17 +167,30 @@ def compile(  # noqa: A001 (the public API's name)
     if passes is None and not (prune_ffn or prune_heads):  # pruned or custom pipelines: the memory plan checks
         check_weights_fit(resolved.config, precision, slots, ctx_len, cache_bits, spec, num_devices)
     reporter = progress if not isinstance(progress, bool) else make_progress(progress)
-    streaming = should_stream(stream, resolved.weights)
+    memory = _memory_estimate(resolved, stream)
+    check_fits(memory, resolved.directory is not None)
+    streaming = memory.streaming
     meter = ReadMeter()
-    weights = resolved.weights.streamed(meter.advance) if streaming else resolved.weights.materialized()
+    source = resolved
+    if streaming:
+        weights = resolved.weights.streamed(meter.advance)
+    else:  # one fp32 copy; prefill and decode share the lowered weights
+        weights = resolved.weights.materialized().sharing_derivations()
     resolved = dataclasses.replace(resolved, weights=weights)
     table = None
+    checks = []
     with contextlib.ExitStack() as stack:
         table_file = None
         if options.needs_calibration and passes is None:
             table_file = stack.enter_context(calibration_file(resolved.directory, calibration, reporter))
             table = load_calibration(table_file)
         recorded = _recorded_pipeline(options, passes, table_file is not None)
+        if streaming and verify:  # a calibration table names the full model's layers: only layer 0 matches it
+            layers = (0,) if table_file is not None else tuple(sorted({0, source.config.n_layers - 1}))
+            with reporter.stage("check reduced programs", None):
+                checks = check_streamed(
+                    source, lambda: _pipeline(options, passes, table_file), layers, batch_size, prefill_len
+                )
         programs, reports = {}, {}
         decode_rows = full_batch_size or batch_size
         for name, seq_len, rows in (("prefill", prefill_len, batch_size), ("decode", options.decode_len, decode_rows)):
@@ -183,11 +209,14 @@ def compile(  # noqa: A001 (the public API's name)
                 )
             _check_serving_passes(options, program, recorded)
             programs[name], reports[name] = program, manager.timing_report()
+        for check in checks:
+            reports["prefill"] += f"\n{check.describe()}\n{check.report}"
         meter.advance = ReadMeter().advance  # saving reports its own progress
     compiled = CompiledModel(
         options, recorded, programs["prefill"], programs["decode"], resolved.origin, resolved.directory
     )
     compiled.pass_reports = reports
+    compiled.memory_estimate = memory
     compiled.calibration_table = table
     compiled.source_weights = source_weights
     return compiled
@@ -215,6 +244,17 @@ def _buckets(
     if not isinstance(buckets, (list, tuple)):
         raise InvalidArgumentError(f"{name} must be a list of context lengths, got {buckets!r}")
     return tuple(buckets)
+
+
+def expected_memory(model: ModelSource, *, stream: bool | None = None, allow_pickle: bool = False) -> MemoryEstimate:
+    """What `compile(model, stream=stream)` expects to need at its peak, read from the checkpoint's headers and
+    config before any weight (`qeffc compile` prints it first); `host_memory` says how it is estimated."""
+    return _memory_estimate(resolve_model(model, allow_pickle=allow_pickle), stream)
+
+
+def _memory_estimate(resolved: ResolvedModel, stream: bool | None) -> MemoryEstimate:
+    stored = checkpoint_bytes(resolved.directory) if resolved.directory is not None else None
+    return estimate_compile_memory(resolved.weights, stream, stored)
 
 
 def _pipeline(options: CompileOptions, passes: str | Sequence[Pass] | None, table: Path | None) -> list[Pass]:
@@ -261,6 +301,8 @@ class CompiledModel:
         self.source_directory = source_directory
         #: `--time-passes` tables of the compile, per specialization (empty for a loaded artifact)
         self.pass_reports: dict[str, str] = {}
+        #: the compile's expected peak memory and whether it streamed (None for a loaded artifact)
+        self.memory_estimate: MemoryEstimate | None = None
         #: the calibration table the compile used (w8a8, activation-scored pruning), saved as CALIBRATION_TABLE
         self.calibration_table: dict[str, torch.Tensor] | None = None
         #: the full-precision weights the model was compiled from (None for a loaded artifact); see `export_qaic`

@@ -104,6 +104,26 @@ class ArtifactIntegrityError(ArtifactError):
     """A file of the artifact is missing, truncated or modified (checksum mismatch)."""
 
 
+class HostMemoryError(QeffError):
+    """Compiling in memory needs more memory than this machine has available (streaming would fit)."""
+
+    exit_code = 2
+
+
+class ArtifactSchemaError(ArtifactIntegrityError):
+    """An artifact's manifest does not follow the schema of its format version (a key missing, of the wrong type
+    or unknown; a file the format does not have); the message names the field."""
+
+
+class ArtifactPathError(ArtifactIntegrityError):
+    """A file an artifact lists is a symbolic link (it could point outside the artifact directory)."""
+
+
+class ArtifactMismatchError(ArtifactIntegrityError):
+    """An artifact's manifest contradicts its programs or weights (context length, batch, precision, model
+    shape, I/O, tied weights); the message names the field."""
+
+
 class Fp16OverflowError(QeffError):
     """A model's activations exceed fp16's range (|x| > 65504), so lowering it to fp16 would produce inf."""
 

@@ -854,6 +854,61 @@ def _(env: Env) -> object:
     (directory / "program.onnx").write_bytes(bytes(data))
     return loaded.generate([[1, 2]], 2, engine="onnxruntime")
 
+def _consistent_edit(env: Env, name: str, edit: Callable[[dict], object]) -> Path:
+    """A copy of the artifact whose manifest `edit` changed, its checksum recomputed (a buggy writer, or an edit
+    re-checksummed): only the schema and the consistency checks can refuse it."""
+    directory = env.artifact_copy(name)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest.pop(artifact.MANIFEST_CHECKSUM)
+    edit(manifest)
+    (directory / "manifest.json").write_text(artifact._manifest_text(manifest))
+    return directory
+
+
+def _load_edited(name: str, edit: Callable[[dict], object]) -> Trigger:
+    return lambda env: qc.load_compiled(_consistent_edit(env, name, edit))
+
+
+TRIGGERS["artifact-manifest-key-missing"] = _load_edited("key-missing", lambda m: m.pop("tied_weights"))
+TRIGGERS["artifact-manifest-key-type"] = _load_edited("key-type", lambda m: m["files"].update({"program.onnx": "abc"}))
+TRIGGERS["artifact-manifest-key-unknown"] = _load_edited("key-unknown", lambda m: m["options"].update(colour="red"))
+TRIGGERS["artifact-manifest-file-name"] = _load_edited(
+    "file-name", lambda m: m["files"].update({"../outside": {"sha256": "0" * 64, "bytes": 1}})
+)
+TRIGGERS["artifact-manifest-files-missing"] = _load_edited("files-missing", lambda m: m.update(files={}))
+TRIGGERS["artifact-manifest-config"] = _load_edited("bad-config", lambda m: m["model_config"].update(resid_pdrop=None))
+TRIGGERS["artifact-options-mismatch"] = _load_edited("ctx-mismatch", lambda m: m["options"].update(ctx_len=48))
+TRIGGERS["artifact-precision-mismatch"] = _load_edited("precision-mismatch", lambda m: m["options"].update(precision="fp16"))
+TRIGGERS["artifact-tied-weights"] = _load_edited(
+    "tied", lambda m: m["tied_weights"].update({"lm_head.weight": "transformer.blocks.9.ffn.up_proj.weight"})
+)
+TRIGGERS["artifact-manifest-deep"] = lambda env: qc.load_compiled(
+    rewritten(env.artifact_copy("deep"), "manifest.json", "[" * 100_000 + "]" * 100_000)
+)
+
+
+@trigger("artifact-manifest-directory")
+def _(env: Env) -> object:
+    directory = without(env.artifact_copy("manifest-dir"), "manifest.json")
+    (directory / "manifest.json").mkdir()
+    return qc.load_compiled(directory)
+
+
+@trigger("artifact-file-symlink")
+def _(env: Env) -> object:
+    directory = env.artifact_copy("linked")
+    outside = env.fresh("outside.safetensors")
+    (directory / "weights.safetensors").rename(outside)
+    (directory / "weights.safetensors").symlink_to(outside)
+    return qc.load_compiled(directory)
+
+
+@trigger("compile-host-memory")
+def _(env: Env) -> object:
+    env.monkeypatch.setattr("qeff_compiler.host_memory.available_bytes", lambda: 2**10)
+    return qc.compile(env.model_dir, ctx_len=24, prefill_len=8, stream=False)
+
+
 @trigger("artifact-plan-invalid")
 def _(env: Env) -> object:
     """A plan file that is consistent with its checksum (a buggy writer, or an edit re-checksummed) but malformed."""
@@ -1030,6 +1085,19 @@ OFFENDING: dict[str, str] = {
     "artifact-file-truncated": "weights.safetensors",
     "artifact-file-modified": "program.onnx",
     "artifact-plan-invalid": "fourteen",
+    "artifact-manifest-key-missing": "'tied_weights'",
+    "artifact-manifest-key-type": "'abc'",
+    "artifact-manifest-key-unknown": "'options.colour'",
+    "artifact-manifest-file-name": "'../outside'",
+    "artifact-manifest-files-missing": "'files'",
+    "artifact-manifest-config": "resid_pdrop",
+    "artifact-options-mismatch": "is 48",
+    "artifact-precision-mismatch": "'fp16'",
+    "artifact-tied-weights": "'transformer.blocks.9.ffn.up_proj.weight'",
+    "artifact-manifest-deep": "deep/manifest.json",
+    "artifact-manifest-directory": "manifest-dir/manifest.json",
+    "artifact-file-symlink": "weights.safetensors",
+    "compile-host-memory": "--stream",
     "qaic-precision": "'int8'",
     "qaic-pruned": "prune_ffn=0.25",
     "qaic-pipeline": "lower-fp16",

@@ -1,6 +1,7 @@
 """Soak (slow, not in the default run): 1,000 `generate` calls with random prompts on one CompiledModel of the
-shipped model. Resident memory must not grow after warm-up beyond RSS_GROWTH_BOUND, and a call repeated with the
-same prompt and seed must give the same tokens.
+shipped model, and 200 cycles of `load_compiled` + `generate` of its saved artifact (a server reloading models).
+Resident memory must not grow after warm-up beyond the bounds, and a call repeated with the same prompt and seed
+must give the same tokens.
 
     python -m pytest tests/test_soak.py --run-slow -s      # prints the RSS figures
 """
@@ -61,3 +62,34 @@ def test_thousand_generate_calls_keep_memory_flat_and_seeded_results_identical()
         f"peak {peak / 2**20:.1f} MiB"
     )
     assert peak - warm <= RSS_GROWTH_BOUND, f"RSS grew by {(peak - warm) / 2**20:.2f} MiB after warm-up"
+
+
+LOAD_CYCLES = 200
+LOAD_WARM_UP = 20
+#: allowed RSS growth over the load + generate cycles after warm-up. Each load builds new graph modules, weight
+#: tensors and executors and frees the previous ones; torch.fx keeping every generated source (fixed by
+#: `ir.fx_sources`) grew ~0.5-0.75 MiB per cycle, i.e. ~100-150 MiB over the run
+LOAD_RSS_GROWTH_BOUND = 8 * 2**20
+
+
+@pytest.mark.slow
+def test_two_hundred_load_and_generate_cycles_keep_memory_flat(tmp_path: Path) -> None:
+    qc.compile(TINY_MPT, ctx_len=128, prefill_len=32).save(tmp_path / "artifact")
+    prompt = list(range(1, 20))
+    expected = None
+    samples: list[int] = []
+    start = time.perf_counter()
+    for cycle in range(LOAD_CYCLES):
+        tokens = qc.load_compiled(tmp_path / "artifact").generate([prompt], 8).new_tokens
+        expected = expected or tokens
+        assert tokens == expected, f"cycle {cycle}: the reloaded artifact generated other tokens"
+        if cycle + 1 >= LOAD_WARM_UP:
+            samples.append(rss_bytes())
+    seconds = time.perf_counter() - start
+    warm, peak = samples[0], max(samples)
+    print(
+        f"\nsoak: {LOAD_CYCLES} load + generate cycles in {seconds:.1f} s (loadavg {os.getloadavg()[0]:.2f}); RSS "
+        f"after {LOAD_WARM_UP} cycles {warm / 2**20:.1f} MiB, at the end {samples[-1] / 2**20:.1f} MiB, peak "
+        f"{peak / 2**20:.1f} MiB (growth {(peak - warm) / 2**20:+.2f} MiB)"
+    )
+    assert peak - warm <= LOAD_RSS_GROWTH_BOUND, f"RSS grew by {(peak - warm) / 2**20:.2f} MiB after warm-up"

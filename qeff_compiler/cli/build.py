@@ -58,7 +58,11 @@ def compile_command(
     prune_score: PruneScoreOption = DEFAULTS.prune_score,
     stream: Annotated[
         bool | None,
-        typer.Option("--stream/--no-stream", help="keep weights on disk, lowered one at a time (default: above 4 GiB)"),
+        typer.Option(
+            "--stream/--no-stream",
+            help="keep weights on disk, lowered one at a time (default: checkpoints over ~170 MiB of bf16 or "
+            "512 MiB of fp32, or beyond the available memory)",
+        ),
     ] = None,
     allow_pickle: Annotated[
         bool,
@@ -97,7 +101,7 @@ def compile_command(
     from qeff_compiler.artifact import check_output
     from qeff_compiler.backends.qaic.handoff import check_handoff
     from qeff_compiler.cli.qaic import write_handoff
-    from qeff_compiler.compiler import compile as compile_model
+    from qeff_compiler.compiler import compile as compile_model, expected_memory
 
     check_writable(output)  # before the compile's work, which a refusal would waste
     check_output(output, overwrite=force)
@@ -109,6 +113,8 @@ def compile_command(
             "compile command, with zero weights); compile a checkpoint directory for a runnable artifact"
         )
     bars = make_progress(progress)
+    if isinstance(source, Path):  # before any weight is read; an in-memory compile that cannot fit is refused
+        print_plain(expected_memory(source, stream=stream, allow_pickle=allow_pickle).describe())
     with status(f"compiling {model}", bars):
         compiled = compile_model(
             source,

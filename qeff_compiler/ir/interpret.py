@@ -21,6 +21,7 @@ import torch
 import torch.fx
 
 from qeff_compiler.errors import ProgramInputError
+from qeff_compiler.ir.fx_sources import forget_dead_sources
 from qeff_compiler.ir.graph_utils import erase_dead_code, weight_only_nodes
 from qeff_compiler.ir.ops import ATTENTION_KV, LINEAR_W8A16
 from qeff_compiler.ir.ops.attention import attention_kv
@@ -37,12 +38,15 @@ class HostExecutor:
 
     `donate_caches=True` is for a caller that owns its KV cache and only ever feeds a call's RetainedState
     outputs back (a generation loop): each cached attention writes into its past_key / past_value inputs and
-    returns them, instead of copying the whole cache per layer per call. The inputs are then changed."""
+    returns them, instead of copying the whole cache per layer per call. The inputs are then changed.
+    `fold=False` runs like a streaming store (each weight-only value computed where it is read, then freed): one
+    run holds no fp32 copy of fp16 or quantized weights, which is what a numeric check needs."""
 
-    def __init__(self, program: Program, *, donate_caches: bool = False) -> None:
+    def __init__(self, program: Program, *, donate_caches: bool = False, fold: bool = True) -> None:
         self.program = program
+        forget_dead_sources()  # executors are made per load and per check: old graphs' sources go now
         #: a streaming store (real-size checkpoint) runs without folding, reading each weight as an op needs it
-        self._streaming = StreamingInterpreter(program) if program.weights.streaming else None
+        self._streaming = StreamingInterpreter(program) if program.weights.streaming or not fold else None
         if self._streaming is not None:
             return
         self._graph_module, folded = _fold_weight_computations(program)

@@ -28,6 +28,12 @@ from qeff_compiler.errors import MetaWeightError, WeightError
 STREAM_ABOVE_BYTES = 4 * 2**30
 
 
+#: a store's record of the derivations it made: (outputs, specs, source entry ids) → (source entries, made entries)
+_Memo = dict[
+    tuple[tuple[str, ...], tuple["WeightSpec", ...], tuple[int, ...]], tuple[tuple["_Entry", ...], tuple["_Entry", ...]]
+]
+
+
 @dataclass(frozen=True)
 class WeightSpec:
     """Shape and dtype of a weight, known without reading its data."""
@@ -56,6 +62,14 @@ class _Entry:
     def load(self) -> torch.Tensor:
         raise NotImplementedError
 
+    def load_rows(self, rows: int) -> torch.Tensor:
+        """The first `rows` rows of the weight (a checkpoint reads only those)."""
+        return self.load()[:rows]
+
+    def load_stored(self) -> torch.Tensor:
+        """The weight's data in the dtype it is stored in (a bf16 checkpoint's tensor before the cast to fp32)."""
+        return self.load()
+
 
 class _TensorEntry(_Entry):
     """A tensor (in memory or memory-mapped), cast to `dtype` when loaded if it is stored otherwise."""
@@ -67,6 +81,12 @@ class _TensorEntry(_Entry):
 
     def load(self) -> torch.Tensor:
         return self.tensor.to(self.spec.dtype)
+
+    def load_rows(self, rows: int) -> torch.Tensor:
+        return self.tensor[:rows].to(self.spec.dtype)
+
+    def load_stored(self) -> torch.Tensor:
+        return self.tensor
 
 
 @dataclass(frozen=True)
@@ -86,15 +106,24 @@ class _SafetensorsEntry(_Entry):
         self.location, self.spec = location, spec
 
     def load(self) -> torch.Tensor:
+        return self._read(None)
+
+    def load_rows(self, rows: int) -> torch.Tensor:
+        return self._read(rows)
+
+    def load_stored(self) -> torch.Tensor:
+        return self._read(None, cast=False)
+
+    def _read(self, rows: int | None, *, cast: bool = True) -> torch.Tensor:
         from safetensors import SafetensorError, safe_open
 
         path, key = self.location.path, self.location.key
         try:
             with safe_open(str(path), framework="pt") as handle:
-                tensor = handle.get_tensor(key)
+                tensor = handle.get_tensor(key) if rows is None else handle.get_slice(key)[:rows]
         except (SafetensorError, OSError) as exc:
             raise WeightError(f"cannot read weight {key!r} from {path}: {exc}") from exc
-        return tensor.to(self.spec.dtype)
+        return tensor.to(self.spec.dtype) if cast else tensor
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,6 +135,9 @@ class Derivation:
     specs: tuple[WeightSpec, ...]
     sources: tuple[str, ...]
     fn: Callable[..., Sequence[torch.Tensor]]
+    #: `fn` takes its sources in the dtype they are stored in (e.g. a bf16 checkpoint's tensor) and converts
+    #: them itself, a chunk at a time: no fp32 copy of a whole source (a 7B embedding is 0.8 GB in fp32)
+    reads_stored: bool = False
 
 
 class _Recipe:
@@ -116,7 +148,10 @@ class _Recipe:
 
     def evaluate(self) -> tuple[torch.Tensor, ...]:
         """Run the recipe, checking it made what its specs promise (a wrong recipe must not write bad weights)."""
-        results = tuple(self.derivation.fn(*(source.load() for source in self.sources)))
+        stored = self.derivation.reads_stored
+        results = tuple(
+            self.derivation.fn(*(source.load_stored() if stored else source.load() for source in self.sources))
+        )
         specs = self.derivation.specs
         made = [WeightSpec(tuple(t.shape), t.dtype) for t in results]
         if made != list(specs):
@@ -159,6 +194,14 @@ class _MeteredEntry(_Entry):
         self.on_read(self.spec.nbytes)
         return tensor
 
+    def load_rows(self, rows: int) -> torch.Tensor:
+        return self.entry.load_rows(rows)
+
+    def load_stored(self) -> torch.Tensor:
+        tensor = self.entry.load_stored()
+        self.on_read(self.spec.nbytes)
+        return tensor
+
 
 class _CheckedEntry(_Entry):
     """Another entry whose data passes `check(name, tensor)` the first time it is read (a checkpoint's weights
@@ -175,6 +218,29 @@ class _CheckedEntry(_Entry):
             self.checked = True
         return tensor
 
+    def load_rows(self, rows: int) -> torch.Tensor:
+        tensor = self.entry.load_rows(rows)
+        self.check(self.name, tensor)
+        return tensor
+
+    def load_stored(self) -> torch.Tensor:
+        tensor = self.entry.load_stored()
+        if not self.checked:
+            self.check(self.name, tensor)
+            self.checked = True
+        return tensor
+
+
+class _RowsEntry(_Entry):
+    """The first `rows` rows of another entry (a reduced model's vocabulary: `WeightStore.select`)."""
+
+    def __init__(self, entry: _Entry, rows: int) -> None:
+        self.entry, self.rows, self.has_data = entry, rows, entry.has_data
+        self.spec = WeightSpec((rows, *entry.spec.shape[1:]), entry.spec.dtype)
+
+    def load(self) -> torch.Tensor:
+        return self.entry.load_rows(self.rows)
+
 
 class _MetaEntry(_Entry):
     has_data = False
@@ -189,10 +255,14 @@ class _MetaEntry(_Entry):
 class WeightStore(Mapping[str, WeightSpec]):
     """An immutable name → weight mapping; indexing gives the `WeightSpec`, `tensor(name)` the data."""
 
-    def __init__(self, entries: Mapping[str, _Entry] | None = None, *, streaming: bool = False) -> None:
+    def __init__(
+        self, entries: Mapping[str, _Entry] | None = None, *, streaming: bool = False, memo: _Memo | None = None
+    ) -> None:
         self._entries: dict[str, _Entry] = dict(entries or {})
         #: weights are read one at a time when needed; nothing should run numerics over all of them at once
         self.streaming = streaming
+        #: derivations already made from these entries (`sharing_derivations`), shared by every store made from this
+        self._memo = memo
 
     # construction -------------------------------------------------------------------------------------------
     @classmethod
@@ -259,22 +329,29 @@ class WeightStore(Mapping[str, WeightSpec]):
 
     def materialized(self) -> WeightStore:
         """A store whose entries are loaded tensors (tied names still share one), e.g. to share between the
-        prefill and decode programs instead of reading a checkpoint twice."""
+        prefill and decode programs instead of reading a checkpoint twice. Each tensor is kept in the dtype it
+        is stored in and cast when read (a bf16 checkpoint stays half the size of its fp32 weights)."""
         loaded: dict[int, _Entry] = {}
         for entry in self._entries.values():
             if id(entry) not in loaded:
-                loaded[id(entry)] = _TensorEntry(entry.load()) if entry.has_data else entry
-        return WeightStore({name: loaded[id(entry)] for name, entry in self._entries.items()}, streaming=self.streaming)
+                loaded[id(entry)] = _TensorEntry(entry.load_stored(), entry.spec.dtype) if entry.has_data else entry
+        return WeightStore(
+            {name: loaded[id(entry)] for name, entry in self._entries.items()},
+            streaming=self.streaming,
+            memo=self._memo,
+        )
 
     def streamed(self, on_read: Callable[[int], None] | None = None) -> WeightStore:
         """This store, streaming: recipes added later stay unevaluated until a weight is read. `on_read(bytes)`
         is called after each read of one of its weights (progress bars of the stages that stream them)."""
         if on_read is None:
-            return WeightStore(self._entries, streaming=True)
+            return WeightStore(self._entries, streaming=True, memo=self._memo)
         wrapped: dict[int, _Entry] = {}
         for entry in self._entries.values():
             wrapped.setdefault(id(entry), _MeteredEntry(entry, on_read) if entry.has_data else entry)
-        return WeightStore({name: wrapped[id(entry)] for name, entry in self._entries.items()}, streaming=True)
+        return WeightStore(
+            {name: wrapped[id(entry)] for name, entry in self._entries.items()}, streaming=True, memo=self._memo
+        )
 
     def checked(self, check: Callable[[str, torch.Tensor], None]) -> WeightStore:
         """This store with `check(name, tensor)` run on each weight's data when it is first read (tied names share
@@ -283,7 +360,9 @@ class WeightStore(Mapping[str, WeightSpec]):
         for name, entry in self._entries.items():
             wrapped.setdefault(id(entry), _CheckedEntry(entry, name, check) if entry.has_data else entry)
         return WeightStore(
-            {name: wrapped[id(entry)] for name, entry in self._entries.items()}, streaming=self.streaming
+            {name: wrapped[id(entry)] for name, entry in self._entries.items()},
+            streaming=self.streaming,
+            memo=self._memo,
         )
 
     def nbytes(self, names: Iterable[str] | None = None) -> int:
@@ -305,35 +384,66 @@ class WeightStore(Mapping[str, WeightSpec]):
         return sum(entry.spec.numel for entry in unique.values())
 
     # derivation ---------------------------------------------------------------------------------------------
+    def sharing_derivations(self) -> WeightStore:
+        """This store, and every store derived from it, sharing the weights their derivations make. For the
+        specializations of one compile (the same pipeline on the same weights): prefill and decode then hold
+        one lowered copy, not two. Programs with other pipelines must not share a memo."""
+        return WeightStore(self._entries, streaming=self.streaming, memo={})
+
+    def select(self, sources: Mapping[str, tuple[str, int | None]]) -> WeightStore:
+        """A store whose weight `name` reads the first `rows` rows of `source` (`name: (source, rows)`; None: the
+        whole weight): a reduced model (some layers, part of the vocabulary) over these weights, reading no
+        more of a checkpoint than it uses. Names of one source entry and row count share one entry. The new store
+        is resident (not streaming), like any small model's."""
+        made: dict[tuple[int, int | None], _Entry] = {}
+        entries: dict[str, _Entry] = {}
+        for name, (source, rows) in sources.items():
+            entry = self._entry(source)
+            key = (id(entry), rows)
+            if key not in made:
+                made[key] = entry if rows is None or rows >= entry.spec.shape[0] else _RowsEntry(entry, rows)
+            entries[name] = made[key]
+        return WeightStore(entries)
+
     def with_tensors(self, updates: Mapping[str, torch.Tensor]) -> WeightStore:
         """A new store where `updates` add or replace entries; every other entry is shared."""
         entries = dict(self._entries)
         entries.update(WeightStore.from_tensors(updates)._entries)
-        return WeightStore(entries, streaming=self.streaming)
+        return WeightStore(entries, streaming=self.streaming, memo=self._memo)
 
     def derive(self, derivations: Iterable[Derivation]) -> WeightStore:
         """A new store with each derivation's outputs added (or replaced). A streaming store keeps the recipes
-        lazy; a resident one evaluates those whose sources have data now; over meta sources they stay meta."""
+        lazy; a resident one evaluates those whose sources have data now; over meta sources they stay meta. In a
+        store `sharing_derivations`, a derivation made before (same outputs and specs, same source entries) is
+        not made again: its entries are reused."""
         entries = dict(self._entries)
         for derivation in derivations:
-            recipe = _Recipe(derivation, tuple(self._entry(name) for name in derivation.sources))
-            lazy = [_DerivedEntry(recipe, i) for i in range(len(derivation.outputs))]
-            if not self.streaming and lazy[0].has_data:
-                entries.update(zip(derivation.outputs, map(_TensorEntry, recipe.evaluate()), strict=True))
+            sources = tuple(self._entry(name) for name in derivation.sources)
+            key = (derivation.outputs, derivation.specs, tuple(map(id, sources)))
+            if self._memo is not None and key in self._memo:
+                made = self._memo[key][1]
             else:
-                entries.update(zip(derivation.outputs, lazy, strict=True))
-        return WeightStore(entries, streaming=self.streaming)
+                recipe = _Recipe(derivation, sources)
+                made = tuple(_DerivedEntry(recipe, i) for i in range(len(derivation.outputs)))
+                if not self.streaming and made[0].has_data:
+                    made = tuple(map(_TensorEntry, recipe.evaluate()))
+                if self._memo is not None:
+                    self._memo[key] = (sources, made)  # the sources stay alive, so their ids stay theirs
+            entries.update(zip(derivation.outputs, made, strict=True))
+        return WeightStore(entries, streaming=self.streaming, memo=self._memo)
 
     def tie(self, aliases: Mapping[str, str]) -> WeightStore:
         """A new store where each alias names the same entry as its target (tied weights stay stored once)."""
         entries = dict(self._entries)
         entries.update({alias: self._entry(target) for alias, target in aliases.items()})
-        return WeightStore(entries, streaming=self.streaming)
+        return WeightStore(entries, streaming=self.streaming, memo=self._memo)
 
     def without(self, names: Iterable[str]) -> WeightStore:
         """A new store without the named weights."""
         drop = set(names)
-        return WeightStore({n: e for n, e in self._entries.items() if n not in drop}, streaming=self.streaming)
+        return WeightStore(
+            {n: e for n, e in self._entries.items() if n not in drop}, streaming=self.streaming, memo=self._memo
+        )
 
     def _entry(self, name: str) -> _Entry:
         try:

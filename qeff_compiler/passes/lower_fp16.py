@@ -52,8 +52,9 @@ _CACHE_ROLES = frozenset({"past_key", "past_value", "retained_key", "retained_va
 @dataclasses.dataclass(frozen=True)
 class LowerFp16Options:
     check_overflow: bool = option(
-        True, "run check-fp16-range first (unless the program was checked): fail (Fp16OverflowError, naming layer "
-        "and op) if fp32 activations exceed ±65504 on sample inputs"
+        True,
+        "run check-fp16-range first (unless the program was checked): fail (Fp16OverflowError, naming layer "
+        "and op) if fp32 activations exceed ±65504 on sample inputs",
     )
 
 
@@ -119,12 +120,14 @@ def _lower_weights(program: Program) -> tuple[WeightStore, tuple[str, ...]]:
         spec = store[name]
         if name in done or is_alibi_slopes(name) or not spec.dtype.is_floating_point or spec.dtype == torch.float16:
             continue
-        derivations.append(Derivation((name,), (WeightSpec(spec.shape, torch.float16),), (name,), to_fp16))
+        derivations.append(
+            Derivation((name,), (WeightSpec(spec.shape, torch.float16),), (name,), to_fp16, reads_stored=True)
+        )
         group = tied.get(name, [name])
         aliases.update({alias: name for alias in group if alias != name})
         done.update(group)
         if store.has_data and not store.streaming:
-            count = int((store.tensor(name).abs() > FP16_MAX).sum())
+            count = _count_beyond_fp16(store.tensor(name))
             clipped += [f"{name}: {count} values beyond ±{FP16_MAX:g} clipped"] if count else []
     elements = sum(store[d.outputs[0]].numel for d in derivations)
     notes = [f"{len(derivations)} weights ({elements:,} values) converted to fp16", *clipped]
@@ -133,9 +136,27 @@ def _lower_weights(program: Program) -> tuple[WeightStore, tuple[str, ...]]:
     return store.derive(derivations).tie(aliases), tuple(notes)
 
 
+#: elements converted at a time: the embedding of a 7B model is 206M values, and a whole-tensor clip would hold
+#: another fp32 copy of it
+_CHUNK = 1 << 22
+
+
 def to_fp16(weight: torch.Tensor) -> tuple[torch.Tensor]:
-    """The weight clipped to ±65504 (fp16 would make larger values inf) and rounded to fp16."""
-    return (weight.clamp(-FP16_MAX, FP16_MAX).to(torch.float16),)
+    """The weight (any float dtype: a checkpoint's bf16 as stored) clipped to ±65504 in fp32 (fp16 would make
+    larger values inf) and rounded to fp16, a chunk at a time (no fp32 copy of the whole weight)."""
+    out = torch.empty(weight.shape, dtype=torch.float16)
+    for source, target in zip(_chunks(weight), _chunks(out), strict=True):
+        target.copy_(source.float().clamp(-FP16_MAX, FP16_MAX))
+    return (out,)
+
+
+def _count_beyond_fp16(weight: torch.Tensor) -> int:
+    """How many values of `weight` fp16 cannot hold (|x| > 65504), counted a chunk at a time."""
+    return sum(int((chunk.abs() > FP16_MAX).sum()) for chunk in _chunks(weight))
+
+
+def _chunks(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return tensor.reshape(-1).split(_CHUNK) if tensor.numel() else ()
 
 
 def _upcast_weight_reads(graph: torch.fx.Graph, weights: WeightStore) -> None:

@@ -63,6 +63,7 @@ class PassManager:
         self.printer = printer
         self.sample_seed = sample_seed
         self.records: list[PassRecord] = []
+        self.unchecked: str | None = None
 
     def __str__(self) -> str:
         return ",".join(p.describe() for p in self.passes)
@@ -72,6 +73,8 @@ class PassManager:
         self.records = []
         # a streaming store (real-size checkpoint) is not run per pass: each run would read every weight
         check_numerics = self.verify and program.has_weight_data and not program.weights.streaming
+        #: why the outputs were not compared after each pass (the timing table says so); None: they were
+        self.unchecked = None if check_numerics else _unchecked_reason(self.verify, program)
         reference = reference_outputs(program, self.sample_seed) if check_numerics else None
         for current in self.passes:
             current.check_contract(program, where=f" (pipeline: {self})")
@@ -111,7 +114,7 @@ class PassManager:
         lines = [f"{'pass':<{width}} {'time (s)':>9} {'verify (s)':>10} {'%':>6} {'nodes':>13} {'max |Δ|':>9}"]
         for r in self.records:
             share = 100 * (r.seconds + r.verify_seconds) / total
-            diff = "meta" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}"
+            diff = (self.unchecked or "-") if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}"
             nodes = f"{r.nodes_before}→{r.nodes_after}"
             lines.append(
                 f"{r.pass_text:<{width}} {r.seconds:>9.4f} {r.verify_seconds:>10.4f} {share:>6.1f} "
@@ -125,3 +128,10 @@ class PassManager:
         for r in self.records:
             lines += [f"{r.pass_text}: {note}" for note in r.notes]
         return "\n".join(lines)
+
+
+def _unchecked_reason(verify: bool, program: Program) -> str:
+    """The timing table's word for outputs not compared: checking off, no weight data, or weights streamed."""
+    if not verify:
+        return "off"
+    return "meta" if not program.has_weight_data else "streamed"
