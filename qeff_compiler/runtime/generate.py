@@ -125,6 +125,17 @@ def _token_lists(input_ids: object) -> list[list[int]]:
     return prompts
 
 
+def check_generation_length(prompts: list[list[int]], max_new_tokens: object, ctx_len: int) -> None:
+    """Refuse a max_new_tokens that is not a positive integer, or that the longest prompt leaves no cache room for."""
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise InvalidArgumentError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    longest = max(len(p) for p in prompts)
+    if longest + max_new_tokens > ctx_len:
+        raise InvalidArgumentError(
+            f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds ctx_len={ctx_len}"
+        )
+
+
 def generate(
     prefill: Executor,
     decode: Executor,
@@ -140,13 +151,7 @@ def generate(
 ) -> GenerationOutput:
     """Generate up to `max_new_tokens` per prompt; stops a row at an EOS token. `clock` gives the simulated device
     time of each program call."""
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise InvalidArgumentError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    longest = max(len(p) for p in prompts)
-    if longest + max_new_tokens > shapes.ctx_len:
-        raise InvalidArgumentError(
-            f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds ctx_len={shapes.ctx_len}"
-        )
+    check_generation_length(prompts, max_new_tokens, shapes.ctx_len)
     sampler = TokenSampler(sampling)
     cache = {name: torch.zeros(shape, dtype=dtype) for name, (shape, dtype) in cache_specs.items()}
     start = time.perf_counter()

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import torch
 
-from qeff_compiler.errors import InvalidArgumentError
 from qeff_compiler.runtime.generate import (
     DeviceClock,
     Executor,
@@ -39,6 +38,7 @@ from qeff_compiler.runtime.generate import (
     _pad_sequences,
     _prefill,
     _run,
+    check_generation_length,
 )
 from qeff_compiler.runtime.proposers import Proposal, Proposer
 from qeff_compiler.runtime.sampling import TokenSampler
@@ -130,13 +130,7 @@ def generate_speculative(
 ) -> GenerationOutput:
     """Generate like `runtime.generate.generate`, K+1 positions verified per step; see the module docstring."""
     static, k = shapes.shapes, shapes.num_speculative_tokens
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise InvalidArgumentError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    longest = max(len(p) for p in prompts)
-    if longest + max_new_tokens > static.ctx_len:
-        raise InvalidArgumentError(
-            f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds ctx_len={static.ctx_len}"
-        )
+    check_generation_length(prompts, max_new_tokens, static.ctx_len)
     cache = {name: torch.zeros(shape, dtype=dtype) for name, (shape, dtype) in cache_specs.items()}
     start = time.perf_counter()
     last_logits = _prefill(prefill, static, prompts, cache)
