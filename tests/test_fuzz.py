@@ -178,6 +178,11 @@ def stubbed_cli(cli_files: dict[str, Path], tiny_artifact: TinyArtifact, monkeyp
     monkeypatch.setattr(modules["evaluate"], "Evaluator", lambda *args, **kwargs: (_ for _ in ()).throw(Reached("eval")))
     monkeypatch.setattr(modules["tune"], "tune", lambda *args, **kwargs: (_ for _ in ()).throw(Reached("tune")))
     monkeypatch.setattr(importlib.import_module("qeff_compiler.backends.ai100.plot"), "plot_simulation", plot_stub)
+    # `qeffc serve` would listen until stopped (tests/test_serve.py runs the real server): stop where it would start
+    for module, name in (("qeff_compiler.serve.server", "serve"), ("qeff_compiler.serve.ray_app", "run_ray")):
+        monkeypatch.setattr(
+            importlib.import_module(module), name, lambda *args, **kwargs: (_ for _ in ()).throw(Reached("serve"))
+        )
 
 
 def _command_params() -> dict[str, list[object]]:
