@@ -98,7 +98,9 @@ class ModelConfigRecord(BaseModel):
 def _options_model() -> type[BaseModel]:
     """CompileOptions as a strict model: every field required (the writer stores them all), no other key."""
     hints = get_type_hints(CompileOptions)
-    fields: dict[str, Any] = {field.name: (hints[field.name], ...) for field in dataclasses.fields(CompileOptions)}
+    as_json = {tuple[int, ...] | None: list[int] | None}  # JSON stores a tuple (the context buckets) as a list
+    types = {name: as_json.get(hint, hint) for name, hint in hints.items()}
+    fields: dict[str, Any] = {field.name: (types[field.name], ...) for field in dataclasses.fields(CompileOptions)}
     return create_model("OptionsRecord", __config__=_STRICT, **fields)
 
 

@@ -22,7 +22,8 @@ STAGING_TIMEOUT = 240
 def test_sigint_while_writing_leaves_no_partial_artifact(tmp_path: Path) -> None:
     output = tmp_path / "shipped"
     process = subprocess.Popen(
-        [str(QEFFC), "compile", "-o", str(output), "--ctx-len", "32", "--prefill-len", "8"],
+        # fp32: the largest weights of the shipped model, so the write lasts long enough to be interrupted
+        [str(QEFFC), "compile", "-o", str(output), "--precision", "fp32", "--ctx-len", "32", "--prefill-len", "8"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + STAGING_TIMEOUT
