@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.fx
 
@@ -63,6 +66,16 @@ def add_placeholder(graph: torch.fx.Graph, name: str, binding: tuple[str, str]) 
         node = graph.placeholder(name)
     node.meta[BINDING] = binding
     return node
+
+
+def feed_input_to_calls(graph_module: torch.fx.GraphModule, name: str, target: Callable[..., Any]) -> None:
+    """Add the program input `name` and pass it as keyword `name` to every call of `target` (an op that gains an
+    optional input, e.g. the cached attention's batch_index or comp_ctx_lengths); recompiles."""
+    graph = graph_module.graph
+    value = add_placeholder(graph, name, ("input", name))
+    for node in graph.find_nodes(op="call_function", target=target):
+        node.kwargs = {**node.kwargs, name: value}
+    graph_module.recompile()
 
 
 def erase_dead_code(graph: torch.fx.Graph) -> None:

@@ -22,7 +22,7 @@ from typing import ClassVar
 
 import torch
 
-from qeff_compiler.ir.graph_utils import add_placeholder
+from qeff_compiler.ir.graph_utils import feed_input_to_calls
 from qeff_compiler.ir.ops import ATTENTION_KV
 from qeff_compiler.ir.program import Program, TensorSpec
 from qeff_compiler.passes.base import Forbid, Pass
@@ -46,11 +46,7 @@ class ComputeContextLength(Pass):
 
     def transform(self, program: Program) -> Program:
         graph_module = program.copy_graph()
-        graph = graph_module.graph
-        lengths = add_placeholder(graph, COMP_CTX_LENGTHS, ("input", COMP_CTX_LENGTHS))
-        for node in graph.find_nodes(op="call_function", target=ATTENTION_KV):
-            node.kwargs = {**node.kwargs, COMP_CTX_LENGTHS: lengths}
-        graph_module.recompile()
+        feed_input_to_calls(graph_module, COMP_CTX_LENGTHS, ATTENTION_KV)
         ctx_len = next(s.shape[2] for s in program.inputs if s.role == "past_key")
         spec = TensorSpec(COMP_CTX_LENGTHS, (ctx_len,), torch.int64, COMP_CTX_LENGTHS)
         return program.evolve(graph_module=graph_module, inputs=(*program.inputs, spec))

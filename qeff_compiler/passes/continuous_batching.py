@@ -24,7 +24,7 @@ from typing import ClassVar
 import torch
 
 from qeff_compiler.errors import InvalidArgumentError, PassOptionError
-from qeff_compiler.ir.graph_utils import add_placeholder
+from qeff_compiler.ir.graph_utils import feed_input_to_calls
 from qeff_compiler.ir.ops import ATTENTION_KV
 from qeff_compiler.ir.program import Program, TensorSpec
 from qeff_compiler.passes.base import Forbid, Pass, option
@@ -63,11 +63,7 @@ class ContinuousBatching(Pass):
                 f"full_batch_size={slots} is smaller than the program's batch {ids.shape[0]}: every row needs a slot"
             )
         graph_module = program.copy_graph()
-        graph = graph_module.graph
-        batch_index = add_placeholder(graph, BATCH_INDEX, ("input", BATCH_INDEX))
-        for node in graph.find_nodes(op="call_function", target=ATTENTION_KV):
-            node.kwargs = {**node.kwargs, BATCH_INDEX: batch_index}
-        graph_module.recompile()
+        feed_input_to_calls(graph_module, BATCH_INDEX, ATTENTION_KV)
 
         def widened(spec: TensorSpec) -> TensorSpec:
             return dataclasses.replace(spec, shape=(slots, *spec.shape[1:])) if spec.role in _CACHE_ROLES else spec
