@@ -36,7 +36,7 @@ from qeff_compiler.pipelines import compile_pipeline, verify_pipeline
 from qeff_compiler.precision import kv_cache_bits
 from qeff_compiler.progress import Progress, make_progress
 from qeff_compiler.runtime.batch_generate import generate_in_slots
-from qeff_compiler.runtime.draft_check import PROMPT_LOOKUP, check_draft
+from qeff_compiler.runtime.draft_check import PROMPT_LOOKUP, check_draft, check_slot_draft
 from qeff_compiler.runtime.generate import (
     Executor,
     GenerationOutput,
@@ -49,6 +49,8 @@ from qeff_compiler.runtime.generate import (
 from qeff_compiler.runtime.proposers import DraftModel, NoProposals, PromptLookup, Proposer
 from qeff_compiler.runtime.sampling import SamplingConfig, TokenSampler
 from qeff_compiler.runtime.scheduler import ContinuousBatchScheduler
+from qeff_compiler.runtime.slot_proposers import SlotDraft, SlotProposer, StatelessSlots
+from qeff_compiler.runtime.slots import SlotCache
 from qeff_compiler.runtime.speculative import SpeculativeShapes, generate_speculative
 from qeff_compiler.runtime.stats import LatencyStats
 from qeff_compiler.runtime.threads import resolve_threads, torch_threads
@@ -374,7 +376,9 @@ class CompiledModel:
         oversubscribe the machine (`runtime.threads`).
         `draft` turns on speculative decoding on a target compiled with `num_speculative_tokens=K`: a compiled
         draft MPT with the same vocabulary and batch size, or "prompt-lookup" (`runtime.speculative`); the
-        stats are then `SpeculativeStats` (acceptance rate, accepted tokens per step, simulated speed-up).
+        stats are then `SpeculativeStats` (acceptance rate, accepted tokens per step, simulated speed-up). A target
+        that also has slots (`full_batch_size`) or context buckets speculates per slot (`runtime.scheduler`; a
+        draft needs as many slots, `slot_proposer`) and its stats are `SlotSpeculativeStats`.
         """
         if trace is not None:
             check_trace_detail(trace_detail)  # before the work
@@ -385,14 +389,10 @@ class CompiledModel:
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
         eos_ids = eos_token_ids(eos)
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else min(eos_ids, default=0)
-        if draft is not None and self.options.num_speculative_tokens is None:
-            raise InvalidArgumentError(
-                "generate(draft=...) needs a target compiled with num_speculative_tokens=K, e.g. "
-                "qc.compile(model, num_speculative_tokens=4)"
-            )
+        self._check_speculative_target(draft)
         threads = resolve_threads(threads)
         if slots is not None or self.options.comp_ctx_lengths_decode is not None:  # slots, or buckets per call
-            scheduler = ContinuousBatchScheduler(self, engine=engine)
+            scheduler = ContinuousBatchScheduler(self, engine=engine, proposer=self.slot_proposer(draft, engine))
             with torch_threads(threads):
                 output = generate_in_slots(scheduler, prompts, max_new_tokens, sampling, eos_ids, pad, streamer)
             if trace is not None:
@@ -454,6 +454,32 @@ class CompiledModel:
         check_draft(self, draft, length)
         prefill, decode = draft.generation_executors(engine)
         return DraftModel(prefill, decode, draft.shapes, draft.cache_specs, draft.simulation, sampler)
+
+    def _check_speculative_target(self, draft: object) -> None:
+        """Refuse a draft for a model that verifies nothing."""
+        if draft is not None and self.options.num_speculative_tokens is None:
+            raise InvalidArgumentError(
+                "generate(draft=...) needs a target compiled with num_speculative_tokens=K, e.g. "
+                "qc.compile(model, num_speculative_tokens=4)"
+            )
+
+    def slot_proposer(self, draft: CompiledModel | str | None, engine: str = "host") -> SlotProposer | None:
+        """What proposes the tokens of each slot's verify steps when this speculative target serves through
+        `ContinuousBatchScheduler`: a compiled draft with one slot per target slot (its own cache of them), or
+        "prompt-lookup"; None: no proposals. Refuses a draft that cannot serve this target's slots."""
+        self._check_speculative_target(draft)
+        if draft is None:
+            return None
+        if isinstance(draft, str) and draft == PROMPT_LOOKUP:
+            return StatelessSlots(PromptLookup())
+        if not isinstance(draft, CompiledModel):
+            raise InvalidArgumentError(
+                f"draft must be a compiled model or {PROMPT_LOOKUP!r}, got {reprlib.repr(draft)}"
+            )
+        check_slot_draft(self, draft)
+        prefill, decode = draft.context_buckets
+        cache = SlotCache(draft.prefill, draft.decode, draft.generation_executors(engine), prefill, decode)
+        return SlotDraft(cache, draft.clock)
 
     def estimate(self, prompt_len: int, generation_len: int, batch_size: int | None = None) -> LatencyStats:
         """Simulated TTFT, prefill and decode figures from the cost model alone (no numerics; works on a

@@ -82,12 +82,6 @@ class CompileOptions:
         if self.ctx_len < self.prefill_len:
             raise InvalidArgumentError(f"ctx_len={self.ctx_len} is smaller than prefill_len={self.prefill_len}")
         k = self.num_speculative_tokens
-        serving = self.full_batch_size, self.comp_ctx_lengths_prefill, self.comp_ctx_lengths_decode
-        if k is not None and any(v is not None for v in serving):
-            raise InvalidArgumentError(
-                f"num_speculative_tokens={k!r} does not combine with full_batch_size or comp_ctx_lengths (continuous "
-                "batching and context buckets): compile the speculative target without them"
-            )
         if k is not None and (not isinstance(k, int) or isinstance(k, bool) or not 1 <= k < self.ctx_len - 1):
             raise InvalidArgumentError(
                 f"num_speculative_tokens must be an integer in 1..{self.ctx_len - 2} (the K+1 verified positions "

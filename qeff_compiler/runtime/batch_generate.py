@@ -3,12 +3,15 @@
 Each prompt becomes a request with the call's settings (so each produces what it would alone); the scheduler
 admits them into free slots in order and decodes every live slot per step. The output has the shape of a plain
 `generate`: padded sequences, new tokens per prompt, and `LatencyStats` whose figures sum the calls made (TTFT:
-until every prompt has its first token; per-token latencies: one per decode step).
+until every prompt has its first token; per-token latencies: one per decode step). On a speculative-decoding
+target the stats are `SlotSpeculativeStats`: each step is a verify step (its draft calls included) and gains
+several tokens per slot.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -16,6 +19,43 @@ from qeff_compiler.runtime.generate import GenerationOutput, Streamer
 from qeff_compiler.runtime.sampling import SamplingConfig
 from qeff_compiler.runtime.scheduler import ContinuousBatchScheduler, Request
 from qeff_compiler.runtime.stats import LatencyStats
+
+
+@dataclass(frozen=True, repr=False)
+class SlotSpeculativeStats(LatencyStats):
+    """`LatencyStats` of speculative generation through slots: per-token latencies are per verify step (the
+    draft's calls included), and the decode rates count the tokens a slot gains per step."""
+
+    proposed_tokens: int = 0
+    accepted_tokens: int = 0
+    #: (slot, verify step) pairs: each gained 1 + its accepted proposals
+    verify_slot_steps: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Share of proposed tokens the target accepted (nan when nothing was proposed)."""
+        return self.accepted_tokens / self.proposed_tokens if self.proposed_tokens else float("nan")
+
+    @property
+    def accepted_tokens_per_step(self) -> float:
+        """Target tokens a slot gained per verify step (≥ 1)."""
+        steps = self.verify_slot_steps
+        return (self.accepted_tokens + steps) / steps if steps else float("nan")
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Simulated effective decode rate per sequence: tokens per slot per step over the mean step time."""
+        return super().decode_tokens_per_s * self.accepted_tokens_per_step
+
+    @property
+    def host_decode_tokens_per_s(self) -> float:
+        return super().host_decode_tokens_per_s * self.accepted_tokens_per_step
+
+    def rows(self) -> list[tuple[str, str]]:
+        return super().rows() + [
+            ("acceptance rate", f"{self.acceptance_rate:.3f} ({self.accepted_tokens}/{self.proposed_tokens})"),
+            ("accepted tokens per step", f"{self.accepted_tokens_per_step:.2f}"),
+        ]
 
 
 def generate_in_slots(
@@ -35,11 +75,13 @@ def generate_in_slots(
     for request in requests:
         scheduler.submit(request)
     new_tokens: list[list[int]] = [[] for _ in prompts]
-    host_prefill, host_decode, step = [], [], 0
+    host_prefill, host_decode, step_seconds, step = [], [], [], 0
     while scheduler.has_work:
         made = len(scheduler.calls)
         events = scheduler.step()
         decoded = any(call.kind == "decode" for call in scheduler.calls[made:])
+        if decoded:  # a decode step, or a verify step and its draft's calls
+            step_seconds.append(sum(call.seconds for call in scheduler.calls[made:]))
         chosen = torch.full((len(prompts),), -1, dtype=torch.int64)
         for event in events:
             if event.token is not None:
@@ -55,18 +97,26 @@ def generate_in_slots(
     serving = scheduler.stats()
     calls = scheduler.calls
     host_ttft = max(r.host_ttft_s for r in serving.requests)
-    stats = LatencyStats(
+    figures = LatencyStats(
         prompt_tokens=tuple(len(p) for p in prompts),
         generated_tokens=tuple(len(t) for t in new_tokens),
         device=serving.device,
         ttft_s=max(r.ttft_s for r in serving.requests),
-        prefill_s=sum(c.seconds for c in calls if c.kind == "prefill"),
-        token_latencies_s=tuple(c.seconds for c in calls if c.kind == "decode"),
+        prefill_s=sum(c.seconds for c in calls if c.kind in ("prefill", "draft-prefill")),
+        token_latencies_s=tuple(step_seconds),
         host_ttft_s=host_ttft,
         host_prefill_s=sum(host_prefill),
         host_decode_s=sum(host_decode),
         host_token_latencies_s=tuple(host_decode),
     )
+    stats = figures
+    if scheduler.num_speculative_tokens:
+        stats = SlotSpeculativeStats(
+            **vars(figures),
+            proposed_tokens=serving.proposed_tokens,
+            accepted_tokens=serving.accepted_tokens,
+            verify_slot_steps=serving.verify_slot_steps,
+        )
     rows = [list(p) + t for p, t in zip(prompts, new_tokens, strict=True)]
     width = max(len(r) for r in rows)
     sequences = torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows], dtype=torch.int64)

@@ -1,8 +1,9 @@
 """Whether a compiled draft model can propose tokens for a speculative-decoding target.
 
 The target verifies token ids, so the draft must speak the same vocabulary (same size, and the same tokenizer
-when both models have one), fill the same batch rows per call, decode one token per call, and hold the whole
-sequence in its cache. Each mismatch is refused with what differs.
+when both models have one), fill the same batch rows per call (through slots: have as many slots, one per
+target slot), decode one token per call, and hold the whole sequence in its cache. Each mismatch is refused with
+what differs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ class _Options(Protocol):
     @property
     def num_speculative_tokens(self) -> int | None: ...
 
+    @property
+    def full_batch_size(self) -> int | None: ...
+
 
 class SpeculativeModel(Protocol):
     """What the check reads of a compiled model."""
@@ -43,6 +47,41 @@ class SpeculativeModel(Protocol):
 
 def check_draft(target: SpeculativeModel, draft: SpeculativeModel, length: int) -> None:
     """Refuse a draft that cannot propose for `target` over sequences of `length` tokens."""
+    _check_vocabulary(target, draft)
+    if draft.shapes.batch_size != target.shapes.batch_size:
+        raise InvalidArgumentError(
+            f"the draft was compiled for batch_size={draft.shapes.batch_size}, the target for "
+            f"batch_size={target.shapes.batch_size}: compile the draft with the target's batch size"
+        )
+    if length > draft.shapes.ctx_len:
+        raise InvalidArgumentError(
+            f"prompt + max_new_tokens ({length} tokens) exceeds the draft's ctx_len={draft.shapes.ctx_len}"
+        )
+
+
+def check_slot_draft(target: SpeculativeModel, draft: SpeculativeModel) -> None:
+    """Refuse a draft that cannot propose for every slot of `target` (continuous batching): it needs one slot per
+    target slot (its full_batch_size, or its batch_size without one) and room for any sequence the target holds."""
+    _check_vocabulary(target, draft)
+    ours, theirs = _slots(target), _slots(draft)
+    if theirs != ours:
+        raise InvalidArgumentError(
+            f"the draft has {theirs} slot(s), the target {ours}: a draft proposes for every slot of the target; "
+            f"compile it with full_batch_size={ours}"
+        )
+    if draft.shapes.ctx_len < target.shapes.ctx_len:
+        raise InvalidArgumentError(
+            f"the draft's ctx_len={draft.shapes.ctx_len} is shorter than the target's ctx_len="
+            f"{target.shapes.ctx_len}: a draft serving slots must hold every sequence the target can"
+        )
+
+
+def _slots(model: SpeculativeModel) -> int:
+    return model.options.full_batch_size or model.shapes.batch_size
+
+
+def _check_vocabulary(target: SpeculativeModel, draft: SpeculativeModel) -> None:
+    """Refuse a draft that verifies nothing (K of its own) or speaks another vocabulary than the target."""
     if draft.options.num_speculative_tokens is not None:
         raise InvalidArgumentError(
             f"the draft was compiled with num_speculative_tokens={draft.options.num_speculative_tokens}; "
@@ -58,15 +97,6 @@ def check_draft(target: SpeculativeModel, draft: SpeculativeModel, length: int) 
         raise InvalidArgumentError(
             f"the draft's tokenizer ({draft.source_directory}/tokenizer.json) maps tokens to other ids than the "
             f"target's ({target.source_directory}/tokenizer.json): a draft must share the target's tokenizer"
-        )
-    if draft.shapes.batch_size != target.shapes.batch_size:
-        raise InvalidArgumentError(
-            f"the draft was compiled for batch_size={draft.shapes.batch_size}, the target for "
-            f"batch_size={target.shapes.batch_size}: compile the draft with the target's batch size"
-        )
-    if length > draft.shapes.ctx_len:
-        raise InvalidArgumentError(
-            f"prompt + max_new_tokens ({length} tokens) exceeds the draft's ctx_len={draft.shapes.ctx_len}"
         )
 
 

@@ -139,7 +139,7 @@ class DraftModel:
         start = time.perf_counter()
         pending: list[list[int]] = []
         for row, history in enumerate(histories):
-            common = _common_prefix(self.fed[row], history)
+            common = common_prefix(self.fed[row], history)
             del self.fed[row][common:]  # rejected proposals: their slots are rewritten before being attended
             pending.append(list(history[common:]) if counts[row] > 0 else [])
         tokens: list[list[int]] = [[] for _ in histories]
@@ -181,7 +181,8 @@ class DraftModel:
         return _run(executor, ids, positions, self.cache)["logits"]
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token sequences."""
     length = 0
     for x, y in zip(a, b, strict=False):
         if x != y:

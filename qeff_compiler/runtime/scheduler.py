@@ -7,6 +7,15 @@ of every live slot. A request leaves its slot at an EOS token, one of its stop s
 `max_new_tokens`; the next waiting one takes the slot at the following step. Each request carries its own
 sampling settings (and seed), so it produces what it would produce alone.
 
+A speculative-decoding target (compiled with `num_speculative_tokens=K`) makes every decode step a verify step:
+a `SlotProposer` proposes up to K tokens per live slot (from that slot's sequence alone, or from a draft model
+with a slot of its own per target slot), one call scores each slot's last token and its proposals, and each slot
+accepts its own prefix with its own sampler (`runtime.speculative.verify_row`), gaining 1..K+1 tokens. Its stop
+rules apply token by token: what a slot gained after its stop is dropped. A slot's rejected proposals stay in its
+cache after its accepted length, where no query attends them until they are written over (the argument of
+`runtime.speculative`); positions past a request's room are padding (−1). The draft's calls are charged on the
+same simulated clock as the target's.
+
 Two clocks run side by side: host wall time and the simulated device's (each call charged by the cost model at
 its context bucket). `Request.arrival_s` is on the simulated clock by default (`arrivals="device"`): an offline
 workload (`run`) replays arrival times, idling the device until the next request arrives, and the simulated
@@ -31,9 +40,12 @@ from transformers import MptConfig
 
 from qeff_compiler.errors import InvalidArgumentError
 from qeff_compiler.ir.program import Program
+from qeff_compiler.runtime.proposers import NoProposals
 from qeff_compiler.runtime.sampling import SamplingConfig, TokenSampler
 from qeff_compiler.runtime.serving_stats import RequestStats, ServingStats
+from qeff_compiler.runtime.slot_proposers import DraftCall, SlotProposer, StatelessSlots
 from qeff_compiler.runtime.slots import Executor, SlotCache, SlotClock
+from qeff_compiler.runtime.speculative import verify_row
 
 FINISH_REASONS = ("eos", "length", "stop", "cancelled")
 #: which clock `Request.arrival_s` is replayed on
@@ -126,7 +138,8 @@ class ServableModel(Protocol):
 class CallRecord:
     """One program call the scheduler made, on the simulated clock: what a per-slot trace draws."""
 
-    #: "prefill" (one chunk of one request into its slot) or "decode" (one step of every live slot)
+    #: "prefill" (one chunk of one request into its slot), "decode" (one step of every live slot: for a
+    #: speculative target, its verify step), or a draft model's "draft-prefill" / "draft" (one decode step)
     kind: str
     #: slots the call served (prefill: one; decode: every live slot)
     slots: tuple[int, ...]
@@ -160,7 +173,16 @@ class _Live:
 class ContinuousBatchScheduler:
     """Serves requests over the slots of a compiled model; see the module docstring."""
 
-    def __init__(self, model: ServableModel, *, engine: str | None = None, arrivals: str = "device") -> None:
+    def __init__(
+        self,
+        model: ServableModel,
+        *,
+        engine: str | None = None,
+        arrivals: str = "device",
+        proposer: SlotProposer | None = None,
+    ) -> None:
+        """`proposer` proposes the tokens of a speculative target's verify steps (default: none, one token per
+        step); `CompiledModel.slot_proposer` makes one from a draft model or "prompt-lookup"."""
         if arrivals not in ARRIVAL_CLOCKS:
             raise InvalidArgumentError(f"arrivals must be one of {', '.join(ARRIVAL_CLOCKS)}, got {arrivals!r}")
         self._host_arrivals = arrivals == "host"
@@ -169,6 +191,14 @@ class ContinuousBatchScheduler:
             model.prefill, model.decode, model.generation_executors(engine or "host"), prefill_buckets, decode_buckets
         )
         self._clock = model.clock
+        #: proposals per verify step (K); 0: plain decoding
+        self.num_speculative_tokens = self._slots.decode_len - 1
+        if proposer is not None and not self.num_speculative_tokens:
+            raise InvalidArgumentError(
+                "a proposer needs a speculative-decoding target: compile the model with num_speculative_tokens=K"
+            )
+        self._proposer = proposer or StatelessSlots(NoProposals())
+        self._proposed = self._accepted = self._verify_slot_steps = 0
         self._vocab = model.config.vocab_size
         self._lock = threading.Lock()
         self._inbox: list[_Live] = []
@@ -252,7 +282,7 @@ class ContinuousBatchScheduler:
         if admitted:
             return events + admitted
         if self._live:
-            return events + self._decode_step()
+            return events + (self._verify_step() if self.num_speculative_tokens else self._decode_step())
         return events
 
     def run(self, requests: Iterable[Request]) -> list[RequestResult]:
@@ -289,6 +319,9 @@ class ContinuousBatchScheduler:
             host_makespan_s=self._last_host_s,
             decode_live_slots=tuple(self._decode_live),
             decode_buckets=tuple(self._decode_buckets),
+            proposed_tokens=self._proposed,
+            accepted_tokens=self._accepted,
+            verify_slot_steps=self._verify_slot_steps,
         )
 
     # -- steps ----------------------------------------------------------------------------------------------
@@ -350,7 +383,58 @@ class ContinuousBatchScheduler:
         item.slot = slot
         self._live[slot] = item
         token = int(item.sampler(results[-1].logits)[0])
-        return self._accept(item, token, time.perf_counter() - start, device_s)
+        event = self._accept(item, token, time.perf_counter() - start, device_s)
+        if self.num_speculative_tokens and event.finish_reason is None:  # a draft fills its slot after the token
+            self._record_draft(self._proposer.admit(slot, item.request.prompt_ids, item.sampler))
+        return event
+
+    def _record_draft(self, calls: list[DraftCall]) -> float:
+        """Charge a proposer's program calls on the simulated clock; returns their seconds."""
+        seconds = 0.0
+        for call in calls:
+            ids = tuple(self._live[slot].request.request_id for slot in call.slots)
+            self.calls.append(CallRecord(call.kind, call.slots, ids, call.bucket, self.device_time_s, call.seconds))
+            self.device_time_s += call.seconds
+            seconds += call.seconds
+        return seconds
+
+    def _verify_step(self) -> list[TokenEvent]:
+        """One verify step: every live slot's proposal, one call scoring each slot's last token and proposals at
+        the smallest bucket holding every position written, then each slot's own acceptance and stop rules."""
+        start = time.perf_counter()
+        histories: list[list[int]] = [[] for _ in range(self.num_slots)]
+        counts = [0] * self.num_slots
+        for slot, item in self._live.items():
+            histories[slot] = [*item.request.prompt_ids, *item.tokens]
+            room = min(item.request.max_new_tokens - len(item.tokens) - 1, self.ctx_len - len(histories[slot]))
+            counts[slot] = min(self.num_speculative_tokens, room)
+        proposal, draft_calls = self._proposer.propose(histories, counts)
+        draft_s = self._record_draft(draft_calls)
+        proposed = {slot: proposal.tokens[slot][: counts[slot]] for slot in self._live}
+        feeds = {slot: ([histories[slot][-1], *proposed[slot]], len(histories[slot]) - 1) for slot in self._live}
+        result = self._slots.verify(feeds)
+        verify_s = self._clock.decode_call_s(result.bucket)
+        live = tuple(self._live)
+        ids = tuple(self._live[slot].request.request_id for slot in live)
+        self.calls.append(CallRecord("decode", live, ids, result.bucket, self.device_time_s, verify_s))
+        self.device_time_s += verify_s
+        self._decode_live.append(len(self._live))
+        self._decode_buckets.append(result.bucket)
+        gained = {}
+        for slot, item in self._live.items():
+            scored = result.logits[slot, : len(proposed[slot]) + 1]
+            gained[slot] = verify_row(proposed[slot], scored, proposal.probabilities[slot], item.sampler)
+            self._proposed += len(proposed[slot])
+            self._accepted += len(gained[slot]) - 1
+            self._verify_slot_steps += 1
+        host_s = time.perf_counter() - start
+        events = []
+        for slot, item in list(self._live.items()):
+            for token in gained[slot]:  # token by token: a stop rule drops the rest
+                events.append(self._accept(item, token, host_s, verify_s + draft_s))
+                if events[-1].finish_reason is not None:
+                    break
+        return events
 
     def _decode_step(self) -> list[TokenEvent]:
         """One decode call over every slot at the smallest bucket holding every live position; each live slot

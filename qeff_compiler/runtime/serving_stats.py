@@ -52,6 +52,22 @@ class ServingStats:
     decode_live_slots: tuple[int, ...]
     #: context bucket every decode step ran at
     decode_buckets: tuple[int, ...]
+    #: speculative decoding: tokens proposed and accepted over every slot and verify step, and the (slot, verify
+    #: step) pairs, each of which gained 1 + its accepted proposals (all 0 without speculation)
+    proposed_tokens: int = 0
+    accepted_tokens: int = 0
+    verify_slot_steps: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Share of proposed tokens the target accepted (nan when nothing was proposed)."""
+        return self.accepted_tokens / self.proposed_tokens if self.proposed_tokens else float("nan")
+
+    @property
+    def accepted_tokens_per_step(self) -> float:
+        """Target tokens a slot gained per verify step (≥ 1: the target's own token always counts)."""
+        steps = self.verify_slot_steps
+        return (self.accepted_tokens + steps) / steps if steps else float("nan")
 
     @property
     def generated_tokens(self) -> int:
@@ -99,12 +115,22 @@ class ServingStats:
                 " / ".join(f"{self.token_percentile_s(p) * 1e3:.3f}" for p in (50, 90, 99)) + " ms",
             ),
             ("slot occupancy", f"{self.slot_occupancy:.1%}"),
+            *self._speculative_rows(),
             ("host throughput", f"{self.host_throughput_tokens_per_s:.1f} tok/s"),
             ("host TTFT p50 / p99", _ms_pair(self.host_ttft_percentile_s(50), self.host_ttft_percentile_s(99))),
             (
                 "host per-token p50 / p90 / p99",
                 " / ".join(f"{self.host_token_percentile_s(p) * 1e3:.2f}" for p in (50, 90, 99)) + " ms",
             ),
+        ]
+
+
+    def _speculative_rows(self) -> list[tuple[str, str]]:
+        if not self.verify_slot_steps:
+            return []
+        return [
+            ("acceptance rate", f"{self.acceptance_rate:.3f} ({self.accepted_tokens}/{self.proposed_tokens})"),
+            ("accepted tokens per slot per step", f"{self.accepted_tokens_per_step:.2f}"),
         ]
 
 

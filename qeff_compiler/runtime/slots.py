@@ -39,7 +39,8 @@ class SlotClock(Protocol):
 
 @dataclass(frozen=True)
 class CallResult:
-    """Logits of a call's rows [rows, vocab] and the context bucket it ran at."""
+    """Logits of a call's rows ([rows, vocab], or [rows, positions, vocab] for `SlotCache.verify`) and the
+    context bucket it ran at."""
 
     logits: torch.Tensor
     bucket: int
@@ -63,7 +64,7 @@ class SlotCache:
         (ids,) = [s for s in prefill.inputs if s.role == "input_ids"]
         self.prefill_rows, self.prefill_len = ids.shape
         (decode_ids,) = [s for s in decode.inputs if s.role == "input_ids"]
-        self.num_slots = decode_ids.shape[0]
+        self.num_slots, self.decode_len = decode_ids.shape
         self.cache = {s.name: torch.zeros(s.shape, dtype=s.dtype) for s in decode.inputs if s.role.startswith("past_")}
         self.ctx_len = next(s.shape[2] for s in decode.inputs if s.role == "past_key")
         self.prefill_buckets = tuple(prefill_buckets or (self.ctx_len,))
@@ -90,15 +91,24 @@ class SlotCache:
     def decode(self, tokens: Mapping[int, tuple[int, int]]) -> CallResult:
         """One step of every slot; `tokens` maps each live slot to (its last token, that token's position).
         Returns logits for every slot [num_slots, vocab] (rows of idle slots are meaningless)."""
-        ids = torch.zeros(self.num_slots, 1, dtype=torch.int64)
-        positions = torch.full((self.num_slots, 1), -1, dtype=torch.int64)
-        for slot, (token, position) in tokens.items():
-            ids[slot, 0], positions[slot, 0] = token, position
+        result = self.verify({slot: ([token], position) for slot, (token, position) in tokens.items()})
+        return CallResult(result.logits[:, 0], result.bucket)
+
+    def verify(self, feeds: Mapping[int, tuple[Sequence[int], int]]) -> CallResult:
+        """One call of the decode program, `decode_len` positions per slot (K+1 for a speculative target):
+        `feeds` maps each live slot to its tokens and the position of the first; the rest of its row is padding
+        (position −1: neither written nor attended). The bucket holds the last position any slot writes.
+        Returns logits [num_slots, decode_len, vocab] (rows of idle slots and padding are meaningless)."""
+        ids = torch.zeros(self.num_slots, self.decode_len, dtype=torch.int64)
+        positions = torch.full((self.num_slots, self.decode_len), -1, dtype=torch.int64)
+        for slot, (tokens, first) in feeds.items():
+            ids[slot, : len(tokens)] = torch.tensor(list(tokens), dtype=torch.int64)
+            positions[slot, : len(tokens)] = torch.arange(first, first + len(tokens))
         inputs = {"input_ids": ids, "position_ids": positions}
         if self.indexed:
             inputs[BATCH_INDEX] = torch.arange(self.num_slots, dtype=torch.int64)[:, None]
-        bucket = bucket_for(self.decode_buckets, max(position for _, position in tokens.values()))
-        return CallResult(self._run(self._decode, inputs, bucket)["logits"][:, 0], bucket)
+        bucket = bucket_for(self.decode_buckets, int(positions.max()))
+        return CallResult(self._run(self._decode, inputs, bucket)["logits"], bucket)
 
     def _run(self, executor: Executor, inputs: dict[str, torch.Tensor], bucket: int) -> dict[str, torch.Tensor]:
         if self.bucketed:

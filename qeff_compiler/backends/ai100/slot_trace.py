@@ -2,8 +2,8 @@
 
 The same trace-event JSON as `trace.py` (open it in https://ui.perfetto.dev or chrome://tracing), drawn per slot
 instead of per core: a span per prefill chunk on the slot it writes ("prefill r3 chunk 0"), a span per decode step
-on every slot that was live in it, each with its context bucket in its arguments, and a counter track with the
-bucket of every call. Times are the cost model's (simulated), as the scheduler charged them.
+(a speculative target's verify step, and each draft-model call) on every slot that was live in it, each with its
+context bucket in its arguments, and a counter track with the bucket of every call. Times are the cost model's (simulated), as the scheduler charged them.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def slot_trace_events(calls: Sequence[SlotCall], num_slots: int, device: str) ->
                 chunk = chunks.get(request_id, 0)
                 chunks[request_id] = chunk + 1
                 name = f"prefill {request_id} chunk {chunk}"
-            else:
-                name = f"decode {request_id}"
+            else:  # a decode (or verify) step, or a draft model's call
+                name = f"{call.kind} {request_id}"
             args = {"request": request_id, "bucket": call.bucket, "live_slots": len(call.slots)}
             events.append(
                 {
