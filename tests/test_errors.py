@@ -37,7 +37,9 @@ from qeff_compiler.data import TINY_MPT
 from qeff_compiler.errors import QeffError
 from qeff_compiler.passes import PassManager
 from qeff_compiler.passes.base import Pass
+from qeff_compiler.runtime.proposers import PromptLookup
 from qeff_compiler.runtime.scheduler import ContinuousBatchScheduler, Request
+from qeff_compiler.runtime.slot_proposers import StatelessSlots
 from qeff_compiler.runtime.workload import PoissonWorkload, load_workload
 from tests.conftest import TinyArtifact, random_model, tiny_config
 
@@ -781,15 +783,21 @@ TRIGGERS["speculative-tokens-room"] = lambda env: qc.compile(tiny_config(), ctx_
 TRIGGERS["speculative-passes"] = lambda env: qc.compile(
     tiny_config(), ctx_len=24, prefill_len=8, num_speculative_tokens=2, passes="patch-attention,kv-cache{ctx_len=24}"
 )
-TRIGGERS["speculative-continuous-batching"] = lambda env: qc.compile(
-    tiny_config(), ctx_len=24, prefill_len=8, num_speculative_tokens=2, full_batch_size=2
-)
 TRIGGERS["draft-needs-target"] = lambda env: env.meta.generate([[1, 2]], 4, draft="prompt-lookup")
 _draft_row("draft-type", lambda env: "medusa")
 _draft_row("draft-vocabulary", lambda env: _speculative(config={"vocab_size": 50}))
 _draft_row("draft-batch", lambda env: _speculative(batch_size=2))
 _draft_row("draft-context", lambda env: _speculative(config={"max_seq_len": 16}, ctx_len=16), length=18)
 _draft_row("draft-speculative", lambda env: _speculative(num_speculative_tokens=2))
+TRIGGERS["draft-slots"] = lambda env: _speculative(num_speculative_tokens=2, full_batch_size=2).generate(
+    [[1, 2]], 4, draft=_speculative()
+)
+TRIGGERS["draft-slots-context"] = lambda env: _speculative(num_speculative_tokens=2, full_batch_size=2).generate(
+    [[1, 2]], 4, draft=_speculative(config={"max_seq_len": 16}, ctx_len=16, full_batch_size=2)
+)
+TRIGGERS["scheduler-proposer"] = lambda env: ContinuousBatchScheduler(
+    env.compiled, proposer=StatelessSlots(PromptLookup())
+)
 
 
 TRIGGERS["facade-qaic-config"] = lambda env: qc.QEFFAutoModelForCausalLM.from_pretrained(
@@ -1131,7 +1139,9 @@ OFFENDING.update({
     "speculative-tokens-low": "got 0",
     "speculative-tokens-room": "got 23",
     "speculative-passes": "passes=",
-    "speculative-continuous-batching": "full_batch_size",
+    "draft-slots": "has 1 slots",
+    "draft-slots-context": "ctx_len=16",
+    "scheduler-proposer": "num_speculative_tokens=K",
     "draft-needs-target": "num_speculative_tokens=K",
     "draft-type": "'medusa'",
     "draft-vocabulary": "has 50 tokens",

@@ -71,12 +71,14 @@ def run_command(
     if trace is not None:
         check_writable(trace)
     check_engine(engine)
+    if draft is not None and prompt_lookup:
+        raise InvalidArgumentError("give at most one of --draft DIR or --prompt-lookup")
     if requests is not None:
         if prompt is not None or token_ids is not None:
             raise InvalidArgumentError("give --requests FILE or a single --prompt / --token-ids, not both")
         from qeff_compiler.cli.serve import serve_workload
 
-        serve_workload(artifact, requests, engine, arrivals, trace)
+        serve_workload(artifact, requests, engine, arrivals, trace, "prompt-lookup" if prompt_lookup else draft)
         return
     threads = resolve_threads(threads)
     prompt = None if prompt is None else check_prompt_text(prompt)
@@ -85,8 +87,6 @@ def run_command(
         raise InvalidArgumentError(
             f"{artifact} has no tokenizer (compile from a model directory with one, or use --token-ids)"
         )
-    if draft is not None and prompt_lookup:
-        raise InvalidArgumentError("give at most one of --draft DIR or --prompt-lookup")
     compiled = load_compiled(artifact)
     proposer = load_compiled(draft) if draft is not None else "prompt-lookup" if prompt_lookup else None
     tokenizer = None

@@ -14,16 +14,20 @@ from qeff_compiler.runtime.scheduler import ContinuousBatchScheduler
 from qeff_compiler.runtime.workload import load_workload
 
 
-def serve_workload(artifact: Path, requests: Path, engine: str, arrivals: str, trace: Path | None) -> None:
+def serve_workload(
+    artifact: Path, requests: Path, engine: str, arrivals: str, trace: Path | None, draft: Path | str | None = None
+) -> None:
     """Run every request of the workload file through a continuous batch; one row per request, then the stream's
-    figures (simulated device, and this machine's engine)."""
+    figures (simulated device, and this machine's engine). `draft` (an artifact directory, or "prompt-lookup")
+    proposes the tokens of a speculative target's verify steps."""
     compiled = load_compiled(artifact)
+    proposer = compiled.slot_proposer(load_compiled(draft) if isinstance(draft, Path) else draft, engine)
     tokenize = None
     if (artifact / "tokenizer.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(artifact)
         tokenize = tokenizer.encode
     stream = load_workload(requests, compiled.config.vocab_size, tokenize)
-    scheduler = ContinuousBatchScheduler(compiled, engine=engine, arrivals=arrivals)
+    scheduler = ContinuousBatchScheduler(compiled, engine=engine, arrivals=arrivals, proposer=proposer)
     results = scheduler.run(stream)
     table = Table(title=f"requests ({scheduler.num_slots} slots)")
     for column in ("id", "prompt", "new tokens", "finish", "simulated TTFT", "host TTFT"):

@@ -66,8 +66,8 @@ def check_slot_draft(target: SpeculativeModel, draft: SpeculativeModel) -> None:
     ours, theirs = _slots(target), _slots(draft)
     if theirs != ours:
         raise InvalidArgumentError(
-            f"the draft has {theirs} slot(s), the target {ours}: a draft proposes for every slot of the target; "
-            f"compile it with full_batch_size={ours}"
+            f"the draft has {theirs} slots (its full_batch_size, else its batch_size), the target {ours}: a draft "
+            f"proposes for every slot of the target; compile it with full_batch_size={ours}"
         )
     if draft.shapes.ctx_len < target.shapes.ctx_len:
         raise InvalidArgumentError(

@@ -38,20 +38,24 @@ def specializations(
     specialization per prefill bucket and one decode specialization per decode bucket, each with its
     `comp_ctx_lengths` symbol; names repeat with a suffix (`Prefill_0`, `Prefill_1`, ...) as QEfficient does.
     A speculative-decoding target (`num_speculative_tokens` K): decode runs K+1 positions, and both carry
-    QEfficient's `num_logits_to_keep` symbol (prefill 1, decode K+1)."""
+    QEfficient's `num_logits_to_keep` symbol (prefill 1, decode K+1); with slots and buckets too, every
+    specialization carries all of these symbols (QEfficient itself writes no bucketed decode for such a target).
+    Symbols are in QEfficient's order."""
     cb = full_batch_size is not None
-    prefill: dict[str, str] = {BATCH: "1" if cb else str(batch_size), CTX: str(ctx_len), SEQ: str(prefill_len)}
-    decode: dict[str, str] = {BATCH: str(full_batch_size if cb else batch_size), CTX: str(ctx_len), SEQ: "1"}
-    if num_speculative_tokens is not None:
-        decode[SEQ] = str(num_speculative_tokens + 1)
-        prefill[NUM_LOGITS_TO_KEEP] = "1"
-        decode[NUM_LOGITS_TO_KEEP] = str(num_speculative_tokens + 1)
-    if cb:
-        prefill |= {FULL_BATCH: str(full_batch_size), "full_batch_exec_size": "1"}
-        decode |= {FULL_BATCH: str(full_batch_size)}
+    speculative = num_speculative_tokens is not None
+    prefill = _symbols("1" if cb else str(batch_size), str(prefill_len), str(ctx_len))
+    decode_len = str(num_speculative_tokens + 1) if num_speculative_tokens is not None else "1"
+    decode = _symbols(str(full_batch_size if cb else batch_size), decode_len, str(ctx_len))
     shapes = [("Prefill", s) for s in _per_bucket(prefill, prefill_buckets)]
-    if prefill != decode or cb:
+    if prefill != decode or cb or speculative:  # a verify step keeps K+1 logits: never the prefill's
         shapes += [("Decode", s) for s in _per_bucket(decode, decode_buckets)]
+    for name, symbols in shapes:
+        if speculative:
+            symbols[NUM_LOGITS_TO_KEEP] = "1" if name == "Prefill" else decode_len
+        if cb:
+            symbols[FULL_BATCH] = str(full_batch_size)
+            if name == "Prefill":
+                symbols["full_batch_exec_size"] = "1"
     if not named:
         return {"specializations": [symbols for _, symbols in shapes]}
     counts = Counter(name for name, _ in shapes)
@@ -64,10 +68,14 @@ def specializations(
     return {"specializations": entries}
 
 
+def _symbols(batch: str, seq_len: str, ctx_len: str) -> dict[str, str]:
+    return {BATCH: batch, SEQ: seq_len, CTX: ctx_len}
+
+
 def _per_bucket(symbols: dict[str, str], buckets: Sequence[int] | None) -> list[dict[str, str]]:
-    """One copy of `symbols` per context bucket (with its `comp_ctx_lengths`), or `symbols` alone."""
+    """One copy of `symbols` per context bucket (with its `comp_ctx_lengths`), or a copy of `symbols` alone."""
     if buckets is None:
-        return [symbols]
+        return [dict(symbols)]
     return [symbols | {CCL: str(bucket)} for bucket in buckets]
 
 
