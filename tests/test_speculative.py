@@ -18,6 +18,7 @@ from qeff_compiler.backends.ai100.cost_model import OP_OVERHEAD_S
 from qeff_compiler.data import TINY_MPT, TINY_MPT_DRAFT, TINY_MPT_VALIDATION_TEXT
 from qeff_compiler.runtime.proposers import PromptLookup, lookup
 from qeff_compiler.runtime.sampling import SamplingConfig, TokenSampler
+from qeff_compiler.runtime.scheduler import ContinuousBatchScheduler, Request
 from qeff_compiler.runtime.speculative import verify_row
 from tests.conftest import random_model, tiny_config
 from tests.test_fixture_model import perplexity
@@ -257,3 +258,187 @@ def test_shipped_draft_matches_its_card_and_speaks_the_targets_vocabulary():
     assert draft.num_parameters() < MptForCausalLM(target_config).num_parameters() / 2
     ours, theirs = (json.loads((d / "tokenizer.json").read_text())["model"] for d in (TINY_MPT, TINY_MPT_DRAFT))
     assert ours == theirs and draft.config.vocab_size == target_config.vocab_size
+
+
+# -- speculative decoding with continuous batching: per-slot acceptance ------------------------------------------
+
+SLOT_OPTIONS = {"ctx_len": CTX, "prefill_len": 8, "precision": "fp32", "verify": False}
+#: context buckets of the bucketed variant (the last is ctx_len)
+PREFILL_BUCKETS, DECODE_BUCKETS = [16, CTX], [12, 24, CTX]
+
+
+@functools.lru_cache(maxsize=4)
+def slot_target(n_heads: int, n_layers: int, vocab: int, seed: int) -> MptForCausalLM:
+    config = tiny_config(d_model=4 * n_heads, n_heads=n_heads, n_layers=n_layers, vocab_size=vocab, max_seq_len=CTX)
+    return random_model(config, seed)
+
+
+@functools.lru_cache(maxsize=4)
+def slot_tlm(n_heads: int, n_layers: int, vocab: int, seed: int, slots: int, k: int, buckets: bool):
+    """A continuous-batching speculative target (with context buckets or not), cached across examples."""
+    extra = {"comp_ctx_lengths_prefill": PREFILL_BUCKETS, "comp_ctx_lengths_decode": DECODE_BUCKETS} if buckets else {}
+    target = slot_target(n_heads, n_layers, vocab, seed)
+    return qc.compile(target, num_speculative_tokens=k, full_batch_size=slots, **SLOT_OPTIONS, **extra)
+
+
+@functools.lru_cache(maxsize=2)
+def slot_draft(n_heads: int, n_layers: int, vocab: int, seed: int, slots: int):
+    """A perturbed draft with one slot per target slot."""
+    target = slot_target(n_heads, n_layers, vocab, seed)
+    return qc.compile(perturbed(target, 0.05, seed + 1), full_batch_size=slots, **SLOT_OPTIONS)
+
+
+def hf_alone(model: MptForCausalLM, request: Request) -> tuple[tuple[int, ...], float]:
+    """HF's plain greedy continuation of one request alone, cut where its stop rules end it (EOS, a stop
+    sequence, max_new_tokens), and the smallest top-2 logit margin over the tokens kept."""
+    ids = torch.tensor([request.prompt_ids])
+    out = model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=request.max_new_tokens,
+        min_new_tokens=request.max_new_tokens, do_sample=False, pad_token_id=0, output_scores=True,
+        return_dict_in_generate=True,
+    )
+    tokens = out.sequences[0, len(request.prompt_ids):].tolist()
+    stops = request.stop_sequences
+    end = next(
+        (
+            i + 1 for i, token in enumerate(tokens)
+            if token in request.eos_token_ids or any(tuple(tokens[: i + 1][-len(s):]) == s for s in stops)
+        ),
+        len(tokens),
+    )
+    margins = [float(s[0].topk(2).values.diff().abs()) for s in out.scores[:end]]
+    return tuple(tokens[:end]), min(margins)
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    n_heads=st.sampled_from([1, 2]),
+    n_layers=st.integers(1, 2),
+    vocab=st.sampled_from([6, 16]),
+    seed=st.integers(0, 1),
+    slots=st.sampled_from([2, 3]),
+    k=st.integers(1, 4),
+    buckets=st.booleans(),
+    data=st.data(),
+)
+def test_continuous_batching_speculation_equals_each_request_alone(
+    n_heads, n_layers, vocab, seed, slots, k, buckets, data
+):
+    """More requests than slots (ragged prompts, own max_new_tokens, EOS and stop sequences, random arrival times
+    and submission order): greedy verify steps with per-slot acceptance, proposed by prompt lookup and by a draft
+    with its own slots, give each request HF's plain greedy output for it alone."""
+    target = slot_target(n_heads, n_layers, vocab, seed)
+    tlm = slot_tlm(n_heads, n_layers, vocab, seed, slots, k, buckets)
+    alphabet = st.integers(0, min(vocab, 5) - 1)  # short alphabets repeat: prompt lookup finds n-grams
+    requests, expected = [], {}
+    for i in range(data.draw(st.integers(slots + 1, slots + 3), label="requests")):
+        prompt = tuple(data.draw(st.lists(alphabet, min_size=1, max_size=12), label="prompt"))
+        request = Request(
+            f"r{i}",
+            prompt,
+            data.draw(st.integers(1, 20), label="max_new_tokens"),
+            eos_token_ids=data.draw(st.sampled_from([frozenset(), frozenset({vocab - 1})]), label="eos"),
+            stop_sequences=tuple(data.draw(st.lists(st.tuples(alphabet, alphabet), max_size=1), label="stops")),
+            arrival_s=data.draw(st.sampled_from([0.0, 1e-4, 1e-3]), label="arrival"),
+        )
+        expected[request.request_id], margin = hf_alone(target, request)
+        assume(margin > 1e-3)  # HF's own near-ties: rounding may pick either token
+        requests.append(request)
+    order = data.draw(st.permutations(requests), label="submission order")
+    for draft in ("prompt-lookup", slot_draft(n_heads, n_layers, vocab, seed, slots)):
+        scheduler = ContinuousBatchScheduler(tlm, proposer=tlm.slot_proposer(draft))
+        results = scheduler.run(order)
+        assert {r.request_id: r.tokens for r in results} == expected, draft
+        stats = scheduler.stats()
+        assert stats.accepted_tokens <= stats.proposed_tokens
+        assert stats.verify_slot_steps == 0 or stats.accepted_tokens_per_step >= 1
+
+
+def test_a_draft_equal_to_the_target_is_accepted_whole_in_every_slot():
+    """The figures measure what happened: a draft with the target's weights has every proposal accepted, so each
+    slot gains K+1 tokens per verify step (less where a request's room ends), and there are fewer verify steps
+    than tokens; the draft's calls are charged on the simulated clock."""
+    target = slot_target(2, 1, 16, 0)
+    tlm = slot_tlm(2, 1, 16, 0, 2, 3, True)
+    same = qc.compile(target, full_batch_size=2, **SLOT_OPTIONS)
+    requests = [Request(f"r{i}", (1 + i, 2, 3), 12) for i in range(3)]
+    scheduler = ContinuousBatchScheduler(tlm, proposer=tlm.slot_proposer(same))
+    results = scheduler.run(requests)
+    stats = scheduler.stats()
+    assert stats.acceptance_rate == 1.0
+    assert 3.0 < stats.accepted_tokens_per_step <= 4.0
+    verify_steps = [c for c in scheduler.calls if c.kind == "decode"]
+    assert len(verify_steps) < sum(len(r.tokens) for r in results) / 2
+    draft_s = sum(c.seconds for c in scheduler.calls if c.kind.startswith("draft"))
+    assert draft_s > 0 and scheduler.device_time_s == pytest.approx(sum(c.seconds for c in scheduler.calls))
+    assert ("acceptance rate", "1.000 (" + f"{stats.accepted_tokens}/{stats.proposed_tokens})") in stats.rows()
+
+
+def test_rejected_tokens_of_a_slot_are_never_attended():
+    """As `test_rejected_tokens_are_never_attended`, through slots: before every verify step, each live slot's
+    cache from that step's first position on (its rejected proposals, and what an earlier request left in the
+    slot) is overwritten with garbage; the logits of every real position stay bit-identical. Garbage from one
+    position earlier (an accepted token) changes them."""
+    tlm = slot_tlm(2, 2, 16, 1, 2, 4, False)
+    draft = qc.compile(perturbed(slot_target(2, 2, 16, 1), 0.3, 5), full_batch_size=2, **SLOT_OPTIONS)
+    prefill, verify = tlm.generation_executors()
+    recorded: list[list[torch.Tensor]] = [[], [], []]
+
+    def poisoning(run: int):
+        def call(inputs):
+            inputs = dict(inputs)
+            valid = inputs["position_ids"] >= 0
+            first = inputs["position_ids"].masked_fill(~valid, CTX).amin(dim=1)
+            for name in [n for n in inputs if n.startswith("past_")]:
+                cache = inputs[name].clone()
+                for slot, start in enumerate(first.tolist()):
+                    begin = start if run == 1 else max(start - 1, 0)
+                    if start < CTX and run:
+                        cache[slot, :, begin:] = 1e4 * torch.sign(torch.randn(cache[slot, :, begin:].shape))
+                inputs[name] = cache
+            outputs = verify(inputs)
+            recorded[run].append(outputs["logits"][valid])  # padding's and idle slots' logits are unused
+            return outputs
+
+        return call
+
+    prompts = [[1, 2, 3, 1, 2, 3, 1], [4, 5], [6, 6, 6, 7], [3, 1]]
+    results = []
+    for run in range(3):
+        tlm._executors["host-donating"] = (prefill, poisoning(run))
+        results.append(tlm.generate(prompts, max_new_tokens=16, draft=draft))
+    tlm._executors["host-donating"] = (prefill, verify)
+    stats = results[0].stats
+    assert 0 < stats.accepted_tokens < stats.proposed_tokens  # there were rejected proposals to roll back
+    assert results[1].new_tokens == results[0].new_tokens
+    assert all(torch.equal(a, b) for a, b in zip(recorded[0], recorded[1], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(recorded[0], recorded[2], strict=False))
+
+
+def test_handoff_of_a_target_with_slots_and_buckets_runs_in_onnxruntime(tmp_path):
+    """A target with full_batch_size and context buckets: the hand-off writes every specialization with
+    QEfficient's TLM and continuous-batching symbols, and ONNX Runtime runs the file as emitted (batch_index,
+    comp_ctx_lengths, num_logits_to_keep) through the scheduler to what the host generates."""
+    tlm = slot_tlm(2, 1, 16, 0, 2, 3, True)
+    tlm.export_qaic(tmp_path)
+    specs = json.loads((tmp_path / "specializations.json").read_text())["specializations"]
+    prefill = {"batch_size": "1", "seq_len": "8", "ctx_len": str(CTX)}
+    decode = {"batch_size": "2", "seq_len": "4", "ctx_len": str(CTX)}
+    expected = [
+        {"name": f"Prefill_{i}", "symbols": {**prefill, "comp_ctx_lengths": str(b), "num_logits_to_keep": "1",
+                                             "full_batch_size": "2", "full_batch_exec_size": "1"}}
+        for i, b in enumerate(PREFILL_BUCKETS)
+    ] + [
+        {"name": f"Decode_{i}", "symbols": {**decode, "comp_ctx_lengths": str(b), "num_logits_to_keep": "4",
+                                            "full_batch_size": "2"}}
+        for i, b in enumerate(DECODE_BUCKETS)
+    ]
+    assert specs == expected
+    graph = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False).graph
+    names = [i.name for i in graph.input]
+    assert names[-4:] == ["comp_ctx_lengths", "position_ids", "batch_index", "num_logits_to_keep"]
+    prompts = [[1, 2, 3, 1, 2], [4, 4, 4], [5], [2, 3, 2, 3]]
+    host = tlm.generate(prompts, 12, draft="prompt-lookup")
+    onnxruntime = tlm.generate(prompts, 12, draft="prompt-lookup", engine="onnxruntime")
+    assert onnxruntime.new_tokens == host.new_tokens
+    assert onnxruntime.stats.accepted_tokens == host.stats.accepted_tokens > 0

@@ -17,7 +17,6 @@ Every draft program call is returned as a `DraftCall`, so the scheduler charges 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -43,9 +42,6 @@ class DraftCall:
 class SlotProposer(Protocol):
     """What the scheduler asks of a proposer serving slots."""
 
-    #: host wall seconds spent proposing so far
-    host_s: float
-
     def admit(self, slot: int, prompt: Sequence[int], sampler: TokenSampler) -> list[DraftCall]:
         """A request with `prompt` took `slot`; `sampler` is its own (its settings, its random stream)."""
 
@@ -58,10 +54,6 @@ class StatelessSlots:
 
     def __init__(self, proposer: Proposer) -> None:
         self.proposer = proposer
-
-    @property
-    def host_s(self) -> float:
-        return self.proposer.host_s
 
     def admit(self, slot: int, prompt: Sequence[int], sampler: TokenSampler) -> list[DraftCall]:
         del slot, prompt, sampler
@@ -79,20 +71,16 @@ class SlotDraft:
         #: per slot, the tokens whose keys and values the draft's cache holds at positions 0..len-1
         self.fed: list[list[int]] = [[] for _ in range(cache.num_slots)]
         self.samplers: dict[int, TokenSampler] = {}
-        self.host_s = 0.0
 
     def admit(self, slot: int, prompt: Sequence[int], sampler: TokenSampler) -> list[DraftCall]:
         """Prefill the draft's `slot` with the prompt (its logits are not needed)."""
-        start = time.perf_counter()
         results = self.cache.prefill(slot, prompt)
         self.fed[slot], self.samplers[slot] = list(prompt), sampler
-        self.host_s += time.perf_counter() - start
         return [DraftCall("draft-prefill", (slot,), r.bucket, self.clock.prefill_call_s(r.bucket)) for r in results]
 
     def propose(self, histories: Sequence[Sequence[int]], counts: Sequence[int]) -> tuple[Proposal, list[DraftCall]]:
         """Feed each slot's unseen tokens one decode step at a time, then its own proposals, until it has
         counts[slot] of them; slots with nothing to feed ride along as padding."""
-        start = time.perf_counter()
         pending: list[list[int]] = []
         for slot, history in enumerate(histories):
             common = common_prefix(self.fed[slot], history)
@@ -121,7 +109,5 @@ class SlotDraft:
                 tokens[slot].append(token)
                 if len(tokens[slot]) < counts[slot]:
                     queue.append(token)  # the proposal is fed back to propose the next one
-        self.host_s += time.perf_counter() - start
-        probabilities = [torch.stack(d) if d else None for d in distributions]
-        return Proposal(tokens, probabilities), calls
+        return Proposal(tokens, [torch.stack(d) if d else None for d in distributions]), calls
 

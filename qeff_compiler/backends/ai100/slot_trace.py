@@ -3,7 +3,8 @@
 The same trace-event JSON as `trace.py` (open it in https://ui.perfetto.dev or chrome://tracing), drawn per slot
 instead of per core: a span per prefill chunk on the slot it writes ("prefill r3 chunk 0"), a span per decode step
 (a speculative target's verify step, and each draft-model call) on every slot that was live in it, each with its
-context bucket in its arguments, and a counter track with the bucket of every call. Times are the cost model's (simulated), as the scheduler charged them.
+context bucket in its arguments, and a counter track with the bucket of every call. Times are the cost model's
+(simulated), as the scheduler charged them.
 """
 
 from __future__ import annotations

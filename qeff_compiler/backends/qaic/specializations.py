@@ -39,8 +39,7 @@ def specializations(
     `comp_ctx_lengths` symbol; names repeat with a suffix (`Prefill_0`, `Prefill_1`, ...) as QEfficient does.
     A speculative-decoding target (`num_speculative_tokens` K): decode runs K+1 positions, and both carry
     QEfficient's `num_logits_to_keep` symbol (prefill 1, decode K+1); with slots and buckets too, every
-    specialization carries all of these symbols (QEfficient itself writes no bucketed decode for such a target).
-    Symbols are in QEfficient's order."""
+    specialization carries all of these symbols (QEfficient itself writes no bucketed decode for such a target)."""
     cb = full_batch_size is not None
     speculative = num_speculative_tokens is not None
     prefill = _symbols("1" if cb else str(batch_size), str(prefill_len), str(ctx_len))
