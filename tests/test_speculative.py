@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, MptCon
 
 import qeff_compiler as qc
 from qeff_compiler.backends.ai100.cost_model import OP_OVERHEAD_S
+from qeff_compiler.cli import main as cli
 from qeff_compiler.data import TINY_MPT, TINY_MPT_DRAFT, TINY_MPT_VALIDATION_TEXT
 from qeff_compiler.runtime.proposers import PromptLookup, lookup
 from qeff_compiler.runtime.sampling import SamplingConfig, TokenSampler
@@ -442,3 +443,22 @@ def test_handoff_of_a_target_with_slots_and_buckets_runs_in_onnxruntime(tmp_path
     onnxruntime = tlm.generate(prompts, 12, draft="prompt-lookup", engine="onnxruntime")
     assert onnxruntime.new_tokens == host.new_tokens
     assert onnxruntime.stats.accepted_tokens == host.stats.accepted_tokens > 0
+
+
+def test_qeffc_run_serves_a_workload_with_a_draft(tmp_path, capsys):
+    """`qeffc run --requests FILE --draft DIR` on a speculative target with slots: the draft's calls are on the
+    per-slot trace and the serving table reports acceptance."""
+    slot_tlm(2, 1, 16, 0, 2, 3, True).save(tmp_path / "target")
+    slot_draft(2, 1, 16, 0, 2).save(tmp_path / "draft")
+    workload = tmp_path / "workload.json"
+    requests = [{"id": f"r{i}", "token_ids": [1 + i, 2, 1 + i, 2], "max_new_tokens": 6 + i} for i in range(3)]
+    workload.write_text(json.dumps({"requests": requests}))
+    trace = tmp_path / "slots.json"
+    argv = ["run", str(tmp_path / "target"), "--requests", str(workload), "--draft", str(tmp_path / "draft")]
+    capsys.readouterr()
+    assert cli.run([*argv, "--trace", str(trace)]) == 0
+    printed = capsys.readouterr().out
+    assert "acceptance rate" in printed and "accepted tokens per slot per step" in printed
+    events = json.loads(trace.read_text())["traceEvents"]
+    kinds = {e["cat"] for e in events if e["ph"] == "X"}
+    assert kinds == {"prefill", "draft-prefill", "draft", "decode"}
