@@ -462,3 +462,20 @@ def test_qeffc_run_serves_a_workload_with_a_draft(tmp_path, capsys):
     events = json.loads(trace.read_text())["traceEvents"]
     kinds = {e["cat"] for e in events if e["ph"] == "X"}
     assert kinds == {"prefill", "draft-prefill", "draft", "decode"}
+
+
+def test_sampled_requests_in_slots_draw_what_they_draw_alone():
+    """Each slot accepts with its own request's sampler (settings and seeded stream): sampled requests served
+    together through two slots produce exactly what each produces served alone, and proposals were both
+    accepted and rejected on the way."""
+    tlm = slot_tlm(2, 1, 16, 0, 2, 3, False)
+    settings_ = [SamplingConfig(True, 0.8, 0, 1.0, 1), SamplingConfig(True, 1.3, 5, 0.9, 2),
+                 SamplingConfig(True, 1.0, 0, 1.0, 3), SamplingConfig(False)]
+    requests = [Request(f"r{i}", (1, 2, 1, 2, 1 + i), 10, sampling) for i, sampling in enumerate(settings_)]
+    together = ContinuousBatchScheduler(tlm, proposer=tlm.slot_proposer("prompt-lookup"))
+    results = together.run(requests)
+    stats = together.stats()
+    assert 0 < stats.accepted_tokens < stats.proposed_tokens
+    for request, result in zip(requests, results, strict=True):
+        alone = ContinuousBatchScheduler(tlm, proposer=tlm.slot_proposer("prompt-lookup")).run([request])
+        assert alone[0].tokens == result.tokens, request.request_id
