@@ -419,7 +419,8 @@ def test_rejected_tokens_of_a_slot_are_never_attended():
 def test_handoff_of_a_target_with_slots_and_buckets_runs_in_onnxruntime(tmp_path):
     """A target with full_batch_size and context buckets: the hand-off writes every specialization with
     QEfficient's TLM and continuous-batching symbols, and ONNX Runtime runs the file as emitted (batch_index,
-    comp_ctx_lengths, num_logits_to_keep) through the scheduler to what the host generates."""
+    comp_ctx_lengths, num_logits_to_keep) through the scheduler to what the host generates (whose streamer saw
+    every token a verify step gained)."""
     tlm = slot_tlm(2, 1, 16, 0, 2, 3, True)
     tlm.export_qaic(tmp_path)
     specs = json.loads((tmp_path / "specializations.json").read_text())["specializations"]
@@ -439,7 +440,14 @@ def test_handoff_of_a_target_with_slots_and_buckets_runs_in_onnxruntime(tmp_path
     names = [i.name for i in graph.input]
     assert names[-4:] == ["comp_ctx_lengths", "position_ids", "batch_index", "num_logits_to_keep"]
     prompts = [[1, 2, 3, 1, 2], [4, 4, 4], [5], [2, 3, 2, 3]]
-    host = tlm.generate(prompts, 12, draft="prompt-lookup")
+    streamed: list[list[int]] = [[] for _ in prompts]
+
+    def streamer(step, tokens):  # every token a verify step gained, in order
+        for row, token in enumerate(tokens.tolist()):
+            streamed[row] += [token] * (token >= 0)
+
+    host = tlm.generate(prompts, 12, draft="prompt-lookup", streamer=streamer)
+    assert tuple(map(tuple, streamed)) == host.new_tokens
     onnxruntime = tlm.generate(prompts, 12, draft="prompt-lookup", engine="onnxruntime")
     assert onnxruntime.new_tokens == host.new_tokens
     assert onnxruntime.stats.accepted_tokens == host.stats.accepted_tokens > 0

@@ -68,7 +68,7 @@ def generate_in_slots(
     streamer: Streamer | None = None,
 ) -> GenerationOutput:
     """Generate for every prompt through `scheduler`; `streamer` is called after every step with the token each
-    prompt got (−1: none this step)."""
+    prompt got (−1: none this step), once per token position when a verify step gained several."""
     requests = [
         Request(str(row), tuple(prompt), max_new_tokens, sampling, eos_token_ids) for row, prompt in enumerate(prompts)
     ]
@@ -82,18 +82,18 @@ def generate_in_slots(
         decoded = any(call.kind == "decode" for call in scheduler.calls[made:])
         if decoded:  # a decode step, or a verify step and its draft's calls
             step_seconds.append(sum(call.seconds for call in scheduler.calls[made:]))
-        chosen = torch.full((len(prompts),), -1, dtype=torch.int64)
+        gained: list[list[int]] = [[] for _ in prompts]
         for event in events:
             if event.token is not None:
-                new_tokens[int(event.request_id)].append(event.token)
-                chosen[int(event.request_id)] = event.token
+                gained[int(event.request_id)].append(event.token)
+        for row, tokens in enumerate(gained):
+            new_tokens[row] += tokens
         if decoded:  # every event of a decode step carries the step's host time
             host_decode.append(events[0].host_s)
         else:
             host_prefill += [e.host_s for e in events]
-        if streamer is not None and events:
-            streamer(step, chosen)
-            step += 1
+        if streamer is not None:
+            step = _stream(streamer, step, gained)
     serving = scheduler.stats()
     calls = scheduler.calls
     host_ttft = max(r.host_ttft_s for r in serving.requests)
@@ -121,3 +121,12 @@ def generate_in_slots(
     width = max(len(r) for r in rows)
     sequences = torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows], dtype=torch.int64)
     return GenerationOutput(sequences, tuple(map(tuple, new_tokens)), stats)
+
+
+def _stream(streamer: Streamer, step: int, gained: list[list[int]]) -> int:
+    """Hand the tokens one step gained to `streamer`, one position at a time; returns the next step index."""
+    for position in range(max(map(len, gained), default=0)):
+        chosen = torch.tensor([tokens[position] if position < len(tokens) else -1 for tokens in gained])
+        streamer(step, chosen)
+        step += 1
+    return step
