@@ -373,6 +373,10 @@ def test_a_draft_equal_to_the_target_is_accepted_whole_in_every_slot():
     draft_s = sum(c.seconds for c in scheduler.calls if c.kind.startswith("draft"))
     assert draft_s > 0 and scheduler.device_time_s == pytest.approx(sum(c.seconds for c in scheduler.calls))
     assert ("acceptance rate", "1.000 (" + f"{stats.accepted_tokens}/{stats.proposed_tokens})") in stats.rows()
+    out = tlm.generate([list(r.prompt_ids) for r in requests], max_new_tokens=12, draft=same)
+    assert out.new_tokens == tuple(r.tokens for r in results)
+    assert out.stats.acceptance_rate == 1.0
+    assert 3.0 < out.stats.kept_tokens_per_step <= out.stats.accepted_tokens_per_step <= 4.0
 
 
 def test_rejected_tokens_of_a_slot_are_never_attended():

@@ -24,7 +24,7 @@ from qeff_compiler.runtime.stats import LatencyStats
 @dataclass(frozen=True, repr=False)
 class SlotSpeculativeStats(LatencyStats):
     """`LatencyStats` of speculative generation through slots: per-token latencies are per verify step (the
-    draft's calls included), and the decode rates count the tokens a slot gains per step."""
+    draft's calls included), and the decode rates count the tokens a slot keeps per step."""
 
     proposed_tokens: int = 0
     accepted_tokens: int = 0
@@ -43,13 +43,20 @@ class SlotSpeculativeStats(LatencyStats):
         return (self.accepted_tokens + steps) / steps if steps else float("nan")
 
     @property
+    def kept_tokens_per_step(self) -> float:
+        """Tokens a slot kept per verify step: those the decode steps produced (each request's first comes from
+        its prefill; what a slot gained past its stop is not counted) over the (slot, step) pairs."""
+        kept = sum(n - 1 for n in self.generated_tokens)
+        return kept / self.verify_slot_steps if self.verify_slot_steps else float("nan")
+
+    @property
     def decode_tokens_per_s(self) -> float:
-        """Simulated effective decode rate per sequence: tokens per slot per step over the mean step time."""
-        return super().decode_tokens_per_s * self.accepted_tokens_per_step
+        """Simulated effective decode rate per sequence: tokens a slot kept per step over the mean step time."""
+        return super().decode_tokens_per_s * self.kept_tokens_per_step
 
     @property
     def host_decode_tokens_per_s(self) -> float:
-        return super().host_decode_tokens_per_s * self.accepted_tokens_per_step
+        return super().host_decode_tokens_per_s * self.kept_tokens_per_step
 
     def rows(self) -> list[tuple[str, str]]:
         return super().rows() + [
