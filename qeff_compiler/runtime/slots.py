@@ -4,6 +4,8 @@ A model compiled with `full_batch_size=F` has the programs QEfficient's continuo
 request (`input_ids` [1, prefill_len]) and a `batch_index` [1, 1] naming the slot it writes; decode runs all F
 slots at once. A model compiled without it still serves: its prefill runs all `batch_size` rows with only the
 slot's row valid (positions −1 elsewhere, which the cache never stores), so every row is a slot.
+A speculative-decoding target's decode program takes K+1 positions per slot (`verify`: a slot's last token and
+its proposals; `decode` is the one-position case).
 
 With compute-context-length buckets the programs take `comp_ctx_lengths`, a tensor whose *length* N is the
 bucket: attention reads only the first N cache positions. Each call gets the smallest bucket above every
