@@ -155,21 +155,21 @@ def generate(
     sampler = TokenSampler(sampling)
     cache = {name: torch.zeros(shape, dtype=dtype) for name, (shape, dtype) in cache_specs.items()}
     start = time.perf_counter()
-    last_logits = _prefill(prefill, shapes, prompts, cache)
+    last_logits = prefill_prompts(prefill, shapes, prompts, cache)
     prefill_s = time.perf_counter() - start
     new_tokens: list[list[int]] = [[] for _ in prompts]
     active = [True] * len(prompts)
     token = sampler(last_logits)
-    _accept(token, new_tokens, active, eos_token_ids, max_new_tokens, streamer, step=0)
+    accept_tokens(token, new_tokens, active, eos_token_ids, max_new_tokens, streamer, step=0)
     ttft_s = time.perf_counter() - start
     latencies: list[float] = []
     while any(active):
         step_start = time.perf_counter()
         logits = _decode_step(decode, shapes, prompts, new_tokens, active, cache)
         token = sampler(logits)
-        _accept(token, new_tokens, active, eos_token_ids, max_new_tokens, streamer, step=len(latencies) + 1)
+        accept_tokens(token, new_tokens, active, eos_token_ids, max_new_tokens, streamer, step=len(latencies) + 1)
         latencies.append(time.perf_counter() - step_start)
-    device_prefill_s = _chunks(prompts, shapes) * clock.prefill_chunk_s
+    device_prefill_s = prefill_chunks(prompts, shapes) * clock.prefill_chunk_s
     stats = LatencyStats(
         prompt_tokens=tuple(len(p) for p in prompts),
         generated_tokens=tuple(len(t) for t in new_tokens),
@@ -182,30 +182,30 @@ def generate(
         prefill_s=device_prefill_s,
         token_latencies_s=(clock.decode_step_s,) * len(latencies),
     )
-    return GenerationOutput(_pad_sequences(prompts, new_tokens, pad_token_id), tuple(map(tuple, new_tokens)), stats)
+    return GenerationOutput(pad_sequences(prompts, new_tokens, pad_token_id), tuple(map(tuple, new_tokens)), stats)
 
 
-def _prefill(
+def prefill_prompts(
     prefill: Executor, shapes: StaticShapes, prompts: list[list[int]], cache: dict[str, torch.Tensor]
 ) -> torch.Tensor:
     """Run every prompt chunk; returns each row's logits at its last prompt token [rows, vocab]."""
     chunk_len = shapes.prefill_len
     last_logits = torch.empty(len(prompts), shapes.vocab_size)
-    for chunk in range(_chunks(prompts, shapes)):
+    for chunk in range(prefill_chunks(prompts, shapes)):
         ids = torch.zeros(shapes.batch_size, chunk_len, dtype=torch.int64)
         positions = torch.full((shapes.batch_size, chunk_len), -1, dtype=torch.int64)
         for row, prompt in enumerate(prompts):
             piece = prompt[chunk * chunk_len : (chunk + 1) * chunk_len]
             ids[row, : len(piece)] = torch.tensor(piece, dtype=torch.int64)
             positions[row, : len(piece)] = torch.arange(chunk * chunk_len, chunk * chunk_len + len(piece))
-        outputs = _run(prefill, ids, positions, cache)
+        outputs = run_with_cache(prefill, ids, positions, cache)
         for row, prompt in enumerate(prompts):
             if (len(prompt) - 1) // chunk_len == chunk:
                 last_logits[row] = outputs["logits"][row, 0]
     return last_logits
 
 
-def _chunks(prompts: list[list[int]], shapes: StaticShapes) -> int:
+def prefill_chunks(prompts: list[list[int]], shapes: StaticShapes) -> int:
     """Prefill calls the longest prompt needs."""
     return -(-max(len(p) for p in prompts) // shapes.prefill_len)
 
@@ -224,10 +224,10 @@ def _decode_step(
         if is_active:
             ids[row, 0] = new_tokens[row][-1]
             positions[row, 0] = len(prompts[row]) + len(new_tokens[row]) - 1
-    return _run(decode, ids, positions, cache)["logits"][: len(prompts), 0]
+    return run_with_cache(decode, ids, positions, cache)["logits"][: len(prompts), 0]
 
 
-def _run(
+def run_with_cache(
     executor: Executor, ids: torch.Tensor, positions: torch.Tensor, cache: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """One program call; the RetainedState outputs replace the cache in place (the dict, not the tensors)."""
@@ -237,7 +237,7 @@ def _run(
     return outputs
 
 
-def _accept(
+def accept_tokens(
     token: torch.Tensor,
     new_tokens: list[list[int]],
     active: list[bool],
@@ -246,6 +246,8 @@ def _accept(
     streamer: Streamer | None,
     step: int,
 ) -> None:
+    """Append each active row's sampled token; a row stops at an EOS id or at max_new_tokens. The streamer
+    sees the step's tokens (−1 for rows already stopped)."""
     chosen = torch.full((len(active),), -1, dtype=torch.int64)
     for row, is_active in enumerate(active):
         if not is_active:
@@ -259,7 +261,8 @@ def _accept(
         streamer(step, chosen)
 
 
-def _pad_sequences(prompts: list[list[int]], new_tokens: list[list[int]], pad_token_id: int) -> torch.Tensor:
+def pad_sequences(prompts: list[list[int]], new_tokens: list[list[int]], pad_token_id: int) -> torch.Tensor:
+    """Each prompt followed by its new tokens, right-padded to one rectangle, as HF's `generate` returns them."""
     rows = [prompt + tokens for prompt, tokens in zip(prompts, new_tokens, strict=True)]
     width = max(len(r) for r in rows)
     return torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows], dtype=torch.int64)

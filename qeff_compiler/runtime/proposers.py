@@ -21,7 +21,7 @@ from typing import Protocol
 
 import torch
 
-from qeff_compiler.runtime.generate import DeviceClock, Executor, StaticShapes, _run
+from qeff_compiler.runtime.generate import DeviceClock, Executor, StaticShapes, run_with_cache
 from qeff_compiler.runtime.sampling import TokenSampler
 
 
@@ -178,7 +178,7 @@ class DraftModel:
             if piece:
                 ids[row, : len(piece)] = torch.tensor(piece, dtype=torch.int64)
                 positions[row, : len(piece)] = torch.arange(first, first + len(piece))
-        return _run(executor, ids, positions, self.cache)["logits"]
+        return run_with_cache(executor, ids, positions, self.cache)["logits"]
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -124,7 +124,6 @@ class ServingStats:
             ),
         ]
 
-
     def _speculative_rows(self) -> list[tuple[str, str]]:
         if not self.verify_slot_steps:
             return []

@@ -110,4 +110,3 @@ class SlotDraft:
                 if len(tokens[slot]) < counts[slot]:
                     queue.append(token)  # the proposal is fed back to propose the next one
         return Proposal(tokens, [torch.stack(d) if d else None for d in distributions]), calls
-

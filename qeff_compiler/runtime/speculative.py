@@ -33,12 +33,12 @@ from qeff_compiler.runtime.generate import (
     GenerationOutput,
     StaticShapes,
     Streamer,
-    _accept,
-    _chunks,
-    _pad_sequences,
-    _prefill,
-    _run,
+    accept_tokens,
     check_generation_length,
+    pad_sequences,
+    prefill_chunks,
+    prefill_prompts,
+    run_with_cache,
 )
 from qeff_compiler.runtime.proposers import Proposal, Proposer
 from qeff_compiler.runtime.sampling import TokenSampler
@@ -133,11 +133,11 @@ def generate_speculative(
     check_generation_length(prompts, max_new_tokens, static.ctx_len)
     cache = {name: torch.zeros(shape, dtype=dtype) for name, (shape, dtype) in cache_specs.items()}
     start = time.perf_counter()
-    last_logits = _prefill(prefill, static, prompts, cache)
+    last_logits = prefill_prompts(prefill, static, prompts, cache)
     prefill_s = time.perf_counter() - start
     new_tokens: list[list[int]] = [[] for _ in prompts]
     active = [True] * len(prompts)
-    _accept(sampler(last_logits), new_tokens, active, eos_token_ids, max_new_tokens, streamer, step=0)
+    accept_tokens(sampler(last_logits), new_tokens, active, eos_token_ids, max_new_tokens, streamer, step=0)
     ttft_s = time.perf_counter() - start
     proposer.start(prompts)
     tally = _Tally()
@@ -162,7 +162,7 @@ def generate_speculative(
         emitted = _emit(gained, new_tokens, active, eos_token_ids, max_new_tokens, streamer, emitted)
         tally.latencies.append(clock.decode_step_s + proposer.device_s - draft_before)
         tally.host_latencies.append(time.perf_counter() - step_start)
-    device_prefill_s = _chunks(prompts, static) * clock.prefill_chunk_s
+    device_prefill_s = prefill_chunks(prompts, static) * clock.prefill_chunk_s
     stats = SpeculativeStats(
         prompt_tokens=tuple(len(p) for p in prompts),
         generated_tokens=tuple(len(t) for t in new_tokens),
@@ -182,7 +182,7 @@ def generate_speculative(
         host_draft_s=proposer.host_s,
         draft_decode_calls=proposer.decode_calls,
     )
-    return GenerationOutput(_pad_sequences(prompts, new_tokens, pad_token_id), tuple(map(tuple, new_tokens)), stats)
+    return GenerationOutput(pad_sequences(prompts, new_tokens, pad_token_id), tuple(map(tuple, new_tokens)), stats)
 
 
 class _Tally:
@@ -216,7 +216,7 @@ def _verify_call(
             first = len(histories[row]) - 1
             ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
             positions[row, : len(tokens)] = torch.arange(first, first + len(tokens))
-    return _run(verify, ids, positions, cache)["logits"][: len(histories)]
+    return run_with_cache(verify, ids, positions, cache)["logits"][: len(histories)]
 
 
 def verify_row(
