@@ -57,6 +57,7 @@ def _serve(compiled: qc.CompiledModel, clock: str, requests: int, rate: float | 
         "token_p99_ms": 1e3 * token(99),
         "slot_occupancy": stats.slot_occupancy,
         "generated_tokens": stats.generated_tokens,
+        "host_threads": scheduler.threads,
     }
 
 
@@ -126,7 +127,7 @@ def ccl_decode(quick: bool) -> list[dict]:
         calls = [_decode_call(plain, None, position), _decode_call(bucketed, bucket, position)]
         without, with_buckets = interleaved_times(calls, repeats)
         row = {
-            "model": name, "ctx_len": ctx_len, "slots": slots, "position": position, "bucket": bucket,
+            "model": name, "ctx_len": ctx_len, "slots": slots, "position": position, "buckets": buckets, "bucket": bucket,
             "without_buckets_ms": 1e3 * statistics.median(without), "with_buckets_ms": 1e3 * statistics.median(with_buckets),
             "without_min_max_ms": [1e3 * min(without), 1e3 * max(without)],
             "with_min_max_ms": [1e3 * min(with_buckets), 1e3 * max(with_buckets)],

@@ -392,9 +392,9 @@ class CompiledModel:
         self._check_speculative_target(draft)
         threads = resolve_threads(threads)
         if slots is not None or self.options.comp_ctx_lengths_decode is not None:  # slots, or buckets per call
-            scheduler = ContinuousBatchScheduler(self, engine=engine, proposer=self.slot_proposer(draft, engine))
-            with torch_threads(threads):
-                output = generate_in_slots(scheduler, prompts, max_new_tokens, sampling, eos_ids, pad, streamer)
+            slot_proposer = self.slot_proposer(draft, engine)
+            scheduler = ContinuousBatchScheduler(self, engine=engine, proposer=slot_proposer, threads=threads)
+            output = generate_in_slots(scheduler, prompts, max_new_tokens, sampling, eos_ids, pad, streamer)
             if trace is not None:
                 write_slot_trace(trace, scheduler.calls, scheduler.num_slots, self.simulation.device)
             return output

@@ -78,7 +78,9 @@ def run_command(
             raise InvalidArgumentError("give --requests FILE or a single --prompt / --token-ids, not both")
         from qeff_compiler.cli.serve import serve_workload
 
-        serve_workload(artifact, requests, engine, arrivals, trace, "prompt-lookup" if prompt_lookup else draft)
+        serve_workload(
+            artifact, requests, engine, arrivals, trace, "prompt-lookup" if prompt_lookup else draft, threads
+        )
         return
     threads = resolve_threads(threads)
     prompt = None if prompt is None else check_prompt_text(prompt)

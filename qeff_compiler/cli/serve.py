@@ -15,11 +15,18 @@ from qeff_compiler.runtime.workload import load_workload
 
 
 def serve_workload(
-    artifact: Path, requests: Path, engine: str, arrivals: str, trace: Path | None, draft: Path | str | None = None
+    artifact: Path,
+    requests: Path,
+    engine: str,
+    arrivals: str,
+    trace: Path | None,
+    draft: Path | str | None = None,
+    threads: int | None = None,
 ) -> None:
     """Run every request of the workload file through a continuous batch; one row per request, then the stream's
-    figures (simulated device, and this machine's engine). `draft` (an artifact directory, or "prompt-lookup")
-    proposes the tokens of a speculative target's verify steps."""
+    figures (simulated device, and this machine's engine on `threads` CPU threads, default from the load).
+    `draft` (an artifact directory, or "prompt-lookup") proposes the tokens of a speculative target's verify
+    steps."""
     compiled = load_compiled(artifact)
     proposer = compiled.slot_proposer(load_compiled(draft) if isinstance(draft, Path) else draft, engine)
     tokenize = None
@@ -27,7 +34,7 @@ def serve_workload(
         tokenizer = AutoTokenizer.from_pretrained(artifact)
         tokenize = tokenizer.encode
     stream = load_workload(requests, compiled.config.vocab_size, tokenize)
-    scheduler = ContinuousBatchScheduler(compiled, engine=engine, arrivals=arrivals, proposer=proposer)
+    scheduler = ContinuousBatchScheduler(compiled, engine=engine, arrivals=arrivals, proposer=proposer, threads=threads)
     results = scheduler.run(stream)
     table = Table(title=f"requests ({scheduler.num_slots} slots)")
     for column in ("id", "prompt", "new tokens", "finish", "simulated TTFT", "host TTFT"):
@@ -43,7 +50,11 @@ def serve_workload(
             f"{stats.host_ttft_s * 1e3:.1f} ms",
         )
     console.print(table)
-    summary = Table(title=f"serving: simulated device, and the {engine} engine on this machine", show_header=False)
+    summary = Table(
+        title=f"serving: simulated device, and the {engine} engine on {scheduler.threads} thread"
+        f"{'s' * (scheduler.threads > 1)} here",
+        show_header=False,
+    )
     for label, value in scheduler.stats().rows():
         summary.add_row(label, value)
     console.print(summary)

@@ -46,6 +46,7 @@ from qeff_compiler.runtime.serving_stats import RequestStats, ServingStats
 from qeff_compiler.runtime.slot_proposers import DraftCall, SlotProposer, StatelessSlots
 from qeff_compiler.runtime.slots import Executor, SlotCache, SlotClock
 from qeff_compiler.runtime.speculative import verify_row
+from qeff_compiler.runtime.threads import resolve_threads, torch_threads
 
 FINISH_REASONS = ("eos", "length", "stop", "cancelled")
 #: which clock `Request.arrival_s` is replayed on
@@ -131,7 +132,7 @@ class ServableModel(Protocol):
     @property
     def context_buckets(self) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]: ...
 
-    def generation_executors(self, engine: str = "host") -> tuple[Executor, Executor]: ...
+    def generation_executors(self, engine: str = "host", threads: int | None = None) -> tuple[Executor, Executor]: ...
 
 
 @dataclass(frozen=True)
@@ -180,16 +181,20 @@ class ContinuousBatchScheduler:
         engine: str | None = None,
         arrivals: str = "device",
         proposer: SlotProposer | None = None,
+        threads: int | None = None,
     ) -> None:
         """`proposer` proposes the tokens of a speculative target's verify steps (default: none, one token per
-        step); `CompiledModel.slot_proposer` makes one from a draft model or "prompt-lookup"."""
+        step); `CompiledModel.slot_proposer` makes one from a draft model or "prompt-lookup". `threads`: the CPU
+        threads every step runs on (default: chosen from the load, `runtime.threads`, since a small model's
+        multi-threaded ops stall at their barriers on a busy machine)."""
         if arrivals not in ARRIVAL_CLOCKS:
             raise InvalidArgumentError(f"arrivals must be one of {', '.join(ARRIVAL_CLOCKS)}, got {arrivals!r}")
         self._host_arrivals = arrivals == "host"
+        #: CPU threads of every step (torch's, and ONNX Runtime's when that is the engine)
+        self.threads = resolve_threads(threads)
         prefill_buckets, decode_buckets = model.context_buckets
-        self._slots = SlotCache(
-            model.prefill, model.decode, model.generation_executors(engine or "host"), prefill_buckets, decode_buckets
-        )
+        executors = model.generation_executors(engine or "host", self.threads)
+        self._slots = SlotCache(model.prefill, model.decode, executors, prefill_buckets, decode_buckets)
         self._clock = model.clock
         #: proposals per verify step (K); 0: plain decoding
         self.num_speculative_tokens = self._slots.decode_len - 1
@@ -277,6 +282,10 @@ class ContinuousBatchScheduler:
     def step(self) -> list[TokenEvent]:
         """One scheduling step: admit and prefill waiting requests into free slots, else one decode step of every
         live slot. Returns the tokens (and finishes) it produced."""
+        with torch_threads(self.threads):
+            return self._step()
+
+    def _step(self) -> list[TokenEvent]:
         events = self._drain()
         admitted = self._admit()
         if admitted:
