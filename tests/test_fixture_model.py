@@ -6,12 +6,13 @@ predictions are sharp: a random model would make almost any numerical error look
 
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, MptForCausalLM, PreTrainedTokenizerBase
 
-from qeff_compiler.data import TINY_MPT, TINY_MPT_VALIDATION_TEXT
+from qeff_compiler.data import TINY_MPT, TINY_MPT_DRAFT, TINY_MPT_VALIDATION_TEXT
 
 # A Python method signature, e.g. "def __init__(self, name):" (return annotation allowed).
 SIGNATURE = re.compile(r"def [A-Za-z_]\w*\([^()\n]*\)( -> [^\n]+)?:")
@@ -20,9 +21,9 @@ SIGNATURE = re.compile(r"def [A-Za-z_]\w*\([^()\n]*\)( -> [^\n]+)?:")
 PROMPT = "class Parser:\n    def"
 
 
-def card_value(metric: str) -> float:
-    """A figure from the results table of the model card, written by tools/train_fixture.py."""
-    card = (TINY_MPT / "README.md").read_text(encoding="utf-8")
+def card_value(metric: str, model_dir: Path = TINY_MPT) -> float:
+    """A figure from the results table of a model card, written by tools/train_fixture.py."""
+    card = (model_dir / "README.md").read_text(encoding="utf-8")
     match = re.search(rf"^\| {re.escape(metric)} \| ([0-9.]+) \|$", card, re.M)
     assert match, f"model card has no {metric!r} row"
     return float(match.group(1))
@@ -97,3 +98,15 @@ def test_random_model_fails_the_perplexity_bound(trained_perplexity, random_mode
 def test_greedy_generation_writes_a_python_signature(model, random_model, tokenizer):
     assert SIGNATURE.search(greedy(model, tokenizer))
     assert not SIGNATURE.search(greedy(random_model, tokenizer))
+
+
+def test_draft_matches_its_card_and_is_smaller(windows, trained_perplexity, model):
+    """The draft's card (same text, windows and evaluation as the target's) states its size and perplexity."""
+    draft = AutoModelForCausalLM.from_pretrained(TINY_MPT_DRAFT, dtype=torch.float32).eval()
+    card = (TINY_MPT_DRAFT / "README.md").read_text(encoding="utf-8")
+    parameters = sum(p.numel() for p in draft.parameters())
+    assert f"({parameters:,} parameters)" in card
+    assert parameters < sum(p.numel() for p in model.parameters()) / 4
+    draft_perplexity = perplexity(draft, windows)
+    assert draft_perplexity == pytest.approx(card_value("validation perplexity", TINY_MPT_DRAFT), rel=0.01)
+    assert trained_perplexity < draft_perplexity < card_value("unigram baseline perplexity", TINY_MPT_DRAFT) / 5
