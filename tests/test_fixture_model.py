@@ -6,7 +6,6 @@ predictions are sharp: a random model would make almost any numerical error look
 
 import math
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,9 +20,9 @@ SIGNATURE = re.compile(r"def [A-Za-z_]\w*\([^()\n]*\)( -> [^\n]+)?:")
 PROMPT = "class Parser:\n    def"
 
 
-def card_value(metric: str, model_dir: Path = TINY_MPT) -> float:
-    """A figure from the results table of a model card, written by tools/train_fixture.py."""
-    card = (model_dir / "README.md").read_text(encoding="utf-8")
+def card_value(metric: str) -> float:
+    """A figure from the results table of the model card, written by tools/train_fixture.py."""
+    card = (TINY_MPT / "README.md").read_text(encoding="utf-8")
     match = re.search(rf"^\| {re.escape(metric)} \| ([0-9.]+) \|$", card, re.M)
     assert match, f"model card has no {metric!r} row"
     return float(match.group(1))
@@ -100,13 +99,9 @@ def test_greedy_generation_writes_a_python_signature(model, random_model, tokeni
     assert not SIGNATURE.search(greedy(random_model, tokenizer))
 
 
-def test_draft_matches_its_card_and_is_smaller(windows, trained_perplexity, model):
-    """The draft's card (same text, windows and evaluation as the target's) states its size and perplexity."""
-    draft = AutoModelForCausalLM.from_pretrained(TINY_MPT_DRAFT, dtype=torch.float32).eval()
-    card = (TINY_MPT_DRAFT / "README.md").read_text(encoding="utf-8")
+def test_draft_card_states_its_size(model):
+    """The draft's card gives its parameter count (its perplexity row is checked in tests/test_speculative.py)."""
+    draft = AutoModelForCausalLM.from_pretrained(TINY_MPT_DRAFT, dtype=torch.float32)
     parameters = sum(p.numel() for p in draft.parameters())
-    assert f"({parameters:,} parameters)" in card
+    assert f"({parameters:,} parameters)" in (TINY_MPT_DRAFT / "README.md").read_text(encoding="utf-8")
     assert parameters < sum(p.numel() for p in model.parameters()) / 4
-    draft_perplexity = perplexity(draft, windows)
-    assert draft_perplexity == pytest.approx(card_value("validation perplexity", TINY_MPT_DRAFT), rel=0.01)
-    assert trained_perplexity < draft_perplexity < card_value("unigram baseline perplexity", TINY_MPT_DRAFT) / 5
