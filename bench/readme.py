@@ -298,7 +298,8 @@ def speculative(results: dict) -> str:
         f"tokens each, greedy (speculative output equal to plain greedy, checked). MPT-7B mxfp6 on ai100-standard "
         f"decodes {section['mpt7b_plain_decode_tokens_per_s']:.2f} simulated tok/s plainly; its draft is re-timed at "
         f"d_model {shape['d_model']}, {shape['n_heads']} heads, {shape['n_layers']} layers. Load average "
-        f"{section['load_average']:.1f} at the end of the section (host speed-ups are wall-clock ratios of one run)."
+        f"{section['load_average']:.1f} at the end of the section; host speed-ups are ratios of the median wall times "
+        f"of {first['host_timing_pairs']} alternating plain and speculative runs."
     )
     goals = {("draft", 4): 1.8, ("prompt-lookup", 4): 1.3}
     verdicts = [
@@ -309,6 +310,17 @@ def speculative(results: dict) -> str:
         for r in section["rows"] if (r["proposer"], r["num_speculative_tokens"]) in goals
     ]
     lines.append(f"Goals (simulated, MPT-7B mxfp6): {'; '.join(verdicts)}.")
+    steps = section["mpt7b_steps_s"]
+    for r in section["rows"]:
+        if r["proposer"] == "draft" and (r["proposer"], r["num_speculative_tokens"]) in goals:
+            k, goal = r["num_speculative_tokens"], goals[(r["proposer"], r["num_speculative_tokens"])]
+            cost = steps[f"verify_{k}"] + r["draft_decode_calls_per_step"] * steps["draft"]
+            lines.append(
+                f"At MPT-7B shape a K={k} verify step costs {steps[f'verify_{k}'] / steps['plain']:.3f} plain steps and "
+                f"a draft step {steps['draft'] / steps['plain']:.3f}, so with the measured "
+                f"{r['draft_decode_calls_per_step']:.2f} draft calls per verify step {goal}x needs "
+                f"{goal * cost / steps['plain']:.2f} tokens per verify step (measured: {r['accepted_tokens_per_step']:.2f})."
+            )
     return "\n".join(lines) + "\n"
 
 

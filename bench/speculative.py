@@ -12,7 +12,9 @@ Figures per proposer and K:
   decode calls) re-timed with the cost model's steps of MPT-7B compiled from its config with the same K, and of
   the draft's shape scaled as the shipped model scales to MPT-7B (width x16, depth x8, heads x4, MPT-7B's
   vocabulary): d_model 2048, 16 heads, 16 layers. Plain decoding's step is MPT-7B's own single-token step;
-- host speed-up: wall time of plain greedy over speculative greedy, same prompts, one run, this machine.
+- host speed-up: wall time of plain greedy over speculative greedy, same prompts, this machine: after a warm-up
+  call of each model, plain and speculative runs alternate (REPEATS pairs per setting, 1 in --quick) and the
+  medians are compared, so a change of the machine's load during the section skews both sides alike.
 
     python -m bench.speculative [--quick]
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from collections.abc import Sequence
 
@@ -35,6 +38,8 @@ from qeff_compiler.data import TINY_MPT, TINY_MPT_DRAFT, TINY_MPT_VALIDATION_TEX
 SETTINGS = (("draft", 2), ("draft", 4), ("draft", 6), ("prompt-lookup", 4))
 QUICK_SETTINGS = (("draft", 4), ("prompt-lookup", 4))
 PROMPT_TOKENS, NEW_TOKENS, CTX = 64, 64, 256
+#: alternating (plain, speculative) timing pairs per setting in the full run
+REPEATS = 5
 SEVEN_B = "mpt-7b"
 
 
@@ -85,15 +90,23 @@ def run(quick: bool = False) -> dict:
     draft = qc.compile(TINY_MPT_DRAFT, **options)
     targets = {k: qc.compile(TINY_MPT, num_speculative_tokens=k, **options) for k in sorted({k for _, k in settings})}
     steps_7b = seven_b_steps(sorted(targets))
-    plain_runs, plain_s = timed(lambda: [plain.generate([p], new, eos_token_id=[]) for p in rows_in])
+    plain.generate([rows_in[0]], 4, eos_token_id=[])  # warm-up: first calls pay one-off set-up costs
+    for target in targets.values():
+        for proposer in (draft, "prompt-lookup"):
+            target.generate([rows_in[0]], 4, eos_token_id=[], draft=proposer)
     rows = []
     for name, k in settings:
         target, proposer = targets[k], draft if name == "draft" else "prompt-lookup"
-        runs, spec_s = timed(
-            lambda target=target, proposer=proposer: [
-                target.generate([p], new, eos_token_id=[], draft=proposer) for p in rows_in
-            ]
-        )
+        plain_times, spec_times = [], []
+        for _ in range(1 if quick else REPEATS):
+            plain_runs, plain_s = timed(lambda: [plain.generate([p], new, eos_token_id=[]) for p in rows_in])
+            runs, spec_s = timed(
+                lambda target=target, proposer=proposer: [
+                    target.generate([p], new, eos_token_id=[], draft=proposer) for p in rows_in
+                ]
+            )
+            plain_times.append(plain_s)
+            spec_times.append(spec_s)
         assert all(a.new_tokens == b.new_tokens for a, b in zip(runs, plain_runs, strict=True)), "greedy differs"
         proposed = sum(r.stats.proposed_tokens for r in runs)
         accepted = sum(r.stats.accepted_tokens for r in runs)
@@ -114,7 +127,8 @@ def run(quick: bool = False) -> dict:
             "simulated_speedup_shipped_vs_plain": plain_shipped / simulated_shipped,
             "simulated_speedup_mpt7b_mxfp6_vs_plain": decode_tokens * steps_7b["plain"] / seven_spec,
             "simulated_mpt7b_mxfp6_decode_tokens_per_s": decode_tokens / seven_spec,
-            "host_speedup_vs_plain": plain_s / spec_s,
+            "host_speedup_vs_plain": statistics.median(plain_times) / statistics.median(spec_times),
+            "host_timing_pairs": len(plain_times),
         })
     return {
         "target": "tiny-mpt-pystdlib",

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, MptForCausalLM, PreTrainedTokenizerBase
 
-from qeff_compiler.data import TINY_MPT, TINY_MPT_VALIDATION_TEXT
+from qeff_compiler.data import TINY_MPT, TINY_MPT_DRAFT, TINY_MPT_VALIDATION_TEXT
 
 # A Python method signature, e.g. "def __init__(self, name):" (return annotation allowed).
 SIGNATURE = re.compile(r"def [A-Za-z_]\w*\([^()\n]*\)( -> [^\n]+)?:")
@@ -97,3 +97,11 @@ def test_random_model_fails_the_perplexity_bound(trained_perplexity, random_mode
 def test_greedy_generation_writes_a_python_signature(model, random_model, tokenizer):
     assert SIGNATURE.search(greedy(model, tokenizer))
     assert not SIGNATURE.search(greedy(random_model, tokenizer))
+
+
+def test_draft_card_states_its_size(model):
+    """The draft's card gives its parameter count (its perplexity row is checked in tests/test_speculative.py)."""
+    draft = AutoModelForCausalLM.from_pretrained(TINY_MPT_DRAFT, dtype=torch.float32)
+    parameters = sum(p.numel() for p in draft.parameters())
+    assert f"({parameters:,} parameters)" in (TINY_MPT_DRAFT / "README.md").read_text(encoding="utf-8")
+    assert parameters < sum(p.numel() for p in model.parameters()) / 4

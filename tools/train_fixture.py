@@ -10,6 +10,9 @@ machine has offline: the source of the Python standard library.
 
 A draft (``--draft``) is a smaller MPT trained on the same split with the shipped model's own tokenizer (read from
 its directory, not retrained), so it proposes tokens in the target's vocabulary; it ships no text files of its own.
+It is distilled from the shipped model (DistillSpec, Zhou et al. 2023): its loss mixes next-token cross-entropy
+with the KL divergence from the target's next-token distribution, since speculative decoding accepts a proposal
+only where the draft agrees with the target, not where it predicts the text well.
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ DEFAULT_STEPS = 1600
 TARGET_SHAPE = (256, 8, 4)
 DRAFT_SHAPE = (128, 4, 2)
 PEAK_LR = 2e-3
+# The draft's loss: (1 - w) * cross-entropy + w * T^2 * KL(target_T || draft_T), softmaxes at temperature T.
+DISTILL_WEIGHT = 0.8
+DISTILL_TEMPERATURE = 1.0
 WARMUP_FRACTION = 0.05
 # Results depend on the thread count (reduction order), so it is fixed for reproducibility.
 THREADS = 2
@@ -155,8 +161,38 @@ def batches(train_ids: torch.Tensor, seed: int) -> Iterator[torch.Tensor]:
         yield torch.stack([train_ids[s : s + SEQ_LEN] for s in starts])
 
 
-def train(model: MptForCausalLM, train_ids: torch.Tensor, steps: int, seed: int) -> float:
-    """AdamW with warmup + cosine decay; returns the wall time of the training loop in seconds."""
+class Distillation:
+    """The draft's loss: next-token cross-entropy mixed with the KL divergence from a frozen teacher.
+
+    T = 1 distils the distribution greedy acceptance compares against; the T^2 factor keeps the KL term's
+    gradients on the cross-entropy's scale at other temperatures (Hinton et al. 2015).
+    """
+
+    def __init__(self, teacher: MptForCausalLM, weight: float, temperature: float) -> None:
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.weight, self.temperature = weight, temperature
+
+    def __call__(self, logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        """Loss of the student's `logits` for `batch`; positions are scored as HF's own causal-LM loss does."""
+        with torch.no_grad():
+            teacher_logits = self.teacher(input_ids=batch).logits[:, :-1]
+        student = logits[:, :-1]
+        cross_entropy = torch.nn.functional.cross_entropy(
+            student.reshape(-1, student.size(-1)), batch[:, 1:].reshape(-1)
+        )
+        t = self.temperature
+        kl = torch.nn.functional.kl_div(
+            torch.log_softmax(student.reshape(-1, student.size(-1)) / t, dim=-1),
+            torch.log_softmax(teacher_logits.reshape(-1, student.size(-1)) / t, dim=-1),
+            log_target=True, reduction="batchmean",
+        )
+        return (1.0 - self.weight) * cross_entropy + self.weight * t * t * kl
+
+
+def train(
+    model: MptForCausalLM, train_ids: torch.Tensor, steps: int, seed: int, distill: Distillation | None = None
+) -> float:
+    """AdamW with warmup + cosine decay (loss: `distill`'s, else cross-entropy); returns the loop's wall seconds."""
     decay = [p for p in model.parameters() if p.dim() >= 2]  # no decay on norm weights
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -175,7 +211,9 @@ def train(model: MptForCausalLM, train_ids: torch.Tensor, steps: int, seed: int)
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("train", total=steps, loss=smoothed)
         for _, batch in zip(range(steps), batches(train_ids, seed)):
-            loss = model(input_ids=batch, labels=batch).loss
+            loss = model(input_ids=batch, labels=batch).loss if distill is None else distill(
+                model(input_ids=batch).logits, batch
+            )
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -231,7 +269,7 @@ so a rerun on another version gives a different (equally valid) model.
 {facts["steps"]} steps of AdamW (betas 0.9/0.95, weight decay 0.1 on matrices, peak lr {PEAK_LR},
 {WARMUP_FRACTION:.0%} linear warmup then cosine decay to 10%, gradient clipping 1.0) on batches of
 {BATCH_SIZE} random {SEQ_LEN}-token windows of the training stream, float32, {THREADS} CPU threads,
-seed {facts["seed"]}. Measured training time: {facts["train_time"]}, {facts["cpu_time"]} of CPU; the
+seed {facts["seed"]}.{facts["distill"]} Measured training time: {facts["train_time"]}, {facts["cpu_time"]} of CPU; the
 wall time depends on the load of the machine{facts["idle_note"]}.
 
 ## Results
@@ -282,8 +320,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps (shorten for a quick run)")
     parser.add_argument("--draft", action="store_true",
                         help=f"train the draft model (d_model, heads, layers = {DRAFT_SHAPE}) with the shipped "
-                             "model's tokenizer")
+                             "model's tokenizer, distilled from the shipped model")
+    parser.add_argument("--distill-weight", type=float, default=DISTILL_WEIGHT,
+                        help="--draft: weight of the KL term in the loss, in [0, 1] (0: cross-entropy only)")
+    parser.add_argument("--distill-temperature", type=float, default=DISTILL_TEMPERATURE,
+                        help="--draft: softmax temperature of the KL term (> 0)")
     args = parser.parse_args()
+    if not 0.0 <= args.distill_weight <= 1.0 or args.distill_temperature <= 0.0:
+        parser.error("--distill-weight must be in [0, 1] and --distill-temperature > 0")
     out: Path = args.out or (DRAFT_OUT if args.draft else DEFAULT_OUT)
 
     random.seed(args.seed)
@@ -306,8 +350,12 @@ def main() -> None:
 
     shape = DRAFT_SHAPE if args.draft else TARGET_SHAPE
     model = MptForCausalLM(model_config(eot_id, shape))
+    distill = None
+    if args.draft and args.distill_weight > 0:  # the teacher is the shipped model, as shipped (bf16 read into fp32)
+        teacher = AutoModelForCausalLM.from_pretrained(DEFAULT_OUT, dtype=torch.float32)
+        distill = Distillation(teacher, args.distill_weight, args.distill_temperature)
     cpu_start = time.process_time()
-    seconds = train(model, train_ids, args.steps, args.seed)
+    seconds = train(model, train_ids, args.steps, args.seed, distill)
     cpu_seconds = time.process_time() - cpu_start
     console.print(f"trained {args.steps} steps in {seconds:.0f} s ({seconds / args.steps:.3f} s/step)")
 
@@ -331,6 +379,16 @@ def main() -> None:
     command = "python tools/train_fixture.py" + (" --draft" if args.draft else "")
     command += "" if args.steps == DEFAULT_STEPS else f" --steps {args.steps}"
     command += "" if args.seed == 0 else f" --seed {args.seed}"
+    if args.draft:
+        command += "" if args.distill_weight == DISTILL_WEIGHT else f" --distill-weight {args.distill_weight:g}"
+        command += ("" if args.distill_temperature == DISTILL_TEMPERATURE
+                    else f" --distill-temperature {args.distill_temperature:g}")
+    distill_note = "" if distill is None else (
+        f"\nThe loss is distilled from `tiny-mpt-pystdlib` (the shipped bfloat16 checkpoint in float32, eval mode,\n"
+        f"no gradients): (1 - w) x next-token cross-entropy + w x T² x KL(target ‖ draft) of the next-token\n"
+        f"distributions at temperature T, with w = {args.distill_weight:g} and T = {args.distill_temperature:g} "
+        "(DistillSpec, Zhou et al. 2023;\nthe target's forward pass is part of the measured time)."
+    )
     files_note = (
         f"- validation split: {len(held_out)} files, {len(val_ids):,} tokens, shipped as `validation.txt`\n"
         "- calibration text for `w8a8` (`qc.calibrate`), shipped as `calibration.txt`: the training-split files\n"
@@ -362,6 +420,7 @@ def main() -> None:
         "command": command,
         "steps": str(args.steps),
         "seed": str(args.seed),
+        "distill": distill_note,
         "train_time": f"{seconds / 60:.1f} min ({seconds / args.steps:.2f} s/step)",
         "cpu_time": f"{cpu_seconds / 60:.1f} min",
         "idle_note": "" if args.draft else " (an idle 2-core machine takes about 0.5 s/step)",
