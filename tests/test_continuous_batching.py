@@ -269,6 +269,31 @@ def test_generation_executors_write_the_cache_in_place_with_the_same_numerics(se
         torch.testing.assert_close(out[name], value, rtol=0, atol=0)
 
 
+def test_donating_executor_reuses_its_read_buffers_with_the_same_numerics(hf_model) -> None:
+    """With an fp16 cache the donating executor casts what attention reads into buffers kept between calls; calls
+    at growing and shrinking buckets, with slots in and out of order, equal the copying executor exactly."""
+    model = qc.compile(
+        hf_model, ctx_len=CTX, prefill_len=PREFILL, full_batch_size=3, comp_ctx_lengths_decode=[6, 12, CTX],
+        verify=False,
+    )
+    copying, donating = model.host_executors()[1], model.generation_executors("host")[1]
+    filled = _filled_cache(model.decode, torch.Generator().manual_seed(5))
+    cache = {name: value.half() for name, value in filled.items()}
+    assert all(s.dtype == torch.float16 for s in model.decode.inputs if s.role.startswith("past_"))
+    steps = [
+        (12, [[3], [9], [1]], [[0], [1], [2]]),
+        (CTX, [[20], [-1], [4]], [[2], [0], [1]]),
+        (6, [[5], [2], [0]], [[1], [2], [0]]),
+    ]
+    for bucket, positions, rows in steps:
+        step = {"input_ids": torch.tensor([[3], [4], [1]]), "position_ids": torch.tensor(positions),
+                "batch_index": torch.tensor(rows), "comp_ctx_lengths": torch.zeros(bucket, dtype=torch.int64)}
+        expected = copying({**step, **cache})
+        out = donating({**step, **cache})
+        for name, value in expected.items():
+            torch.testing.assert_close(out[name], value, rtol=0, atol=0)
+
+
 def test_poisson_workload_is_seeded_with_the_asked_rate_and_lengths() -> None:
     workload = PoissonWorkload(2000, 50.0, (3, 9), (2, 5), seed=4)
     requests = workload.requests(64)

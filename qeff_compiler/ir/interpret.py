@@ -24,7 +24,7 @@ from qeff_compiler.errors import ProgramInputError
 from qeff_compiler.ir.fx_sources import forget_dead_sources
 from qeff_compiler.ir.graph_utils import erase_dead_code, weight_only_nodes
 from qeff_compiler.ir.ops import ATTENTION_KV, LINEAR_W8A16
-from qeff_compiler.ir.ops.attention import attention_kv
+from qeff_compiler.ir.ops.attention import ReadBuffers, attention_kv
 from qeff_compiler.ir.program import BINDING, Program, TensorSpec
 from qeff_compiler.ir.streaming import StreamingInterpreter
 from qeff_compiler.numerics.int8 import PreparedW8A16, prepare_w8a16
@@ -140,11 +140,27 @@ def _fold_weight_computations(program: Program) -> tuple[torch.fx.GraphModule, d
     return graph_module, constants
 
 
+class _DonatingAttention(torch.nn.Module):
+    """Cached attention that writes the donated cache in place and casts what it reads into buffers kept
+    between calls (shared by the layers, which run one after another)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read_buffers = ReadBuffers()
+
+    def forward(self, *args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return attention_kv(*args, **kwargs, in_place=True, read_buffers=self.read_buffers)  # type: ignore[arg-type]
+
+
 def _write_caches_in_place(graph_module: torch.fx.GraphModule) -> None:
-    """Run every cached attention with `in_place=True` (see `HostExecutor`'s donate_caches)."""
-    for node in graph_module.graph.find_nodes(op="call_function", target=ATTENTION_KV):
-        node.target = attention_kv
-        node.kwargs = {**node.kwargs, "in_place": True}
+    """Run every cached attention in place (see `HostExecutor`'s donate_caches)."""
+    graph = graph_module.graph
+    graph_module.add_submodule("donating_attention", _DonatingAttention())
+    for node in list(graph.find_nodes(op="call_function", target=ATTENTION_KV)):
+        with graph.inserting_before(node):
+            call = graph.call_module("donating_attention", node.args, node.kwargs)
+        node.replace_all_uses_with(call)
+        graph.erase_node(node)
     graph_module.recompile()
 
 
