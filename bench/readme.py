@@ -275,6 +275,49 @@ def http_serving(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def serving(results: dict) -> str:
+    """Continuous batching on the shipped model per slot count and clock, then the context buckets' decode saving."""
+    section = results["sections"]["serving"]
+    lines = [
+        "| F | clock | saturated tok/s | 50 % load: tok/s, TTFT p50 / p99 | 100 % load: tok/s, TTFT p50 / p99 "
+        "| slot occupancy at 100 % |",
+        "|---|---|---|---|---|---|",
+    ]
+    for slots in sorted({r["full_batch_size"] for r in section["curves"]}):
+        for clock in ("device", "host"):
+            rows = {r["offered_load"]: r for r in section["curves"]
+                    if r["full_batch_size"] == slots and r["clock"] == clock}
+            half, full = rows[0.5], rows[1.0]
+            lines.append(
+                f"| {slots} | {'simulated' if clock == 'device' else 'host'} | {_rate(full['saturated_tokens_per_s'])} "
+                f"| {_rate(half['throughput_tokens_per_s'])}, {half['ttft_p50_ms']:.2f} / {half['ttft_p99_ms']:.2f} ms "
+                f"| {_rate(full['throughput_tokens_per_s'])}, {full['ttft_p50_ms']:.2f} / {full['ttft_p99_ms']:.2f} ms "
+                f"| {full['slot_occupancy']:.2f} |"
+            )
+    lines.append("")
+    ccl = section["ccl_decode"]
+    described = "; ".join(
+        f"{r['slots']} {'sequence' if r['slots'] == 1 else 'slots'}: {r['without_buckets_ms']:.1f} ms without buckets, "
+        f"{r['with_buckets_ms']:.1f} ms at bucket {r['bucket']} (host x{r['host_speedup_with_vs_without']:.2f}, "
+        f"simulated x{r['simulated_speedup_with_vs_without']:.2f})"
+        for r in ccl
+    )
+    verdicts = ", ".join(
+        f"{r['slots']} {'sequence' if r['slots'] == 1 else 'slots'} x{r['host_speedup_with_vs_without']:.2f} "
+        f"({'reached' if r['host_speedup_with_vs_without'] >= 2 else 'not reached'})"
+        for r in ccl
+    )
+    lines.append(
+        f"Offered load is a share of each row's saturated capacity (all requests at once); the load points 25-125 % "
+        f"are in `bench/results.json`. Context buckets, one decode step at position {ccl[0]['position']} "
+        f"({ccl[0]['model']}, ctx_len {ccl[0]['ctx_len']}, buckets {', '.join(map(str, ccl[0]['buckets']))}, "
+        f"medians of interleaved steps on {ccl[0]['threads']} host thread{'s' * (ccl[0]['threads'] > 1)}): "
+        f"{described}. Goal (host) ≥ 2x: {verdicts}. 1-minute load average "
+        f"{results['section_load_average']['serving']:.1f} when the section ended."
+    )
+    return "\n".join(lines) + "\n"
+
+
 def speculative(results: dict) -> str:
     """Per proposer and K: acceptance, tokens per verify step, simulated speed-ups (shipped, MPT-7B), host's."""
     section = results["sections"]["speculative"]
@@ -329,6 +372,7 @@ BLOCKS: dict[str, Callable[[dict], str]] = {
     "compile_passes": compile_passes, "simulated": simulated,
     "decode_cost": decode_cost, "host_precision": host_precision, "accuracy": accuracy, "pruning": pruning,
     "tune": tune, "stream_7b": stream_7b, "http_serving": http_serving, "speculative": speculative,
+    "serving": serving,
 }
 
 
