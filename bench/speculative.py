@@ -110,7 +110,7 @@ def run(quick: bool = False) -> dict:
         assert all(a.new_tokens == b.new_tokens for a, b in zip(runs, plain_runs, strict=True)), "greedy differs"
         proposed = sum(r.stats.proposed_tokens for r in runs)
         accepted = sum(r.stats.accepted_tokens for r in runs)
-        verify_steps = sum(r.stats.row_steps for r in runs)
+        verify_steps = sum(r.stats.verify_slot_steps for r in runs)
         decode_tokens = sum(r.stats.decode_tokens for r in runs)
         simulated_shipped = sum(r.stats.decode_s for r in runs)
         plain_shipped = decode_tokens * target.plain_decode_step_s

@@ -89,7 +89,7 @@ def test_greedy_speculative_equals_plain_greedy(n_heads, n_layers, vocab, batch,
     for proposer in ("prompt-lookup", draft):
         out = tlm.generate(prompts, max_new_tokens=new, draft=proposer, eos_token_id=eos)
         assert list(out.new_tokens) == expected, proposer
-        assert out.stats.row_steps == 0 or out.stats.accepted_tokens_per_step >= 1  # new=1: no verify step
+        assert out.stats.verify_slot_steps == 0 or out.stats.accepted_tokens_per_step >= 1  # new=1: no verify step
 
 
 def test_a_shared_draft_is_accepted_whole_and_a_poor_one_rarely():

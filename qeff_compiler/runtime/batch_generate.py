@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from qeff_compiler.runtime.acceptance import AcceptanceFigures
 from qeff_compiler.runtime.generate import GenerationOutput, Streamer
 from qeff_compiler.runtime.sampling import SamplingConfig
 from qeff_compiler.runtime.scheduler import ContinuousBatchScheduler, Request
@@ -22,25 +23,13 @@ from qeff_compiler.runtime.stats import LatencyStats
 
 
 @dataclass(frozen=True, repr=False)
-class SlotSpeculativeStats(LatencyStats):
+class SlotSpeculativeStats(AcceptanceFigures, LatencyStats):
     """`LatencyStats` of speculative generation through slots: per-token latencies are per verify step (the
     draft's calls included), and the decode rates count the tokens a slot keeps per step."""
 
     proposed_tokens: int = 0
     accepted_tokens: int = 0
-    #: (slot, verify step) pairs: each gained 1 + its accepted proposals
     verify_slot_steps: int = 0
-
-    @property
-    def acceptance_rate(self) -> float:
-        """Share of proposed tokens the target accepted (nan when nothing was proposed)."""
-        return self.accepted_tokens / self.proposed_tokens if self.proposed_tokens else float("nan")
-
-    @property
-    def accepted_tokens_per_step(self) -> float:
-        """Target tokens a slot gained per verify step (≥ 1)."""
-        steps = self.verify_slot_steps
-        return (self.accepted_tokens + steps) / steps if steps else float("nan")
 
     @property
     def kept_tokens_per_step(self) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from qeff_compiler.runtime.acceptance import AcceptanceFigures
 from qeff_compiler.runtime.stats import percentile
 
 
@@ -38,7 +39,7 @@ class RequestStats:
 
 
 @dataclass(frozen=True)
-class ServingStats:
+class ServingStats(AcceptanceFigures):
     """Figures of a request stream: TTFT and per-token latency percentiles, throughput, slot occupancy."""
 
     requests: tuple[RequestStats, ...]
@@ -57,17 +58,6 @@ class ServingStats:
     proposed_tokens: int = 0
     accepted_tokens: int = 0
     verify_slot_steps: int = 0
-
-    @property
-    def acceptance_rate(self) -> float:
-        """Share of proposed tokens the target accepted (nan when nothing was proposed)."""
-        return self.accepted_tokens / self.proposed_tokens if self.proposed_tokens else float("nan")
-
-    @property
-    def accepted_tokens_per_step(self) -> float:
-        """Target tokens a slot gained per verify step (≥ 1: the target's own token always counts)."""
-        steps = self.verify_slot_steps
-        return (self.accepted_tokens + steps) / steps if steps else float("nan")
 
     @property
     def generated_tokens(self) -> int:

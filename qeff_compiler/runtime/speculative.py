@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from qeff_compiler.runtime.acceptance import AcceptanceFigures
 from qeff_compiler.runtime.generate import (
     DeviceClock,
     Executor,
@@ -46,15 +47,13 @@ from qeff_compiler.runtime.stats import LatencyStats
 
 
 @dataclass(frozen=True)
-class SpeculativeStats(LatencyStats):
+class SpeculativeStats(AcceptanceFigures, LatencyStats):
     """`LatencyStats` of a speculative generation. `token_latencies_s` (and the host's) are per *verify step*
     (draft steps included), and the decode rates count every token the steps gained."""
 
-    #: tokens proposed and accepted over all rows and steps
     proposed_tokens: int = 0
     accepted_tokens: int = 0
-    #: (row, step) pairs: each gained 1 + its accepted proposals
-    row_steps: int = 0
+    verify_slot_steps: int = 0
     #: simulated seconds of one plain (single-token) decode step of the target, for the speed-up
     plain_decode_step_s: float = float("nan")
     #: simulated and host seconds the proposer spent (a draft model's calls; prompt lookup: host only)
@@ -62,16 +61,6 @@ class SpeculativeStats(LatencyStats):
     host_draft_s: float = 0.0
     #: single-token decode calls of a draft model (a benchmark re-times them at another model shape)
     draft_decode_calls: int = 0
-
-    @property
-    def acceptance_rate(self) -> float:
-        """Share of proposed tokens the target accepted (nan when nothing was proposed)."""
-        return self.accepted_tokens / self.proposed_tokens if self.proposed_tokens else float("nan")
-
-    @property
-    def accepted_tokens_per_step(self) -> float:
-        """Target tokens gained per row per verify step (≥ 1: the target's own token always counts)."""
-        return (self.accepted_tokens + self.row_steps) / self.row_steps if self.row_steps else float("nan")
 
     @property
     def decode_tokens(self) -> float:
@@ -176,7 +165,7 @@ def generate_speculative(
         token_latencies_s=tuple(tally.latencies),
         proposed_tokens=tally.proposed,
         accepted_tokens=tally.accepted,
-        row_steps=tally.row_steps,
+        verify_slot_steps=tally.row_steps,
         plain_decode_step_s=plain_decode_step_s,
         draft_s=proposer.device_s,
         host_draft_s=proposer.host_s,
