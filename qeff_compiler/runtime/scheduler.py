@@ -422,13 +422,7 @@ class ContinuousBatchScheduler:
         proposed = {slot: proposal.tokens[slot][: counts[slot]] for slot in self._live}
         feeds = {slot: ([histories[slot][-1], *proposed[slot]], len(histories[slot]) - 1) for slot in self._live}
         result = self._slots.verify(feeds)
-        verify_s = self._clock.decode_call_s(result.bucket)
-        live = tuple(self._live)
-        ids = tuple(self._live[slot].request.request_id for slot in live)
-        self.calls.append(CallRecord("decode", live, ids, result.bucket, self.device_time_s, verify_s))
-        self.device_time_s += verify_s
-        self._decode_live.append(len(self._live))
-        self._decode_buckets.append(result.bucket)
+        verify_s = self._record_decode_call(result.bucket)
         gained = {}
         for slot, item in self._live.items():
             scored = result.logits[slot, : len(proposed[slot]) + 1]
@@ -450,19 +444,25 @@ class ContinuousBatchScheduler:
         then samples its own next token with its own settings."""
         start = time.perf_counter()
         result = self._slots.decode({slot: (i.tokens[-1], i.next_position) for slot, i in self._live.items()})
-        device_s = self._clock.decode_call_s(result.bucket)
-        live = tuple(self._live)
-        ids = tuple(self._live[slot].request.request_id for slot in live)
-        self.calls.append(CallRecord("decode", live, ids, result.bucket, self.device_time_s, device_s))
-        self.device_time_s += device_s
-        self._decode_live.append(len(self._live))
-        self._decode_buckets.append(result.bucket)
+        device_s = self._record_decode_call(result.bucket)
         host_s = time.perf_counter() - start
         events = []
         for slot, item in list(self._live.items()):
             token = int(item.sampler(result.logits[slot : slot + 1])[0])
             events.append(self._accept(item, token, host_s, device_s))
         return events
+
+    def _record_decode_call(self, bucket: int) -> float:
+        """Charge a decode (or verify) call of every live slot at `bucket` on the simulated clock and record it
+        for the trace and the stats; returns its simulated seconds."""
+        seconds = self._clock.decode_call_s(bucket)
+        live = tuple(self._live)
+        ids = tuple(self._live[slot].request.request_id for slot in live)
+        self.calls.append(CallRecord("decode", live, ids, bucket, self.device_time_s, seconds))
+        self.device_time_s += seconds
+        self._decode_live.append(len(live))
+        self._decode_buckets.append(bucket)
+        return seconds
 
     def _accept(self, item: _Live, token: int, host_s: float, device_s: float) -> TokenEvent:
         """Record `token` for `item` at the current clocks; finish it when a stop rule says so."""
