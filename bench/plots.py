@@ -140,22 +140,26 @@ def _pruning(axes, section: dict) -> None:  # noqa: ANN001
 
 
 def _serving(axes, section: dict) -> None:  # noqa: ANN001
-    """Throughput (solid) and TTFT p50 (dotted) / p99 (dashed, right axis) vs offered request rate, per slot count
-    and clock; log scales (the simulated device and this machine differ by orders of magnitude)."""
-    twin = axes.twinx()
+    """Two panels against the offered load as a share of each curve's own capacity (so the simulated device and
+    this machine, orders of magnitude apart, share the x axis): throughput, and TTFT p50 (solid) / p99 (dashed);
+    log y scales."""
+    figure = axes.figure
+    axes.remove()
+    throughput, ttft = figure.subplots(1, 2)
     for clock, marker in (("device", "o"), ("host", "s")):
         for slots in sorted({r["full_batch_size"] for r in section["curves"]}):
             rows = [r for r in section["curves"] if r["clock"] == clock and r["full_batch_size"] == slots]
-            rates = [r["rate_per_s"] for r in rows]
+            loads = [100 * r["offered_load"] for r in rows]
             label = f"{'simulated' if clock == 'device' else 'host'} F={slots}"
-            line = axes.plot(rates, [r["throughput_tokens_per_s"] for r in rows], marker=marker, label=label)
+            line = throughput.plot(loads, [r["throughput_tokens_per_s"] for r in rows], marker=marker, label=label)
             color = line[0].get_color()
-            twin.plot(rates, [r["ttft_p50_ms"] for r in rows], marker=marker, linestyle=":", color=color)
-            twin.plot(rates, [r["ttft_p99_ms"] for r in rows], marker=marker, linestyle="--", color=color)
-    axes.set(title="continuous batching, shipped model: throughput (solid), TTFT p50 (dotted) / p99 (dashed)",
-             xlabel="offered load (requests/s)", ylabel="throughput (tok/s)", xscale="log", yscale="log")
-    twin.set(ylabel="TTFT (ms)", yscale="log")
-    axes.legend(fontsize=7, loc="upper left")
+            ttft.plot(loads, [r["ttft_p50_ms"] for r in rows], marker=marker, color=color, label=label)
+            ttft.plot(loads, [r["ttft_p99_ms"] for r in rows], marker=marker, linestyle="--", color=color)
+    throughput.set(title="continuous batching, shipped model: throughput", xlabel="offered load (% of capacity)",
+                   ylabel="tokens/s (log)", yscale="log")
+    ttft.set(title="time to first token: p50 (solid), p99 (dashed)", xlabel="offered load (% of capacity)",
+             ylabel="ms (log)", yscale="log")
+    throughput.legend(fontsize=7)
 
 
 def _http_serving(axes, section: dict) -> None:  # noqa: ANN001
