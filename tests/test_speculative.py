@@ -110,37 +110,7 @@ def test_rejected_tokens_are_never_attended():
     bit-identical. The same garbage
     in one slot before that position (an accepted token) changes them: the check can fail."""
     target, tlm, draft = compiled_pair(2, 2, 16, 3, 4, 1)
-    prefill, verify = tlm.generation_executors()
-    recorded: list[list[torch.Tensor]] = [[], [], []]
-
-    def poisoning(run: int):
-        def call(inputs):
-            inputs = dict(inputs)
-            first = inputs["position_ids"].masked_fill(inputs["position_ids"] < 0, CTX).amin(dim=1)
-            for name in [n for n in inputs if n.startswith("past_")]:
-                cache = inputs[name].clone()
-                for row, start in enumerate(first.tolist()):
-                    begin = start if run == 1 else max(start - 1, 0)
-                    if start < CTX and run:
-                        cache[row, :, begin:] = 1e4 * torch.sign(torch.randn(cache[row, :, begin:].shape))
-                inputs[name] = cache
-            outputs = verify(inputs)
-            recorded[run].append(outputs["logits"][inputs["position_ids"] >= 0])  # padding's logits are unused
-            return outputs
-
-        return call
-
-    prompts = [[1, 2, 3, 1, 2, 3, 1], [4, 5], [6, 6, 6, 7]]
-    results = []
-    for run in range(3):
-        tlm._executors["host-donating"] = (prefill, poisoning(run))
-        results.append(tlm.generate(prompts, max_new_tokens=24, draft=draft))
-    tlm._executors["host-donating"] = (prefill, verify)
-    stats = results[0].stats
-    assert 0 < stats.accepted_tokens < stats.proposed_tokens  # there were rejected proposals to roll back
-    assert results[1].new_tokens == results[0].new_tokens
-    assert all(torch.equal(a, b) for a, b in zip(recorded[0], recorded[1], strict=True))
-    assert not all(torch.equal(a, b) for a, b in zip(recorded[0], recorded[2], strict=False))
+    _check_poisoned_runs(tlm, draft, [[1, 2, 3, 1, 2, 3, 1], [4, 5], [6, 6, 6, 7]], 24)
 
 
 def chi_square_p(observed: torch.Tensor, expected: torch.Tensor) -> float:
@@ -386,38 +356,7 @@ def test_rejected_tokens_of_a_slot_are_never_attended():
     position earlier (an accepted token) changes them."""
     tlm = slot_tlm(2, 2, 16, 1, 2, 4, False)
     draft = qc.compile(perturbed(slot_target(2, 2, 16, 1), 0.3, 5), full_batch_size=2, **SLOT_OPTIONS)
-    prefill, verify = tlm.generation_executors()
-    recorded: list[list[torch.Tensor]] = [[], [], []]
-
-    def poisoning(run: int):
-        def call(inputs):
-            inputs = dict(inputs)
-            valid = inputs["position_ids"] >= 0
-            first = inputs["position_ids"].masked_fill(~valid, CTX).amin(dim=1)
-            for name in [n for n in inputs if n.startswith("past_")]:
-                cache = inputs[name].clone()
-                for slot, start in enumerate(first.tolist()):
-                    begin = start if run == 1 else max(start - 1, 0)
-                    if start < CTX and run:
-                        cache[slot, :, begin:] = 1e4 * torch.sign(torch.randn(cache[slot, :, begin:].shape))
-                inputs[name] = cache
-            outputs = verify(inputs)
-            recorded[run].append(outputs["logits"][valid])  # padding's and idle slots' logits are unused
-            return outputs
-
-        return call
-
-    prompts = [[1, 2, 3, 1, 2, 3, 1], [4, 5], [6, 6, 6, 7], [3, 1]]
-    results = []
-    for run in range(3):
-        tlm._executors["host-donating"] = (prefill, poisoning(run))
-        results.append(tlm.generate(prompts, max_new_tokens=16, draft=draft))
-    tlm._executors["host-donating"] = (prefill, verify)
-    stats = results[0].stats
-    assert 0 < stats.accepted_tokens < stats.proposed_tokens  # there were rejected proposals to roll back
-    assert results[1].new_tokens == results[0].new_tokens
-    assert all(torch.equal(a, b) for a, b in zip(recorded[0], recorded[1], strict=True))
-    assert not all(torch.equal(a, b) for a, b in zip(recorded[0], recorded[2], strict=False))
+    _check_poisoned_runs(tlm, draft, [[1, 2, 3, 1, 2, 3, 1], [4, 5], [6, 6, 6, 7], [3, 1]], 16)
 
 
 def test_handoff_of_a_target_with_slots_and_buckets_runs_in_onnxruntime(tmp_path):
@@ -491,3 +430,43 @@ def test_sampled_requests_in_slots_draw_what_they_draw_alone():
     for request, result in zip(requests, results, strict=True):
         alone = ContinuousBatchScheduler(tlm, proposer=tlm.slot_proposer("prompt-lookup")).run([request])
         assert alone[0].tokens == result.tokens, request.request_id
+
+
+def _poisoned(verify, run: int, recorded: list[torch.Tensor]):
+    """`verify` with each row's (slot's) cache overwritten by garbage before the call: run 1 from the call's
+    first position on (where rejected proposals stay), run 2 from one position earlier (an accepted token: the
+    control), run 0 untouched. Records the logits of every real position (padding's and idle slots' are unused)."""
+
+    def call(inputs):
+        inputs = dict(inputs)
+        valid = inputs["position_ids"] >= 0
+        first = inputs["position_ids"].masked_fill(~valid, CTX).amin(dim=1)
+        for name in [n for n in inputs if n.startswith("past_")]:
+            cache = inputs[name].clone()
+            for row, start in enumerate(first.tolist()):
+                begin = start if run == 1 else max(start - 1, 0)
+                if start < CTX and run:
+                    cache[row, :, begin:] = 1e4 * torch.sign(torch.randn(cache[row, :, begin:].shape))
+            inputs[name] = cache
+        outputs = verify(inputs)
+        recorded.append(outputs["logits"][valid])
+        return outputs
+
+    return call
+
+
+def _check_poisoned_runs(tlm, draft, prompts, max_new_tokens):
+    """Generate with each of `_poisoned`'s three runs: the stale slots are never read when the outputs and logits
+    of runs 0 and 1 agree, and run 2 shows the poisoning reaches what attention reads."""
+    prefill, verify = tlm.generation_executors()
+    recorded: list[list[torch.Tensor]] = [[], [], []]
+    results = []
+    for run in range(3):
+        tlm._executors["host-donating"] = (prefill, _poisoned(verify, run, recorded[run]))
+        results.append(tlm.generate(prompts, max_new_tokens=max_new_tokens, draft=draft))
+    tlm._executors["host-donating"] = (prefill, verify)
+    stats = results[0].stats
+    assert 0 < stats.accepted_tokens < stats.proposed_tokens  # there were rejected proposals to roll back
+    assert results[1].new_tokens == results[0].new_tokens
+    assert all(torch.equal(a, b) for a, b in zip(recorded[0], recorded[1], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(recorded[0], recorded[2], strict=False))
