@@ -38,12 +38,19 @@ main()
 """
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C's default action, as in a terminal. pytest-xdist's workers ignore SIGINT, and an
+    ignored signal stays ignored across exec (Python then installs no KeyboardInterrupt handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.e2e
 def test_sigint_while_writing_leaves_no_partial_artifact(tmp_path: Path) -> None:
     output, marker = tmp_path / "shipped", tmp_path / "writing"
     argv = ["compile", "-o", str(output), "--ctx-len", "32", "--prefill-len", "8"]
     process = subprocess.Popen(
-        [sys.executable, "-c", HELD_CLI, str(marker), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", HELD_CLI, str(marker), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_default_sigint,
     )
     deadline = time.monotonic() + STAGING_TIMEOUT
     while process.poll() is None and not marker.exists() and time.monotonic() < deadline:
