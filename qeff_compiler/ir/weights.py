@@ -212,11 +212,7 @@ class _CheckedEntry(_Entry):
         self.checked = False
 
     def load(self) -> torch.Tensor:
-        tensor = self.entry.load()
-        if not self.checked:
-            self.check(self.name, tensor)
-            self.checked = True
-        return tensor
+        return self._checked_once(self.entry.load())
 
     def load_rows(self, rows: int) -> torch.Tensor:
         tensor = self.entry.load_rows(rows)
@@ -224,7 +220,10 @@ class _CheckedEntry(_Entry):
         return tensor
 
     def load_stored(self) -> torch.Tensor:
-        tensor = self.entry.load_stored()
+        return self._checked_once(self.entry.load_stored())
+
+    def _checked_once(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` (the whole entry, as computed or as stored) after its first check; later reads skip it."""
         if not self.checked:
             self.check(self.name, tensor)
             self.checked = True
